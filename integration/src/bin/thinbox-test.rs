@@ -1,0 +1,46 @@
+//! Runs every thinbox test where it can run: plain tests on the host,
+//! real-kernel tests on the host or in the Debian-kernel VM by their needs.
+//!
+//! `thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]`
+
+use std::process::ExitCode;
+
+use integration::orchestrate::{self, Options};
+
+fn main() -> ExitCode {
+    let mut options = Options::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--host-only" => options.host_only = true,
+            "-p" | "--package" => match args.next() {
+                Some(p) => options.packages.push(p),
+                None => return usage("--package needs a package name"),
+            },
+            "--vm-only" => options.vm_only = true,
+            "--disk-size" => match args.next().map(|s| s.parse()) {
+                Some(Ok(size)) => options.disk_size = Some(size),
+                Some(Err(e)) => return usage(&e.to_string()),
+                None => return usage("--disk-size needs a size, e.g. 8G"),
+            },
+            "-h" | "--help" => {
+                println!(
+                    "usage: thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]"
+                );
+                return ExitCode::SUCCESS;
+            }
+            flag if flag.starts_with('-') => return usage(&format!("unknown option {flag}")),
+            _ if options.filter.is_some() => return usage("give at most one FILTER"),
+            _ => options.filter = Some(arg),
+        }
+    }
+    if options.host_only && options.vm_only {
+        return usage("--host-only and --vm-only exclude each other");
+    }
+    orchestrate::main(&options)
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("thinbox-test: {message}\nusage: thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]");
+    ExitCode::from(2)
+}

@@ -1,0 +1,204 @@
+//! Disposable kernel fixtures for tests: every name carries the
+//! `thinbox-test-` prefix and every guard undoes itself on drop, and
+//! [`sweep`] removes whatever a killed test left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The prefix of every device, mount, pool and file a test makes.
+pub const PREFIX: &str = "thinbox-test-";
+
+/// A name unique to this process and call: `thinbox-test-{what}-{pid}-{n}`.
+pub fn unique_name(what: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{PREFIX}{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A temporary directory named with the test prefix (so sweeps find mounts
+/// below it), on the default temp filesystem.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(PREFIX)
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+/// Runs a program and returns its stdout, panicking with its stderr when it
+/// fails: for tests that drive system tools.
+#[track_caller]
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed with {}:\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a program and reports whether it succeeded, ignoring its output.
+pub fn try_run(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A sparse file of `size` bytes.
+pub fn sparse_file(path: &Path, size: u64) {
+    let file = std::fs::File::create(path).expect("create sparse file");
+    file.set_len(size).expect("size sparse file");
+}
+
+/// A loop device over a file, detached on drop.
+#[derive(Debug)]
+pub struct LoopDevice {
+    pub path: PathBuf,
+}
+
+impl LoopDevice {
+    pub fn attach(file: &Path) -> LoopDevice {
+        let file = file.to_str().expect("utf-8 path");
+        // losetup retries internally when another attach races for the same free device.
+        let out = run("losetup", &["--find", "--show", file]);
+        LoopDevice {
+            path: PathBuf::from(out.trim()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        try_run("losetup", &["-d", self.as_str()]);
+    }
+}
+
+/// A mount, unmounted on drop (lazily if still busy).
+#[derive(Debug)]
+pub struct Mount {
+    pub target: PathBuf,
+}
+
+impl Mount {
+    pub fn new(source: &str, target: &Path, fstype: Option<&str>, options: &str) -> Mount {
+        std::fs::create_dir_all(target).expect("create mount point");
+        let target_str = target.to_str().expect("utf-8 path");
+        let mut args = vec![];
+        if let Some(t) = fstype {
+            args.extend(["-t", t]);
+        }
+        if !options.is_empty() {
+            args.extend(["-o", options]);
+        }
+        args.extend([source, target_str]);
+        run("mount", &args);
+        Mount {
+            target: target.to_owned(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let target = self.target.to_str().unwrap_or_default();
+        if !try_run("umount", &[target]) {
+            try_run("umount", &["-l", target]);
+        }
+    }
+}
+
+/// Removes leftovers of killed tests: mounts below `thinbox-test-*` paths,
+/// dm devices, ZFS pools, LVM volume groups and loop devices of that name.
+pub fn sweep() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.contains(PREFIX))
+        .collect();
+    // Deepest first.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        try_run("umount", &["-l", m]);
+    }
+    if crate::need::which("zpool") && Path::new("/dev/zfs").exists() {
+        let pools = Command::new("zpool")
+            .args(["list", "-H", "-o", "name"])
+            .output();
+        for pool in pools.iter().flat_map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .into_owned()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        }) {
+            if pool.starts_with(PREFIX) {
+                try_run("zpool", &["destroy", "-f", &pool]);
+            }
+        }
+    }
+    if Path::new("/dev/mapper/control").exists() {
+        if crate::need::which("vgs") {
+            let vgs = Command::new("vgs")
+                .args(["--noheadings", "-o", "vg_name"])
+                .output();
+            for vg in vgs.iter().flat_map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            }) {
+                if vg.starts_with(PREFIX) || vg.starts_with("thinbox_test_") {
+                    try_run("vgremove", &["-f", &vg]);
+                }
+            }
+        }
+        let devices = Command::new("dmsetup").args(["ls"]).output();
+        let names: Vec<String> = devices
+            .iter()
+            .flat_map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|n| n.starts_with(PREFIX))
+            .collect();
+        // Thin devices before their pools: removing in reverse name order is
+        // not enough, so retry until nothing more goes away.
+        let mut remaining = names;
+        for _ in 0..3 {
+            remaining.retain(|n| !try_run("dmsetup", &["remove", "--force", n]));
+        }
+    }
+    let Ok(blocks) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for entry in blocks.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let backing =
+            std::fs::read_to_string(entry.path().join("loop/backing_file")).unwrap_or_default();
+        if name.starts_with("loop") && backing.contains(PREFIX) {
+            try_run("losetup", &["-d", &format!("/dev/{name}")]);
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! What a real-kernel test needs, and what the kernel it runs on has.
+//!
+//! A test declares its [`Need`]s; the [`Environment`] probe says which of them
+//! the current machine satisfies. The orchestrator uses the same probe to
+//! decide whether a test runs on the host or inside the Debian-kernel VM.
+
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How cgroup hierarchies are mounted on a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayout {
+    /// Only cgroup v1 controller hierarchies (RHEL 7 style).
+    V1,
+    /// Only the unified cgroup2 hierarchy at /sys/fs/cgroup.
+    V2,
+    /// v1 controllers plus cgroup2 at /sys/fs/cgroup/unified (systemd's hybrid mode).
+    Hybrid,
+}
+
+impl fmt::Display for CgroupLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CgroupLayout::V1 => "v1",
+            CgroupLayout::V2 => "v2",
+            CgroupLayout::Hybrid => "hybrid",
+        })
+    }
+}
+
+impl FromStr for CgroupLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "v1" => Ok(CgroupLayout::V1),
+            "v2" => Ok(CgroupLayout::V2),
+            "hybrid" => Ok(CgroupLayout::Hybrid),
+            other => Err(format!(
+                "unknown cgroup layout {other:?}: use v1, v2 or hybrid"
+            )),
+        }
+    }
+}
+
+/// One thing a real-kernel test needs from the machine it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Need {
+    /// Effective uid 0.
+    Root,
+    /// Loop devices (`/dev/loop-control`).
+    Loop,
+    /// btrfs in the kernel and btrfs-progs.
+    Btrfs,
+    /// overlayfs in the kernel.
+    Overlay,
+    /// device-mapper with the thin-pool target.
+    DmThin,
+    /// dm-thin plus the lvm2 tools.
+    Lvm,
+    /// The ZFS module and the zfs/zpool tools.
+    Zfs,
+    /// cgroup v1 controller hierarchies (pure v1 or hybrid).
+    CgroupV1,
+    /// cgroup v2 with controllers available (pure v2).
+    CgroupV2,
+    /// Exactly this cgroup layout for the whole machine.
+    CgroupLayout(CgroupLayout),
+    /// At least this many spare whole block devices (virtio disks in the VM),
+    /// listed in `THINBOX_VM_DISKS`.
+    Disks(u8),
+    /// Must run inside the Debian-kernel VM even if the host could run it
+    /// (e.g. to prove a backend on the guest kernel too).
+    Vm,
+}
+
+impl fmt::Display for Need {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Need::Root => f.write_str("root"),
+            Need::Loop => f.write_str("loop"),
+            Need::Btrfs => f.write_str("btrfs"),
+            Need::Overlay => f.write_str("overlay"),
+            Need::DmThin => f.write_str("dm-thin"),
+            Need::Lvm => f.write_str("lvm"),
+            Need::Zfs => f.write_str("zfs"),
+            Need::CgroupV1 => f.write_str("cgroup-v1"),
+            Need::CgroupV2 => f.write_str("cgroup-v2"),
+            Need::CgroupLayout(layout) => write!(f, "cgroup-layout={layout}"),
+            Need::Disks(n) => write!(f, "disks={n}"),
+            Need::Vm => f.write_str("vm"),
+        }
+    }
+}
+
+impl FromStr for Need {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(layout) = s.strip_prefix("cgroup-layout=") {
+            return layout.parse().map(Need::CgroupLayout);
+        }
+        if let Some(n) = s.strip_prefix("disks=") {
+            return n
+                .parse()
+                .map(Need::Disks)
+                .map_err(|_| format!("bad disk count {n:?}: use a number from 0 to 255"));
+        }
+        Ok(match s {
+            "root" => Need::Root,
+            "loop" => Need::Loop,
+            "btrfs" => Need::Btrfs,
+            "overlay" => Need::Overlay,
+            "dm-thin" => Need::DmThin,
+            "lvm" => Need::Lvm,
+            "zfs" => Need::Zfs,
+            "cgroup-v1" => Need::CgroupV1,
+            "cgroup-v2" => Need::CgroupV2,
+            "vm" => Need::Vm,
+            other => return Err(format!("unknown need {other:?}")),
+        })
+    }
+}
+
+/// What the running kernel and userland provide, probed once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub root: bool,
+    pub loop_devices: bool,
+    pub btrfs: bool,
+    pub overlay: bool,
+    pub dm_thin: bool,
+    pub lvm: bool,
+    pub zfs: bool,
+    pub cgroup_layout: Option<CgroupLayout>,
+    /// cgroup2 has controllers to delegate (false on a hybrid host, where v1 owns them all).
+    pub cgroup_v2_controllers: bool,
+    pub disks: Vec<String>,
+    pub in_vm: bool,
+}
+
+impl Environment {
+    /// Probes the current machine. Loads kernel modules on demand where
+    /// `modprobe` exists, as a user's first command would.
+    pub fn probe() -> Environment {
+        let root = nix::unistd::geteuid().is_root();
+        let in_vm = std::env::var_os(crate::vm::IN_VM_ENV).is_some();
+        let loop_devices = root && (Path::new("/dev/loop-control").exists() || modprobe("loop"));
+        let btrfs = has_filesystem("btrfs") && which("mkfs.btrfs");
+        let overlay = has_filesystem("overlay");
+        let dm_thin = Path::new("/dev/mapper/control").exists() && has_dm_thin_target();
+        let lvm = dm_thin && which("lvm");
+        let zfs = (Path::new("/dev/zfs").exists()
+            || (root && modprobe("zfs") && Path::new("/dev/zfs").exists()))
+            && which("zfs")
+            && which("zpool");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroup_layout = cgroup_layout_from_mountinfo(&mountinfo);
+        let cgroup_v2_controllers = cgroup_layout == Some(CgroupLayout::V2)
+            && std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .map(|c| !c.trim().is_empty())
+                .unwrap_or(false);
+        let disks = std::env::var(crate::vm::DISKS_ENV)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Environment {
+            root,
+            loop_devices,
+            btrfs,
+            overlay,
+            dm_thin,
+            lvm,
+            zfs,
+            cgroup_layout,
+            cgroup_v2_controllers,
+            disks,
+            in_vm,
+        }
+    }
+
+    /// Whether this machine satisfies one need.
+    pub fn has(&self, need: Need) -> bool {
+        match need {
+            Need::Root => self.root,
+            Need::Loop => self.loop_devices,
+            Need::Btrfs => self.btrfs,
+            Need::Overlay => self.overlay,
+            Need::DmThin => self.dm_thin,
+            Need::Lvm => self.lvm,
+            Need::Zfs => self.zfs,
+            Need::CgroupV1 => matches!(
+                self.cgroup_layout,
+                Some(CgroupLayout::V1 | CgroupLayout::Hybrid)
+            ),
+            Need::CgroupV2 => self.cgroup_v2_controllers,
+            Need::CgroupLayout(layout) => self.cgroup_layout == Some(layout),
+            Need::Disks(n) => self.disks.len() >= usize::from(n),
+            Need::Vm => self.in_vm,
+        }
+    }
+
+    /// The needs in `needs` that this machine lacks.
+    pub fn missing(&self, needs: &[Need]) -> Vec<Need> {
+        needs.iter().copied().filter(|n| !self.has(*n)).collect()
+    }
+
+    /// What the Debian-kernel guest provides when booted with `layout`,
+    /// `disks` spare disks and the ZFS modules present or not.
+    pub fn guest(layout: CgroupLayout, disks: u8, zfs: bool) -> Environment {
+        Environment {
+            root: true,
+            loop_devices: true,
+            btrfs: true,
+            overlay: true,
+            dm_thin: true,
+            lvm: true,
+            zfs,
+            cgroup_layout: Some(layout),
+            cgroup_v2_controllers: layout == CgroupLayout::V2,
+            disks: (0..disks)
+                .map(|i| format!("/dev/vd{}", char::from(b'a' + i)))
+                .collect(),
+            in_vm: true,
+        }
+    }
+}
+
+/// Reads the cgroup layout from `/proc/self/mountinfo` text.
+pub fn cgroup_layout_from_mountinfo(mountinfo: &str) -> Option<CgroupLayout> {
+    let mut v1_controllers = false;
+    let mut v2_at_root = false;
+    let mut v2_unified = false;
+    for line in mountinfo.lines() {
+        // Fields: id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let mut halves = line.splitn(2, " - ");
+        let left = halves.next().unwrap_or_default();
+        let right = halves.next().unwrap_or_default();
+        let mountpoint = left.split(' ').nth(4).unwrap_or_default();
+        let mut right_fields = right.split(' ');
+        let fstype = right_fields.next().unwrap_or_default();
+        let superopts = right_fields.nth(1).unwrap_or_default();
+        match fstype {
+            "cgroup2" if mountpoint == "/sys/fs/cgroup" => v2_at_root = true,
+            "cgroup2" if mountpoint == "/sys/fs/cgroup/unified" => v2_unified = true,
+            // A named hierarchy without controllers (name=systemd) does not count.
+            "cgroup" if superopts.split(',').any(is_v1_controller) => v1_controllers = true,
+            _ => {}
+        }
+    }
+    match (v1_controllers, v2_at_root, v2_unified) {
+        (_, true, _) => Some(CgroupLayout::V2),
+        (true, false, true) => Some(CgroupLayout::Hybrid),
+        (true, false, false) => Some(CgroupLayout::V1),
+        (false, false, _) => None,
+    }
+}
+
+fn is_v1_controller(opt: &str) -> bool {
+    matches!(
+        opt,
+        "cpu"
+            | "cpuacct"
+            | "cpuset"
+            | "memory"
+            | "devices"
+            | "freezer"
+            | "blkio"
+            | "pids"
+            | "net_cls"
+            | "net_prio"
+            | "perf_event"
+            | "hugetlb"
+            | "rdma"
+            | "misc"
+    )
+}
+
+fn has_filesystem(name: &str) -> bool {
+    let listed = |name: &str| {
+        std::fs::read_to_string("/proc/filesystems")
+            .map(|fs| {
+                fs.lines()
+                    .any(|l| l.split_whitespace().last() == Some(name))
+            })
+            .unwrap_or(false)
+    };
+    listed(name) || (modprobe(name) && listed(name))
+}
+
+fn has_dm_thin_target() -> bool {
+    // The kernel lists the thin-pool target only once its module is loaded.
+    let loaded = || Path::new("/sys/module/dm_thin_pool").exists();
+    loaded() || (modprobe("dm-thin-pool") && loaded())
+}
+
+/// Loads a module quietly; true when `modprobe` succeeded.
+fn modprobe(module: &str) -> bool {
+    Command::new("modprobe")
+        .arg("-q")
+        .arg(module)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Whether an executable of that name is on `PATH` (or in the sbin dirs).
+pub fn which(program: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .any(|dir| Path::new(dir).join(program).is_file());
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_round_trip_through_text() {
+        let all = [
+            Need::Root,
+            Need::Loop,
+            Need::Btrfs,
+            Need::Overlay,
+            Need::DmThin,
+            Need::Lvm,
+            Need::Zfs,
+            Need::CgroupV1,
+            Need::CgroupV2,
+            Need::CgroupLayout(CgroupLayout::V1),
+            Need::CgroupLayout(CgroupLayout::V2),
+            Need::CgroupLayout(CgroupLayout::Hybrid),
+            Need::Disks(3),
+            Need::Vm,
+        ];
+        for need in all {
+            assert_eq!(need.to_string().parse::<Need>(), Ok(need));
+        }
+        assert!("dm-cache".parse::<Need>().is_err());
+        assert!("disks=many".parse::<Need>().is_err());
+    }
+
+    const HYBRID: &str = "\
+35 25 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+37 35 0:32 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
+40 35 0:35 / /sys/fs/cgroup/memory rw,nosuid shared:15 - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn detects_hybrid_v1_and_v2_layouts() {
+        assert_eq!(
+            cgroup_layout_from_mountinfo(HYBRID),
+            Some(CgroupLayout::Hybrid)
+        );
+        let v1: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(cgroup_layout_from_mountinfo(&v1), Some(CgroupLayout::V1));
+        let v2 = "30 25 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
+        assert_eq!(cgroup_layout_from_mountinfo(v2), Some(CgroupLayout::V2));
+        // Only a named hierarchy: no controllers anywhere.
+        let named_only = "37 35 0:32 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
+        assert_eq!(cgroup_layout_from_mountinfo(named_only), None);
+    }
+
+    #[test]
+    fn guest_environment_satisfies_what_it_claims() {
+        let guest = Environment::guest(CgroupLayout::V1, 2, true);
+        assert!(guest.has(Need::DmThin) && guest.has(Need::Zfs) && guest.has(Need::Vm));
+        assert!(guest.has(Need::CgroupV1) && !guest.has(Need::CgroupV2));
+        assert!(guest.has(Need::Disks(2)) && !guest.has(Need::Disks(3)));
+        assert_eq!(
+            guest.missing(&[Need::CgroupLayout(CgroupLayout::V2), Need::Loop]),
+            vec![Need::CgroupLayout(CgroupLayout::V2)]
+        );
+    }
+}

@@ -1,0 +1,595 @@
+//! `thinbox-test`: builds every test binary of the workspace, runs the plain
+//! ones on the host, places each real-kernel test on the host or in the VM by
+//! its needs, batches the VM tests into one boot per cgroup layout, and ends
+//! with `host: …`, `vm: …` and `total: N passed, N failed` lines.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{in_ci, TestListing, TestOutcome, Verdict, RESULTS_ENV};
+use crate::need::{CgroupLayout, Environment, Need};
+use crate::vm::{self, DiskSize, GuestImage, VmConfig, GUEST_SHARE};
+
+/// Options of one test run.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Only tests whose name contains this.
+    pub filter: Option<String>,
+    pub host_only: bool,
+    pub vm_only: bool,
+    /// Size of each spare disk given to VM tests that need disks.
+    pub disk_size: Option<DiskSize>,
+    /// Only these packages' tests (all of the workspace when empty).
+    pub packages: Vec<String>,
+}
+
+/// Passed / failed / skipped counts for one environment.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+
+    fn count(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Passed => self.passed += 1,
+            Verdict::Failed => self.failed += 1,
+            Verdict::Skipped => self.skipped += 1,
+        }
+    }
+
+    fn line(&self, env: &str) -> String {
+        let mut line = format!("{env}: {} passed, {} failed", self.passed, self.failed);
+        if self.skipped > 0 {
+            line.push_str(&format!(", {} skipped", self.skipped));
+        }
+        line
+    }
+}
+
+/// A test executable cargo built.
+#[derive(Debug, Clone)]
+struct TestBinary {
+    /// `package::target` for messages.
+    label: String,
+    exe: PathBuf,
+    package_dir: PathBuf,
+}
+
+/// A real-kernel test and the binary that holds it.
+#[derive(Debug, Clone)]
+struct KernelCase {
+    binary: TestBinary,
+    listing: TestListing,
+}
+
+pub fn main(options: &Options) -> ExitCode {
+    let started = Instant::now();
+    let binaries = match build_test_binaries(&options.packages) {
+        Ok(b) => b,
+        Err(message) => {
+            eprintln!("thinbox-test: {message}");
+            println!("host: 0 passed, 1 failed\nvm: 0 passed, 0 failed\ntotal: 0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut plain = Vec::new();
+    let mut kernel = Vec::new();
+    for binary in binaries {
+        match list_kernel_tests(&binary) {
+            Some(listing) => kernel.extend(listing.into_iter().map(|l| KernelCase {
+                binary: binary.clone(),
+                listing: l,
+            })),
+            None => plain.push(binary),
+        }
+    }
+    if let Some(filter) = &options.filter {
+        kernel.retain(|c| c.listing.name.contains(filter.as_str()));
+    }
+
+    let host_env = Environment::probe();
+    let image = GuestImage::locate();
+    let guest_has_zfs = image.as_ref().map(GuestImage::has_zfs).unwrap_or(true);
+    let mut on_host: Vec<KernelCase> = Vec::new();
+    let mut on_vm: BTreeMap<CgroupLayout, Vec<KernelCase>> = BTreeMap::new();
+    for case in kernel {
+        let needs = &case.listing.needs;
+        match guest_profile(needs) {
+            _ if host_env.missing(needs).is_empty() => on_host.push(case),
+            (layout, disks)
+                if Environment::guest(layout, disks, guest_has_zfs)
+                    .missing(needs)
+                    .is_empty() =>
+            {
+                on_vm.entry(layout).or_default().push(case)
+            }
+            // Neither can: run it on the host, where it reports what is missing.
+            _ => on_host.push(case),
+        }
+    }
+
+    let mut host = Tally::default();
+    let mut vm_tally = Tally::default();
+    let mut failures: Vec<String> = Vec::new();
+    if !options.vm_only {
+        for binary in &plain {
+            host.add(run_plain(binary, options.filter.as_deref(), &mut failures));
+        }
+        if options.filter.is_none() {
+            host.add(run_doc_tests(&options.packages, &mut failures));
+        }
+        host.add(run_kernel_on_host(&on_host, &mut failures));
+    }
+    if !options.host_only {
+        for (layout, cases) in &on_vm {
+            vm_tally.add(run_kernel_in_vm(
+                &image,
+                *layout,
+                cases,
+                options,
+                &mut failures,
+            ));
+        }
+    }
+
+    if !failures.is_empty() {
+        println!("\nfailed:");
+        for f in &failures {
+            println!("    {f}");
+        }
+    }
+    let mut total = host;
+    total.add(vm_tally);
+    println!("\nran in {:.0}s", started.elapsed().as_secs_f64());
+    println!("{}", host.line("host"));
+    println!("{}", vm_tally.line("vm"));
+    println!("{}", total.line("total"));
+    if total.failed == 0 && (total.skipped == 0 || !in_ci()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The cgroup layout and disk count a VM boot needs for these needs.
+fn guest_profile(needs: &[Need]) -> (CgroupLayout, u8) {
+    let layout = needs
+        .iter()
+        .find_map(|n| match n {
+            Need::CgroupLayout(l) => Some(*l),
+            Need::CgroupV1 => Some(CgroupLayout::V1),
+            _ => None,
+        })
+        .unwrap_or(CgroupLayout::V2);
+    let disks = needs
+        .iter()
+        .filter_map(|n| {
+            if let Need::Disks(d) = n {
+                Some(*d)
+            } else {
+                None
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    (layout, disks)
+}
+
+/// `-p A -p B`, or `--workspace` when no package is named.
+fn cargo_selection(packages: &[String]) -> Vec<String> {
+    if packages.is_empty() {
+        return vec!["--workspace".into()];
+    }
+    packages
+        .iter()
+        .flat_map(|p| ["-p".to_owned(), p.clone()])
+        .collect()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn build_test_binaries(packages: &[String]) -> Result<Vec<TestBinary>, String> {
+    let selection = cargo_selection(packages);
+    println!(
+        "building test binaries (cargo test {} --no-run)",
+        selection.join(" ")
+    );
+    let output = cargo()
+        .arg("test")
+        .args(&selection)
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err("the test binaries do not build (see the errors above)".into());
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let manifest = PathBuf::from(msg["manifest_path"].as_str().unwrap_or_default());
+        let package = msg["package_id"].as_str().unwrap_or_default();
+        let package = package_name(package);
+        binaries.push(TestBinary {
+            label: format!(
+                "{package}::{}",
+                msg["target"]["name"].as_str().unwrap_or_default()
+            ),
+            exe: PathBuf::from(exe),
+            package_dir: manifest.parent().map(Path::to_owned).unwrap_or_default(),
+        });
+    }
+    binaries.sort_by(|a, b| a.label.cmp(&b.label));
+    Ok(binaries)
+}
+
+/// `path+file:///work/main/thinpool#0.1.0` or `thinpool 0.1.0 (path+…)` → `thinpool`.
+fn package_name(id: &str) -> String {
+    if id.contains(" (") {
+        return id.split_whitespace().next().unwrap_or(id).to_owned();
+    }
+    if let Some((_, rest)) = id.rsplit_once('/') {
+        return rest.split(['#', '@']).next().unwrap_or(rest).to_owned();
+    }
+    id.split_whitespace().next().unwrap_or(id).to_owned()
+}
+
+/// The kernel tests of a `harness = false` binary built on [`crate::harness`];
+/// `None` for a plain libtest binary (which rejects the flag).
+fn list_kernel_tests(binary: &TestBinary) -> Option<Vec<TestListing>> {
+    let output = Command::new(&binary.exe)
+        .arg("--thinbox-list-json")
+        .current_dir(&binary.package_dir)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Reads libtest's `test result:` lines from a stream, echoing everything.
+fn tally_libtest_output(
+    reader: impl std::io::Read,
+    label: &str,
+    failures: &mut Vec<String>,
+) -> Tally {
+    let mut tally = Tally::default();
+    for line in BufReader::new(reader).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(kind)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<usize>() else { continue };
+                match kind {
+                    "passed" => tally.passed += n,
+                    "failed" => tally.failed += n,
+                    "ignored" => tally.skipped += n,
+                    _ => {}
+                }
+            }
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            failures.push(format!("{label}: {name}"));
+        }
+    }
+    tally
+}
+
+fn run_plain(binary: &TestBinary, filter: Option<&str>, failures: &mut Vec<String>) -> Tally {
+    println!("\n== {} (host)", binary.label);
+    let mut command = Command::new(&binary.exe);
+    command
+        .args(filter)
+        .current_dir(&binary.package_dir)
+        .env("CARGO_MANIFEST_DIR", &binary.package_dir)
+        .stdout(Stdio::piped());
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            failures.push(format!("{}: cannot start: {e}", binary.label));
+            return Tally {
+                failed: 1,
+                ..Tally::default()
+            };
+        }
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut tally = tally_libtest_output(stdout, &binary.label, failures);
+    let status = child.wait();
+    if !status.as_ref().is_ok_and(|s| s.success()) && tally.failed == 0 {
+        // It crashed before reporting: count the binary as one failure.
+        failures.push(format!(
+            "{}: test binary ended with {status:?}",
+            binary.label
+        ));
+        tally.failed += 1;
+    }
+    tally
+}
+
+fn run_doc_tests(packages: &[String], failures: &mut Vec<String>) -> Tally {
+    println!("\n== doc tests (host)");
+    let selection = cargo_selection(packages);
+    let child = cargo()
+        .arg("test")
+        .args(&selection)
+        .args(["--doc", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let Ok(mut child) = child else {
+        failures.push("doc tests: cannot run cargo".into());
+        return Tally {
+            failed: 1,
+            ..Tally::default()
+        };
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut tally = tally_libtest_output(stdout, "doc", failures);
+    if !child.wait().is_ok_and(|s| s.success()) && tally.failed == 0 {
+        failures.push("doc tests: cargo test --doc failed".into());
+        tally.failed += 1;
+    }
+    tally
+}
+
+/// Groups cases by binary, keeping the order.
+fn by_binary(cases: &[KernelCase]) -> Vec<(TestBinary, Vec<String>)> {
+    let mut groups: Vec<(TestBinary, Vec<String>)> = Vec::new();
+    for case in cases {
+        match groups.iter_mut().find(|(b, _)| b.exe == case.binary.exe) {
+            Some((_, names)) => names.push(case.listing.name.clone()),
+            None => groups.push((case.binary.clone(), vec![case.listing.name.clone()])),
+        }
+    }
+    groups
+}
+
+fn read_outcomes(path: &Path) -> Vec<TestOutcome> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Counts outcomes, marking cases with none (a crashed binary or guest) failed.
+fn tally_outcomes(
+    env: &str,
+    cases: &[KernelCase],
+    outcomes: &[TestOutcome],
+    missing_reason: &str,
+    failures: &mut Vec<String>,
+) -> Tally {
+    let mut tally = Tally::default();
+    for case in cases {
+        let name = &case.listing.name;
+        match outcomes.iter().find(|o| &o.name == name) {
+            Some(o) => {
+                tally.count(o.verdict);
+                if o.verdict == Verdict::Failed {
+                    failures.push(format!("{env}: {}::{name}", case.binary.label));
+                }
+            }
+            None => {
+                tally.failed += 1;
+                failures.push(format!(
+                    "{env}: {}::{name}: {missing_reason}",
+                    case.binary.label
+                ));
+            }
+        }
+    }
+    tally
+}
+
+fn run_kernel_on_host(cases: &[KernelCase], failures: &mut Vec<String>) -> Tally {
+    let mut tally = Tally::default();
+    for (binary, names) in by_binary(cases) {
+        println!("\n== {} (host kernel tests)", binary.label);
+        let results = tempfile::NamedTempFile::new().expect("temporary results file");
+        let status = Command::new(&binary.exe)
+            .args(&names)
+            .arg("--exact")
+            .current_dir(&binary.package_dir)
+            .env(RESULTS_ENV, results.path())
+            .status();
+        let outcomes = read_outcomes(results.path());
+        let mine: Vec<KernelCase> = cases
+            .iter()
+            .filter(|c| c.binary.exe == binary.exe)
+            .cloned()
+            .collect();
+        let reason = format!("no result (test binary ended with {status:?})");
+        tally.add(tally_outcomes("host", &mine, &outcomes, &reason, failures));
+    }
+    tally
+}
+
+fn run_kernel_in_vm(
+    image: &Result<GuestImage, vm::VmError>,
+    layout: CgroupLayout,
+    cases: &[KernelCase],
+    options: &Options,
+    failures: &mut Vec<String>,
+) -> Tally {
+    let disks = cases
+        .iter()
+        .map(|c| guest_profile(&c.listing.needs).1)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "\n== VM boot: cgroup {layout}, {disks} spare disk(s), {} test(s)",
+        cases.len()
+    );
+    let image = match image {
+        Ok(image) => image,
+        Err(e) => {
+            let verdict = if in_ci() {
+                Verdict::Failed
+            } else {
+                Verdict::Skipped
+            };
+            println!("cannot boot the VM: {e}");
+            let outcomes: Vec<TestOutcome> = cases
+                .iter()
+                .map(|c| TestOutcome {
+                    name: c.listing.name.clone(),
+                    verdict,
+                    reason: e.to_string(),
+                    seconds: 0.0,
+                })
+                .collect();
+            return tally_outcomes("vm", cases, &outcomes, "", failures);
+        }
+    };
+    let share = tempfile::Builder::new()
+        .prefix("thinbox-vm-")
+        .tempdir()
+        .expect("share directory");
+    let results_in_guest = format!("{GUEST_SHARE}/results.jsonl");
+    let mut script = String::new();
+    for (binary, names) in by_binary(cases) {
+        let quoted: Vec<String> = names.iter().map(|n| vm::shell_quote(n)).collect();
+        script.push_str(&format!(
+            "echo '== {} (vm, cgroup {layout})'\ncd {} && {RESULTS_ENV}={} {} --exact {}\n",
+            binary.label,
+            vm::shell_quote(&binary.package_dir.to_string_lossy()),
+            vm::shell_quote(&results_in_guest),
+            vm::shell_quote(&binary.exe.to_string_lossy()),
+            quoted.join(" ")
+        ));
+    }
+    let test_time: u64 = cases.iter().map(|c| c.listing.timeout_secs).sum();
+    let mut env = vec![];
+    if let Ok(ci) = std::env::var("CI") {
+        env.push(("CI".to_owned(), ci));
+    }
+    let config = VmConfig {
+        cgroup: layout,
+        disks: vec![options.disk_size.unwrap_or(DiskSize(8 << 30)); usize::from(disks)],
+        timeout: Duration::from_secs(180 + test_time),
+        env,
+        echo_stdout: true,
+        share: Some(share.path().to_owned()),
+        ..VmConfig::default()
+    };
+    let result = vm::run_script(image, &config, &script);
+    let outcomes = read_outcomes(&share.path().join("results.jsonl"));
+    let reason = match &result {
+        Ok(out) => {
+            println!(
+                "(guest ran {:.0}s under {:?})",
+                out.elapsed.as_secs_f64(),
+                out.accel
+            );
+            if !out.stderr.trim().is_empty() {
+                println!("guest stderr:\n{}", out.stderr.trim_end());
+            }
+            format!("no result from the guest (exit status {})", out.status)
+        }
+        Err(e) => {
+            println!("VM failed: {e}");
+            "the VM failed before reporting it".to_owned()
+        }
+    };
+    let tally = tally_outcomes("vm", cases, &outcomes, &reason, failures);
+    if tally.failed > 0 {
+        if let Ok(out) = &result {
+            let tail: Vec<&str> = out.dmesg.lines().rev().take(40).collect();
+            println!("guest dmesg (last lines):");
+            for line in tail.iter().rev() {
+                println!("    {line}");
+            }
+        }
+    }
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names_from_both_id_formats() {
+        assert_eq!(
+            package_name("path+file:///work/main/thinpool#0.1.0"),
+            "thinpool"
+        );
+        assert_eq!(
+            package_name("path+file:///work/main/cli#thinbox@0.1.0"),
+            "cli"
+        );
+        assert_eq!(
+            package_name("thinpool 0.1.0 (path+file:///work/main/thinpool)"),
+            "thinpool"
+        );
+    }
+
+    #[test]
+    fn libtest_summaries_are_counted() {
+        let out = "running 3 tests\ntest a ... ok\ntest b ... FAILED\ntest c ... ignored\n\ntest result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n";
+        let mut failures = vec![];
+        let t = tally_libtest_output(out.as_bytes(), "x", &mut failures);
+        assert_eq!((t.passed, t.failed, t.skipped), (1, 1, 1));
+        assert_eq!(failures, vec!["x: b".to_owned()]);
+    }
+
+    #[test]
+    fn guest_profile_follows_needs() {
+        assert_eq!(guest_profile(&[Need::DmThin]), (CgroupLayout::V2, 0));
+        assert_eq!(
+            guest_profile(&[Need::CgroupV1, Need::Disks(2)]),
+            (CgroupLayout::V1, 2)
+        );
+        assert_eq!(
+            guest_profile(&[Need::CgroupLayout(CgroupLayout::Hybrid)]),
+            (CgroupLayout::Hybrid, 0)
+        );
+    }
+
+    #[test]
+    fn summary_lines_have_the_documented_form() {
+        let t = Tally {
+            passed: 3,
+            failed: 1,
+            skipped: 0,
+        };
+        assert_eq!(t.line("vm"), "vm: 3 passed, 1 failed");
+        let t = Tally {
+            passed: 3,
+            failed: 0,
+            skipped: 2,
+        };
+        assert_eq!(t.line("total"), "total: 3 passed, 0 failed, 2 skipped");
+    }
+}
