@@ -76,6 +76,9 @@ pub enum Need {
     /// Must run inside the Debian-kernel VM even if the host could run it
     /// (e.g. to prove a backend on the guest kernel too).
     Vm,
+    /// Can boot the test VM itself: QEMU and the guest prepared by
+    /// scripts/setup.sh (the host, never the guest).
+    VmHarness,
 }
 
 impl fmt::Display for Need {
@@ -93,6 +96,7 @@ impl fmt::Display for Need {
             Need::CgroupLayout(layout) => write!(f, "cgroup-layout={layout}"),
             Need::Disks(n) => write!(f, "disks={n}"),
             Need::Vm => f.write_str("vm"),
+            Need::VmHarness => f.write_str("vm-harness"),
         }
     }
 }
@@ -120,6 +124,7 @@ impl FromStr for Need {
             "cgroup-v1" => Need::CgroupV1,
             "cgroup-v2" => Need::CgroupV2,
             "vm" => Need::Vm,
+            "vm-harness" => Need::VmHarness,
             other => return Err(format!("unknown need {other:?}")),
         })
     }
@@ -140,6 +145,8 @@ pub struct Environment {
     pub cgroup_v2_controllers: bool,
     pub disks: Vec<String>,
     pub in_vm: bool,
+    /// QEMU and a prepared guest image are here.
+    pub vm_harness: bool,
 }
 
 impl Environment {
@@ -168,6 +175,8 @@ impl Environment {
             .split_whitespace()
             .map(str::to_owned)
             .collect();
+        let vm_harness =
+            !in_vm && which("qemu-system-x86_64") && crate::vm::GuestImage::locate().is_ok();
         Environment {
             root,
             loop_devices,
@@ -180,6 +189,7 @@ impl Environment {
             cgroup_v2_controllers,
             disks,
             in_vm,
+            vm_harness,
         }
     }
 
@@ -201,6 +211,7 @@ impl Environment {
             Need::CgroupLayout(layout) => self.cgroup_layout == Some(layout),
             Need::Disks(n) => self.disks.len() >= usize::from(n),
             Need::Vm => self.in_vm,
+            Need::VmHarness => self.vm_harness,
         }
     }
 
@@ -226,6 +237,7 @@ impl Environment {
                 .map(|i| format!("/dev/vd{}", char::from(b'a' + i)))
                 .collect(),
             in_vm: true,
+            vm_harness: false,
         }
     }
 }
@@ -341,6 +353,7 @@ mod tests {
             Need::CgroupLayout(CgroupLayout::Hybrid),
             Need::Disks(3),
             Need::Vm,
+            Need::VmHarness,
         ];
         for need in all {
             assert_eq!(need.to_string().parse::<Need>(), Ok(need));

@@ -325,7 +325,7 @@ fn boot(
         .arg(format!("file:{}", console_path.display()));
     qemu.arg("-kernel").arg(image.kernel());
     qemu.arg("-initrd").arg(image.initramfs());
-    let mut cmdline = String::from("console=ttyS0 loglevel=4 panic=-1 oops=panic");
+    let mut cmdline = String::from("console=ttyS0 loglevel=6 panic=-1 oops=panic");
     if config.cgroup == CgroupLayout::V2 {
         cmdline.push_str(" cgroup_no_v1=all");
     }
