@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 echo "main: building thinbox"
 cargo build --quiet --workspace --bins
 echo "main: the thinbox CLI is not built yet; showing the dm-thin platform in the VM instead"
