@@ -1,0 +1,523 @@
+//! The formats of cgroupfs files as types, each `FromStr` + `Display` so that
+//! what is parsed prints back to the same text the kernel takes.
+//!
+//! | type | files |
+//! |---|---|
+//! | [`DeviceNumber`] | the `MAJ:MIN` in every per-device file |
+//! | [`Max`] | `pids.max`, `memory.max`, `memory.swap.max`, `memory.low` |
+//! | [`CpuList`] | `cpuset.cpus`, `cpuset.mems`, `/sys/devices/system/cpu/online` |
+//! | [`CpuMax`] | `cpu.max` (v2) |
+//! | [`DeviceRate`] | `blkio.throttle.*_device` (v1) |
+//! | [`IoMax`] | `io.max` (v2) |
+//! | [`FlatKeyed`] | `memory.events`, `pids.events`, `memory.oom_control`, `cgroup.events` |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{parse_error, Error};
+
+/// A block device number, `MAJ:MIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceNumber {
+    /// Major number (driver).
+    pub major: u32,
+    /// Minor number (instance).
+    pub minor: u32,
+}
+
+impl DeviceNumber {
+    /// A device number from its parts.
+    pub fn new(major: u32, minor: u32) -> DeviceNumber {
+        DeviceNumber { major, minor }
+    }
+}
+
+impl fmt::Display for DeviceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl FromStr for DeviceNumber {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let (major, minor) = s
+            .split_once(':')
+            .ok_or_else(|| parse_error("a device number MAJ:MIN", s))?;
+        Ok(DeviceNumber {
+            major: major
+                .parse()
+                .map_err(|_| parse_error("a major number", s))?,
+            minor: minor
+                .parse()
+                .map_err(|_| parse_error("a minor number", s))?,
+        })
+    }
+}
+
+/// A count of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    /// `n` mebibytes (2^20 bytes).
+    pub const fn mib(n: u64) -> Bytes {
+        Bytes(n << 20)
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Bytes {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        s.trim()
+            .parse()
+            .map(Bytes)
+            .map_err(|_| parse_error("a byte count", s))
+    }
+}
+
+/// A limit that may be `max` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Max<T> {
+    /// No limit: the file reads `max`.
+    Unlimited,
+    /// A limit.
+    Limit(T),
+}
+
+impl<T: fmt::Display> fmt::Display for Max<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Max::Unlimited => f.write_str("max"),
+            Max::Limit(v) => v.fmt(f),
+        }
+    }
+}
+
+impl<T: FromStr> FromStr for Max<T> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim() {
+            "max" => Ok(Max::Unlimited),
+            v => v
+                .parse()
+                .map(Max::Limit)
+                .map_err(|_| parse_error("a limit or \"max\"", s)),
+        }
+    }
+}
+
+/// A set of CPU (or memory node) numbers, written as ranges: `0-3,6`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct CpuList(pub std::collections::BTreeSet<u32>);
+
+impl CpuList {
+    /// Whether every member of `self` is in `other`.
+    pub fn is_subset(&self, other: &CpuList) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    /// The members of `self` missing from `other`.
+    pub fn missing_from(&self, other: &CpuList) -> CpuList {
+        CpuList(self.0.difference(&other.0).copied().collect())
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut iter = self.0.iter().copied().peekable();
+        while let Some(start) = iter.next() {
+            let mut end = start;
+            while iter.peek() == Some(&(end + 1)) {
+                end += 1;
+                iter.next();
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if start == end {
+                write!(f, "{start}")?;
+            } else {
+                write!(f, "{start}-{end}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for CpuList {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut set = std::collections::BTreeSet::new();
+        let t = s.trim();
+        if t.is_empty() {
+            return Ok(CpuList(set));
+        }
+        for part in t.split(',') {
+            let bad = || parse_error("a CPU list like 0-3,6", s);
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let a: u32 = a.trim().parse().map_err(|_| bad())?;
+                    let b: u32 = b.trim().parse().map_err(|_| bad())?;
+                    if a > b || b - a > 65536 {
+                        return Err(bad());
+                    }
+                    set.extend(a..=b);
+                }
+                None => {
+                    set.insert(part.trim().parse().map_err(|_| bad())?);
+                }
+            }
+        }
+        Ok(CpuList(set))
+    }
+}
+
+/// `cpu.max`: `QUOTA PERIOD` in microseconds, QUOTA may be `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuMax {
+    /// Run time allowed per period, in microseconds.
+    pub quota_us: Max<u64>,
+    /// The period, in microseconds.
+    pub period_us: u64,
+}
+
+impl fmt::Display for CpuMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.quota_us, self.period_us)
+    }
+}
+
+impl FromStr for CpuMax {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut it = s.split_whitespace();
+        let (Some(q), Some(p), None) = (it.next(), it.next(), it.next()) else {
+            return Err(parse_error("cpu.max \"QUOTA PERIOD\"", s));
+        };
+        Ok(CpuMax {
+            quota_us: q.parse()?,
+            period_us: p.parse().map_err(|_| parse_error("a cpu period", s))?,
+        })
+    }
+}
+
+/// One line of a v1 per-device file: `MAJ:MIN VALUE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRate {
+    /// The device.
+    pub device: DeviceNumber,
+    /// Bytes or operations per second.
+    pub rate: u64,
+}
+
+impl fmt::Display for DeviceRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.device, self.rate)
+    }
+}
+
+impl FromStr for DeviceRate {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut it = s.split_whitespace();
+        let (Some(d), Some(r), None) = (it.next(), it.next(), it.next()) else {
+            return Err(parse_error("\"MAJ:MIN RATE\"", s));
+        };
+        Ok(DeviceRate {
+            device: d.parse()?,
+            rate: r.parse().map_err(|_| parse_error("a rate", s))?,
+        })
+    }
+}
+
+/// One line of v2 `io.max`: `MAJ:MIN rbps=N wbps=N riops=N wiops=N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoMax {
+    /// The device.
+    pub device: DeviceNumber,
+    /// Read bytes per second.
+    pub rbps: Max<u64>,
+    /// Write bytes per second.
+    pub wbps: Max<u64>,
+    /// Read operations per second.
+    pub riops: Max<u64>,
+    /// Write operations per second.
+    pub wiops: Max<u64>,
+}
+
+impl IoMax {
+    /// No throttle on `device`.
+    pub fn unlimited(device: DeviceNumber) -> IoMax {
+        IoMax {
+            device,
+            rbps: Max::Unlimited,
+            wbps: Max::Unlimited,
+            riops: Max::Unlimited,
+            wiops: Max::Unlimited,
+        }
+    }
+}
+
+impl fmt::Display for IoMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rbps={} wbps={} riops={} wiops={}",
+            self.device, self.rbps, self.wbps, self.riops, self.wiops
+        )
+    }
+}
+
+impl FromStr for IoMax {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut it = s.split_whitespace();
+        let device = it
+            .next()
+            .ok_or_else(|| parse_error("an io.max line", s))?
+            .parse()?;
+        let mut io = IoMax::unlimited(device);
+        for kv in it {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| parse_error("an io.max key=value", s))?;
+            let v: Max<u64> = v.parse()?;
+            match k {
+                "rbps" => io.rbps = v,
+                "wbps" => io.wbps = v,
+                "riops" => io.riops = v,
+                "wiops" => io.wiops = v,
+                _ => return Err(parse_error("an io.max key (rbps wbps riops wiops)", s)),
+            }
+        }
+        Ok(io)
+    }
+}
+
+/// A flat-keyed file: one `KEY VALUE` per line (`memory.events`,
+/// `pids.events`, `memory.oom_control`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FlatKeyed(pub BTreeMap<String, u64>);
+
+impl FlatKeyed {
+    /// The value of `key`, 0 when absent (the kernel omits nothing it counts,
+    /// but older kernels lack newer keys such as `oom_kill`).
+    pub fn get(&self, key: &str) -> u64 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for FlatKeyed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, v) in &self.0 {
+            writeln!(f, "{k} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for FlatKeyed {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut map = BTreeMap::new();
+        for line in s.lines().filter(|l| !l.trim().is_empty()) {
+            let mut it = line.split_whitespace();
+            let (Some(k), Some(v), None) = (it.next(), it.next(), it.next()) else {
+                return Err(parse_error("a \"KEY VALUE\" line", line));
+            };
+            let v = v
+                .parse()
+                .map_err(|_| parse_error("a counter value", line))?;
+            map.insert(k.to_owned(), v);
+        }
+        Ok(FlatKeyed(map))
+    }
+}
+
+/// One line of `/proc/self/mountinfo` (see proc(5)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// Mount id.
+    pub id: u32,
+    /// Parent mount id.
+    pub parent: u32,
+    /// Device of the filesystem.
+    pub device: DeviceNumber,
+    /// The root of the mount within its filesystem.
+    pub root: String,
+    /// Where it is mounted.
+    pub mount_point: String,
+    /// Per-mount options.
+    pub options: String,
+    /// Optional fields (`shared:N`, `master:N`), possibly empty.
+    pub optional: Vec<String>,
+    /// Filesystem type.
+    pub fstype: String,
+    /// Mount source.
+    pub source: String,
+    /// Per-superblock options.
+    pub super_options: String,
+}
+
+impl MountInfo {
+    /// The superblock options as a list (`rw,memory` -> `["rw", "memory"]`).
+    pub fn super_option_list(&self) -> impl Iterator<Item = &str> {
+        self.super_options.split(',')
+    }
+
+    /// Parses every line of a mountinfo file.
+    pub fn parse_all(text: &str) -> Result<Vec<MountInfo>, Error> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::parse)
+            .collect()
+    }
+}
+
+impl fmt::Display for MountInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} {} {}",
+            self.id, self.parent, self.device, self.root, self.mount_point, self.options
+        )?;
+        for o in &self.optional {
+            write!(f, " {o}")?;
+        }
+        write!(
+            f,
+            " - {} {} {}",
+            self.fstype, self.source, self.super_options
+        )
+    }
+}
+
+impl FromStr for MountInfo {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || parse_error("a mountinfo line", s);
+        let (left, right) = s.split_once(" - ").ok_or_else(bad)?;
+        let mut l = left.split(' ');
+        let id = l.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let parent = l.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let device = l.next().ok_or_else(bad)?.parse()?;
+        let root = l.next().ok_or_else(bad)?.to_owned();
+        let mount_point = l.next().ok_or_else(bad)?.to_owned();
+        let options = l.next().ok_or_else(bad)?.to_owned();
+        let optional = l.map(str::to_owned).collect();
+        let mut r = right.split(' ');
+        let fstype = r.next().ok_or_else(bad)?.to_owned();
+        let source = r.next().ok_or_else(bad)?.to_owned();
+        let super_options = r.next().unwrap_or_default().to_owned();
+        Ok(MountInfo {
+            id,
+            parent,
+            device,
+            root,
+            mount_point,
+            options,
+            optional,
+            fstype,
+            source,
+            super_options,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip<T: FromStr<Err = Error> + fmt::Display + PartialEq + fmt::Debug>(s: &str) {
+        let v: T = s.parse().unwrap();
+        assert_eq!(v.to_string(), s);
+        assert_eq!(v.to_string().parse::<T>().unwrap(), v);
+    }
+
+    #[test]
+    fn kernel_strings_round_trip() {
+        round_trip::<DeviceNumber>("253:4");
+        round_trip::<Max<u64>>("max");
+        round_trip::<Max<u64>>("67108864");
+        round_trip::<CpuList>("0-3,6,8-9");
+        round_trip::<CpuMax>("max 100000");
+        round_trip::<CpuMax>("50000 100000");
+        round_trip::<DeviceRate>("7:0 1048576");
+        round_trip::<IoMax>("253:4 rbps=1048576 wbps=max riops=max wiops=100");
+        round_trip::<FlatKeyed>("high 0\nlow 0\nmax 3\noom 1\noom_kill 1\n");
+        round_trip::<MountInfo>(
+            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw",
+        );
+        round_trip::<MountInfo>(
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu",
+        );
+    }
+
+    #[test]
+    fn kernel_forms_parse() {
+        assert_eq!("0-1\n".parse::<CpuList>().unwrap(), CpuList([0, 1].into()));
+        assert!("".parse::<CpuList>().unwrap().is_empty());
+        let oom: FlatKeyed = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
+            .parse()
+            .unwrap();
+        assert_eq!(oom.get("oom_kill"), 2);
+        assert_eq!(oom.get("absent"), 0);
+        let io: IoMax = "8:0 wbps=1024".parse().unwrap();
+        assert_eq!(io.wbps, Max::Limit(1024));
+        assert_eq!(io.rbps, Max::Unlimited);
+    }
+
+    #[test]
+    fn malformed_strings_are_errors() {
+        for bad in ["8", "a:b", "8:"] {
+            assert!(bad.parse::<DeviceNumber>().is_err(), "{bad}");
+        }
+        for bad in ["3-1", "x", "1,,2", "0-"] {
+            assert!(bad.parse::<CpuList>().is_err(), "{bad}");
+        }
+        assert!("max".parse::<CpuMax>().is_err());
+        assert!("8:0 speed=3".parse::<IoMax>().is_err());
+        assert!("key".parse::<FlatKeyed>().is_err());
+        assert!("1 2 3 / /x rw".parse::<MountInfo>().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn cpu_lists_round_trip(cpus in proptest::collection::btree_set(0u32..256, 0..40)) {
+            let list = CpuList(cpus);
+            prop_assert_eq!(list.to_string().parse::<CpuList>().unwrap(), list);
+        }
+
+        #[test]
+        fn io_max_round_trips(maj in 0u32..4096, min in 0u32..1 << 20,
+                              r in proptest::option::of(0u64..u64::MAX), w in proptest::option::of(1u64..1 << 40)) {
+            let m = |v: Option<u64>| v.map_or(Max::Unlimited, Max::Limit);
+            let io = IoMax { device: DeviceNumber::new(maj, min), rbps: m(r), wbps: m(w), riops: Max::Unlimited, wiops: m(w) };
+            prop_assert_eq!(io.to_string().parse::<IoMax>().unwrap(), io);
+        }
+
+        #[test]
+        fn flat_keyed_round_trips(map in proptest::collection::btree_map("[a-z_]{1,12}", any::<u64>(), 0..8)) {
+            let f = FlatKeyed(map);
+            prop_assert_eq!(f.to_string().parse::<FlatKeyed>().unwrap(), f);
+        }
+    }
+}
