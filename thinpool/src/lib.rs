@@ -1,1 +1,35 @@
-//! placeholder
+//! Provision and operate device-mapper thin-pools.
+//!
+//! Kernel features needed: device-mapper (`CONFIG_BLK_DEV_DM`, `/dev/mapper/control`,
+//! ioctl interface 4.x), the `thin-pool` and `thin` targets
+//! (`CONFIG_DM_THIN_PROVISIONING`, module `dm-thin-pool`; kernel 4.19+ for the
+//! metadata low watermark in the status line), and loop devices (`CONFIG_BLK_DEV_LOOP`,
+//! `/dev/loop-control`; `LOOP_SET_DIRECT_IO` since 4.4) for loopback pools. All
+//! of it needs root (CAP_SYS_ADMIN).
+//!
+//! Vocabulary: a *pool* is a `thin-pool` dm device over a metadata device and a
+//! data device; a *thin device* is a 24-bit [`ThinId`] inside the pool's
+//! metadata, which may be *active* (a `thin` dm device exists) or not; a
+//! *snapshot* is a thin device created from another one sharing its blocks.
+//!
+//! Layers, bottom up:
+//! - [`units`], [`table`], [`status`], [`metadata_size`]: typed units and ids,
+//!   every kernel string as a type that parses and prints (no root needed);
+//! - [`dm`] and [`loopdev`]: trait seams over device-mapper and loop control,
+//!   each with a real implementation and an in-memory fake, passed in by the caller;
+//! - [`store`]: the crash-safe record store (intent before each kernel
+//!   mutation, done after it, tied together by the pool's transaction id);
+//! - [`pool`]: loopback pools and their thin devices, reconciling the records
+//!   with the kernel whenever a pool is opened.
+
+pub mod error;
+
+pub mod metadata_size;
+
+pub mod status;
+
+pub mod table;
+pub mod units;
+
+pub use error::{Context, Error, ErrorKind, Result};
+pub use units::{BlockSize, Bytes, DataBlocks, MetaBlocks, Sectors, ThinId, TransactionId};

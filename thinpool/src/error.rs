@@ -1,0 +1,435 @@
+//! The crate's one error type: a matchable [`ErrorKind`], the [`Context`]
+//! (pool, device, path, operation) it happened in, and the underlying source.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::units::{Bytes, DataBlocks, MetaBlocks, Sectors};
+
+/// What went wrong. Each variant carries the offending value so the message
+/// can name it and say what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A data block size outside 64 KiB..=1 GiB or not a multiple of 64 KiB.
+    InvalidBlockSize {
+        /// The rejected size.
+        bytes: u64,
+    },
+    /// A size that must be a whole number of data blocks is not.
+    NotBlockMultiple {
+        /// What the size is for ("data device", "thin device").
+        what: &'static str,
+        /// The rejected size.
+        size: Bytes,
+        /// The pool's data block size.
+        block_size: Bytes,
+    },
+    /// A size that must not be zero (or is otherwise too small) was given.
+    SizeTooSmall {
+        /// What the size is for.
+        what: &'static str,
+        /// The rejected size.
+        size: Bytes,
+        /// The smallest accepted size.
+        min: Bytes,
+    },
+    /// A thin device id does not fit the kernel's 24 bits.
+    ThinIdOutOfRange {
+        /// The rejected id.
+        id: u64,
+    },
+    /// Every 24-bit thin id is taken.
+    ThinIdsExhausted,
+    /// A dm, thin or pool name that is empty, too long or has characters the
+    /// kernel or thinbox does not accept.
+    InvalidName {
+        /// The rejected name.
+        name: String,
+    },
+    /// The metadata device is smaller than thin_metadata_size computes.
+    MetadataTooSmall {
+        /// Size of the metadata device.
+        have: Sectors,
+        /// Size thin_metadata_size asks for.
+        need: Sectors,
+    },
+    /// Arithmetic on units would overflow `u64`.
+    Overflow {
+        /// What was being computed.
+        what: &'static str,
+    },
+    /// A kernel string (table, status, sysfs file) did not parse.
+    Parse {
+        /// What was being parsed ("thin-pool table", "thin status").
+        what: &'static str,
+        /// The input text.
+        input: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A dm device, thin device or pool of this name already exists.
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// No dm device, thin device, pool or record of this name exists.
+    NotFound {
+        /// The name (or path) looked for.
+        name: String,
+    },
+    /// A device is in use (open, mounted, or has active thin devices).
+    Busy {
+        /// The busy device.
+        device: String,
+    },
+    /// The caller is not root (device-mapper and loop control need CAP_SYS_ADMIN).
+    NotRoot,
+    /// The running kernel has no dm-thin-pool target.
+    DmThinUnsupported,
+    /// The pool has no free data blocks left.
+    OutOfDataSpace {
+        /// Used data blocks.
+        used: DataBlocks,
+        /// Total data blocks.
+        total: DataBlocks,
+    },
+    /// Creating a thin device would take the pool below the free-space floor.
+    BelowFreeSpaceFloor {
+        /// Used data blocks.
+        used: DataBlocks,
+        /// Total data blocks.
+        total: DataBlocks,
+        /// The floor, as a percentage of the pool that must stay free.
+        floor_percent: u8,
+    },
+    /// The pool's metadata has no free blocks left.
+    OutOfMetadataSpace {
+        /// Used metadata blocks.
+        used: MetaBlocks,
+        /// Total metadata blocks.
+        total: MetaBlocks,
+    },
+    /// The pool is in read-only or failed mode.
+    PoolNotWritable {
+        /// The mode the kernel reports ("ro", "Fail").
+        mode: String,
+    },
+    /// The pool's transaction id is not one thinbox's records explain: some
+    /// other tool changed the pool.
+    TransactionMismatch {
+        /// Transaction id the kernel reports.
+        kernel: u64,
+        /// Transaction id the records expect.
+        recorded: u64,
+    },
+    /// An existing dm device does not have the table thinbox would load.
+    TableMismatch {
+        /// The dm device.
+        device: String,
+        /// The table found.
+        found: String,
+        /// The table expected.
+        expected: String,
+    },
+    /// A device-mapper ioctl failed for a reason not covered above.
+    Kernel {
+        /// The errno the kernel returned, if known.
+        errno: Option<i32>,
+    },
+    /// A loop-device operation failed for a reason not covered above.
+    Loop,
+    /// A file-system operation failed.
+    Io,
+    /// The record store failed.
+    Store,
+    /// A fault injected by a test double (never produced by real implementations).
+    Injected,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
+            InvalidBlockSize { bytes } => write!(
+                f,
+                "block size {bytes} bytes is invalid: use a multiple of 64 KiB from 64 KiB to 1 GiB"
+            ),
+            NotBlockMultiple { what, size, block_size } => write!(
+                f,
+                "{what} size {size} is not a multiple of the block size {block_size}: round it to a multiple of {block_size}"
+            ),
+            SizeTooSmall { what, size, min } => {
+                write!(f, "{what} size {size} is too small: use at least {min}")
+            }
+            ThinIdOutOfRange { id } => write!(
+                f,
+                "thin id {id} does not fit in 24 bits: use an id below {}",
+                crate::units::ThinId::LIMIT
+            ),
+            ThinIdsExhausted => write!(
+                f,
+                "all 2^24 thin ids are in use: delete unused thin devices"
+            ),
+            InvalidName { name } => write!(
+                f,
+                "name {name:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ . + -"
+            ),
+            MetadataTooSmall { have, need } => write!(
+                f,
+                "metadata device of {} is too small for this data device: make it at least {} (as thin_metadata_size computes)",
+                have.bytes(),
+                need.bytes()
+            ),
+            Overflow { what } => write!(f, "{what} overflows 64 bits: use a smaller size"),
+            Parse { what, input, reason } => {
+                write!(f, "cannot parse {what} {input:?}: {reason}")
+            }
+            NameTaken { name } => write!(
+                f,
+                "{name:?} already exists: choose another name or remove the existing one"
+            ),
+            NotFound { name } => write!(f, "{name:?} does not exist"),
+            Busy { device } => write!(
+                f,
+                "{device} is busy: unmount it and close whatever holds it open, then retry"
+            ),
+            NotRoot => write!(
+                f,
+                "device-mapper and loop control need root: run as root (CAP_SYS_ADMIN)"
+            ),
+            DmThinUnsupported => write!(
+                f,
+                "the kernel has no dm-thin-pool target: load it with `modprobe dm-thin-pool` or use a kernel built with CONFIG_DM_THIN_PROVISIONING"
+            ),
+            OutOfDataSpace { used, total } => write!(
+                f,
+                "pool is out of data space ({used}/{total} data blocks used): extend the pool's data device"
+            ),
+            BelowFreeSpaceFloor { used, total, floor_percent } => write!(
+                f,
+                "pool is {}% full ({used}/{total} data blocks used) and keeps {floor_percent}% free: extend the pool or delete thin devices",
+                percent(used.get(), total.get())
+            ),
+            OutOfMetadataSpace { used, total } => write!(
+                f,
+                "pool metadata is full ({used}/{total} metadata blocks used): extend the metadata device"
+            ),
+            PoolNotWritable { mode } => write!(
+                f,
+                "pool is in {mode} mode: run thin_check/thin_repair on its metadata and reactivate it"
+            ),
+            TransactionMismatch { kernel, recorded } => write!(
+                f,
+                "pool transaction id is {kernel} but the records expect {recorded}: another tool changed the pool; adopt it explicitly"
+            ),
+            TableMismatch { device, found, expected } => write!(
+                f,
+                "dm device {device} has table {found:?}, expected {expected:?}: remove the stale device or use another name"
+            ),
+            Kernel { errno: Some(e) } => write!(
+                f,
+                "device-mapper call failed: {}",
+                std::io::Error::from_raw_os_error(*e)
+            ),
+            Kernel { errno: None } => write!(f, "device-mapper call failed"),
+            Loop => write!(f, "loop device operation failed"),
+            Io => write!(f, "i/o failed"),
+            Store => write!(f, "record store failed"),
+            Injected => write!(f, "injected fault"),
+        }
+    }
+}
+
+fn percent(used: u64, total: u64) -> u64 {
+    if total == 0 {
+        100
+    } else {
+        ((u128::from(used) * 100) / u128::from(total)) as u64
+    }
+}
+
+/// Where an error happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The operation ("create thin", "activate pool").
+    pub op: Option<&'static str>,
+    /// The pool's name.
+    pub pool: Option<String>,
+    /// The dm or loop device.
+    pub device: Option<String>,
+    /// A file involved.
+    pub path: Option<PathBuf>,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(op) = self.op {
+            parts.push(op.to_owned());
+        }
+        if let Some(p) = &self.pool {
+            parts.push(format!("pool {p}"));
+        }
+        if let Some(d) = &self.device {
+            parts.push(format!("device {d}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path {}", p.display()));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// The crate's error: kind, context and source (kind and context boxed, so
+/// results stay small).
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    kind: Box<ErrorKind>,
+    context: Box<Context>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ctx = self.context.to_string();
+        if ctx.is_empty() {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{ctx}: {}", self.kind)
+        }
+    }
+}
+
+impl Error {
+    /// An error of this kind with empty context.
+    pub fn new(kind: ErrorKind) -> Error {
+        Error {
+            kind: Box::new(kind),
+            context: Box::default(),
+            source: None,
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// Where it went wrong.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Sets the operation unless one is set already (innermost wins).
+    pub fn op(mut self, op: &'static str) -> Error {
+        self.context.op.get_or_insert(op);
+        self
+    }
+
+    /// Sets the pool name unless one is set already.
+    pub fn pool(mut self, pool: impl Into<String>) -> Error {
+        if self.context.pool.is_none() {
+            self.context.pool = Some(pool.into());
+        }
+        self
+    }
+
+    /// Sets the device unless one is set already.
+    pub fn device(mut self, device: impl Into<String>) -> Error {
+        if self.context.device.is_none() {
+            self.context.device = Some(device.into());
+        }
+        self
+    }
+
+    /// Sets the path unless one is set already.
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Error {
+        if self.context.path.is_none() {
+            self.context.path = Some(path.into());
+        }
+        self
+    }
+
+    /// An i/o error on `path`, classified by errno where a kind fits.
+    pub fn io(source: std::io::Error, path: impl Into<PathBuf>) -> Error {
+        let kind = match source.raw_os_error() {
+            Some(libc::EBUSY) => ErrorKind::Busy {
+                device: String::new(),
+            },
+            Some(libc::EPERM) | Some(libc::EACCES) => ErrorKind::NotRoot,
+            _ => ErrorKind::Io,
+        };
+        let path = path.into();
+        let kind = match kind {
+            ErrorKind::Busy { .. } => ErrorKind::Busy {
+                device: path.display().to_string(),
+            },
+            k => k,
+        };
+        Error::new(kind).path(path).with_source(source)
+    }
+
+    /// A parse error.
+    pub fn parse(what: &'static str, input: &str, reason: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Parse {
+            what,
+            input: input.to_owned(),
+            reason: reason.into(),
+        })
+    }
+
+    /// True when the kernel said the device or thin id is busy.
+    pub fn is_busy(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Busy { .. })
+    }
+
+    /// True when the thing looked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(*self.kind, ErrorKind::NotFound { .. })
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_names_value_and_fix() {
+        let e = Error::new(ErrorKind::InvalidBlockSize { bytes: 4096 })
+            .op("create pool")
+            .pool("p");
+        let s = e.to_string();
+        assert!(s.contains("4096"), "{s}");
+        assert!(s.contains("multiple of 64 KiB"), "{s}");
+        assert!(s.starts_with("create pool, pool p: "), "{s}");
+        assert!(!s.ends_with('.'));
+    }
+
+    #[test]
+    fn floor_message_says_how_full() {
+        let e = Error::new(ErrorKind::BelowFreeSpaceFloor {
+            used: DataBlocks::new(90),
+            total: DataBlocks::new(100),
+            floor_percent: 20,
+        });
+        let s = e.to_string();
+        assert!(s.contains("90% full") && s.contains("extend"), "{s}");
+    }
+
+    #[test]
+    fn innermost_context_wins() {
+        let e = Error::new(ErrorKind::Io).op("inner").op("outer");
+        assert_eq!(e.context().op, Some("inner"));
+    }
+}
