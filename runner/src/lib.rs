@@ -3,6 +3,7 @@
 //! Work in progress: see [`cgroup`].
 
 pub mod cgroup;
+pub mod config;
 pub mod error;
 
 pub use error::{Error, ErrorKind, Result};
