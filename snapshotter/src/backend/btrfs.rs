@@ -1,0 +1,158 @@
+//! The btrfs backend: every active snapshot and view is a btrfs subvolume,
+//! every committed snapshot a read-only subvolume snapshot.
+//!
+//! Kernel: btrfs (subvolume create/snapshot/destroy ioctls, via Debian's
+//! libbtrfsutil through the `libbtrfsutil` crate). The root must be a
+//! directory on btrfs. Layout: `ROOT/active/ID`, `ROOT/view/ID` (read-only
+//! snapshots), `ROOT/snapshots/ID` (committed, read-only). Commit snapshots
+//! `active/ID` read-only to `snapshots/ID` and deletes the active subvolume,
+//! which is idempotent after a crash. Usage is estimated by comparing the
+//! tree with the parent's (qgroups are not used).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::core::{Backend, Object, Snapshots};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil::usage_against;
+use crate::mount::MountSpec;
+use crate::store::SnapshotId;
+use crate::types::{Capabilities, Kind, Usage};
+
+use super::naive::ids_in;
+
+/// `BTRFS_SUPER_MAGIC` from linux/magic.h.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+
+/// The btrfs backend.
+#[derive(Debug)]
+pub struct Btrfs {
+    root: PathBuf,
+}
+
+fn btrfs_err(op: &'static str, path: &Path, e: libbtrfsutil::Error) -> Error {
+    Error::new(ErrorKind::Io, op).path(path).source(e)
+}
+
+impl Btrfs {
+    /// A backend at `root`, which must be on btrfs
+    /// ([`ErrorKind::BackendUnavailable`] otherwise).
+    pub fn new(root: &Path) -> Result<Btrfs> {
+        fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
+        let st = nix::sys::statfs::statfs(root).map_err(|e| Error::sys("statfs", root, e))?;
+        #[allow(clippy::unnecessary_cast)]
+        if st.filesystem_type().0 as i64 != BTRFS_SUPER_MAGIC {
+            return Err(Error::new(ErrorKind::BackendUnavailable, "open")
+                .path(root)
+                .detail("btrfs: root is not on btrfs; mount a btrfs filesystem there"));
+        }
+        for sub in ["active", "view", "snapshots"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(|e| Error::io("open", &d, e))?;
+        }
+        Ok(Btrfs {
+            root: root.to_owned(),
+        })
+    }
+
+    /// Opens a btrfs snapshotter at `root`.
+    pub fn open(root: &Path) -> Result<Snapshots<Btrfs>> {
+        Snapshots::open(root, Btrfs::new(root)?)
+    }
+
+    fn path(&self, kind: Kind, id: SnapshotId) -> PathBuf {
+        let dir = match kind {
+            Kind::Active => "active",
+            Kind::View => "view",
+            Kind::Committed => "snapshots",
+        };
+        self.root.join(dir).join(id.to_string())
+    }
+}
+
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+impl Backend for Btrfs {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_level: false,
+            exact_usage: false,
+            max_size_label: false,
+            rename_lower_dirs: true,
+            cheap_commit: false,
+        }
+    }
+
+    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+        let path = self.path(obj.kind, obj.id);
+        match obj.parents.first() {
+            None => {
+                libbtrfsutil::create_subvolume(&path)
+                    .map_err(|e| btrfs_err("create subvolume", &path, e))?;
+                if obj.kind == Kind::View {
+                    libbtrfsutil::set_subvolume_read_only(&path, true)
+                        .map_err(|e| btrfs_err("set read-only", &path, e))?;
+                }
+                Ok(())
+            }
+            Some(p) => {
+                let src = self.path(Kind::Committed, *p);
+                libbtrfsutil::CreateSnapshotOptions::new()
+                    .readonly(obj.kind == Kind::View)
+                    .create(&src, &path)
+                    .map_err(|e| btrfs_err("snapshot", &path, e))
+            }
+        }
+    }
+
+    fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
+        let src = self.path(Kind::Active, obj.id);
+        let dst = self.path(Kind::Committed, obj.id);
+        if !exists(&dst) {
+            libbtrfsutil::CreateSnapshotOptions::new()
+                .readonly(true)
+                .create(&src, &dst)
+                .map_err(|e| btrfs_err("snapshot", &dst, e))?;
+        }
+        if exists(&src) {
+            libbtrfsutil::delete_subvolume(&src)
+                .map_err(|e| btrfs_err("delete subvolume", &src, e))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+        for kind in [Kind::Active, Kind::View, Kind::Committed] {
+            let p = self.path(kind, id);
+            if exists(&p) {
+                libbtrfsutil::delete_subvolume(&p)
+                    .map_err(|e| btrfs_err("delete subvolume", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, obj: &Object<'_>) -> Result<Vec<MountSpec>> {
+        Ok(vec![MountSpec::bind(
+            &self.path(obj.kind, obj.id),
+            obj.kind == Kind::View,
+        )])
+    }
+
+    fn usage(&self, obj: &Object<'_>) -> Result<Usage> {
+        let parent = obj.parents.first().map(|p| self.path(Kind::Committed, *p));
+        usage_against(&self.path(obj.kind, obj.id), parent.as_deref())
+    }
+
+    fn list(&self) -> Result<Vec<SnapshotId>> {
+        let mut out = Vec::new();
+        for sub in ["active", "view", "snapshots"] {
+            out.extend(ids_in(&self.root.join(sub))?);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}

@@ -1,0 +1,609 @@
+//! The [`Snapshotter`] trait and [`Snapshots`], the one implementation of
+//! its semantics over any [`Backend`].
+//!
+//! [`Snapshots`] owns the metadata [`Store`] and enforces every rule (keys
+//! unique, parents committed, no removal while children exist, views never
+//! committed); a [`Backend`] only creates, commits, removes, mounts and
+//! measures the objects it is told about, by [`SnapshotId`]. Each backend
+//! mutation is bracketed by an intent and a done record in the store, and
+//! [`Snapshots::open`] reconciles whatever a crash left in between.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::filter::{matches_any, Filter};
+use crate::mount::MountSpec;
+use crate::store::{Record, SnapshotId, State, Store};
+use crate::types::{validate_labels, Capabilities, Info, Key, Kind, Labels, Name, Usage};
+
+/// containerd's snapshotter interface.
+///
+/// Life cycle: `prepare(key, parent)` makes an *active* snapshot (writable)
+/// on top of a committed `parent` and returns how to mount it; the caller
+/// mounts, writes, unmounts and `commit(name, key)`s it, which makes a
+/// *committed* snapshot called `name` (the key disappears). `view(key,
+/// parent)` makes a read-only snapshot that cannot be committed. Committed
+/// snapshots are the only possible parents, and `remove` refuses a snapshot
+/// that still has children.
+pub trait Snapshotter: Send + Sync + fmt::Debug {
+    /// What the backend underneath can do.
+    fn capabilities(&self) -> Capabilities;
+    /// The info of a snapshot by key or name.
+    fn stat(&self, key: &Key) -> Result<Info>;
+    /// Updates the labels of `info.name` (see [`Store::update`] for
+    /// `fieldpaths`); any other field is immutable.
+    fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info>;
+    /// Space used by the snapshot itself, excluding its parents.
+    fn usage(&self, key: &Key) -> Result<Usage>;
+    /// How to mount an active snapshot or view.
+    fn mounts(&self, key: &Key) -> Result<Vec<MountSpec>>;
+    /// Creates an active snapshot `key` on `parent` and returns its mounts.
+    fn prepare(&self, key: &Key, parent: Option<&Name>, labels: &Labels) -> Result<Vec<MountSpec>>;
+    /// Creates a read-only view `key` of `parent` and returns its mounts.
+    fn view(&self, key: &Key, parent: Option<&Name>, labels: &Labels) -> Result<Vec<MountSpec>>;
+    /// Commits active `key` as `name`, with `labels`. The active snapshot
+    /// must not be mounted.
+    fn commit(&self, name: &Name, key: &Key, labels: &Labels) -> Result<()>;
+    /// Removes a snapshot without children. The key is released at once;
+    /// if the backend cannot remove the object now, [`Snapshotter::cleanup`]
+    /// retries.
+    fn remove(&self, key: &Key) -> Result<()>;
+    /// Calls `f` for every snapshot matching any of `filters` (all when
+    /// empty). `f` may call other methods of the snapshotter.
+    fn walk(&self, filters: &[Filter], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()>;
+    /// Reclaims what removals deferred and backend objects without a record.
+    fn cleanup(&self) -> Result<()>;
+    /// Releases the store and the root; later calls fail with
+    /// [`ErrorKind::Closed`]. Closing twice is fine.
+    fn close(&self) -> Result<()>;
+}
+
+/// A backend object as the backend is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Object<'a> {
+    /// Its identity.
+    pub id: SnapshotId,
+    /// Its kind (for `commit`: `Active`, the kind it is leaving).
+    pub kind: Kind,
+    /// Its parents, nearest first.
+    pub parents: &'a [SnapshotId],
+}
+
+/// The storage underneath a [`Snapshots`]. Every method may be called again
+/// after a crash for the same object, so each must be idempotent.
+pub trait Backend: Send + fmt::Debug {
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Creates the object of a new active snapshot or view. On failure it
+    /// may leave a partial object behind; [`Backend::remove`] deletes it.
+    fn create(&mut self, obj: &Object<'_>) -> Result<()>;
+    /// Makes active `obj` committed (read-only from now on). Calling it again
+    /// when it is done or half-done completes it.
+    fn commit(&mut self, obj: &Object<'_>) -> Result<()>;
+    /// Deletes the object, whatever state it is in; an absent object is fine.
+    fn remove(&mut self, id: SnapshotId) -> Result<()>;
+    /// How to mount `obj`.
+    fn mounts(&self, obj: &Object<'_>) -> Result<Vec<MountSpec>>;
+    /// Space used by `obj` alone.
+    fn usage(&self, obj: &Object<'_>) -> Result<Usage>;
+    /// Ids of every object the backend holds.
+    fn list(&self) -> Result<Vec<SnapshotId>>;
+}
+
+struct Inner<B> {
+    store: Option<Store>,
+    backend: B,
+    lock: Option<Flock<File>>,
+}
+
+/// A [`Snapshotter`] over backend `B`.
+pub struct Snapshots<B> {
+    inner: Mutex<Inner<B>>,
+    caps: Capabilities,
+    root: PathBuf,
+}
+
+impl<B: Backend> fmt::Debug for Snapshots<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshots")
+            .field("root", &self.root)
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes the exclusive lock of a snapshotter root (`ROOT/lock`).
+pub fn lock_root(root: &Path) -> Result<Flock<File>> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
+    let path = root.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        Error::new(ErrorKind::Busy, "open")
+            .path(&path)
+            .detail("another snapshotter has this root open")
+            .source(e)
+    })
+}
+
+impl<B: Backend> Snapshots<B> {
+    /// Opens a snapshotter whose metadata lives in `ROOT/metadata.db`,
+    /// holding `ROOT/lock`, and reconciles interrupted mutations.
+    pub fn open(root: &Path, backend: B) -> Result<Snapshots<B>> {
+        let lock = lock_root(root)?;
+        let store = Store::open(&root.join("metadata.db"))?;
+        Self::with_store(root, store, backend, Some(lock))
+    }
+
+    /// Opens a snapshotter over an already open store (for example one
+    /// shared with thinpool's records).
+    pub fn with_store(
+        root: &Path,
+        store: Store,
+        backend: B,
+        lock: Option<Flock<File>>,
+    ) -> Result<Snapshots<B>> {
+        let caps = backend.capabilities();
+        let s = Snapshots {
+            inner: Mutex::new(Inner {
+                store: Some(store),
+                backend,
+                lock,
+            }),
+            caps,
+            root: root.to_owned(),
+        };
+        s.recover()?;
+        Ok(s)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn guard(&self) -> MutexGuard<'_, Inner<B>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn parts<'a>(g: &'a mut Inner<B>, op: &'static str) -> Result<(&'a mut Store, &'a mut B)> {
+        match g.store.as_mut() {
+            Some(s) => Ok((s, &mut g.backend)),
+            None => Err(Error::new(ErrorKind::Closed, op)),
+        }
+    }
+
+    /// Finishes or undoes every intent left by an interrupted mutation.
+    fn recover(&self) -> Result<()> {
+        let mut g = self.guard();
+        let (store, backend) = Self::parts(&mut g, "recover")?;
+        for rec in store.pending()? {
+            if let Err(e) = Self::settle(store, backend, &rec) {
+                tracing::warn!("cannot settle interrupted snapshot {}: {e}", rec.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(store: &mut Store, backend: &mut B, rec: &Record) -> Result<()> {
+        match rec.state {
+            State::Creating | State::Removing => {
+                backend.remove(rec.id)?;
+                store.delete("recover", rec.id)
+            }
+            State::Committing => {
+                let parents = store.parents(rec.id)?;
+                let obj = Object {
+                    id: rec.id,
+                    kind: Kind::Active,
+                    parents: &parents,
+                };
+                backend.commit(&obj)?;
+                store.finish("recover", rec.id)
+            }
+            State::Ready => Ok(()),
+        }
+    }
+
+    fn create(
+        &self,
+        op: &'static str,
+        kind: Kind,
+        key: &Key,
+        parent: Option<&Name>,
+        labels: &Labels,
+    ) -> Result<Vec<MountSpec>> {
+        validate_labels(labels)?;
+        let mut g = self.guard();
+        let (store, backend) = Self::parts(&mut g, op)?;
+        let rec = store.begin_create(
+            op,
+            key.as_str(),
+            parent.map(Name::as_str),
+            kind,
+            labels,
+            SystemTime::now(),
+        )?;
+        let parents = store.parents(rec.id)?;
+        let obj = Object {
+            id: rec.id,
+            kind,
+            parents: &parents,
+        };
+        let made = backend.create(&obj).and_then(|()| backend.mounts(&obj));
+        match made {
+            Ok(mounts) => {
+                store.finish(op, rec.id)?;
+                Ok(mounts)
+            }
+            Err(e) => {
+                // Undo; if the backend cannot, the `creating` record stays
+                // so that cleanup or the next open retries.
+                match backend.remove(rec.id) {
+                    Ok(()) => store.delete(op, rec.id)?,
+                    Err(e2) => tracing::warn!("undo of failed {op} {key} deferred: {e2}"),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn with_object<T>(
+        &self,
+        op: &'static str,
+        key: &Key,
+        f: impl FnOnce(&B, &Object<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut g = self.guard();
+        let (store, backend) = Self::parts(&mut g, op)?;
+        let rec = store.get(key.as_str()).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::new(ErrorKind::NotFound, op).key(key)
+            } else {
+                e
+            }
+        })?;
+        let parents = store.parents(rec.id)?;
+        f(
+            backend,
+            &Object {
+                id: rec.id,
+                kind: rec.kind,
+                parents: &parents,
+            },
+        )
+    }
+}
+
+impl<B: Backend> Snapshotter for Snapshots<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    fn stat(&self, key: &Key) -> Result<Info> {
+        let mut g = self.guard();
+        let (store, _) = Self::parts(&mut g, "stat")?;
+        let rec = store.get(key.as_str())?;
+        store.info(&rec)
+    }
+
+    fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
+        let key = Key::new(info.name.clone())?;
+        let mut g = self.guard();
+        let (store, _) = Self::parts(&mut g, "update")?;
+        let rec = store.update(key.as_str(), &info.labels, fieldpaths, SystemTime::now())?;
+        store.info(&rec)
+    }
+
+    fn usage(&self, key: &Key) -> Result<Usage> {
+        self.with_object("usage", key, |b, obj| b.usage(obj))
+    }
+
+    fn mounts(&self, key: &Key) -> Result<Vec<MountSpec>> {
+        self.with_object("mounts", key, |b, obj| {
+            if obj.kind == Kind::Committed {
+                return Err(Error::new(ErrorKind::InvalidArgument, "mounts")
+                    .key(key)
+                    .detail("committed snapshots are not mounted; view them instead"));
+            }
+            b.mounts(obj)
+        })
+    }
+
+    fn prepare(&self, key: &Key, parent: Option<&Name>, labels: &Labels) -> Result<Vec<MountSpec>> {
+        self.create("prepare", Kind::Active, key, parent, labels)
+    }
+
+    fn view(&self, key: &Key, parent: Option<&Name>, labels: &Labels) -> Result<Vec<MountSpec>> {
+        self.create("view", Kind::View, key, parent, labels)
+    }
+
+    fn commit(&self, name: &Name, key: &Key, labels: &Labels) -> Result<()> {
+        validate_labels(labels)?;
+        let mut g = self.guard();
+        let (store, backend) = Self::parts(&mut g, "commit")?;
+        let rec = store.begin_commit(key.as_str(), name.as_str(), labels, SystemTime::now())?;
+        let parents = store.parents(rec.id)?;
+        let obj = Object {
+            id: rec.id,
+            kind: Kind::Active,
+            parents: &parents,
+        };
+        if let Err(e) = backend.commit(&obj) {
+            store.abort_commit(rec.id)?;
+            return Err(e);
+        }
+        store.finish("commit", rec.id)
+    }
+
+    fn remove(&self, key: &Key) -> Result<()> {
+        let mut g = self.guard();
+        let (store, backend) = Self::parts(&mut g, "remove")?;
+        let rec = store.begin_remove(key.as_str())?;
+        match backend.remove(rec.id) {
+            Ok(()) => store.delete("remove", rec.id),
+            Err(e) => {
+                tracing::warn!("removal of {key} deferred to cleanup: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn walk(&self, filters: &[Filter], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        let infos = {
+            let mut g = self.guard();
+            let (store, _) = Self::parts(&mut g, "walk")?;
+            let mut out = Vec::new();
+            for rec in store.ready()? {
+                let info = store.info(&rec)?;
+                if matches_any(filters, &info) {
+                    out.push(info);
+                }
+            }
+            out
+        };
+        for info in &infos {
+            f(info)?;
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let mut g = self.guard();
+        let (store, backend) = Self::parts(&mut g, "cleanup")?;
+        let mut first_err = None;
+        for rec in store.pending()? {
+            if let Err(e) = Self::settle(store, backend, &rec) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let known: std::collections::BTreeSet<SnapshotId> = store.all_ids()?.into_iter().collect();
+        for id in backend.list()? {
+            if !known.contains(&id) {
+                if let Err(e) = backend.remove(id) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn close(&self) -> Result<()> {
+        let mut g = self.guard();
+        g.store = None;
+        g.lock = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::{Fault, MemoryBackend, Objects};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    fn key(s: &str) -> Key {
+        Key::new(s).unwrap()
+    }
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn open(dir: &Path, objects: &Objects, fault: Option<Fault>) -> Snapshots<MemoryBackend> {
+        Snapshots::open(dir, MemoryBackend::new(objects.clone(), fault)).unwrap()
+    }
+
+    fn ids(objects: &Objects) -> Vec<u64> {
+        objects.lock().unwrap().keys().map(|i| i.0).collect()
+    }
+
+    /// Runs `f` on a snapshotter whose backend crashes as `fault` says, then
+    /// reopens and returns the reopened snapshotter.
+    fn crash_then_reopen(
+        dir: &Path,
+        objects: &Objects,
+        fault: Fault,
+        f: impl FnOnce(&Snapshots<MemoryBackend>),
+    ) -> Snapshots<MemoryBackend> {
+        let s = open(dir, objects, Some(fault));
+        let r = catch_unwind(AssertUnwindSafe(|| f(&s)));
+        assert!(r.is_err(), "the injected crash did not happen");
+        drop(s);
+        open(dir, objects, None)
+    }
+
+    #[test]
+    fn rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::default();
+        let s = open(dir.path(), &objects, None);
+        let l = Labels::new();
+        s.prepare(&key("a"), None, &l).unwrap();
+        assert_eq!(
+            s.prepare(&key("a"), None, &l).unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            s.prepare(&key("b"), Some(&name("a")), &l)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ParentNotCommitted
+        );
+        s.commit(&name("c"), &key("a"), &l).unwrap();
+        assert_eq!(s.stat(&key("a")).unwrap_err().kind(), ErrorKind::NotFound);
+        let v = s.view(&key("v"), Some(&name("c")), &l).unwrap();
+        assert_eq!(v[0].options, vec!["ro".to_owned()]);
+        assert_eq!(
+            s.commit(&name("x"), &key("v"), &l).unwrap_err().kind(),
+            ErrorKind::CommitOfView
+        );
+        assert_eq!(
+            s.remove(name("c").as_key()).unwrap_err().kind(),
+            ErrorKind::HasChildren
+        );
+        assert_eq!(s.stat(&key("v")).unwrap().parent.as_deref(), Some("c"));
+        s.remove(&key("v")).unwrap();
+        s.remove(name("c").as_key()).unwrap();
+        assert!(ids(&objects).is_empty());
+        // A second opener of the same root is refused.
+        let e = Snapshots::open(dir.path(), MemoryBackend::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        s.close().unwrap();
+        s.close().unwrap();
+        assert_eq!(s.stat(&key("v")).unwrap_err().kind(), ErrorKind::Closed);
+    }
+
+    #[test]
+    fn failed_prepare_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::default();
+        let s = open(dir.path(), &objects, Some(Fault::Fail("create")));
+        let e = s.prepare(&key("a"), None, &Labels::new()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(ids(&objects).is_empty());
+        let mut n = 0;
+        s.walk(&[], &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn failed_commit_keeps_the_active_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::default();
+        let s = open(dir.path(), &objects, Some(Fault::Fail("commit")));
+        s.prepare(&key("a"), None, &Labels::new()).unwrap();
+        assert!(s.commit(&name("c"), &key("a"), &Labels::new()).is_err());
+        assert_eq!(s.stat(&key("a")).unwrap().kind, Kind::Active);
+        assert!(s.stat(name("c").as_key()).is_err());
+    }
+
+    #[test]
+    fn crash_during_prepare_is_undone_on_open() {
+        for fault in [Fault::CrashBefore("create"), Fault::CrashAfter("create")] {
+            let dir = tempfile::tempdir().unwrap();
+            let objects = Objects::default();
+            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
+                let _ = s.prepare(&key("a"), None, &Labels::new());
+            });
+            assert!(ids(&objects).is_empty(), "{fault:?}: object left behind");
+            assert_eq!(s.stat(&key("a")).unwrap_err().kind(), ErrorKind::NotFound);
+            s.prepare(&key("a"), None, &Labels::new()).unwrap();
+        }
+    }
+
+    #[test]
+    fn crash_during_commit_is_finished_on_open() {
+        for fault in [Fault::CrashBefore("commit"), Fault::CrashAfter("commit")] {
+            let dir = tempfile::tempdir().unwrap();
+            let objects = Objects::default();
+            {
+                let s = open(dir.path(), &objects, None);
+                s.prepare(&key("a"), None, &Labels::new()).unwrap();
+            }
+            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
+                let _ = s.commit(&name("c"), &key("a"), &Labels::new());
+            });
+            assert_eq!(
+                s.stat(name("c").as_key()).unwrap().kind,
+                Kind::Committed,
+                "{fault:?}"
+            );
+            assert_eq!(
+                objects
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .copied()
+                    .collect::<Vec<_>>(),
+                vec![Kind::Committed]
+            );
+        }
+    }
+
+    #[test]
+    fn crash_during_remove_is_finished_on_open() {
+        for fault in [Fault::CrashBefore("remove"), Fault::CrashAfter("remove")] {
+            let dir = tempfile::tempdir().unwrap();
+            let objects = Objects::default();
+            {
+                let s = open(dir.path(), &objects, None);
+                s.prepare(&key("a"), None, &Labels::new()).unwrap();
+            }
+            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
+                let _ = s.remove(&key("a"));
+            });
+            assert!(ids(&objects).is_empty(), "{fault:?}");
+            assert!(s.stat(&key("a")).is_err());
+        }
+    }
+
+    #[test]
+    fn deferred_removal_and_orphans_are_reclaimed_by_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::default();
+        {
+            let s = open(dir.path(), &objects, Some(Fault::Fail("remove")));
+            s.prepare(&key("a"), None, &Labels::new()).unwrap();
+            s.remove(&key("a")).unwrap();
+            // The key is free at once even though the object is not gone.
+            assert!(s.stat(&key("a")).is_err());
+            assert_eq!(ids(&objects).len(), 1);
+        }
+        let s = open(dir.path(), &objects, None);
+        objects
+            .lock()
+            .unwrap()
+            .insert(SnapshotId(999), Kind::Active);
+        s.cleanup().unwrap();
+        assert!(ids(&objects).is_empty());
+    }
+
+    #[test]
+    fn stat_inside_walk_does_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::default();
+        let s = open(dir.path(), &objects, None);
+        s.prepare(&key("a"), None, &Labels::new()).unwrap();
+        let mut seen = vec![];
+        s.walk(&[], &mut |info| {
+            seen.push(s.stat(&Key::new(info.name.clone())?)?);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 1);
+    }
+}

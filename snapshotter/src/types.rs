@@ -1,0 +1,233 @@
+//! The vocabulary: keys and names, kinds, snapshot info, usage and
+//! capabilities.
+//!
+//! containerd's model: an *active* snapshot (writable) and a *view*
+//! (read-only) are addressed by their **key**; `commit` turns an active
+//! snapshot into a *committed* one addressed by its **name**. Keys and names
+//! share one namespace: a name cannot be used as a key while it exists.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Longest key or name accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Longest label name plus value accepted, in bytes (containerd's limit).
+pub const MAX_LABEL_LEN: usize = 4096;
+
+fn validate(s: &str, what: &'static str) -> Result<()> {
+    let bad = |d: &str| {
+        Err(Error::new(ErrorKind::InvalidArgument, "parse")
+            .key(s.escape_debug())
+            .detail(format!("{what} {d}")))
+    };
+    if s.is_empty() {
+        return bad("must not be empty");
+    }
+    if s.len() > MAX_KEY_LEN {
+        return bad("must be at most 4096 bytes");
+    }
+    if s.chars().any(char::is_control) {
+        return bad("must not contain control characters");
+    }
+    Ok(())
+}
+
+/// The key of an active snapshot or a view (also used to look up any
+/// snapshot, committed ones included, since keys and names share a
+/// namespace). Non-empty, at most [`MAX_KEY_LEN`] bytes, no control
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// Validates `s` as a key.
+    pub fn new(s: impl Into<String>) -> Result<Key> {
+        let s = s.into();
+        validate(&s, "key")?;
+        Ok(Key(s))
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Key {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Key> {
+        Key::new(s)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<Key> for Key {
+    fn as_ref(&self) -> &Key {
+        self
+    }
+}
+
+/// The name of a committed snapshot. Validated like a [`Key`]; every name is
+/// also a key ([`Name::as_key`]) for `stat`, `remove` and friends.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Key);
+
+impl Name {
+    /// Validates `s` as a name.
+    pub fn new(s: impl Into<String>) -> Result<Name> {
+        let s = s.into();
+        validate(&s, "name")?;
+        Ok(Name(Key(s)))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The same string as a lookup key.
+    pub fn as_key(&self) -> &Key {
+        &self.0
+    }
+}
+
+impl AsRef<Key> for Name {
+    fn as_ref(&self) -> &Key {
+        &self.0
+    }
+}
+
+impl FromStr for Name {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Name> {
+        Name::new(s)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Read-only, made by `view`; cannot be committed or be a parent.
+    View,
+    /// Writable, made by `prepare`; becomes committed by `commit`.
+    Active,
+    /// Immutable; the only kind that can be a parent.
+    Committed,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        })
+    }
+}
+
+impl FromStr for Kind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Kind> {
+        match s {
+            "view" => Ok(Kind::View),
+            "active" => Ok(Kind::Active),
+            "committed" => Ok(Kind::Committed),
+            other => Err(Error::new(ErrorKind::InvalidArgument, "parse")
+                .key(other)
+                .detail("kind must be view, active or committed")),
+        }
+    }
+}
+
+/// Labels: free-form metadata attached to a snapshot.
+pub type Labels = BTreeMap<String, String>;
+
+/// Checks every label against [`MAX_LABEL_LEN`] and forbids empty names.
+pub fn validate_labels(labels: &Labels) -> Result<()> {
+    for (k, v) in labels {
+        if k.is_empty() || k.len() + v.len() > MAX_LABEL_LEN {
+            return Err(Error::new(ErrorKind::InvalidArgument, "label")
+                .key(k)
+                .detail("label names must be non-empty and name plus value at most 4096 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// What `stat` and `walk` report about a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// The key (active, view) or name (committed).
+    pub name: String,
+    /// The committed parent, if any.
+    pub parent: Option<String>,
+    /// View, active or committed.
+    pub kind: Kind,
+    /// User labels.
+    pub labels: Labels,
+    /// When the snapshot was created (for committed ones: committed).
+    pub created: SystemTime,
+    /// When it was last changed (equal to `created` until `update`).
+    pub updated: SystemTime,
+}
+
+/// A size in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    /// `self + other`, saturating at `u64::MAX`.
+    pub fn saturating_add(self, other: Bytes) -> Bytes {
+        Bytes(self.0.saturating_add(other.0))
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} B", self.0)
+    }
+}
+
+/// Space a snapshot uses on its own, excluding what its parents hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of data.
+    pub size: Bytes,
+    /// Number of inodes.
+    pub inodes: u64,
+}
+
+/// What a backend can do. Tests and callers branch on these, never on a
+/// backend's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Copy-on-write happens below the filesystem (a block device per
+    /// snapshot, as with dm-thin); mounts carry a filesystem type, not a bind.
+    pub block_level: bool,
+    /// `usage` is exact (from the filesystem or pool) rather than estimated
+    /// by walking and comparing trees.
+    pub exact_usage: bool,
+    /// The `max-size` label grows a snapshot's device and filesystem.
+    pub max_size_label: bool,
+    /// A directory that came from a parent layer can be renamed with
+    /// rename(2) in a child (false for overlayfs without `redirect_dir`,
+    /// which answers EXDEV so tools fall back to copying).
+    pub rename_lower_dirs: bool,
+    /// Committing is a metadata change only (no copy or snapshot of data).
+    pub cheap_commit: bool,
+}
