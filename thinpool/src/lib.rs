@@ -22,7 +22,9 @@
 //! - [`pool`]: loopback pools and their thin devices, reconciling the records
 //!   with the kernel whenever a pool is opened.
 
+pub mod dm;
 pub mod error;
+pub mod loopdev;
 
 pub mod metadata_size;
 
