@@ -29,6 +29,7 @@ pub mod loopdev;
 pub mod metadata_size;
 
 pub mod status;
+pub mod store;
 
 pub mod table;
 pub mod units;
