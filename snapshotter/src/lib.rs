@@ -37,6 +37,7 @@ pub mod filter;
 pub mod fsutil;
 pub mod mount;
 pub mod store;
+pub mod testsuite;
 pub mod types;
 
 pub use crate::core::{Backend, Snapshots, Snapshotter};
