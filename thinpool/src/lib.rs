@@ -27,6 +27,7 @@ pub mod error;
 pub mod loopdev;
 
 pub mod metadata_size;
+pub mod pool;
 
 pub mod status;
 pub mod store;

@@ -154,6 +154,30 @@ impl fmt::Display for PoolFeatures {
     }
 }
 
+impl FromStr for PoolFeatures {
+    type Err = Error;
+    /// Parses `<#features> <feature>*`.
+    fn from_str(s: &str) -> Result<PoolFeatures> {
+        let f: Vec<&str> = s.split_whitespace().collect();
+        let bad = |reason: &str| Error::parse("thin-pool features", s, reason);
+        let n: usize = f
+            .first()
+            .ok_or_else(|| bad("missing feature count"))?
+            .parse()
+            .map_err(|_| bad("bad feature count"))?;
+        if f.len() != n + 1 {
+            return Err(bad("feature count does not match the features given"));
+        }
+        let mut features = PoolFeatures::default();
+        for name in &f[1..] {
+            if !features.set(name) {
+                return Err(bad(&format!("unknown feature {name}")));
+            }
+        }
+        Ok(features)
+    }
+}
+
 /// A target line split into its four fields, as the dm ioctls carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetLine {
@@ -249,18 +273,11 @@ impl PoolTable {
                 "expected metadata dev, data dev, block size, low water mark",
             ));
         }
-        let mut features = PoolFeatures::default();
-        if f.len() > 4 {
-            let n: usize = f[4].parse().map_err(|_| bad("bad feature count"))?;
-            if f.len() != 5 + n {
-                return Err(bad("feature count does not match the features given"));
-            }
-            for name in &f[5..] {
-                if !features.set(name) {
-                    return Err(bad(&format!("unknown feature {name}")));
-                }
-            }
-        }
+        let features = if f.len() > 4 {
+            f[4..].join(" ").parse()?
+        } else {
+            PoolFeatures::default()
+        };
         Ok(PoolTable {
             length: t.length,
             metadata: f[0].parse()?,

@@ -1,0 +1,1220 @@
+//! Loopback pools ("loop-lvm" done right) and their thin devices.
+//!
+//! A loopback pool lives in one directory: sparse `data` and `metadata` files
+//! attached to loop devices (direct I/O where the filesystem allows it), a
+//! `thin-pool` dm device over them, and the record store `thinbox.db`.
+//!
+//! Lifecycle: [`Pool::create_loopback`] makes the files, loop devices and
+//! pool; [`Pool::open_loopback`] re-activates it from the same files (after a
+//! reboot, or when it is already active: idempotent) and reconciles the
+//! records with the kernel; [`Pool::destroy`] removes everything.
+//!
+//! Every thin mutation (create, snapshot, delete) is: intent record →
+//! pool message → `set_transaction_id from to` → done record. Reconciliation
+//! reads the pool's transaction id: equal to `to` means the kernel finished
+//! (the record is completed); equal to `from` means the message may or may
+//! not have landed (the thin id is deleted if present: a half-made device is
+//! rolled back, a half-done delete is finished). Devices left suspended by a
+//! crash mid-snapshot are resumed, and dm devices with no table (a crash
+//! mid-activation) are removed.
+//!
+//! Kernel: dm-thin-pool (any 3.x+ kernel; `error_if_no_space` needs 3.16),
+//! loop devices.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::dm::{check_dm_name, DmControl, DmInfo};
+use crate::error::{Error, ErrorKind, Result};
+use crate::loopdev::{LoopControl, LoopInfo};
+use crate::metadata_size::check_metadata_size;
+use crate::status::{PoolMode, PoolStatus, PoolUsage, ThinStatus};
+use crate::store::{Intent, OpKind, OpRecord, Store, ThinRecord, ThinState};
+use crate::table::{DevRef, PoolFeatures, PoolTable, TargetLine, ThinTable};
+use crate::units::{BlockSize, Bytes, DataBlocks, Sectors, ThinId, TransactionId};
+
+/// The kernel interfaces a pool drives, passed in by the caller.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// Device-mapper control.
+    pub dm: Arc<dyn DmControl>,
+    /// Loop-device control.
+    pub loops: Arc<dyn LoopControl>,
+}
+
+impl Deps {
+    /// The real kernel interfaces.
+    pub fn real() -> Result<Deps> {
+        Ok(Deps {
+            dm: Arc::new(crate::dm::RealDm::new()?),
+            loops: Arc::new(crate::loopdev::RealLoop),
+        })
+    }
+}
+
+/// How to make a loopback pool.
+#[derive(Debug, Clone)]
+pub struct LoopbackConfig {
+    /// The pool's dm name (1..=64 of `A-Z a-z 0-9 _ . + -`).
+    pub name: String,
+    /// Directory for the data and metadata files and the record store.
+    pub dir: PathBuf,
+    /// Data file size (default 100 GiB, sparse): a multiple of the block size.
+    pub data_size: Bytes,
+    /// Metadata file size (default 2 GiB, sparse).
+    pub metadata_size: Bytes,
+    /// Data block size (default 64 KiB).
+    pub block_size: BlockSize,
+    /// Free data blocks below which the kernel raises a dm event; `None`
+    /// means a tenth of the pool.
+    pub low_water_mark: Option<DataBlocks>,
+    /// Feature arguments (default: `error_if_no_space`, so a full pool fails
+    /// writes instead of hanging them).
+    pub features: PoolFeatures,
+    /// The most thin devices the metadata must hold (for the size check).
+    pub max_thins: u64,
+    /// Enable direct I/O on the loop devices where the filesystem allows.
+    pub direct_io: bool,
+}
+
+impl LoopbackConfig {
+    /// Docker-like defaults for a pool `name` in `dir`.
+    pub fn new(name: impl Into<String>, dir: impl Into<PathBuf>) -> LoopbackConfig {
+        LoopbackConfig {
+            name: name.into(),
+            dir: dir.into(),
+            data_size: Bytes::gib(100),
+            metadata_size: Bytes::gib(2),
+            block_size: BlockSize::DEFAULT,
+            low_water_mark: None,
+            features: PoolFeatures {
+                error_if_no_space: true,
+                ..PoolFeatures::default()
+            },
+            max_thins: 10_000,
+            direct_io: true,
+        }
+    }
+}
+
+/// What reconciliation did when a pool was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Operations the kernel had finished; their records were completed.
+    pub completed: Vec<OpRecord>,
+    /// Operations undone (half-made devices removed) or finished (deletes).
+    pub rolled_back: Vec<OpRecord>,
+    /// Thin dm devices found suspended and resumed.
+    pub resumed: Vec<String>,
+    /// Thin dm devices found without a table and removed.
+    pub removed: Vec<String>,
+}
+
+impl Reconciliation {
+    /// True when nothing needed doing.
+    pub fn is_clean(&self) -> bool {
+        *self == Reconciliation::default()
+    }
+}
+
+const DATA_FILE: &str = "data";
+const META_FILE: &str = "metadata";
+const STORE_FILE: &str = "thinbox.db";
+
+/// An active pool.
+#[derive(Debug)]
+pub struct Pool {
+    name: String,
+    dir: PathBuf,
+    deps: Deps,
+    store: Store,
+    table: PoolTable,
+    data_loop: LoopInfo,
+    meta_loop: LoopInfo,
+    floor_percent: u8,
+    reconciliation: Reconciliation,
+}
+
+/// Checks a pool or thin name: 1..=64 of `A-Z a-z 0-9 _ . + -`.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::InvalidName {
+            name: name.to_owned(),
+        }))
+    }
+}
+
+fn sectors_of(what: &'static str, b: Bytes) -> Result<Sectors> {
+    b.to_sectors().ok_or_else(|| {
+        Error::new(ErrorKind::NotBlockMultiple {
+            what,
+            size: b,
+            block_size: Bytes(512),
+        })
+    })
+}
+
+fn is_errno(e: &Error, errno: i32) -> bool {
+    matches!(e.kind(), ErrorKind::Kernel { errno: Some(n) } if *n == errno)
+}
+
+/// Undo list for a half-made pool.
+#[derive(Default)]
+struct Undo {
+    files: Vec<PathBuf>,
+    loops: Vec<PathBuf>,
+    dm: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Undo {
+    fn run(self, deps: &Deps) {
+        if let Some(name) = &self.dm {
+            let _ = deps.dm.remove(name, false);
+        }
+        for l in self.loops.iter().rev() {
+            let _ = deps.loops.detach(l);
+        }
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+        if let Some(d) = &self.dir {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn store_files(dir: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| dir.join(format!("{STORE_FILE}{s}")))
+        .collect()
+}
+
+impl Pool {
+    /// Creates a loopback pool. Nothing is left behind if it fails.
+    pub fn create_loopback(deps: &Deps, cfg: &LoopbackConfig) -> Result<Pool> {
+        Self::create_inner(deps, cfg).map_err(|e| e.op("create loopback pool").pool(&cfg.name))
+    }
+
+    fn create_inner(deps: &Deps, cfg: &LoopbackConfig) -> Result<Pool> {
+        check_name(&cfg.name)?;
+        let data = sectors_of("data device", cfg.data_size)?;
+        let meta = sectors_of("metadata device", cfg.metadata_size)?;
+        let blocks = cfg.block_size.blocks_exact("data device", data)?;
+        if blocks == DataBlocks::ZERO {
+            return Err(Error::new(ErrorKind::SizeTooSmall {
+                what: "data device",
+                size: cfg.data_size,
+                min: cfg.block_size.bytes(),
+            }));
+        }
+        check_metadata_size(cfg.block_size, data, cfg.max_thins, meta)?;
+        let lwm = cfg
+            .low_water_mark
+            .unwrap_or(DataBlocks::new((blocks.get() / 10).max(1)));
+        if deps.dm.info(&cfg.name)?.is_some() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: cfg.name.clone(),
+            })
+            .device(&cfg.name));
+        }
+        for f in [DATA_FILE, META_FILE, STORE_FILE] {
+            let p = cfg.dir.join(f);
+            if p.exists() {
+                return Err(Error::new(ErrorKind::NameTaken {
+                    name: p.display().to_string(),
+                })
+                .path(p));
+            }
+        }
+        let mut undo = Undo::default();
+        let r = (|| {
+            if !cfg.dir.exists() {
+                fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(e, &cfg.dir))?;
+                undo.dir = Some(cfg.dir.clone());
+            }
+            undo.files.extend(store_files(&cfg.dir));
+            let store = Store::open(&cfg.dir.join(STORE_FILE))?;
+            for (k, v) in [
+                ("name", cfg.name.clone()),
+                ("data_size", cfg.data_size.0.to_string()),
+                ("metadata_size", cfg.metadata_size.0.to_string()),
+                ("block_size", cfg.block_size.to_string()),
+                ("low_water_mark", lwm.to_string()),
+                ("features", cfg.features.to_string()),
+                ("direct_io", cfg.direct_io.to_string()),
+                ("floor_percent", "0".to_owned()),
+                ("state", "creating".to_owned()),
+            ] {
+                store.set_config(k, &v)?;
+            }
+            drop(store);
+            for (f, size) in [(DATA_FILE, cfg.data_size), (META_FILE, cfg.metadata_size)] {
+                let p = cfg.dir.join(f);
+                let file = fs::File::create_new(&p).map_err(|e| Error::io(e, &p))?;
+                undo.files.push(p.clone());
+                file.set_len(size.0).map_err(|e| Error::io(e, &p))?;
+            }
+            Self::activate_pool(deps, &cfg.dir, Some(&mut undo))
+        })();
+        match r {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                undo.run(deps);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens (re-activates if needed) the loopback pool in `dir` and
+    /// reconciles its records with the kernel. Idempotent.
+    pub fn open_loopback(deps: &Deps, dir: &Path) -> Result<Pool> {
+        Self::activate_pool(deps, dir, None).map_err(|e| e.op("open loopback pool").path(dir))
+    }
+
+    fn activate_pool(deps: &Deps, dir: &Path, mut undo: Option<&mut Undo>) -> Result<Pool> {
+        let db = dir.join(STORE_FILE);
+        if !db.exists() {
+            return Err(Error::new(ErrorKind::NotFound {
+                name: db.display().to_string(),
+            }));
+        }
+        let store = Store::open(&db)?;
+        let get = |k: &str| -> Result<String> {
+            store.config(k)?.ok_or_else(|| {
+                Error::parse("pool configuration", k, "missing from the record store").path(&db)
+            })
+        };
+        let name = get("name")?;
+        let data_size: Bytes = Bytes(
+            get("data_size")?
+                .parse()
+                .map_err(|_| Error::parse("pool configuration", "data_size", "not a number"))?,
+        );
+        let block_size: BlockSize = get("block_size")?.parse()?;
+        let lwm: DataBlocks = get("low_water_mark")?.parse()?;
+        let features: PoolFeatures = get("features")?.parse()?;
+        let direct_io = get("direct_io")? == "true";
+        let floor_percent: u8 = get("floor_percent")?.parse().unwrap_or(0);
+
+        let mut attach = |file: &str| -> Result<LoopInfo> {
+            let p = dir.join(file);
+            if let Some(l) = deps.loops.find(&p)? {
+                return Ok(l);
+            }
+            let l = deps.loops.attach(&p, direct_io)?;
+            if let Some(u) = undo.as_deref_mut() {
+                u.loops.push(l.path.clone());
+            }
+            Ok(l)
+        };
+        let data_loop = attach(DATA_FILE)?;
+        let meta_loop = attach(META_FILE)?;
+        let table = PoolTable {
+            length: sectors_of("data device", data_size)?,
+            metadata: DevRef::Num(meta_loop.devnum),
+            data: DevRef::Num(data_loop.devnum),
+            block_size,
+            low_water_mark: lwm,
+            features,
+        };
+        match deps.dm.info(&name)? {
+            None => {
+                deps.dm.create(&name)?;
+                if let Some(u) = undo.as_deref_mut() {
+                    u.dm = Some(name.clone());
+                }
+                Self::load_pool(deps, &name, &table).inspect_err(|_| {
+                    if undo.is_none() {
+                        let _ = deps.dm.remove(&name, false);
+                    }
+                })?;
+            }
+            Some(info) if !info.live_table => Self::load_pool(deps, &name, &table)?,
+            Some(info) => {
+                let live = deps.dm.table(&name)?;
+                let found = live.first().map(PoolTable::from_target).transpose()?;
+                if found.as_ref() != Some(&table) {
+                    return Err(Error::new(ErrorKind::TableMismatch {
+                        device: name.clone(),
+                        found: found.map(|t| t.to_string()).unwrap_or_default(),
+                        expected: table.to_string(),
+                    }));
+                }
+                if info.suspended {
+                    deps.dm.resume(&name)?;
+                }
+            }
+        }
+        store.set_config("state", "ready")?;
+        let mut pool = Pool {
+            name,
+            dir: dir.to_owned(),
+            deps: deps.clone(),
+            store,
+            table,
+            data_loop,
+            meta_loop,
+            floor_percent,
+            reconciliation: Reconciliation::default(),
+        };
+        pool.reconcile()?;
+        Ok(pool)
+    }
+
+    fn load_pool(deps: &Deps, name: &str, table: &PoolTable) -> Result<()> {
+        if let Err(e) = deps.dm.load(name, &[table.to_target()]) {
+            let has_thin = deps
+                .dm
+                .target_types()
+                .map(|t| t.iter().any(|t| t == PoolTable::TARGET))
+                .unwrap_or(true);
+            if !has_thin {
+                return Err(Error::new(ErrorKind::DmThinUnsupported).device(name));
+            }
+            return Err(e);
+        }
+        deps.dm.resume(name)
+    }
+
+    /// The pool's dm name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pool's table.
+    pub fn table(&self) -> &PoolTable {
+        &self.table
+    }
+
+    /// The data and metadata loop devices.
+    pub fn loops(&self) -> (&LoopInfo, &LoopInfo) {
+        (&self.data_loop, &self.meta_loop)
+    }
+
+    /// What reconciliation did when this pool was opened.
+    pub fn reconciliation(&self) -> &Reconciliation {
+        &self.reconciliation
+    }
+
+    /// The record store (shared with the snapshotter).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn err(&self, e: Error, op: &'static str) -> Error {
+        e.op(op).pool(&self.name)
+    }
+
+    /// The pool's status.
+    pub fn status(&self) -> Result<PoolStatus> {
+        self.status_inner()
+            .map_err(|e| self.err(e, "read pool status"))
+    }
+
+    fn status_inner(&self) -> Result<PoolStatus> {
+        let lines = self.deps.dm.status(&self.name)?;
+        let line = lines.first().ok_or_else(|| {
+            Error::new(ErrorKind::NotFound {
+                name: self.name.clone(),
+            })
+        })?;
+        line.params.parse()
+    }
+
+    fn writable_usage(&self) -> Result<PoolUsage> {
+        match self.status_inner()? {
+            PoolStatus::Working(u) => match u.mode {
+                PoolMode::ReadWrite => Ok(*u),
+                PoolMode::OutOfDataSpace => Err(Error::new(ErrorKind::OutOfDataSpace {
+                    used: u.used_data,
+                    total: u.total_data,
+                })),
+                m => Err(Error::new(ErrorKind::PoolNotWritable {
+                    mode: m.to_string(),
+                })),
+            },
+            s => Err(Error::new(ErrorKind::PoolNotWritable {
+                mode: s.to_string(),
+            })),
+        }
+    }
+
+    /// Refuses new thin devices while less than `percent` of the pool is free
+    /// (0 turns the floor off).
+    pub fn set_free_space_floor(&mut self, percent: u8) -> Result<()> {
+        let percent = percent.min(100);
+        self.store
+            .set_config("floor_percent", &percent.to_string())?;
+        self.floor_percent = percent;
+        Ok(())
+    }
+
+    fn check_floor(&self, u: &PoolUsage) -> Result<()> {
+        let free = u128::from(u.free_data().get()) * 100;
+        if self.floor_percent > 0
+            && free < u128::from(u.total_data.get()) * u128::from(self.floor_percent)
+        {
+            return Err(Error::new(ErrorKind::BelowFreeSpaceFloor {
+                used: u.used_data,
+                total: u.total_data,
+                floor_percent: self.floor_percent,
+            }));
+        }
+        Ok(())
+    }
+
+    fn check_txn(&self, u: &PoolUsage) -> Result<TransactionId> {
+        let recorded = self.store.expected_txn()?;
+        if u.transaction_id != recorded {
+            return Err(Error::new(ErrorKind::TransactionMismatch {
+                kernel: u.transaction_id.0,
+                recorded: recorded.0,
+            }));
+        }
+        Ok(recorded)
+    }
+
+    fn thin_dm_name(&self, thin: &str) -> String {
+        format!("{}-{thin}", self.name)
+    }
+
+    fn record(&self, name: &str) -> Result<ThinRecord> {
+        match self.store.thin(name)? {
+            Some(r) if r.state == ThinState::Ready => Ok(r),
+            _ => Err(Error::new(ErrorKind::NotFound {
+                name: name.to_owned(),
+            })),
+        }
+    }
+
+    fn message(&self, msg: &str) -> Result<()> {
+        self.deps.dm.message(&self.name, msg).map(drop)
+    }
+
+    /// Records, sends `msg`, advances the transaction id, records done.
+    fn mutate(
+        &mut self,
+        intent: Intent,
+        msg: &str,
+        before: impl FnOnce(&Pool) -> Result<Option<String>>,
+    ) -> Result<()> {
+        let seq = self.store.begin(&intent)?;
+        let suspended = match before(self) {
+            Ok(s) => s,
+            Err(e) => {
+                self.store.roll_back(seq)?;
+                return Err(e);
+            }
+        };
+        let sent = self.message(msg);
+        // Resume whatever was suspended, even when the message failed.
+        let resumed = match &suspended {
+            Some(dev) => self.deps.dm.resume(dev),
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            let gone = intent.kind == OpKind::Delete && is_errno(&e, libc::ENODATA);
+            if !gone {
+                self.store.roll_back(seq)?;
+                return Err(e);
+            }
+        }
+        let set_txn = format!("set_transaction_id {} {}", intent.txn_from, intent.txn_to);
+        if let Err(e) = self.message(&set_txn) {
+            // Resolve it now the way reconciliation would after a crash
+            // here; if that fails too, the intent stays for the next open.
+            if let Ok(op) = self.store.op(seq) {
+                let _ = self.resolve(op, intent.txn_from);
+            }
+            return Err(e);
+        }
+        self.store.finish(seq)?;
+        resumed
+    }
+
+    fn new_intent(
+        &self,
+        kind: OpKind,
+        thin_id: ThinId,
+        name: &str,
+        size: Sectors,
+        origin: Option<ThinId>,
+        from: TransactionId,
+    ) -> Result<Intent> {
+        Ok(Intent {
+            kind,
+            thin_id,
+            name: name.to_owned(),
+            size,
+            origin,
+            txn_from: from,
+            txn_to: from.next()?,
+        })
+    }
+
+    /// Creates a thin device of `size` (a multiple of the block size).
+    pub fn create_thin(&mut self, name: &str, size: Sectors) -> Result<ThinId> {
+        self.create_thin_inner(name, size).map_err(|e| {
+            self.err(e, "create thin device")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    fn create_thin_inner(&mut self, name: &str, size: Sectors) -> Result<ThinId> {
+        check_name(name)?;
+        self.table.block_size.blocks_exact("thin device", size)?;
+        if size == Sectors::ZERO {
+            return Err(Error::new(ErrorKind::SizeTooSmall {
+                what: "thin device",
+                size: Bytes(0),
+                min: self.table.block_size.bytes(),
+            }));
+        }
+        if self.store.thin(name)?.is_some() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: name.to_owned(),
+            }));
+        }
+        let u = self.writable_usage()?;
+        self.check_floor(&u)?;
+        let txn = self.check_txn(&u)?;
+        let id = self.store.free_thin_id()?;
+        let intent = self.new_intent(OpKind::Create, id, name, size, None, txn)?;
+        self.mutate(intent, &format!("create_thin {id}"), |_| Ok(None))?;
+        Ok(id)
+    }
+
+    /// Snapshots `origin` as `name`. An active origin is suspended for the
+    /// moment of the snapshot and always resumed.
+    pub fn snapshot(&mut self, origin: &str, name: &str) -> Result<ThinId> {
+        self.snapshot_inner(origin, name).map_err(|e| {
+            self.err(e, "snapshot thin device")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    fn snapshot_inner(&mut self, origin: &str, name: &str) -> Result<ThinId> {
+        check_name(name)?;
+        let o = self.record(origin)?;
+        if self.store.thin(name)?.is_some() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: name.to_owned(),
+            }));
+        }
+        let u = self.writable_usage()?;
+        self.check_floor(&u)?;
+        let txn = self.check_txn(&u)?;
+        let id = self.store.free_thin_id()?;
+        let intent = self.new_intent(OpKind::Snapshot, id, name, o.size, Some(o.id), txn)?;
+        let origin_dm = self.thin_dm_name(origin);
+        self.mutate(intent, &format!("create_snap {id} {}", o.id), |p| {
+            match p.deps.dm.info(&origin_dm)? {
+                Some(i) if i.live_table && !i.suspended => {
+                    p.deps.dm.suspend(&origin_dm)?;
+                    Ok(Some(origin_dm.clone()))
+                }
+                _ => Ok(None),
+            }
+        })?;
+        Ok(id)
+    }
+
+    /// Deletes a thin device (deactivating it first; fails if it is busy).
+    pub fn delete_thin(&mut self, name: &str) -> Result<()> {
+        self.delete_inner(name).map_err(|e| {
+            self.err(e, "delete thin device")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    fn delete_inner(&mut self, name: &str) -> Result<()> {
+        let r = self.record(name)?;
+        self.deactivate_inner(name, false)?;
+        let u = match self.status_inner()? {
+            PoolStatus::Working(u) => *u,
+            s => {
+                return Err(Error::new(ErrorKind::PoolNotWritable {
+                    mode: s.to_string(),
+                }))
+            }
+        };
+        let txn = self.check_txn(&u)?;
+        let intent = self.new_intent(OpKind::Delete, r.id, name, r.size, r.origin, txn)?;
+        self.mutate(intent, &format!("delete {}", r.id), |_| Ok(None))
+    }
+
+    /// Activates a thin device; returns its device node (`/dev/dm-N`). Idempotent.
+    pub fn activate(&self, name: &str) -> Result<PathBuf> {
+        self.activate_inner(name).map_err(|e| {
+            self.err(e, "activate thin device")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    fn pool_info(&self) -> Result<DmInfo> {
+        self.deps.dm.info(&self.name)?.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound {
+                name: self.name.clone(),
+            })
+        })
+    }
+
+    fn activate_inner(&self, name: &str) -> Result<PathBuf> {
+        let r = self.record(name)?;
+        let dm_name = self.thin_dm_name(name);
+        check_dm_name(&dm_name)?;
+        let table = ThinTable {
+            length: r.size,
+            pool: DevRef::Num(self.pool_info()?.devnum),
+            id: r.id,
+            external_origin: None,
+        };
+        match self.deps.dm.info(&dm_name)? {
+            Some(i) if i.live_table => {
+                let live = self.deps.dm.table(&dm_name)?;
+                let found = live.first().map(ThinTable::from_target).transpose()?;
+                if found.as_ref() != Some(&table) {
+                    return Err(Error::new(ErrorKind::TableMismatch {
+                        device: dm_name,
+                        found: found.map(|t| t.to_string()).unwrap_or_default(),
+                        expected: table.to_string(),
+                    }));
+                }
+                if i.suspended {
+                    self.deps.dm.resume(&dm_name)?;
+                }
+                Ok(i.devnode())
+            }
+            existing => {
+                let info = match existing {
+                    Some(i) => i,
+                    None => self.deps.dm.create(&dm_name)?,
+                };
+                let r = self
+                    .deps
+                    .dm
+                    .load(&dm_name, &[table.to_target()])
+                    .and_then(|_| self.deps.dm.resume(&dm_name));
+                if let Err(e) = r {
+                    let _ = self.deps.dm.remove(&dm_name, false);
+                    return Err(e);
+                }
+                Ok(info.devnode())
+            }
+        }
+    }
+
+    /// Deactivates a thin device; with `deferred`, a busy device goes away
+    /// on last close. Idempotent.
+    pub fn deactivate(&self, name: &str, deferred: bool) -> Result<()> {
+        self.deactivate_inner(name, deferred).map_err(|e| {
+            self.err(e, "deactivate thin device")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    fn deactivate_inner(&self, name: &str, deferred: bool) -> Result<()> {
+        let dm_name = self.thin_dm_name(name);
+        if self.deps.dm.info(&dm_name)?.is_none() {
+            return Ok(());
+        }
+        match self.deps.dm.remove(&dm_name, deferred) {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// A thin device's status (it must be active).
+    pub fn thin_status(&self, name: &str) -> Result<ThinStatus> {
+        let dm_name = self.thin_dm_name(name);
+        let r = (|| {
+            self.record(name)?;
+            let lines = self.deps.dm.status(&dm_name)?;
+            let line: &TargetLine = lines.first().ok_or_else(|| {
+                Error::new(ErrorKind::NotFound {
+                    name: dm_name.clone(),
+                })
+            })?;
+            line.params.parse()
+        })();
+        r.map_err(|e| self.err(e, "read thin status").device(dm_name.clone()))
+    }
+
+    /// The recorded thin devices.
+    pub fn thins(&self) -> Result<Vec<ThinRecord>> {
+        self.store.thins()
+    }
+
+    /// Whether a thin device is active.
+    pub fn is_active(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .deps
+            .dm
+            .info(&self.thin_dm_name(name))?
+            .is_some_and(|i| i.live_table))
+    }
+
+    fn reconcile(&mut self) -> Result<()> {
+        let r = self.reconcile_inner();
+        r.map_err(|e| self.err(e, "reconcile pool records"))
+    }
+
+    fn reconcile_inner(&mut self) -> Result<()> {
+        let mut report = Reconciliation::default();
+        let txn = match self.status_inner()? {
+            PoolStatus::Working(u) => u.transaction_id,
+            s => {
+                return Err(Error::new(ErrorKind::PoolNotWritable {
+                    mode: s.to_string(),
+                }))
+            }
+        };
+        let mut txn = txn;
+        for op in self.store.pending()? {
+            let done = txn == op.intent.txn_to;
+            txn = self.resolve(op.clone(), txn)?;
+            if done {
+                report.completed.push(op);
+            } else {
+                report.rolled_back.push(op);
+            }
+        }
+        let recorded = self.store.expected_txn()?;
+        if txn != recorded {
+            return Err(Error::new(ErrorKind::TransactionMismatch {
+                kernel: txn.0,
+                recorded: recorded.0,
+            }));
+        }
+        let prefix = format!("{}-", self.name);
+        for (dev, _) in self.deps.dm.list()? {
+            if !dev.starts_with(&prefix) {
+                continue;
+            }
+            let Some(info) = self.deps.dm.info(&dev)? else {
+                continue;
+            };
+            if !info.live_table {
+                self.deps.dm.remove(&dev, false)?;
+                report.removed.push(dev);
+            } else if info.suspended {
+                self.deps.dm.resume(&dev)?;
+                report.resumed.push(dev);
+            }
+        }
+        self.reconciliation = report;
+        Ok(())
+    }
+
+    /// Resolves one operation left in the intent state, given the pool's
+    /// transaction id; returns the transaction id after.
+    fn resolve(&mut self, op: OpRecord, txn: TransactionId) -> Result<TransactionId> {
+        let i = &op.intent;
+        if txn == i.txn_to {
+            self.store.finish(op.seq)?;
+            return Ok(txn);
+        }
+        if txn != i.txn_from {
+            return Err(Error::new(ErrorKind::TransactionMismatch {
+                kernel: txn.0,
+                recorded: i.txn_from.0,
+            }));
+        }
+        // The message may or may not have landed: make sure the id is gone.
+        match self.message(&format!("delete {}", i.thin_id)) {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+        if i.kind == OpKind::Delete {
+            self.message(&format!("set_transaction_id {} {}", i.txn_from, i.txn_to))?;
+            self.store.finish(op.seq)?;
+            Ok(i.txn_to)
+        } else {
+            self.store.roll_back(op.seq)?;
+            Ok(txn)
+        }
+    }
+
+    /// Removes the pool and everything on it: thin dm devices, the pool dm
+    /// device, the loop devices, the files and the records. Fails (changing
+    /// nothing) if a thin device is open.
+    pub fn destroy(self) -> Result<()> {
+        let name = self.name.clone();
+        self.destroy_inner()
+            .map_err(|e| e.op("destroy pool").pool(name))
+    }
+
+    fn destroy_inner(self) -> Result<()> {
+        let prefix = format!("{}-", self.name);
+        let thins: Vec<String> = self
+            .deps
+            .dm
+            .list()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        for t in &thins {
+            if let Some(i) = self.deps.dm.info(t)? {
+                if i.open_count > 0 {
+                    return Err(Error::new(ErrorKind::Busy { device: t.clone() }).device(t.clone()));
+                }
+            }
+        }
+        for t in &thins {
+            self.deps.dm.remove(t, false)?;
+        }
+        if self.deps.dm.info(&self.name)?.is_some() {
+            self.deps.dm.remove(&self.name, false)?;
+        }
+        self.deps.loops.detach(&self.data_loop.path)?;
+        self.deps.loops.detach(&self.meta_loop.path)?;
+        let Pool { dir, store, .. } = self;
+        drop(store);
+        for f in [dir.join(DATA_FILE), dir.join(META_FILE)]
+            .into_iter()
+            .chain(store_files(&dir))
+        {
+            match fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(e, f)),
+                _ => {}
+            }
+        }
+        // Remove the directory too when nothing else is in it.
+        let _ = fs::remove_dir(&dir);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dm::{CrashWhen, FakeDm};
+    use crate::loopdev::FakeLoop;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    struct Env {
+        dm: FakeDm,
+        loops: FakeLoop,
+        deps: Deps,
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+    }
+
+    fn env() -> Env {
+        let dm = FakeDm::new();
+        let loops = FakeLoop::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pool");
+        Env {
+            deps: Deps {
+                dm: Arc::new(dm.clone()),
+                loops: Arc::new(loops.clone()),
+            },
+            dm,
+            loops,
+            _tmp: tmp,
+            dir,
+        }
+    }
+
+    fn cfg(e: &Env) -> LoopbackConfig {
+        LoopbackConfig {
+            data_size: Bytes::mib(64),
+            metadata_size: Bytes::mib(4),
+            max_thins: 100,
+            ..LoopbackConfig::new("tp", &e.dir)
+        }
+    }
+
+    const MIB16: Sectors = Sectors::new(32768);
+
+    /// Thin ids in the fake pool's metadata.
+    fn kernel_ids(e: &Env, p: &Pool) -> Vec<u32> {
+        e.dm.thin_ids(&p.table().metadata.to_string())
+    }
+
+    fn recorded_ids(p: &Pool) -> Vec<u32> {
+        p.thins().unwrap().iter().map(|t| t.id.get()).collect()
+    }
+
+    #[test]
+    fn create_reopen_destroy_leaves_nothing() {
+        let e = env();
+        let p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        assert_eq!(e.loops.attached(), 2);
+        assert_eq!(p.table().block_size, BlockSize::DEFAULT);
+        assert!(p.table().features.error_if_no_space);
+        // 64 MiB / 64 KiB = 1024 blocks; the low-water mark defaults to a tenth.
+        assert_eq!(p.table().low_water_mark, DataBlocks::new(102));
+        let u = p.status().unwrap().usage().unwrap().clone();
+        assert_eq!(u.total_data, DataBlocks::new(1024));
+        drop(p);
+        // Re-opening an active pool is idempotent.
+        let p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        let p2 = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        assert!(p2.reconciliation().is_clean());
+        assert_eq!(e.loops.attached(), 2);
+        drop(p2);
+        p.destroy().unwrap();
+        assert_eq!(e.loops.attached(), 0);
+        assert!(e.dm.list().unwrap().is_empty());
+        assert!(!e.dir.exists());
+    }
+
+    #[test]
+    fn bad_input_gets_its_own_kind_and_leaves_nothing() {
+        let e = env();
+        let mut c = cfg(&e);
+        c.data_size = Bytes(Bytes::mib(64).0 + Bytes::kib(4).0);
+        let err = Pool::create_loopback(&e.deps, &c).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::NotBlockMultiple { .. }),
+            "{err}"
+        );
+        let mut c = cfg(&e);
+        c.data_size = Bytes::gib(100);
+        c.metadata_size = Bytes::mib(1);
+        let err = Pool::create_loopback(&e.deps, &c).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::MetadataTooSmall { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("create loopback pool, pool tp"),
+            "{err}"
+        );
+        let mut c = cfg(&e);
+        c.name = "bad name".into();
+        assert!(matches!(
+            Pool::create_loopback(&e.deps, &c).unwrap_err().kind(),
+            ErrorKind::InvalidName { .. }
+        ));
+        // A failure half-way (table load) undoes everything.
+        e.dm.fail_next("load tp", ErrorKind::Injected);
+        assert!(Pool::create_loopback(&e.deps, &cfg(&e)).is_err());
+        assert_eq!(e.loops.attached(), 0);
+        assert!(e.dm.list().unwrap().is_empty());
+        assert!(!e.dir.exists());
+        // Name taken.
+        let p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        let mut c = cfg(&e);
+        c.dir = e.dir.with_file_name("other");
+        assert!(matches!(
+            Pool::create_loopback(&e.deps, &c).unwrap_err().kind(),
+            ErrorKind::NameTaken { .. }
+        ));
+        assert!(!c.dir.exists());
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn no_thin_target_is_its_own_error() {
+        let e = env();
+        e.dm.without_thin_target();
+        let err = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::DmThinUnsupported);
+        assert_eq!(e.loops.attached(), 0);
+        assert!(!e.dir.exists());
+    }
+
+    #[test]
+    fn thin_lifecycle() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        let a = p.create_thin("a", MIB16).unwrap();
+        assert_eq!(a, ThinId::new(0).unwrap());
+        assert!(matches!(
+            p.create_thin("a", MIB16).unwrap_err().kind(),
+            ErrorKind::NameTaken { .. }
+        ));
+        assert!(matches!(
+            p.create_thin("b", Sectors::new(1000)).unwrap_err().kind(),
+            ErrorKind::NotBlockMultiple { .. }
+        ));
+        let dev = p.activate("a").unwrap();
+        assert!(dev.to_str().unwrap().starts_with("/dev/dm-"));
+        assert_eq!(p.activate("a").unwrap(), dev);
+        e.dm.provision("tp-a", 4).unwrap();
+        let s = p.thin_status("a").unwrap();
+        assert_eq!(
+            s,
+            ThinStatus::Working {
+                mapped: Sectors::new(512),
+                highest_mapped: Some(Sectors::new(511))
+            }
+        );
+        // Snapshot of an active origin suspends it and resumes it.
+        let before = e.dm.calls().len();
+        let s = p.snapshot("a", "s").unwrap();
+        assert_eq!(s, ThinId::new(1).unwrap());
+        let calls = e.dm.calls()[before..].to_vec();
+        let sus = calls
+            .iter()
+            .position(|c| c == "suspend tp-a")
+            .expect("suspended");
+        let snap = calls
+            .iter()
+            .position(|c| c.starts_with("message create_snap 1 0"))
+            .unwrap();
+        let res = calls
+            .iter()
+            .position(|c| c == "resume tp-a")
+            .expect("resumed");
+        assert!(sus < snap && snap < res, "{calls:?}");
+        // A failing snapshot still resumes the origin.
+        e.dm.fail_next("message create_snap", ErrorKind::Injected);
+        assert!(p.snapshot("a", "s2").is_err());
+        assert!(!e.dm.info("tp-a").unwrap().unwrap().suspended);
+        assert!(p.store().thin("s2").unwrap().is_none());
+        // Snapshot of an inactive origin does not suspend.
+        p.deactivate("a", false).unwrap();
+        p.deactivate("a", false).unwrap();
+        let before = e.dm.calls().len();
+        p.snapshot("a", "s3").unwrap();
+        assert!(!e.dm.calls()[before..]
+            .iter()
+            .any(|c| c.starts_with("suspend")));
+        // Delete refuses a busy device, then works.
+        p.activate("s").unwrap();
+        e.dm.open("tp-s");
+        assert!(p.delete_thin("s").unwrap_err().is_busy());
+        e.dm.close("tp-s");
+        p.delete_thin("s").unwrap();
+        assert_eq!(kernel_ids(&e, &p), vec![0, 2]);
+        assert_eq!(recorded_ids(&p), vec![0, 2]);
+        assert_eq!(
+            p.status().unwrap().usage().unwrap().transaction_id,
+            TransactionId(4)
+        );
+        p.destroy().unwrap();
+        assert!(e.dm.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn free_space_floor() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        p.activate("a").unwrap();
+        e.dm.provision("tp-a", 900).unwrap();
+        p.set_free_space_floor(20).unwrap();
+        let err = p.create_thin("b", MIB16).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::BelowFreeSpaceFloor { .. }));
+        assert!(err.to_string().contains("87% full"), "{err}");
+        p.set_free_space_floor(0).unwrap();
+        p.create_thin("b", MIB16).unwrap();
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn foreign_transaction_is_detected() {
+        let e = env();
+        let p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        e.dm.message("tp", "set_transaction_id 0 7").unwrap();
+        drop(p);
+        let err = Pool::open_loopback(&e.deps, &e.dir).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::TransactionMismatch {
+                kernel: 7,
+                recorded: 0
+            }
+        );
+    }
+
+    /// Runs `op` with a crash injected at `(pattern, when)`, reopens, and
+    /// checks reconciliation: no orphan ids, nothing reported done lost, no
+    /// device left suspended, and the pool usable again.
+    fn crash_case(op: &str, pattern: &str, when: CrashWhen) {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("base", MIB16).unwrap();
+        p.activate("base").unwrap();
+        p.create_thin("victim", MIB16).unwrap();
+        let done_before = recorded_ids(&p);
+        e.dm.crash_at(pattern, when);
+        let r = catch_unwind(AssertUnwindSafe(|| match op {
+            "create" => p.create_thin("new", MIB16).map(drop),
+            "snapshot" => p.snapshot("base", "new").map(drop),
+            "delete" => p.delete_thin("victim"),
+            _ => unreachable!(),
+        }));
+        assert!(
+            r.is_err(),
+            "{op} {pattern} {when:?}: the crash did not happen"
+        );
+        drop(p);
+        let mut p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        let rec = p.reconciliation().clone();
+        let kernel = kernel_ids(&e, &p);
+        let recorded = recorded_ids(&p);
+        assert_eq!(
+            kernel, recorded,
+            "{op} {pattern} {when:?}: orphans ({rec:?})"
+        );
+        assert!(p
+            .thins()
+            .unwrap()
+            .iter()
+            .all(|t| t.state == ThinState::Ready));
+        assert!(recorded.contains(&0), "base lost");
+        if op != "delete" {
+            for id in &done_before {
+                assert!(recorded.contains(id), "{id} was done and is lost");
+            }
+        }
+        let finished = pattern.contains("set_transaction_id") && when == CrashWhen::After;
+        match op {
+            "delete" => assert!(!recorded.contains(&1), "a started delete is finished"),
+            _ => assert_eq!(p.store().thin("new").unwrap().is_some(), finished),
+        }
+        assert_eq!(rec.completed.len() + rec.rolled_back.len(), 1, "{rec:?}");
+        let info = e.dm.info("tp-base").unwrap().unwrap();
+        assert!(!info.suspended, "origin left suspended");
+        // The pool works afterwards.
+        p.create_thin("after", MIB16).unwrap();
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn crash_matrix() {
+        for (op, msg) in [
+            ("create", "message create_thin"),
+            ("snapshot", "message create_snap"),
+            ("delete", "message delete"),
+        ] {
+            crash_case(op, msg, CrashWhen::Before);
+            crash_case(op, msg, CrashWhen::After);
+            crash_case(op, "message set_transaction_id", CrashWhen::After);
+        }
+        // Mid-snapshot, with the origin suspended.
+        crash_case("snapshot", "suspend tp-base", CrashWhen::After);
+        crash_case("snapshot", "resume tp-base", CrashWhen::Before);
+    }
+
+    #[test]
+    fn crash_mid_activation_is_cleaned() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        e.dm.crash_at("load tp-a", CrashWhen::Before);
+        assert!(catch_unwind(AssertUnwindSafe(|| p.activate("a"))).is_err());
+        drop(p);
+        let p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        assert_eq!(p.reconciliation().removed, vec!["tp-a".to_owned()]);
+        p.activate("a").unwrap();
+        p.destroy().unwrap();
+    }
+}
