@@ -372,6 +372,11 @@ impl ContainerBuilder {
     fn new(rootfs: impl Into<PathBuf>) -> ContainerBuilder {
         let mut spec = Spec::default();
         spec.set_hostname(Some("thinbox".into()));
+        // The root is the container's own snapshot: writable unless asked
+        // (`runc spec` writes `readonly: true`).
+        if let Some(root) = spec.root_mut() {
+            root.set_readonly(Some(false));
+        }
         let id = format!(
             "{}-{}",
             std::process::id(),

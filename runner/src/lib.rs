@@ -1,9 +1,46 @@
 //! Namespaced, cgroup-limited containers whose root is a thinbox snapshot.
 //!
-//! Work in progress: see [`cgroup`].
+//! # Lifecycle
+//!
+//! 1. Describe the container: [`ContainerConfig::builder`] (Rust callers) or
+//!    [`ContainerConfig::from_bundle`] (an OCI bundle's `config.json`). The
+//!    root is a directory: the mounted snapshot. The block device behind it
+//!    ([`cgroup::DeviceNumber`]) gets the I/O throttles.
+//! 2. [`Runtime::detect`] finds the cgroup layout (v1, v2 or hybrid) in
+//!    `/proc/self/mountinfo`; [`Runtime::start`] checks the limits against
+//!    the host (CPUs that exist, devices that exist) before anything starts,
+//!    makes the cgroup, and clones the container's first process into new
+//!    namespaces ([`container`]).
+//! 3. [`Container::wait`] returns an [`ExitReport`]: exited, signalled,
+//!    OOM-killed, pids limit hit or timed out, with the exit code (128 +
+//!    signal) and the cgroup's counters; the cgroup is gone afterwards.
+//!
+//! # Modules
+//!
+//! - [`cgroup`]: one [`cgroup::Cgroup`] trait over v1, v2 and hybrid, and
+//!   the cgroupfs file formats as types;
+//! - [`config`]: the OCI runtime-spec model with runc's defaults;
+//! - [`mounts`]: the root filesystem inside the mount namespace;
+//! - [`seccomp`]: the default seccomp filter;
+//! - [`container`]: start, wait, exit reasons.
+//!
+//! # Threads
+//!
+//! The container's first process is a fork-like `clone` of the caller. Call
+//! [`Runtime::start`] from a process where no other thread holds the
+//! allocator's or stdio's locks at that moment (a CLI, a test process, or a
+//! dedicated helper process in a threaded daemon).
+//!
+//! Needs Linux 5.3 (pidfd) and root; cgroup2 `cgroup.kill` is used from 5.14.
 
 pub mod cgroup;
 pub mod config;
+pub mod container;
 pub mod error;
+pub mod mounts;
+pub mod seccomp;
+mod sys;
 
+pub use config::{ContainerBuilder, ContainerConfig, SeccompMode};
+pub use container::{Container, ExitReason, ExitReport, Runtime, Termination};
 pub use error::{Error, ErrorKind, Result};

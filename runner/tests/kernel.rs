@@ -1,7 +1,559 @@
-//! Real-kernel tests of the runner (filled in below).
-use integration::harness::{self, KernelTest};
+//! Real-kernel tests of the runner: containers on a busybox rootfs, on the
+//! host (hybrid cgroups) and in the VM booted with pure cgroup v2 and v1.
+//!
+//! The rootfs is the host's static busybox copied into a temporary
+//! directory with a symlink per applet (`busybox --list`), which is what
+//! `busybox --install -s` makes. Each container writes what it observed to
+//! a file in its root; the test reads it from the host side afterwards.
 
-fn main() -> std::process::ExitCode {
-    let tests: &[KernelTest] = &[];
-    harness::main(tests)
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use integration::fixtures::{temp_dir, unique_name};
+use integration::harness::{self, KernelTest};
+use integration::need::{CgroupLayout, Need};
+use nix::sys::signal::Signal;
+use runner::cgroup::{Bytes, CpuList, DeviceNumber, Max, ThrottleKind};
+use runner::{
+    ContainerBuilder, ContainerConfig, ErrorKind, ExitReason, ExitReport, Runtime, SeccompMode,
+    Termination,
+};
+
+/// The tests, each registered once per cgroup layout.
+const TESTS: &[(&str, fn())] = &[
+    (
+        "pid_1_and_host_processes_invisible",
+        pid_1_and_host_processes_invisible,
+    ),
+    (
+        "hostname_and_network_isolated",
+        hostname_and_network_isolated,
+    ),
+    ("root_cannot_be_escaped", root_cannot_be_escaped),
+    (
+        "memory_hog_is_oom_killed_and_reported",
+        memory_hog_is_oom_killed_and_reported,
+    ),
+    (
+        "fork_bomb_is_stopped_by_pids_limit",
+        fork_bomb_is_stopped_by_pids_limit,
+    ),
+    ("exit_codes_and_signals", exit_codes_and_signals),
+    (
+        "init_reaps_zombies_and_forwards_signals",
+        init_reaps_zombies_and_forwards_signals,
+    ),
+    (
+        "timeout_kills_the_whole_cgroup",
+        timeout_kills_the_whole_cgroup,
+    ),
+    ("limits_land_in_the_cgroup", limits_land_in_the_cgroup),
+    (
+        "bad_input_fails_before_or_tears_down",
+        bad_input_fails_before_or_tears_down,
+    ),
+    ("security_defaults_apply", security_defaults_apply),
+    ("user_namespace_maps_root", user_namespace_maps_root),
+];
+
+fn main() -> ExitCode {
+    let layouts = [
+        ("hybrid", CgroupLayout::Hybrid),
+        ("v2", CgroupLayout::V2),
+        ("v1", CgroupLayout::V1),
+    ];
+    let mut tests = vec![];
+    for (suffix, layout) in layouts {
+        for (name, f) in TESTS {
+            let name: &'static str = Box::leak(format!("{name}_{suffix}").into_boxed_str());
+            let needs: &'static [Need] =
+                Box::leak(Box::new([Need::Root, Need::CgroupLayout(layout)]));
+            tests.push(KernelTest::new(name, *f).needs(needs));
+        }
+    }
+    harness::main(&tests)
+}
+
+/// A busybox root filesystem in a temporary directory.
+struct Rootfs {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Rootfs {
+    fn new() -> Rootfs {
+        let dir = temp_dir();
+        let path = dir.path().join("rootfs");
+        for d in [
+            "bin", "proc", "sys", "dev", "tmp", "etc", "root", "mnt", "out",
+        ] {
+            fs::create_dir_all(path.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", path.join("bin/busybox"))
+            .expect("copy /bin/busybox (busybox-static)");
+        let list = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                symlink("busybox", path.join("bin").join(applet)).unwrap();
+            }
+        }
+        fs::write(
+            path.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+        )
+        .unwrap();
+        fs::write(
+            path.join("etc/group"),
+            "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+        )
+        .unwrap();
+        fs::write(path.join("I_AM_THE_CONTAINER_ROOT"), "").unwrap();
+        Rootfs { _dir: dir, path }
+    }
+
+    fn builder(&self) -> ContainerBuilder {
+        ContainerConfig::builder(&self.path)
+            .id(unique_name("ctr"))
+            .env("PATH", "/bin")
+            .timeout(Duration::from_secs(60))
+    }
+
+    /// Runs `script` under `sh -c`, its stdout and stderr into /out/log.
+    fn sh(&self, builder: ContainerBuilder, script: &str) -> (ExitReport, String) {
+        let _ = fs::remove_file(self.path.join("out/log"));
+        let config = builder
+            .args(["/bin/sh", "-c", &format!("exec >/out/log 2>&1; {script}")])
+            .build()
+            .unwrap();
+        let report = Runtime::detect().unwrap().run(&config).unwrap();
+        let log = fs::read_to_string(self.path.join("out/log")).unwrap_or_default();
+        (report, log)
+    }
+}
+
+fn assert_clean(report: &ExitReport) {
+    assert!(report.cgroup_removed, "cgroup left behind: {report:?}");
+}
+
+fn pid_1_and_host_processes_invisible() {
+    let root = Rootfs::new();
+    let (report, log) = root.sh(
+        root.builder(),
+        "echo pid=$$; ls /proc | grep -cE '^[0-9]+$'",
+    );
+    assert_eq!(report.reason, ExitReason::Exited, "{report:?} {log}");
+    assert_eq!(report.exit_code, 0, "{log}");
+    let mut lines = log.lines();
+    assert_eq!(lines.next(), Some("pid=1"), "{log}");
+    // Only sh, ls and grep (and the pipeline's subshell) exist in the namespace.
+    let count: u32 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(count <= 4, "{count} processes visible: {log}");
+    let host_count = fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .parse::<u32>()
+                .is_ok()
+        })
+        .count();
+    assert!(
+        host_count > 4,
+        "the host itself shows {host_count} processes"
+    );
+    assert_clean(&report);
+}
+
+fn hostname_and_network_isolated() {
+    let root = Rootfs::new();
+    let host_before = nix::unistd::gethostname().unwrap();
+    let (report, log) = root.sh(
+        root.builder().hostname("thinbox-test-box"),
+        "hostname; hostname changed-inside && hostname; ip -o link show | cut -d: -f2",
+    );
+    assert_eq!(report.exit_code, 0, "{log}");
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "thinbox-test-box", "{log}");
+    // Without CAP_SYS_ADMIN sethostname fails: the name stays.
+    assert_ne!(lines.get(1), Some(&"changed-inside"), "{log}");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_before);
+    // Only the loopback exists in the new network namespace, and it is up.
+    let links: Vec<&str> = lines
+        .iter()
+        .filter(|l| !l.contains("hostname"))
+        .skip(1)
+        .copied()
+        .collect();
+    assert_eq!(links, ["lo"], "{log}");
+    let (_, log) = root.sh(root.builder(), "ip link show lo");
+    assert!(log.contains("UP"), "lo is not up: {log}");
+    assert_clean(&report);
+}
+
+fn root_cannot_be_escaped() {
+    let root = Rootfs::new();
+    let (report, log) = root.sh(
+        root.builder(),
+        "cd /../../../..; ls /; echo ---; ls /proc/1/root/; echo ---; \
+         mount -t tmpfs none /mnt && echo MOUNTED; mkdir -p /tmp/x && mount --bind / /tmp/x && echo BOUND; \
+         chroot /proc/1/root /bin/ls / ; echo ---; cat /proc/1/mountinfo",
+    );
+    assert_eq!(report.reason, ExitReason::Exited, "{log}");
+    let parts: Vec<&str> = log.split("---\n").collect();
+    assert!(parts[0].contains("I_AM_THE_CONTAINER_ROOT"), "{log}");
+    assert!(
+        !parts[0].contains("home") && !parts[0].contains("usr"),
+        "host root visible: {log}"
+    );
+    assert!(
+        parts[1].contains("I_AM_THE_CONTAINER_ROOT"),
+        "/proc/1/root is not the container root: {log}"
+    );
+    assert!(
+        !log.contains("MOUNTED") && !log.contains("BOUND"),
+        "a mount succeeded: {log}"
+    );
+    // The container sees only its own mounts, never the host's.
+    let mountinfo = parts.last().unwrap();
+    for line in mountinfo.lines() {
+        let mount_point = line.split(' ').nth(4).unwrap();
+        assert!(
+            mount_point == "/"
+                || ["/proc", "/dev", "/sys"]
+                    .iter()
+                    .any(|p| mount_point.starts_with(p)),
+            "a mount the container did not make: {line}"
+        );
+    }
+    let host_root = root.path.to_str().unwrap();
+    // Nothing leaked to the host's mount table.
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(host_root),
+        "container mounts leaked to the host:\n{host_mounts}"
+    );
+    assert_clean(&report);
+}
+
+fn memory_hog_is_oom_killed_and_reported() {
+    let root = Rootfs::new();
+    let config = root
+        .builder()
+        .memory_limit(Bytes::mib(32))
+        .memory_swap(Max::Limit(Bytes::mib(32)))
+        // `tail` keeps the "last line" of an endless stream without newlines.
+        .args(["/bin/tail", "/dev/zero"])
+        .build();
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let report = Runtime::detect().unwrap().run(&config).unwrap();
+    assert_eq!(report.reason, ExitReason::OomKilled, "{report:?}");
+    assert_eq!(report.termination, Termination::Signaled { signal: 9 });
+    assert_eq!(report.exit_code, 137);
+    assert!(report.events.oom_kills >= 1, "{report:?}");
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["reason"], "oom_killed", "{json}");
+    assert_clean(&report);
+}
+
+fn fork_bomb_is_stopped_by_pids_limit() {
+    let root = Rootfs::new();
+    let (report, log) = root.sh(
+        root.builder()
+            .pids_limit(16)
+            .timeout(Duration::from_secs(30)),
+        "while true; do sleep 1000 & done",
+    );
+    assert_eq!(report.reason, ExitReason::PidsLimitHit, "{report:?} {log}");
+    assert!(report.events.pids_limit_hits > 0, "{report:?}");
+    assert!(log.contains("fork") || log.contains("Resource"), "{log}");
+    // The host still forks.
+    assert!(std::process::Command::new("/bin/true")
+        .status()
+        .unwrap()
+        .success());
+    assert_clean(&report);
+}
+
+fn exit_codes_and_signals() {
+    let root = Rootfs::new();
+    let (report, _) = root.sh(root.builder(), "exit 7");
+    assert_eq!(report.reason, ExitReason::Exited);
+    assert_eq!(report.termination, Termination::Exited { code: 7 });
+    assert_eq!(report.exit_code, 7);
+    // A signal from inside the namespace to a child: its shell reports 128+15.
+    let (report, _) = root.sh(root.builder(), "sh -c 'kill -TERM $$'; exit $?");
+    assert_eq!(report.exit_code, 143, "{report:?}");
+    // SIGKILL from outside kills pid 1: the report says signalled, 137.
+    let config = root.builder().args(["/bin/sleep", "1000"]).build().unwrap();
+    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    container.signal(Signal::SIGKILL).unwrap();
+    let report = container.wait().unwrap();
+    assert_eq!(report.reason, ExitReason::Signaled, "{report:?}");
+    assert_eq!(report.termination, Termination::Signaled { signal: 9 });
+    assert_eq!(report.exit_code, 137);
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["termination"]["signal"], 9);
+    assert_clean(&report);
+}
+
+fn init_reaps_zombies_and_forwards_signals() {
+    let root = Rootfs::new();
+    // An orphan exits while its parent is gone: init (pid 1) must reap it.
+    let (report, log) = root.sh(
+        root.builder().init(true),
+        "(sleep 0.2 &) ; sleep 1; echo self=$$; for s in /proc/[0-9]*/stat; do cut -d' ' -f1-3 $s; done",
+    );
+    assert_eq!(report.exit_code, 0, "{log}");
+    assert!(
+        log.contains("self=2"),
+        "the process is not pid 2 under init: {log}"
+    );
+    let zombies: Vec<&str> = log.lines().filter(|l| l.ends_with(" Z")).collect();
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}\n{log}");
+    // The process under init dies of its own signal and the report says so.
+    let (report, _) = root.sh(root.builder().init(true), "kill -TERM $$");
+    assert_eq!(
+        report.termination,
+        Termination::Signaled { signal: 15 },
+        "{report:?}"
+    );
+    assert_eq!(report.exit_code, 143);
+    // A signal sent to the container reaches the process through init.
+    let config = root
+        .builder()
+        .init(true)
+        .args(["/bin/sleep", "1000"])
+        .build()
+        .unwrap();
+    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    container.signal(Signal::SIGTERM).unwrap();
+    let report = container.wait().unwrap();
+    assert_eq!(
+        report.termination,
+        Termination::Signaled { signal: 15 },
+        "{report:?}"
+    );
+    assert_eq!(report.reason, ExitReason::Signaled);
+    assert_clean(&report);
+}
+
+fn timeout_kills_the_whole_cgroup() {
+    let root = Rootfs::new();
+    let config = root
+        .builder()
+        .timeout(Duration::from_secs(2))
+        .args([
+            "/bin/sh",
+            "-c",
+            "sleep 1000 & sleep 1000 & while true; do :; done",
+        ])
+        .build()
+        .unwrap();
+    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let dirs = container.cgroup_dirs();
+    assert!(dirs.iter().all(|d| d.exists()));
+    let report = container.wait().unwrap();
+    assert_eq!(report.reason, ExitReason::TimedOut, "{report:?}");
+    assert!(report.timed_out);
+    assert_eq!(report.exit_code, 137);
+    for d in dirs {
+        assert!(!d.exists(), "{} still exists", d.display());
+    }
+}
+
+fn limits_land_in_the_cgroup() {
+    let root = Rootfs::new();
+    let layout = Runtime::detect().unwrap().hierarchies().layout();
+    let config = root
+        .builder()
+        .memory_limit(Bytes::mib(48))
+        .pids_limit(50)
+        .cpu_quota(50_000, 100_000)
+        .cpu_shares(512)
+        .cpuset_cpus("0".parse().unwrap())
+        .args(["/bin/sleep", "1000"])
+        .build()
+        .unwrap();
+    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let dirs = container.cgroup_dirs();
+    let find = |file: &str| -> String {
+        let d = dirs
+            .iter()
+            .find(|d| d.join(file).exists())
+            .unwrap_or_else(|| panic!("no {file} in {dirs:?}"));
+        fs::read_to_string(d.join(file)).unwrap().trim().to_owned()
+    };
+    match layout {
+        runner::cgroup::CgroupLayout::V2 => {
+            assert_eq!(find("memory.max"), "50331648");
+            assert_eq!(find("pids.max"), "50");
+            assert_eq!(find("cpu.max"), "50000 100000");
+            assert_eq!(find("cpuset.cpus"), "0");
+            let procs = find("cgroup.procs");
+            assert_eq!(procs, container.pid().to_string());
+        }
+        _ => {
+            assert_eq!(find("memory.limit_in_bytes"), "50331648");
+            assert_eq!(find("pids.max"), "50");
+            assert_eq!(find("cpu.cfs_quota_us"), "50000");
+            assert_eq!(find("cpu.shares"), "512");
+            assert_eq!(find("cpuset.cpus"), "0");
+        }
+    }
+    container.signal(Signal::SIGKILL).unwrap();
+    let report = container.wait().unwrap();
+    assert_clean(&report);
+    for d in dirs {
+        assert!(!d.exists(), "{} still exists", d.display());
+    }
+}
+
+fn bad_input_fails_before_or_tears_down() {
+    let root = Rootfs::new();
+    let rt = Runtime::detect().unwrap();
+    let name = unique_name("bad");
+    let cgroup_exists = |name: &str| {
+        let h = rt.hierarchies();
+        h.v1.values()
+            .chain(h.v2.iter())
+            .any(|m| m.join("thinbox").join(name).exists())
+    };
+    // A program that is not in the container: reported, nothing left.
+    let config = root
+        .builder()
+        .id(&name)
+        .args(["no-such-program"])
+        .build()
+        .unwrap();
+    let e = rt.start(&config).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
+    assert!(e.to_string().contains("no-such-program"), "{e}");
+    assert!(!cgroup_exists(&name), "cgroup left after a failed start");
+    // CPUs that do not exist: refused before anything starts.
+    let config = root
+        .builder()
+        .id(&name)
+        .cpuset_cpus(CpuList([4000].into()))
+        .args(["/bin/true"])
+        .build()
+        .unwrap();
+    let e = rt.start(&config).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("4000"), "{e}");
+    assert!(!cgroup_exists(&name));
+    // An io throttle on a device that does not exist.
+    let config = root
+        .builder()
+        .id(&name)
+        .io_throttle(
+            DeviceNumber::new(4000, 4000),
+            ThrottleKind::WriteBps,
+            1 << 20,
+        )
+        .args(["/bin/true"])
+        .build()
+        .unwrap();
+    let e = rt.start(&config).unwrap_err();
+    assert!(e.to_string().contains("4000:4000"), "{e}");
+    // A cwd that does not exist: the step is named and the container torn down.
+    let config = root
+        .builder()
+        .id(&name)
+        .cwd("/nowhere")
+        .args(["/bin/true"])
+        .build()
+        .unwrap();
+    let e = rt.start(&config).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Start);
+    assert!(e.to_string().contains("working directory"), "{e}");
+    assert!(!cgroup_exists(&name));
+}
+
+fn security_defaults_apply() {
+    let root = Rootfs::new();
+    let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  unshare -U true && echo UNSHARED; \
+                  cat /proc/kcore >/dev/null 2>&1; head -c1 /proc/kcore | wc -c; \
+                  echo 1 > /proc/sys/kernel/domainname && echo WROTE_PROC_SYS; \
+                  touch /sys/x && echo WROTE_SYS; ls /dev | tr '\\n' ' '";
+    let (report, log) = root.sh(root.builder(), script);
+    assert_eq!(report.reason, ExitReason::Exited, "{log}");
+    // KILL (5), NET_BIND_SERVICE (10), AUDIT_WRITE (29): 0x20000420.
+    assert!(log.contains("CapEff:\t0000000020000420"), "{log}");
+    assert!(log.contains("CapBnd:\t0000000020000420"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    assert!(
+        !log.contains("UNSHARED"),
+        "unshare passed the seccomp filter: {log}"
+    );
+    assert!(
+        !log.contains("WROTE_PROC_SYS") && !log.contains("WROTE_SYS"),
+        "{log}"
+    );
+    let dev_line = log.lines().last().unwrap();
+    for node in [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue",
+    ] {
+        assert!(
+            dev_line.split_whitespace().any(|n| n == node),
+            "/dev lacks {node}: {dev_line}"
+        );
+    }
+    assert!(
+        !dev_line.contains("sda") && !dev_line.contains("loop"),
+        "host devices in /dev: {dev_line}"
+    );
+    // The same command passes without the filter: the filter made the difference.
+    let (_, log) = root.sh(
+        root.builder().seccomp(SeccompMode::Unconfined),
+        "unshare -U true && echo UNSHARED",
+    );
+    assert!(log.contains("UNSHARED"), "{log}");
+    // A read-only root refuses writes.
+    let (_, log) = root.sh(
+        root.builder().readonly_root(true),
+        "touch /newfile && echo WROTE; echo done",
+    );
+    assert!(!log.contains("WROTE"), "{log}");
+    assert!(!root.path.join("newfile").exists());
+}
+
+fn user_namespace_maps_root() {
+    let root = Rootfs::new();
+    // The mapped root (host uid 100000) may write only where the host lets it.
+    nix::unistd::chown(
+        &root.path.join("out"),
+        Some(nix::unistd::Uid::from_raw(100_000)),
+        Some(nix::unistd::Gid::from_raw(100_000)),
+    )
+    .unwrap();
+    let (report, log) = root.sh(
+        root.builder().user_namespace(100_000, 100_000, 65536),
+        "id -u; cat /proc/self/uid_map; touch /out/made",
+    );
+    assert_eq!(report.exit_code, 0, "{report:?} {log}");
+    let mut lines = log.lines();
+    assert_eq!(lines.next(), Some("0"), "{log}");
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"], "{log}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(root.path.join("out/made")).unwrap().uid(),
+        100_000
+    );
+    assert_clean(&report);
+    let _ = Path::new("/");
 }

@@ -1,0 +1,121 @@
+//! Every `unsafe` system call of the crate, each behind a safe function whose
+//! doc says what the caller must know.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// What [`clone_process`] returns in each process.
+#[derive(Debug)]
+pub enum CloneResult {
+    /// In the parent: the child's pid (in the parent's pid namespace).
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// `clone(2)` with fork semantics (a copy of the address space, SIGCHLD on
+/// exit) plus the namespace `flags` (`CLONE_NEW*`).
+///
+/// The child runs on a copy of the calling process: only the calling thread
+/// exists there, so the child must not wait for locks other threads held
+/// (the crate calls this from a process whose other threads, if any, do not
+/// hold the allocator or stdio locks across the call; see the crate docs).
+pub fn clone_process(flags: libc::c_int) -> nix::Result<CloneResult> {
+    let flags = libc::c_ulong::try_from(flags | libc::SIGCHLD).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: without CLONE_VM (never in `flags`: callers pass only CLONE_NEW*
+    // bits) and with a null stack pointer the kernel gives the child a copy of
+    // the parent's address space and the current stack, exactly as fork(2)
+    // does, so both processes return here with valid memory; the parent and
+    // child tid pointers are null and unused without CLONE_*TID flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(Pid::from_raw(
+            i32::try_from(pid).map_err(|_| Errno::EOVERFLOW)?,
+        ))),
+    }
+}
+
+/// `fork(2)`; same caveat as [`clone_process`] about other threads.
+pub fn fork_process() -> nix::Result<CloneResult> {
+    // SAFETY: the child only runs async-signal-safe work plus allocation in a
+    // process that has a single thread at this point (the container's init,
+    // itself a fresh clone of one thread).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(CloneResult::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(CloneResult::Child),
+    }
+}
+
+/// `pidfd_open(2)` (Linux 5.3): a file descriptor that becomes readable when
+/// the process exits.
+pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new file
+    // descriptor or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned `fd` as a new descriptor that nothing
+    // else owns, so taking ownership closes it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets `IFF_UP` on the interface `name` (the loopback in a new network
+/// namespace).
+pub fn interface_up(name: &str) -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let bytes = cname.as_bytes_with_nul();
+    if bytes.len() > libc::IFNAMSIZ {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated ifr_name (checked to fit
+    // IFNAMSIZ above) and writes ifr_flags inside `req`, which lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds ifru_flags.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads ifr_name and ifr_flags from `req`, valid as above.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// `_exit(2)`: ends the process at once, without running destructors,
+/// atexit handlers or stdio flushes (which belong to the parent's copy of
+/// the address space in a cloned child).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an int and never returns; it touches no memory of
+    // the process, so it is sound in any state.
+    unsafe { libc::_exit(code) }
+}
