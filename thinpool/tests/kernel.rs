@@ -1,4 +1,532 @@
+//! Real-kernel tests for loopback pools: they run in the Debian-kernel VM
+//! (dm-thin is not on the host). Small sizes: the guest's /tmp is a tmpfs in
+//! 4 GiB of RAM, so data files are sparse and 512 MiB at most.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+
+use integration::fixtures::{run, temp_dir, try_run, unique_name};
 use integration::harness::{self, KernelTest};
-fn main() -> std::process::ExitCode {
-    harness::main(&[] as &[KernelTest])
+use integration::need::Need;
+use thinpool::dm::{DmControl, DmInfo, RealDm};
+use thinpool::loopdev::RealLoop;
+use thinpool::pool::{Deps, LoopbackConfig, Pool};
+use thinpool::status::{PoolMode, PoolStatus, ThinStatus};
+use thinpool::store::ThinState;
+use thinpool::table::{DevNum, PoolTable, TargetLine, ThinTable};
+use thinpool::{Bytes, DataBlocks, ErrorKind, Sectors};
+
+const DM_THIN: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
+const MIB: u64 = 1 << 20;
+const CRASH_ENV: &str = "THINPOOL_CRASH_CHILD";
+
+fn main() -> ExitCode {
+    if let Ok(spec) = std::env::var(CRASH_ENV) {
+        crash_child(&spec);
+    }
+    harness::main(&[
+        KernelTest::new("loopback_pool_lifecycle", loopback_pool_lifecycle).needs(DM_THIN),
+        KernelTest::new(
+            "loopback_pool_reactivates_from_files",
+            loopback_pool_reactivates_from_files,
+        )
+        .needs(DM_THIN),
+        KernelTest::new(
+            "kernel_table_and_status_round_trip",
+            kernel_table_and_status_round_trip,
+        )
+        .needs(DM_THIN),
+        KernelTest::new("error_if_no_space_fails_fast", error_if_no_space_fails_fast)
+            .needs(DM_THIN),
+        KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
+        KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
+        KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
+        KernelTest::new("sigkill_during_delete", sigkill_during_delete).needs(DM_THIN),
+    ])
+}
+
+fn deps() -> Deps {
+    Deps::real().expect("open device-mapper control")
+}
+
+fn small_config(dir: &Path) -> LoopbackConfig {
+    LoopbackConfig {
+        data_size: Bytes::mib(512),
+        metadata_size: Bytes::mib(16),
+        max_thins: 100,
+        ..LoopbackConfig::new(unique_name("pool"), dir.join("pool"))
+    }
+}
+
+const THIN_SIZE: Sectors = Sectors::new(64 * MIB / 512);
+
+/// Thin ids in the pool's metadata, read through a metadata snapshot with
+/// thin_dump (an independent witness, not thinbox's own records).
+fn kernel_thin_ids(pool: &str, meta_dev: &Path) -> Vec<u32> {
+    run("dmsetup", &["message", pool, "0", "reserve_metadata_snap"]);
+    let out = Command::new("thin_dump")
+        .args(["--metadata-snap", meta_dev.to_str().unwrap()])
+        .output()
+        .expect("run thin_dump");
+    run("dmsetup", &["message", pool, "0", "release_metadata_snap"]);
+    assert!(
+        out.status.success(),
+        "thin_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let xml = String::from_utf8_lossy(&out.stdout);
+    let mut ids: Vec<u32> = xml
+        .split("dev_id=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().parse().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn recorded_ids(p: &Pool) -> Vec<u32> {
+    p.thins().unwrap().iter().map(|t| t.id.get()).collect()
+}
+
+fn dm_exists(name: &str) -> bool {
+    try_run("dmsetup", &["info", name])
+}
+
+fn loop_attached_to(file: &Path) -> bool {
+    let out = run("losetup", &["-j", file.to_str().unwrap()]);
+    !out.trim().is_empty()
+}
+
+fn write_at(dev: &Path, offset: u64, data: &[u8]) {
+    let f = fs::OpenOptions::new().write(true).open(dev).unwrap();
+    f.write_all_at(data, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_at(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let f = fs::File::open(dev).unwrap();
+    let mut buf = vec![0; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+fn loopback_pool_lifecycle() {
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    assert!(dm_exists(&name));
+    let u = pool.status().unwrap().usage().unwrap().clone();
+    assert_eq!(u.total_data, DataBlocks::new(512 * MIB / (64 << 10)));
+    assert_eq!(u.mode, PoolMode::ReadWrite);
+
+    pool.create_thin("origin", THIN_SIZE).unwrap();
+    let dev = pool.activate("origin").unwrap();
+    assert_eq!(
+        pool.activate("origin").unwrap(),
+        dev,
+        "activate is idempotent"
+    );
+    write_at(&dev, 0, b"before the snapshot");
+    match pool.thin_status("origin").unwrap() {
+        ThinStatus::Working { mapped, .. } => assert!(mapped >= Sectors::new(128), "{mapped:?}"),
+        s => panic!("unexpected thin status {s:?}"),
+    }
+    // Snapshot while the origin is active: it must be resumed afterwards.
+    pool.snapshot("origin", "snap").unwrap();
+    let info = deps.dm.info(&format!("{name}-origin")).unwrap().unwrap();
+    assert!(!info.suspended, "origin left suspended");
+    write_at(&dev, 0, b"after the snapshot!");
+    let snap = pool.activate("snap").unwrap();
+    assert_eq!(read_at(&snap, 0, 19), b"before the snapshot");
+    assert_eq!(read_at(&dev, 0, 19), b"after the snapshot!");
+
+    // Busy devices are refused by delete, with a busy error.
+    let holder = fs::File::open(&snap).unwrap();
+    let err = pool.delete_thin("snap").unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    drop(holder);
+    pool.delete_thin("snap").unwrap();
+    assert!(!dm_exists(&format!("{name}-snap")));
+    pool.deactivate("origin", false).unwrap();
+    pool.deactivate("origin", false).unwrap();
+    let meta = pool.loops().1.path.clone();
+    assert_eq!(kernel_thin_ids(&name, &meta), vec![0]);
+    assert_eq!(recorded_ids(&pool), vec![0]);
+
+    // Re-opening an active pool is idempotent and clean.
+    drop(pool);
+    let again = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert!(
+        again.reconciliation().is_clean(),
+        "{:?}",
+        again.reconciliation()
+    );
+    drop(again);
+    let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    pool.activate("origin").unwrap();
+
+    let (data, meta) = (cfg.dir.join("data"), cfg.dir.join("metadata"));
+    pool.destroy().unwrap();
+    assert!(!dm_exists(&name));
+    assert!(!dm_exists(&format!("{name}-origin")));
+    assert!(!data.exists() && !meta.exists() && !cfg.dir.exists());
+    assert!(!loop_attached_to(tmp.path()));
+}
+
+fn loopback_pool_reactivates_from_files() {
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("a", THIN_SIZE).unwrap();
+    let dev = pool.activate("a").unwrap();
+    write_at(&dev, 4096, b"survives a reboot");
+    let (data_loop, meta_loop) = (pool.loops().0.path.clone(), pool.loops().1.path.clone());
+    drop(pool);
+    // "Reboot": the kernel forgets the devices, the files stay.
+    run("dmsetup", &["remove", &format!("{name}-a")]);
+    run("dmsetup", &["remove", &name]);
+    run("losetup", &["-d", data_loop.to_str().unwrap()]);
+    run("losetup", &["-d", meta_loop.to_str().unwrap()]);
+    assert!(!dm_exists(&name));
+
+    let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert!(pool.reconciliation().is_clean());
+    assert_eq!(
+        pool.status().unwrap().usage().unwrap().transaction_id.0,
+        1,
+        "transaction id kept in the metadata"
+    );
+    let dev = pool.activate("a").unwrap();
+    assert_eq!(read_at(&dev, 4096, 17), b"survives a reboot");
+    // Opening again changes nothing.
+    let twice = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert_eq!(twice.loops(), pool.loops());
+    drop(twice);
+    pool.destroy().unwrap();
+}
+
+fn kernel_table_and_status_round_trip() {
+    let tmp = temp_dir();
+    let mut cfg = small_config(tmp.path());
+    cfg.features.skip_block_zeroing = true;
+    cfg.features.no_discard_passdown = true;
+    cfg.low_water_mark = Some(DataBlocks::new(77));
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("t", THIN_SIZE).unwrap();
+    let dev = pool.activate("t").unwrap();
+    write_at(&dev, 0, &[7u8; 4096]);
+
+    // What dmsetup prints parses, and prints back the same.
+    let table_text = run("dmsetup", &["table", &name]);
+    let t: PoolTable = table_text.trim().parse().unwrap();
+    assert_eq!(t.to_string(), table_text.trim());
+    assert_eq!(&t, pool.table());
+    let status_text = run("dmsetup", &["status", &name]);
+    let line: TargetLine = status_text.trim().parse().unwrap();
+    let s: PoolStatus = line.params.parse().unwrap();
+    assert_eq!(s.to_string(), line.params);
+    let u = s.usage().unwrap();
+    assert!(u.used_data >= DataBlocks::new(1));
+    assert!(
+        u.metadata_low_watermark.is_some(),
+        "6.1 prints the metadata low watermark"
+    );
+
+    let thin_table = run("dmsetup", &["table", &format!("{name}-t")]);
+    let tt: ThinTable = thin_table.trim().parse().unwrap();
+    assert_eq!(tt.to_string(), thin_table.trim());
+    let pool_dev: DevNum = deps.dm.info(&name).unwrap().unwrap().devnum;
+    assert_eq!(tt.pool, pool_dev.into());
+    let thin_status = run("dmsetup", &["status", &format!("{name}-t")]);
+    let line: TargetLine = thin_status.trim().parse().unwrap();
+    let ts: ThinStatus = line.params.parse().unwrap();
+    assert_eq!(ts.to_string(), line.params);
+    assert_eq!(
+        ts,
+        ThinStatus::Working {
+            mapped: Sectors::new(128),
+            highest_mapped: Some(Sectors::new(127))
+        }
+    );
+    pool.destroy().unwrap();
+}
+
+fn error_if_no_space_fails_fast() {
+    let tmp = temp_dir();
+    let mut cfg = small_config(tmp.path());
+    cfg.data_size = Bytes::mib(8);
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    assert!(pool.table().features.error_if_no_space);
+    pool.create_thin("big", THIN_SIZE).unwrap();
+    let dev = pool.activate("big").unwrap();
+    // 16 MiB of writes into 8 MiB of pool: must fail, not hang.
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", dev.display()),
+            "bs=1M",
+            "count=16",
+            "oflag=direct",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "writes beyond the pool's space succeeded"
+    );
+    let st = pool.status().unwrap();
+    assert_eq!(st.mode(), PoolMode::OutOfDataSpace, "{st}");
+    let err = pool.create_thin("more", THIN_SIZE).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::OutOfDataSpace { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("out of data space"), "{err}");
+    pool.destroy().unwrap();
+}
+
+fn bad_input_leaves_nothing() {
+    let tmp = temp_dir();
+    let deps = deps();
+    let mut cfg = small_config(tmp.path());
+    cfg.metadata_size = Bytes::kib(64);
+    let err = Pool::create_loopback(&deps, &cfg).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::MetadataTooSmall { .. }),
+        "{err}"
+    );
+    assert!(!cfg.dir.exists());
+    let cfg = small_config(tmp.path());
+    let pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    // Same dm name, other directory: refused, nothing made.
+    let mut other = cfg.clone();
+    other.dir = tmp.path().join("other");
+    let err = Pool::create_loopback(&deps, &other).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::NameTaken { .. }), "{err}");
+    assert!(!other.dir.exists());
+    pool.destroy().unwrap();
+    assert!(!loop_attached_to(tmp.path()));
+}
+
+// ---- SIGKILL injection ----------------------------------------------------
+
+/// Real dm control that SIGKILLs its own process at a matching call.
+#[derive(Debug)]
+struct KillAt {
+    inner: RealDm,
+    pattern: String,
+    after: bool,
+}
+
+impl KillAt {
+    fn around<T>(
+        &self,
+        desc: String,
+        f: impl FnOnce() -> thinpool::Result<T>,
+    ) -> thinpool::Result<T> {
+        let hit = desc.starts_with(&self.pattern);
+        if hit && !self.after {
+            die();
+        }
+        let r = f();
+        if hit && self.after && r.is_ok() {
+            die();
+        }
+        r
+    }
+}
+
+fn die() -> ! {
+    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    unreachable!("SIGKILL returned");
+}
+
+impl DmControl for KillAt {
+    fn create(&self, name: &str) -> thinpool::Result<DmInfo> {
+        self.around(format!("create {name}"), || self.inner.create(name))
+    }
+    fn load(&self, name: &str, table: &[TargetLine]) -> thinpool::Result<()> {
+        self.around(format!("load {name}"), || self.inner.load(name, table))
+    }
+    fn suspend(&self, name: &str) -> thinpool::Result<()> {
+        self.around(format!("suspend {name}"), || self.inner.suspend(name))
+    }
+    fn resume(&self, name: &str) -> thinpool::Result<()> {
+        self.around(format!("resume {name}"), || self.inner.resume(name))
+    }
+    fn remove(&self, name: &str, deferred: bool) -> thinpool::Result<()> {
+        self.around(format!("remove {name}"), || {
+            self.inner.remove(name, deferred)
+        })
+    }
+    fn message(&self, name: &str, msg: &str) -> thinpool::Result<Option<String>> {
+        self.around(format!("message {msg}"), || self.inner.message(name, msg))
+    }
+    fn status(&self, name: &str) -> thinpool::Result<Vec<TargetLine>> {
+        self.inner.status(name)
+    }
+    fn table(&self, name: &str) -> thinpool::Result<Vec<TargetLine>> {
+        self.inner.table(name)
+    }
+    fn info(&self, name: &str) -> thinpool::Result<Option<DmInfo>> {
+        self.inner.info(name)
+    }
+    fn list(&self) -> thinpool::Result<Vec<(String, DevNum)>> {
+        self.inner.list()
+    }
+    fn target_types(&self) -> thinpool::Result<Vec<String>> {
+        self.inner.target_types()
+    }
+}
+
+/// Child side: `DIR|OP|PATTERN|before|after`; opens the pool with a killing
+/// dm, runs the operation and must die before returning.
+fn crash_child(spec: &str) -> ! {
+    let f: Vec<&str> = spec.split('|').collect();
+    let deps = Deps {
+        dm: Arc::new(KillAt {
+            inner: RealDm::new().unwrap(),
+            pattern: f[2].to_owned(),
+            after: f[3] == "after",
+        }),
+        loops: Arc::new(RealLoop),
+    };
+    let mut pool = Pool::open_loopback(&deps, Path::new(f[0])).unwrap();
+    let r = match f[1] {
+        "create" => pool.create_thin("new", THIN_SIZE).map(drop),
+        "snapshot" => pool.snapshot("base", "new").map(drop),
+        "delete" => pool.delete_thin("victim"),
+        op => panic!("unknown op {op}"),
+    };
+    eprintln!("crash child survived: {r:?}");
+    std::process::exit(3);
+}
+
+/// One crash case: runs OP in a child killed at PATTERN, then reopens and
+/// checks that the kernel's thin ids (read with thin_dump) equal the records,
+/// that nothing is half-made, and that the origin is not left suspended.
+fn crash_case(dir: &Path, name: &str, op: &str, pattern: &str, after: bool) {
+    let spec = format!(
+        "{}|{op}|{pattern}|{}",
+        dir.display(),
+        if after { "after" } else { "before" }
+    );
+    let status = Command::new(std::env::current_exe().unwrap())
+        .env(CRASH_ENV, &spec)
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{spec}: child was not killed: {status:?}"
+    );
+
+    let deps = deps();
+    let mut pool = Pool::open_loopback(&deps, dir).unwrap();
+    let rec = pool.reconciliation().clone();
+    assert_eq!(
+        rec.completed.len() + rec.rolled_back.len(),
+        1,
+        "{spec}: {rec:?}"
+    );
+    let meta: PathBuf = pool.loops().1.path.clone();
+    let kernel = kernel_thin_ids(name, &meta);
+    assert_eq!(
+        kernel,
+        recorded_ids(&pool),
+        "{spec}: orphans or lost devices ({rec:?})"
+    );
+    assert!(pool
+        .thins()
+        .unwrap()
+        .iter()
+        .all(|t| t.state == ThinState::Ready));
+    assert!(
+        pool.store().thin("base").unwrap().is_some(),
+        "{spec}: base lost"
+    );
+    let base = deps.dm.info(&format!("{name}-base")).unwrap().unwrap();
+    assert!(!base.suspended, "{spec}: origin left suspended");
+    let finished = after && pattern.starts_with("message set_transaction_id");
+    match op {
+        "delete" => assert!(pool.store().thin("victim").unwrap().is_none(), "{spec}"),
+        _ => assert_eq!(
+            pool.store().thin("new").unwrap().is_some(),
+            finished,
+            "{spec}"
+        ),
+    }
+    // Reset for the next case.
+    if pool.store().thin("new").unwrap().is_some() {
+        pool.delete_thin("new").unwrap();
+    }
+    if op == "delete" {
+        pool.create_thin("victim", THIN_SIZE).unwrap();
+    }
+}
+
+fn crash_suite(op: &str, points: &[(&str, bool)]) {
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("base", THIN_SIZE).unwrap();
+    let dev = pool.activate("base").unwrap();
+    write_at(&dev, 0, b"base data");
+    pool.create_thin("victim", THIN_SIZE).unwrap();
+    drop(pool);
+    for (pattern, after) in points {
+        crash_case(&cfg.dir, &name, op, pattern, *after);
+    }
+    let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert_eq!(read_at(&pool.activate("base").unwrap(), 0, 9), b"base data");
+    pool.destroy().unwrap();
+}
+
+fn sigkill_during_create() {
+    crash_suite(
+        "create",
+        &[
+            ("message create_thin", false),
+            ("message create_thin", true),
+            ("message set_transaction_id", false),
+            ("message set_transaction_id", true),
+        ],
+    );
+}
+
+fn sigkill_during_snapshot() {
+    crash_suite(
+        "snapshot",
+        &[
+            ("suspend", true),
+            ("message create_snap", false),
+            ("message create_snap", true),
+            ("resume", false),
+            ("message set_transaction_id", true),
+        ],
+    );
+}
+
+fn sigkill_during_delete() {
+    crash_suite(
+        "delete",
+        &[
+            ("message delete", false),
+            ("message delete", true),
+            ("message set_transaction_id", true),
+        ],
+    );
 }
