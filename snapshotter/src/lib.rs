@@ -35,6 +35,7 @@ pub mod core;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod layer;
 pub mod mount;
 pub mod store;
 pub mod testsuite;

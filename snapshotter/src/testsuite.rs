@@ -223,9 +223,27 @@ pub fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
         } else {
             md.mode() & 0o7777
         };
+        let mut attrs: Vec<String> = xattr::list(entry.path())
+            .map(|l| {
+                l.filter(|n| !n.to_string_lossy().starts_with("trusted.overlay."))
+                    .map(|n| {
+                        let v = xattr::get(entry.path(), &n)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default();
+                        format!("{}={:?}", n.to_string_lossy(), String::from_utf8_lossy(&v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        attrs.sort();
         out.insert(
             relp,
-            format!("{what} mode {mode:o} owner {}:{}", md.uid(), md.gid()),
+            format!(
+                "{what} mode {mode:o} owner {}:{} xattrs {attrs:?}",
+                md.uid(),
+                md.gid()
+            ),
         );
     }
     out

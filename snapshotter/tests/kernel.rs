@@ -13,6 +13,9 @@ use snapshotter::backend::{btrfs::Btrfs, naive::Naive, overlay::Overlay};
 use snapshotter::testsuite::{self, Case};
 use snapshotter::Snapshotter;
 
+#[path = "support/layers.rs"]
+mod layers;
+
 const NAIVE: &[Need] = &[Need::Root];
 const OVERLAY: &[Need] = &[Need::Root, Need::Overlay];
 const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
@@ -60,6 +63,24 @@ fn btrfs(case: Case) {
         &fs.mount.target,
         &|root: &Path| -> Box<dyn Snapshotter> { Box::new(Btrfs::open(root).expect("open btrfs")) },
     );
+}
+
+fn with_naive(f: fn(&dyn Snapshotter)) {
+    let dir = temp_dir();
+    let sn = Naive::open(&dir.path().join("root")).expect("open naive");
+    f(&sn);
+}
+
+fn with_overlay(f: fn(&dyn Snapshotter)) {
+    let dir = temp_dir();
+    let sn = Overlay::open(&dir.path().join("root")).expect("open overlay");
+    f(&sn);
+}
+
+fn with_btrfs(f: fn(&dyn Snapshotter)) {
+    let fs = btrfs_fs();
+    let sn = Btrfs::open(&fs.mount.target.join("root")).expect("open btrfs");
+    f(&sn);
 }
 
 macro_rules! suite {
@@ -131,5 +152,30 @@ fn main() -> ExitCode {
         )
         .needs(&[Need::Root]),
     );
+    tests.extend([
+        KernelTest::new("layers_hostile_layers_are_refused", layers::hostile_layers).needs(NAIVE),
+        KernelTest::new("naive_layers_round_trip", || with_naive(layers::round_trip)).needs(NAIVE),
+        KernelTest::new("overlay_layers_round_trip", || {
+            with_overlay(layers::round_trip)
+        })
+        .needs(OVERLAY),
+        KernelTest::new("btrfs_layers_round_trip", || with_btrfs(layers::round_trip)).needs(BTRFS),
+        KernelTest::new("vm_btrfs_layers_round_trip", || {
+            with_btrfs(layers::round_trip)
+        })
+        .needs(BTRFS_VM),
+        KernelTest::new("naive_failed_apply_leaves_nothing", || {
+            with_naive(layers::failed_apply_leaves_nothing)
+        })
+        .needs(NAIVE),
+        KernelTest::new("overlay_failed_apply_leaves_nothing", || {
+            with_overlay(layers::failed_apply_leaves_nothing)
+        })
+        .needs(OVERLAY),
+        KernelTest::new("btrfs_failed_apply_leaves_nothing", || {
+            with_btrfs(layers::failed_apply_leaves_nothing)
+        })
+        .needs(BTRFS),
+    ]);
     harness::main(&tests)
 }

@@ -1,0 +1,548 @@
+//! Layer apply/diff round trips and hostile layers, on real mounts.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use integration::fixtures::temp_dir;
+use snapshotter::layer::{self, apply, apply_to_snapshot, diff_snapshot};
+use snapshotter::testsuite::assert_same_tree;
+use snapshotter::{ErrorKind, Key, Labels, MountGuard, Name, Snapshotter};
+
+/// Builds layer tars with raw (unchecked) names, as a hostile producer could.
+pub struct LayerBuilder {
+    b: tar::Builder<Vec<u8>>,
+    pending_xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn set_raw(field: &mut [u8], value: &[u8]) {
+    assert!(
+        value.len() < field.len(),
+        "raw name too long for the header field"
+    );
+    field.fill(0);
+    field[..value.len()].copy_from_slice(value);
+}
+
+impl LayerBuilder {
+    pub fn new() -> LayerBuilder {
+        LayerBuilder {
+            b: tar::Builder::new(Vec::new()),
+            pending_xattrs: vec![],
+        }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        h
+    }
+
+    fn push(
+        &mut self,
+        mut h: tar::Header,
+        name: &str,
+        link: Option<&str>,
+        data: &[u8],
+    ) -> &mut Self {
+        if !self.pending_xattrs.is_empty() {
+            let mut rec = Vec::new();
+            for (k, v) in self.pending_xattrs.drain(..) {
+                let key = format!("SCHILY.xattr.{k}");
+                let body = key.len() + v.len() + 3;
+                let mut len = body + 1;
+                while len != body + len.to_string().len() {
+                    len = body + len.to_string().len();
+                }
+                rec.extend(format!("{len} {key}=").into_bytes());
+                rec.extend(&v);
+                rec.push(b'\n');
+            }
+            let mut ph = tar::Header::new_ustar();
+            ph.set_entry_type(tar::EntryType::XHeader);
+            ph.set_size(rec.len() as u64);
+            ph.set_path("PaxHeaders/x").unwrap();
+            ph.set_cksum();
+            self.b.append(&ph, rec.as_slice()).unwrap();
+        }
+        h.set_size(data.len() as u64);
+        if name.len() < 100 && link.is_none_or(|l| l.len() < 100) {
+            set_raw(&mut h.as_old_mut().name, name.as_bytes());
+            if let Some(l) = link {
+                set_raw(&mut h.as_old_mut().linkname, l.as_bytes());
+            }
+            h.set_cksum();
+            self.b.append(&h, data).unwrap();
+        } else if let Some(l) = link {
+            self.b.append_link(&mut h, name, l).unwrap();
+        } else {
+            self.b.append_data(&mut h, name, data).unwrap();
+        }
+        self
+    }
+
+    pub fn xattr(&mut self, k: &str, v: &[u8]) -> &mut Self {
+        self.pending_xattrs.push((k.into(), v.into()));
+        self
+    }
+    pub fn dir(&mut self, name: &str, mode: u32) -> &mut Self {
+        self.push(
+            Self::header(tar::EntryType::Directory, mode, 0, 0),
+            name,
+            None,
+            b"",
+        )
+    }
+    pub fn file(&mut self, name: &str, data: &[u8], mode: u32) -> &mut Self {
+        self.push(
+            Self::header(tar::EntryType::Regular, mode, 0, 0),
+            name,
+            None,
+            data,
+        )
+    }
+    pub fn owned_file(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> &mut Self {
+        self.push(
+            Self::header(tar::EntryType::Regular, mode, uid, gid),
+            name,
+            None,
+            data,
+        )
+    }
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.push(
+            Self::header(tar::EntryType::Symlink, 0o777, 0, 0),
+            name,
+            Some(target),
+            b"",
+        )
+    }
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.push(
+            Self::header(tar::EntryType::Link, 0o644, 0, 0),
+            name,
+            Some(target),
+            b"",
+        )
+    }
+    pub fn chardev(&mut self, name: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Char, 0o666, 0, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.push(h, name, None, b"")
+    }
+    pub fn fifo(&mut self, name: &str) -> &mut Self {
+        self.push(
+            Self::header(tar::EntryType::Fifo, 0o600, 0, 0),
+            name,
+            None,
+            b"",
+        )
+    }
+    pub fn tar(&mut self) -> Vec<u8> {
+        let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
+        b.into_inner().unwrap()
+    }
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap()
+}
+
+fn k(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn long_name() -> String {
+    format!("deep/{}/file-with-a-long-name", "d".repeat(120))
+}
+
+/// Layer 1: every entry type, ownership, modes, xattrs, long names.
+fn layer1() -> Vec<u8> {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755)
+        .file("etc/hosts", b"127.0.0.1 localhost\n", 0o644)
+        .owned_file("etc/shadow", b"root:*:\n", 0o640, 0, 42)
+        .dir("bin", 0o755)
+        .file("bin/tool", b"#!/bin/sh\necho hi\n", 0o4755)
+        .hardlink("bin/tool-alias", "bin/tool")
+        .symlink("bin/sh", "tool")
+        .symlink("abs-link", "/etc/hosts")
+        .dir("dev", 0o755)
+        .chardev("dev/null", 1, 3)
+        .fifo("dev/pipe")
+        .xattr("user.thinbox", b"layer one")
+        .file("etc/tagged", b"has an xattr", 0o600)
+        .dir("opaque", 0o750)
+        .file("opaque/old-a", b"a", 0o644)
+        .file("opaque/old-b", b"b", 0o644)
+        .dir("replace-me", 0o755)
+        .file("replace-me/inner", b"inner", 0o644)
+        .dir("deep", 0o755)
+        .dir(&format!("deep/{}", "d".repeat(120)), 0o700)
+        .file(&long_name(), b"long", 0o644);
+    gzip(&b.tar())
+}
+
+/// Layer 2: whiteouts, an opaque directory, replacements and new links.
+fn layer2() -> Vec<u8> {
+    let mut b = LayerBuilder::new();
+    b.file("etc/.wh.shadow", b"", 0o644)
+        .file("etc/hosts", b"10.0.0.1 thinbox\n", 0o600)
+        .dir("opaque", 0o700)
+        .file("opaque/.wh..wh..opq", b"", 0o644)
+        .file("opaque/new", b"new", 0o644)
+        .file("replace-me", b"now a file", 0o644)
+        .hardlink("etc/hosts-link", "etc/hosts")
+        .owned_file("bin/owned", b"x", 0o755, 1000, 1000);
+    zstd(&b.tar())
+}
+
+/// Applies layer 1 and 2 to new snapshots, checks the result, then diffs
+/// each snapshot against its parent, applies the diffs to fresh snapshots
+/// and checks the trees are equal.
+pub fn round_trip(sn: &dyn Snapshotter) {
+    let dir = temp_dir();
+    let scratch = dir.path().join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    let l = Labels::new();
+
+    let s1 = apply_to_snapshot(sn, &k("l1-a"), None, &l, &scratch, layer1().as_slice())
+        .expect("apply layer 1");
+    assert!(s1.entries >= 20, "{s1:?}");
+    sn.commit(&n("l1"), &k("l1-a"), &l).unwrap();
+    let s2 = apply_to_snapshot(
+        sn,
+        &k("l2-a"),
+        Some(&n("l1")),
+        &l,
+        &scratch,
+        layer2().as_slice(),
+    )
+    .expect("apply layer 2");
+    assert_eq!(s2.whiteouts, 2);
+
+    // What layer 2 must have done, seen through the snapshot.
+    let m = sn.mounts(&k("l2-a")).unwrap();
+    let g = MountGuard::new(&m, &scratch).unwrap();
+    let r = &scratch;
+    assert!(!r.join("etc/shadow").exists(), "whiteout ignored");
+    assert_eq!(
+        fs::read(r.join("etc/hosts")).unwrap(),
+        b"10.0.0.1 thinbox\n"
+    );
+    let mut opaque: Vec<_> = fs::read_dir(r.join("opaque"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    opaque.sort();
+    assert_eq!(
+        opaque,
+        vec![std::ffi::OsString::from("new")],
+        "opaque dir kept lower entries"
+    );
+    assert!(fs::symlink_metadata(r.join("replace-me"))
+        .unwrap()
+        .is_file());
+    assert_eq!(
+        fs::metadata(r.join("etc/hosts")).unwrap().ino(),
+        fs::metadata(r.join("etc/hosts-link")).unwrap().ino()
+    );
+    let tool = fs::metadata(r.join("bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
+    assert_eq!(
+        tool.ino(),
+        fs::metadata(r.join("bin/tool-alias")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read_link(r.join("abs-link")).unwrap(),
+        Path::new("/etc/hosts")
+    );
+    let null = fs::symlink_metadata(r.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+    assert!(fs::symlink_metadata(r.join("dev/pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        xattr::get(r.join("etc/tagged"), "user.thinbox")
+            .unwrap()
+            .as_deref(),
+        Some(&b"layer one"[..])
+    );
+    let owned = fs::metadata(r.join("bin/owned")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (1000, 1000));
+    assert_eq!(fs::read(r.join(long_name())).unwrap(), b"long");
+    assert_eq!(
+        fs::metadata(r.join("etc/hosts")).unwrap().mtime(),
+        1_600_000_000
+    );
+    g.unmount().unwrap();
+    sn.commit(&n("l2"), &k("l2-a"), &l).unwrap();
+
+    // Diff each layer and apply the diffs to fresh snapshots.
+    let mut d1 = Vec::new();
+    diff_snapshot(sn, &k("l1"), &dir.path().join("d1"), &mut d1).expect("diff l1");
+    let mut d2 = Vec::new();
+    let st = diff_snapshot(sn, &k("l2"), &dir.path().join("d2"), &mut d2).expect("diff l2");
+    assert!(
+        st.whiteouts >= 3,
+        "expected whiteouts for shadow and the opaque dir's entries: {st:?}"
+    );
+    apply_to_snapshot(sn, &k("r1-a"), None, &l, &scratch, d1.as_slice()).expect("apply diff 1");
+    sn.commit(&n("r1"), &k("r1-a"), &l).unwrap();
+    apply_to_snapshot(sn, &k("r2-a"), Some(&n("r1")), &l, &scratch, d2.as_slice())
+        .expect("apply diff 2");
+    sn.commit(&n("r2"), &k("r2-a"), &l).unwrap();
+
+    for (orig, copy) in [("l1", "r1"), ("l2", "r2")] {
+        let (a, b) = (
+            dir.path().join(format!("view-{orig}")),
+            dir.path().join(format!("view-{copy}")),
+        );
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let ma = sn
+            .view(&k(&format!("v-{orig}")), Some(&n(orig)), &l)
+            .unwrap();
+        let mb = sn
+            .view(&k(&format!("v-{copy}")), Some(&n(copy)), &l)
+            .unwrap();
+        let ga = MountGuard::new(&ma, &a).unwrap();
+        let gb = MountGuard::new(&mb, &b).unwrap();
+        assert_same_tree(&a, &b);
+        assert_eq!(
+            fs::metadata(b.join("bin/tool")).unwrap().ino(),
+            fs::metadata(b.join("bin/tool-alias")).unwrap().ino(),
+            "hard link lost in the round trip"
+        );
+        gb.unmount().unwrap();
+        ga.unmount().unwrap();
+    }
+
+    // A diff of an unchanged child is empty.
+    sn.prepare(&k("same"), Some(&n("l2")), &l).unwrap();
+    let mut d = Vec::new();
+    let st = diff_snapshot(sn, &k("same"), &dir.path().join("d3"), &mut d).unwrap();
+    assert_eq!(st.entries, 0, "unchanged snapshot produced entries");
+}
+
+/// Outside the root: a directory with a sentinel file that no layer may touch.
+struct Sandbox {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    outside: std::path::PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = temp_dir();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("sentinel"), b"untouched").unwrap();
+        Sandbox {
+            _dir: dir,
+            root,
+            outside,
+        }
+    }
+
+    fn assert_outside_untouched(&self) {
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("sentinel")],
+            "something was created outside the root"
+        );
+        assert_eq!(
+            fs::read(self.outside.join("sentinel")).unwrap(),
+            b"untouched"
+        );
+        let md = fs::metadata(self.outside.join("sentinel")).unwrap();
+        assert_eq!(md.nlink(), 1, "the sentinel was hard-linked into the root");
+        assert_eq!(md.mode() & 0o7777, 0o644);
+    }
+}
+
+pub fn hostile_layers() {
+    type Build = fn(&mut LayerBuilder, &str);
+    let cases: &[(&str, &str, Build)] = &[
+        ("dot-dot path", "../outside/evil", |b, _| {
+            b.file("../outside/evil", b"x", 0o644);
+        }),
+        ("dot-dot inside path", "a/../../outside/evil", |b, _| {
+            b.file("a/../../outside/evil", b"x", 0o644);
+        }),
+        ("absolute path", "/abs", |b, out| {
+            b.file(&format!("{out}/evil"), b"x", 0o644);
+        }),
+        ("relative symlink escape", "link/evil", |b, _| {
+            b.symlink("link", "../outside")
+                .file("link/evil", b"x", 0o644);
+        }),
+        ("absolute symlink escape", "abs/evil", |b, out| {
+            b.symlink("abs", out).file("abs/evil", b"x", 0o644);
+        }),
+        ("symlink escape to overwrite", "link/sentinel", |b, _| {
+            b.symlink("link", "../outside")
+                .file("link/sentinel", b"pwned", 0o644);
+        }),
+        ("hard link outside by dot-dot", "hl", |b, _| {
+            b.hardlink("hl", "../outside/sentinel");
+        }),
+        ("hard link through escaping symlink", "hl", |b, _| {
+            b.symlink("l", "../outside").hardlink("hl", "l/sentinel");
+        }),
+        ("hard link to absolute path", "hl", |b, out| {
+            b.hardlink("hl", &format!("{out}/sentinel"));
+        }),
+        (
+            "whiteout through escaping symlink",
+            "l/.wh.sentinel",
+            |b, _| {
+                b.symlink("l", "../outside")
+                    .file("l/.wh.sentinel", b"", 0o644);
+            },
+        ),
+        (
+            "whiteout with dot-dot",
+            "../outside/.wh.sentinel",
+            |b, _| {
+                b.file("../outside/.wh.sentinel", b"", 0o644);
+            },
+        ),
+        (
+            "opaque marker through escaping symlink",
+            "l/.wh..wh..opq",
+            |b, _| {
+                b.symlink("l", "../outside")
+                    .file("l/.wh..wh..opq", b"", 0o644);
+            },
+        ),
+        ("directory through escaping symlink", "l/sub", |b, _| {
+            b.symlink("l", "../outside").dir("l/sub", 0o755);
+        }),
+        ("chmod through symlink parent", "l/sentinel", |b, _| {
+            b.symlink("l", "../outside")
+                .dir("l", 0o777)
+                .file("l/sentinel", b"x", 0o777);
+        }),
+    ];
+    for (what, entry, build) in cases {
+        let sb = Sandbox::new();
+        let mut b = LayerBuilder::new();
+        build(&mut b, sb.outside.to_str().unwrap());
+        let data = b.tar();
+        match apply(&sb.root, data.as_slice()) {
+            Err(e) if e.kind() == ErrorKind::UnsafeLayerEntry => {
+                let shown = if entry.starts_with('/') {
+                    "evil"
+                } else {
+                    entry
+                };
+                assert!(
+                    e.to_string().contains(shown),
+                    "{what}: error does not name the entry: {e}"
+                );
+            }
+            Err(e) if *what == "chmod through symlink parent" => {
+                // The directory entry replaces the symlink, so this one is
+                // harmless and may succeed; any error is a bug.
+                panic!("{what}: unexpected error {e}");
+            }
+            Ok(_) if *what == "chmod through symlink parent" => {
+                assert!(fs::symlink_metadata(sb.root.join("l")).unwrap().is_dir());
+            }
+            other => panic!("{what}: expected an unsafe-entry error, got {other:?}"),
+        }
+        sb.assert_outside_untouched();
+    }
+
+    // Replacing a symlink that points outside with a file writes inside.
+    let sb = Sandbox::new();
+    let mut b = LayerBuilder::new();
+    b.symlink("f", "../outside/sentinel")
+        .file("f", b"inside", 0o644);
+    apply(&sb.root, b.tar().as_slice()).expect("replacing a symlink is safe");
+    assert!(fs::symlink_metadata(sb.root.join("f")).unwrap().is_file());
+    assert_eq!(fs::read(sb.root.join("f")).unwrap(), b"inside");
+    sb.assert_outside_untouched();
+
+    // Symlinks that stay inside the root are followed for parents.
+    let sb = Sandbox::new();
+    let mut b = LayerBuilder::new();
+    b.dir("usr", 0o755)
+        .dir("usr/lib", 0o755)
+        .symlink("lib", "usr/lib")
+        .file("lib/libc.so", b"elf", 0o755);
+    apply(&sb.root, b.tar().as_slice()).expect("inside symlinks are fine");
+    assert_eq!(fs::read(sb.root.join("usr/lib/libc.so")).unwrap(), b"elf");
+    sb.assert_outside_untouched();
+
+    // Garbage is an invalid layer, not a panic.
+    let sb = Sandbox::new();
+    let e = apply(
+        &sb.root,
+        gzip(b"this is not a tar archive at all, just text").as_slice(),
+    )
+    .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidLayer), "{e}");
+    let _ = layer::WHITEOUT_PREFIX;
+}
+
+/// A hostile layer applied through the snapshotter leaves no snapshot.
+pub fn failed_apply_leaves_nothing(sn: &dyn Snapshotter) {
+    let dir = temp_dir();
+    let scratch = dir.path().join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    let mut b = LayerBuilder::new();
+    b.file("ok", b"fine", 0o644)
+        .symlink("l", "../../..")
+        .file("l/etc/evil", b"x", 0o644);
+    let e = apply_to_snapshot(
+        sn,
+        &k("bad"),
+        None,
+        &Labels::new(),
+        &scratch,
+        b.tar().as_slice(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsafeLayerEntry, "{e}");
+    assert_eq!(sn.stat(&k("bad")).unwrap_err().kind(), ErrorKind::NotFound);
+    let mut count = 0;
+    sn.walk(&[], &mut |_| {
+        count += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(count, 0);
+}
