@@ -15,6 +15,8 @@ use snapshotter::Snapshotter;
 
 #[path = "support/layers.rs"]
 mod layers;
+#[path = "support/recovery.rs"]
+mod recovery;
 
 const NAIVE: &[Need] = &[Need::Root];
 const OVERLAY: &[Need] = &[Need::Root, Need::Overlay];
@@ -174,6 +176,23 @@ fn main() -> ExitCode {
         .needs(OVERLAY),
         KernelTest::new("btrfs_failed_apply_leaves_nothing", || {
             with_btrfs(layers::failed_apply_leaves_nothing)
+        })
+        .needs(BTRFS),
+    ]);
+    tests.extend([
+        KernelTest::new("naive_crash_recovery", || {
+            let dir = temp_dir();
+            recovery::recovery(dir.path(), |r| Naive::new(r).expect("naive"));
+        })
+        .needs(NAIVE),
+        KernelTest::new("overlay_crash_recovery", || {
+            let dir = temp_dir();
+            recovery::recovery(dir.path(), |r| Overlay::new(r).expect("overlay"));
+        })
+        .needs(OVERLAY),
+        KernelTest::new("btrfs_crash_recovery", || {
+            let fs = btrfs_fs();
+            recovery::recovery(&fs.mount.target, |r| Btrfs::new(r).expect("btrfs"));
         })
         .needs(BTRFS),
     ]);
