@@ -143,6 +143,23 @@ pub enum ErrorKind {
     Io,
     /// The record store failed.
     Store,
+    /// An external tool thinbox runs is not installed.
+    ToolMissing {
+        /// The tool.
+        tool: String,
+    },
+    /// An external tool exited with failure.
+    ToolFailed {
+        /// The tool.
+        tool: String,
+        /// Its exit code (`None` when killed by a signal).
+        status: Option<i32>,
+    },
+    /// `thin_check` found the pool's metadata damaged.
+    MetadataCheckFailed {
+        /// The metadata device.
+        device: String,
+    },
     /// A fault injected by a test double (never produced by real implementations).
     Injected,
 }
@@ -236,6 +253,16 @@ impl fmt::Display for ErrorKind {
             Loop => write!(f, "loop device operation failed"),
             Io => write!(f, "i/o failed"),
             Store => write!(f, "record store failed"),
+            ToolMissing { tool } => write!(
+                f,
+                "{tool} is not installed: install thin-provisioning-tools"
+            ),
+            ToolFailed { tool, status: Some(c) } => write!(f, "{tool} failed with exit code {c}"),
+            ToolFailed { tool, status: None } => write!(f, "{tool} was killed by a signal"),
+            MetadataCheckFailed { device } => write!(
+                f,
+                "thin_check found damaged pool metadata on {device}: repair it with thin_repair before activating the pool"
+            ),
             Injected => write!(f, "injected fault"),
         }
     }

@@ -25,6 +25,7 @@
 pub mod dm;
 pub mod error;
 pub mod loopdev;
+pub mod metadata;
 
 pub mod metadata_size;
 pub mod pool;

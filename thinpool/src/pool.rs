@@ -28,6 +28,7 @@ use std::sync::Arc;
 use crate::dm::{check_dm_name, DmControl, DmInfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::loopdev::{LoopControl, LoopInfo};
+use crate::metadata::{MetaDev, MetadataTools, ThinUsage};
 use crate::metadata_size::check_metadata_size;
 use crate::status::{PoolMode, PoolStatus, PoolUsage, ThinStatus};
 use crate::store::{Intent, OpKind, OpRecord, Store, ThinRecord, ThinState};
@@ -41,6 +42,8 @@ pub struct Deps {
     pub dm: Arc<dyn DmControl>,
     /// Loop-device control.
     pub loops: Arc<dyn LoopControl>,
+    /// Offline metadata tools (thin_ls, thin_check).
+    pub tools: Arc<dyn MetadataTools>,
 }
 
 impl Deps {
@@ -49,6 +52,7 @@ impl Deps {
         Ok(Deps {
             dm: Arc::new(crate::dm::RealDm::new()?),
             loops: Arc::new(crate::loopdev::RealLoop),
+            tools: Arc::new(crate::metadata::ThinTools),
         })
     }
 }
@@ -109,12 +113,21 @@ pub struct Reconciliation {
     pub resumed: Vec<String>,
     /// Thin dm devices found without a table and removed.
     pub removed: Vec<String>,
+    /// Thin ids the pool has that no record explains (see [`Pool::remove_unknown`]).
+    pub unknown_ids: Vec<ThinId>,
+    /// Recorded thin devices the pool does not have (now marked missing).
+    pub missing: Vec<String>,
+    /// `thin_check` ran before activation because the pool was not shut down cleanly.
+    pub checked: bool,
 }
 
 impl Reconciliation {
-    /// True when nothing needed doing.
+    /// True when nothing needed repairing (a `thin_check` that passed is not a repair).
     pub fn is_clean(&self) -> bool {
-        *self == Reconciliation::default()
+        Reconciliation {
+            checked: false,
+            ..self.clone()
+        } == Reconciliation::default()
     }
 }
 
@@ -304,6 +317,7 @@ impl Pool {
         let lwm: DataBlocks = get("low_water_mark")?.parse()?;
         let features: PoolFeatures = get("features")?.parse()?;
         let direct_io = get("direct_io")? == "true";
+        let unclean = get("state")? == "ready" && store.config("clean")?.as_deref() != Some("true");
         let floor_percent: u8 = get("floor_percent")?.parse().unwrap_or(0);
 
         let mut attach = |file: &str| -> Result<LoopInfo> {
@@ -317,8 +331,20 @@ impl Pool {
             }
             Ok(l)
         };
-        let data_loop = attach(DATA_FILE)?;
-        let meta_loop = attach(META_FILE)?;
+        let mut attached = Vec::new();
+        let r = (|| {
+            let d = attach(DATA_FILE)?;
+            attached.push(d.clone());
+            let m = attach(META_FILE)?;
+            attached.push(m.clone());
+            Ok((d, m))
+        })();
+        let (data_loop, meta_loop) = r.inspect_err(|_| {
+            for l in &attached {
+                let _ = deps.loops.detach(&l.path);
+            }
+        })?;
+        let mut checked = false;
         let table = PoolTable {
             length: sectors_of("data device", data_size)?,
             metadata: DevRef::Num(meta_loop.devnum),
@@ -329,6 +355,20 @@ impl Pool {
         };
         match deps.dm.info(&name)? {
             None => {
+                if unclean {
+                    // Not shut down cleanly: check the metadata before the
+                    // kernel trusts it.
+                    checked = true;
+                    let meta = MetaDev {
+                        path: &meta_loop.path,
+                        devnum: meta_loop.devnum,
+                    };
+                    if let Err(e) = deps.tools.check(meta) {
+                        let _ = deps.loops.detach(&data_loop.path);
+                        let _ = deps.loops.detach(&meta_loop.path);
+                        return Err(e);
+                    }
+                }
                 deps.dm.create(&name)?;
                 if let Some(u) = undo.as_deref_mut() {
                     u.dm = Some(name.clone());
@@ -356,6 +396,7 @@ impl Pool {
             }
         }
         store.set_config("state", "ready")?;
+        store.set_config("clean", "false")?;
         let mut pool = Pool {
             name,
             dir: dir.to_owned(),
@@ -368,6 +409,7 @@ impl Pool {
             reconciliation: Reconciliation::default(),
         };
         pool.reconcile()?;
+        pool.reconciliation.checked = checked;
         Ok(pool)
     }
 
@@ -796,6 +838,18 @@ impl Pool {
                 recorded: recorded.0,
             }));
         }
+        let in_pool: Vec<ThinId> = self.usage_inner()?.iter().map(|u| u.id).collect();
+        for t in self.store.thins()? {
+            if !in_pool.contains(&t.id) && t.state != ThinState::Missing {
+                self.store.mark_missing(t.id)?;
+                report.missing.push(t.name);
+            }
+        }
+        let recorded: Vec<ThinId> = self.store.thins()?.iter().map(|t| t.id).collect();
+        report.unknown_ids = in_pool
+            .into_iter()
+            .filter(|id| !recorded.contains(id))
+            .collect();
         let prefix = format!("{}-", self.name);
         for (dev, _) in self.deps.dm.list()? {
             if !dev.starts_with(&prefix) {
@@ -846,16 +900,69 @@ impl Pool {
         }
     }
 
+    /// Exact per-device usage (mapped, exclusive and shared blocks), read
+    /// from a metadata snapshot the way `thin_ls` reports it.
+    pub fn usage(&self) -> Result<Vec<ThinUsage>> {
+        self.usage_inner()
+            .map_err(|e| self.err(e, "read thin usage"))
+    }
+
+    fn usage_inner(&self) -> Result<Vec<ThinUsage>> {
+        if self.message("reserve_metadata_snap").is_err() {
+            // A snapshot left held (by a crash, or another tool): release and retry.
+            let _ = self.message("release_metadata_snap");
+            self.message("reserve_metadata_snap")?;
+        }
+        let meta = MetaDev {
+            path: &self.meta_loop.path,
+            devnum: self.meta_loop.devnum,
+        };
+        let r = self.deps.tools.list(meta, true);
+        let released = self.message("release_metadata_snap");
+        let v = r?;
+        released?;
+        Ok(v)
+    }
+
+    /// Deletes thin ids the pool has that no record explains (as reported by
+    /// reconciliation in [`Reconciliation::unknown_ids`]). Returns what it removed.
+    pub fn remove_unknown(&mut self) -> Result<Vec<ThinId>> {
+        let ids = std::mem::take(&mut self.reconciliation.unknown_ids);
+        let recorded: Vec<ThinId> = self.store.thins()?.iter().map(|t| t.id).collect();
+        let mut removed = Vec::new();
+        for id in ids {
+            if recorded.contains(&id) {
+                continue;
+            }
+            match self.message(&format!("delete {id}")) {
+                Ok(()) => removed.push(id),
+                Err(e) if is_errno(&e, libc::ENODATA) => {}
+                Err(e) => return Err(self.err(e, "remove unknown thin ids")),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Shuts the pool down cleanly: removes its thin dm devices and the pool
+    /// device, detaches the loop devices, and records the clean shutdown (so
+    /// the next open skips `thin_check`). Files and records stay. Fails,
+    /// changing nothing, if a thin device is open.
+    pub fn shutdown(self) -> Result<()> {
+        let name = self.name.clone();
+        self.teardown(false)
+            .map_err(|e| e.op("shut down pool").pool(name))
+    }
+
     /// Removes the pool and everything on it: thin dm devices, the pool dm
     /// device, the loop devices, the files and the records. Fails (changing
     /// nothing) if a thin device is open.
     pub fn destroy(self) -> Result<()> {
         let name = self.name.clone();
-        self.destroy_inner()
+        self.teardown(true)
             .map_err(|e| e.op("destroy pool").pool(name))
     }
 
-    fn destroy_inner(self) -> Result<()> {
+    fn teardown(self, destroy: bool) -> Result<()> {
         let prefix = format!("{}-", self.name);
         let thins: Vec<String> = self
             .deps
@@ -880,6 +987,9 @@ impl Pool {
         }
         self.deps.loops.detach(&self.data_loop.path)?;
         self.deps.loops.detach(&self.meta_loop.path)?;
+        if !destroy {
+            return self.store.set_config("clean", "true");
+        }
         let Pool { dir, store, .. } = self;
         drop(store);
         for f in [dir.join(DATA_FILE), dir.join(META_FILE)]
@@ -902,6 +1012,7 @@ mod tests {
     use super::*;
     use crate::dm::{CrashWhen, FakeDm};
     use crate::loopdev::FakeLoop;
+    use crate::metadata::FakeTools;
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
     struct Env {
@@ -921,6 +1032,7 @@ mod tests {
             deps: Deps {
                 dm: Arc::new(dm.clone()),
                 loops: Arc::new(loops.clone()),
+                tools: Arc::new(FakeTools::new(&dm)),
             },
             dm,
             loops,
@@ -1202,6 +1314,94 @@ mod tests {
         // Mid-snapshot, with the origin suspended.
         crash_case("snapshot", "suspend tp-base", CrashWhen::After);
         crash_case("snapshot", "resume tp-base", CrashWhen::Before);
+    }
+
+    #[test]
+    fn unknown_and_missing_ids_are_reported() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        p.create_thin("b", MIB16).unwrap();
+        // Another tool adds id 5 and deletes b's id behind thinbox's back.
+        e.dm.message("tp", "create_thin 5").unwrap();
+        e.dm.message("tp", "delete 1").unwrap();
+        drop(p);
+        let mut p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        let r = p.reconciliation().clone();
+        assert_eq!(r.unknown_ids, vec![ThinId::new(5).unwrap()]);
+        assert_eq!(r.missing, vec!["b".to_owned()]);
+        assert_eq!(
+            p.store().thin("b").unwrap().unwrap().state,
+            ThinState::Missing
+        );
+        assert!(p.activate("b").unwrap_err().is_not_found());
+        assert_eq!(p.remove_unknown().unwrap(), vec![ThinId::new(5).unwrap()]);
+        assert_eq!(kernel_ids(&e, &p), vec![0]);
+        drop(p);
+        let p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        assert!(p.reconciliation().is_clean(), "{:?}", p.reconciliation());
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn usage_reads_a_metadata_snapshot() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        p.activate("a").unwrap();
+        e.dm.provision("tp-a", 7).unwrap();
+        let u = p.usage().unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].mapped, DataBlocks::new(7));
+        let calls = e.dm.calls();
+        let n = calls.len();
+        assert_eq!(calls[n - 2..].len(), 2);
+        assert!(calls.iter().any(|c| c == "message reserve_metadata_snap"));
+        assert_eq!(calls.last().unwrap(), "message release_metadata_snap");
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn unclean_shutdown_runs_thin_check() {
+        let e = env();
+        let tools = FakeTools::new(&e.dm);
+        let deps = Deps {
+            tools: Arc::new(tools.clone()),
+            ..e.deps.clone()
+        };
+        let mut p = Pool::create_loopback(&deps, &cfg(&e)).unwrap();
+        assert!(!p.reconciliation().checked, "a new pool needs no check");
+        p.create_thin("a", MIB16).unwrap();
+        p.activate("a").unwrap();
+        // A clean shutdown: the next open skips the check.
+        p.shutdown().unwrap();
+        assert_eq!(e.loops.attached(), 0);
+        assert!(e.dm.list().unwrap().is_empty());
+        let p = Pool::open_loopback(&deps, &e.dir).unwrap();
+        assert!(!p.reconciliation().checked);
+        // A crash: devices vanish without the clean flag.
+        let (d, m) = (p.loops().0.path.clone(), p.loops().1.path.clone());
+        drop(p);
+        e.dm.remove("tp", false).unwrap();
+        e.loops.detach(&d).unwrap();
+        e.loops.detach(&m).unwrap();
+        tools.set_corrupt(true);
+        let err = Pool::open_loopback(&deps, &e.dir).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::MetadataCheckFailed { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("thin_repair"), "{err}");
+        assert_eq!(
+            e.loops.attached(),
+            0,
+            "a failed open leaves no loop devices"
+        );
+        tools.set_corrupt(false);
+        let p = Pool::open_loopback(&deps, &e.dir).unwrap();
+        assert!(p.reconciliation().checked);
+        assert!(p.reconciliation().is_clean());
+        p.destroy().unwrap();
     }
 
     #[test]

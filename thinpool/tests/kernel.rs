@@ -13,6 +13,7 @@ use integration::harness::{self, KernelTest};
 use integration::need::Need;
 use thinpool::dm::{DmControl, DmInfo, RealDm};
 use thinpool::loopdev::RealLoop;
+use thinpool::metadata::ThinTools;
 use thinpool::pool::{Deps, LoopbackConfig, Pool};
 use thinpool::status::{PoolMode, PoolStatus, ThinStatus};
 use thinpool::store::ThinState;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         .needs(DM_THIN),
         KernelTest::new("error_if_no_space_fails_fast", error_if_no_space_fails_fast)
             .needs(DM_THIN),
+        KernelTest::new("usage_and_foreign_ids", usage_and_foreign_ids).needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
@@ -198,6 +200,10 @@ fn loopback_pool_reactivates_from_files() {
 
     let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
     assert!(pool.reconciliation().is_clean());
+    assert!(
+        pool.reconciliation().checked,
+        "thin_check runs after an unclean stop"
+    );
     assert_eq!(
         pool.status().unwrap().usage().unwrap().transaction_id.0,
         1,
@@ -209,6 +215,49 @@ fn loopback_pool_reactivates_from_files() {
     let twice = Pool::open_loopback(&deps, &cfg.dir).unwrap();
     assert_eq!(twice.loops(), pool.loops());
     drop(twice);
+    // A clean shutdown keeps files and records, and skips the check next time.
+    pool.shutdown().unwrap();
+    assert!(!dm_exists(&name));
+    assert!(!loop_attached_to(tmp.path()));
+    let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert!(!pool.reconciliation().checked);
+    let dev = pool.activate("a").unwrap();
+    assert_eq!(read_at(&dev, 4096, 17), b"survives a reboot");
+    pool.destroy().unwrap();
+}
+
+fn usage_and_foreign_ids() {
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("o", THIN_SIZE).unwrap();
+    let dev = pool.activate("o").unwrap();
+    // 4 blocks of 64 KiB in the origin; the snapshot shares them, then the
+    // origin overwrites one (copy-on-write: one exclusive block each).
+    write_at(&dev, 0, &vec![1u8; 4 * 65536]);
+    pool.snapshot("o", "s").unwrap();
+    write_at(&dev, 0, &[2u8; 4096]);
+    let u = pool.usage().unwrap();
+    assert_eq!(u.len(), 2, "{u:?}");
+    let (o, s) = (u[0], u[1]);
+    assert_eq!(o.mapped, DataBlocks::new(4), "{u:?}");
+    assert_eq!(s.mapped, DataBlocks::new(4), "{u:?}");
+    assert_eq!(o.exclusive, DataBlocks::new(1), "{u:?}");
+    assert_eq!(o.shared, DataBlocks::new(3), "{u:?}");
+    // The snapshot is no longer held afterwards.
+    assert_eq!(pool.status().unwrap().usage().unwrap().held_root, None);
+
+    // Another tool adds a thin id: reported on open, removed on request.
+    run("dmsetup", &["message", &name, "0", "create_thin 77"]);
+    drop(pool);
+    let mut pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert_eq!(pool.reconciliation().unknown_ids.len(), 1);
+    assert_eq!(pool.reconciliation().unknown_ids[0].get(), 77);
+    assert_eq!(pool.remove_unknown().unwrap().len(), 1);
+    let meta = pool.loops().1.path.clone();
+    assert_eq!(kernel_thin_ids(&name, &meta), vec![0, 1]);
     pool.destroy().unwrap();
 }
 
@@ -400,6 +449,7 @@ fn crash_child(spec: &str) -> ! {
             after: f[3] == "after",
         }),
         loops: Arc::new(RealLoop),
+        tools: Arc::new(ThinTools),
     };
     let mut pool = Pool::open_loopback(&deps, Path::new(f[0])).unwrap();
     let r = match f[1] {

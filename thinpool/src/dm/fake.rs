@@ -126,6 +126,15 @@ impl FakeDm {
             .unwrap_or_default()
     }
 
+    /// (thin id, mapped blocks) in the metadata on `metadata_dev`.
+    pub fn thin_usage(&self, metadata_dev: &str) -> Vec<(u32, u64)> {
+        self.lock()
+            .metadata
+            .get(metadata_dev)
+            .map(|m| m.thins.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
     /// Simulates a writer opening (mounting) the device.
     pub fn open(&self, name: &str) {
         if let Some(d) = self.lock().devices.get_mut(name) {
