@@ -60,6 +60,9 @@ pub struct ContainerConfig {
     pub timeout: Option<Duration>,
     /// The seccomp filter.
     pub seccomp: SeccompMode,
+    /// The bundle directory, when loaded from one: relative bind-mount
+    /// sources are taken from here.
+    pub bundle: Option<PathBuf>,
 }
 
 /// The namespaces thinbox can create.
@@ -147,6 +150,7 @@ impl ContainerConfig {
             init: false,
             timeout: None,
             seccomp: SeccompMode::Default,
+            bundle: Some(bundle.to_owned()),
         };
         config.validate()?;
         Ok(config)
@@ -229,6 +233,25 @@ impl ContainerConfig {
             .process()
             .as_ref()
             .ok_or_else(|| invalid("the config has no process: give process.args"))?;
+        if process.terminal() == Some(true) {
+            return Err(invalid(
+                "process.terminal is not supported yet: set it to false; stdio is passed through",
+            ));
+        }
+        if self.spec.hooks().is_some() {
+            return Err(invalid(
+                "OCI hooks are not supported: remove the hooks section",
+            ));
+        }
+        if let Some(sysctl) = self.spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+            for key in sysctl.keys() {
+                if key.contains('/') || key.contains("..") || key.is_empty() {
+                    return Err(invalid(format!(
+                        "sysctl {key:?} is not a sysctl name: use dotted names like net.ipv4.ip_forward"
+                    )));
+                }
+            }
+        }
         if self.args().is_empty() {
             return Err(invalid("process.args is empty: give the program to run"));
         }
@@ -393,6 +416,7 @@ impl ContainerBuilder {
                 init: false,
                 timeout: None,
                 seccomp: SeccompMode::Default,
+                bundle: None,
             },
             id,
             cgroup_path: None,

@@ -652,7 +652,7 @@ fn child_setup(
     let empty = vec![];
     let rootfs_plan = RootfsPlan {
         rootfs: &config.rootfs,
-        bundle: None,
+        bundle: config.bundle.as_deref(),
         mounts: config.spec.mounts().as_deref().unwrap_or(&empty),
         propagation: plan.propagation,
         userns,
@@ -661,6 +661,17 @@ fn child_setup(
     };
     mounts::setup_rootfs(&rootfs_plan)?;
     let linux = config.spec.linux().as_ref();
+    // Sysctls first: /proc/sys becomes read-only below.
+    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+        for (key, value) in sysctl {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|e| {
+                Error::new(ErrorKind::Start, format!("set sysctl {key}={value}"))
+                    .with_path(&path)
+                    .with_source(e)
+            })?;
+        }
+    }
     let empty_paths = vec![];
     mounts::mask_paths(
         linux
@@ -808,6 +819,13 @@ fn finish_and_exec(plan: &ChildPlan<'_>, exe: &CString) -> Result<Infallible> {
         .map_err(caps_err("set permitted capabilities"))?;
     caps::set(None, CapSet::Inheritable, &inheritable)
         .map_err(caps_err("set inheritable capabilities"))?;
+    // The kernel raises an ambient capability only if it is permitted and
+    // inheritable; like runc, ambient entries without both are left out
+    // (`runc spec` lists ambient capabilities but no inheritable ones).
+    let ambient: caps::CapsHashSet = ambient
+        .into_iter()
+        .filter(|c| permitted.contains(c) && inheritable.contains(c))
+        .collect();
     caps::set(None, CapSet::Ambient, &ambient).map_err(caps_err("set ambient capabilities"))?;
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;

@@ -60,6 +60,11 @@ const TESTS: &[(&str, fn())] = &[
         "cpu_quota_throttles_a_busy_loop",
         cpu_quota_throttles_a_busy_loop,
     ),
+    ("runc_spec_bundle_runs", runc_spec_bundle_runs),
+    (
+        "signals_are_forwarded_while_waiting",
+        signals_are_forwarded_while_waiting,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -710,5 +715,93 @@ fn direct_io_is_throttled_on_the_root_device() {
         took >= Duration::from_millis(1500),
         "3 MiB of direct writes took {took:?} under a 1 MiB/s throttle"
     );
+    assert_clean(&report);
+}
+
+/// A bundle made by `runc spec` (read-only root, runc's mounts, masked
+/// paths and resources) runs unchanged but for the process, plus a sysctl
+/// and a bind mount whose source is relative to the bundle.
+fn runc_spec_bundle_runs() {
+    use integration::fixtures::run;
+    let tree = Rootfs::new();
+    let bundle = tree.path.parent().unwrap().to_owned();
+    run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
+    let path = bundle.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["root"]["path"], "rootfs");
+    assert_eq!(v["root"]["readonly"], true);
+    v["process"]["terminal"] = false.into();
+    v["process"]["args"] = serde_json::json!([
+        "/bin/sh", "-c",
+        "exec >/result/log 2>&1; hostname; cat /proc/sys/net/ipv4/ip_forward; touch /x && echo WROTE_ROOT; echo ok"
+    ]);
+    v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+    v["linux"]["cgroupsPath"] = format!("/thinbox/{}", unique_name("runc-spec")).into();
+    v["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/result", "type": "bind", "source": "result", "options": ["rbind", "rw"]
+    }));
+    fs::create_dir_all(bundle.join("result")).unwrap();
+    fs::write(&path, v.to_string()).unwrap();
+    let config = ContainerConfig::from_bundle(&bundle).unwrap();
+    let report = Runtime::detect().unwrap().run(&config).unwrap();
+    let log = fs::read_to_string(bundle.join("result/log")).unwrap_or_default();
+    assert_eq!(report.exit_code, 0, "{report:?} {log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "runc", "{log}");
+    assert_eq!(lines[1], "1", "the sysctl was not set: {log}");
+    assert!(
+        !log.contains("WROTE_ROOT"),
+        "the read-only root took a write: {log}"
+    );
+    assert_eq!(lines.last(), Some(&"ok"), "{log}");
+    assert_clean(&report);
+    // A terminal (runc spec's default) is refused before anything starts.
+    v["process"]["terminal"] = true.into();
+    fs::write(&path, v.to_string()).unwrap();
+    let e = ContainerConfig::from_bundle(&bundle).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+}
+
+/// SIGTERM delivered to the waiting thread reaches the container's process.
+fn signals_are_forwarded_while_waiting() {
+    let root = Rootfs::new();
+    let config = root
+        .builder()
+        .init(true)
+        .args(["/bin/sleep", "1000"])
+        .build()
+        .unwrap();
+    // Blocked from the start, so an early signal waits for the signalfd
+    // instead of killing the test process.
+    let mut usr1 = nix::sys::signal::SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    usr1.thread_block().unwrap();
+    let container = Runtime::detect()
+        .unwrap()
+        .start(&config)
+        .unwrap()
+        .forward_signals(true);
+    let waiter = nix::sys::pthread::pthread_self();
+    let sender = std::thread::spawn(move || {
+        // Thread-directed, so it lands on the waiting thread, which reads it
+        // from its signalfd.
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(200));
+            if nix::sys::pthread::pthread_kill(waiter, Signal::SIGUSR1).is_err() {
+                break;
+            }
+        }
+    });
+    let report = container.wait().unwrap();
+    drop(sender);
+    assert_eq!(
+        report.termination,
+        Termination::Signaled {
+            signal: Signal::SIGUSR1 as i32
+        },
+        "{report:?}"
+    );
+    assert!(!report.timed_out);
     assert_clean(&report);
 }
