@@ -102,6 +102,48 @@ impl LoopbackConfig {
     }
 }
 
+/// When and how far to grow a pool (like lvm's thin_pool_autoextend_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoextendPolicy {
+    /// Extend when this percentage of data (or metadata) is used.
+    pub threshold_percent: u8,
+    /// Grow by this percentage of the current size.
+    pub extend_percent: u8,
+    /// Never grow the data file beyond this.
+    pub max_data: Bytes,
+    /// Never grow the metadata file beyond this.
+    pub max_metadata: Bytes,
+}
+
+impl AutoextendPolicy {
+    /// The low-water mark that raises an event at the threshold.
+    pub fn low_water_mark(&self, total: DataBlocks) -> DataBlocks {
+        let free_pct = 100u64.saturating_sub(u64::from(self.threshold_percent.min(100)));
+        DataBlocks::new((u128::from(total.get()) * u128::from(free_pct) / 100) as u64)
+    }
+}
+
+impl Default for AutoextendPolicy {
+    /// LVM's usual settings: extend by 20% at 80% full.
+    fn default() -> Self {
+        AutoextendPolicy {
+            threshold_percent: 80,
+            extend_percent: 20,
+            max_data: Bytes(u64::MAX),
+            max_metadata: Bytes::gib(16),
+        }
+    }
+}
+
+/// What an autoextend check grew.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extended {
+    /// The new data size.
+    pub data: Option<Bytes>,
+    /// The new metadata size.
+    pub metadata: Option<Bytes>,
+}
+
 /// What reconciliation did when a pool was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciliation {
@@ -173,6 +215,10 @@ fn sectors_of(what: &'static str, b: Bytes) -> Result<Sectors> {
             block_size: Bytes(512),
         })
     })
+}
+
+fn percent_of(n: u64, pct: u8) -> u64 {
+    (u128::from(n) * u128::from(pct) / 100).min(u128::from(u64::MAX)) as u64
 }
 
 fn is_errno(e: &Error, errno: i32) -> bool {
@@ -383,7 +429,17 @@ impl Pool {
             Some(info) => {
                 let live = deps.dm.table(&name)?;
                 let found = live.first().map(PoolTable::from_target).transpose()?;
-                if found.as_ref() != Some(&table) {
+                let same_devices = found.as_ref().is_some_and(|f| {
+                    f.metadata == table.metadata
+                        && f.data == table.data
+                        && f.block_size == table.block_size
+                });
+                if same_devices && found.as_ref() != Some(&table) {
+                    // Our own pool, stopped half-way through an extension
+                    // (the records already have the new size): finish it.
+                    deps.loops.refresh_capacity(&data_loop.path)?;
+                    Self::reload_pool(deps, &name, &table)?;
+                } else if found.as_ref() != Some(&table) {
                     return Err(Error::new(ErrorKind::TableMismatch {
                         device: name.clone(),
                         found: found.map(|t| t.to_string()).unwrap_or_default(),
@@ -426,6 +482,14 @@ impl Pool {
             return Err(e);
         }
         deps.dm.resume(name)
+    }
+
+    /// Loads `table` and swaps it in (suspend, resume); always resumes.
+    fn reload_pool(deps: &Deps, name: &str, table: &PoolTable) -> Result<()> {
+        deps.dm.load(name, &[table.to_target()])?;
+        let suspended = deps.dm.suspend(name);
+        let resumed = deps.dm.resume(name);
+        suspended.and(resumed)
     }
 
     /// The pool's dm name.
@@ -898,6 +962,179 @@ impl Pool {
             self.store.roll_back(op.seq)?;
             Ok(txn)
         }
+    }
+
+    /// Grows the data file to `new_size` (a multiple of the block size), has
+    /// the loop device re-read its capacity and reloads the pool table, with
+    /// the low-water mark scaled to keep the same fraction free. The records
+    /// get the new size before the kernel does, so a crash in between is
+    /// finished by the next open.
+    pub fn extend_data(&mut self, new_size: Bytes) -> Result<()> {
+        self.extend_data_inner(new_size, None).map_err(|e| {
+            self.err(e, "extend pool data")
+                .path(self.dir.join(DATA_FILE))
+        })
+    }
+
+    fn extend_data_inner(&mut self, new_size: Bytes, lwm: Option<DataBlocks>) -> Result<()> {
+        let length = sectors_of("data device", new_size)?;
+        let blocks = self.table.block_size.blocks_exact("data device", length)?;
+        let old_blocks = self.table.block_size.blocks_floor(self.table.length);
+        if length < self.table.length {
+            return Err(Error::new(ErrorKind::SizeTooSmall {
+                what: "data device (pools cannot shrink)",
+                size: new_size,
+                min: self.table.length.bytes(),
+            }));
+        }
+        let lwm = lwm.unwrap_or_else(|| {
+            let scaled = u128::from(self.table.low_water_mark.get()) * u128::from(blocks.get())
+                / u128::from(old_blocks.get().max(1));
+            DataBlocks::new(scaled as u64)
+        });
+        let path = self.dir.join(DATA_FILE);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(e, &path))?;
+        if f.metadata().map_err(|e| Error::io(e, &path))?.len() < new_size.0 {
+            f.set_len(new_size.0).map_err(|e| Error::io(e, &path))?;
+        }
+        f.sync_all().map_err(|e| Error::io(e, &path))?;
+        self.store
+            .set_config("data_size", &new_size.0.to_string())?;
+        self.store.set_config("low_water_mark", &lwm.to_string())?;
+        self.deps.loops.refresh_capacity(&self.data_loop.path)?;
+        let table = PoolTable {
+            length,
+            low_water_mark: lwm,
+            ..self.table.clone()
+        };
+        Self::reload_pool(&self.deps, &self.name, &table)?;
+        self.table = table;
+        Ok(())
+    }
+
+    /// Grows the metadata file to `new_size` and has the pool pick it up
+    /// (the kernel resizes its metadata space map on resume).
+    pub fn extend_metadata(&mut self, new_size: Bytes) -> Result<()> {
+        let r = (|| {
+            let path = self.dir.join(META_FILE);
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(e, &path))?;
+            let cur = f.metadata().map_err(|e| Error::io(e, &path))?.len();
+            if new_size.0 < cur {
+                return Err(Error::new(ErrorKind::SizeTooSmall {
+                    what: "metadata device (it cannot shrink)",
+                    size: new_size,
+                    min: Bytes(cur),
+                }));
+            }
+            f.set_len(new_size.0).map_err(|e| Error::io(e, &path))?;
+            f.sync_all().map_err(|e| Error::io(e, &path))?;
+            self.store
+                .set_config("metadata_size", &new_size.0.to_string())?;
+            self.deps.loops.refresh_capacity(&self.meta_loop.path)?;
+            let suspended = self.deps.dm.suspend(&self.name);
+            let resumed = self.deps.dm.resume(&self.name);
+            suspended.and(resumed)
+        })();
+        r.map_err(|e| self.err(e, "extend pool metadata"))
+    }
+
+    fn file_size(&self, file: &str) -> Result<Bytes> {
+        let p = self.dir.join(file);
+        Ok(Bytes(fs::metadata(&p).map_err(|e| Error::io(e, &p))?.len()))
+    }
+
+    /// Extends data or metadata when their use reaches the policy's
+    /// threshold (or the pool is out of data space). Returns what grew.
+    pub fn maybe_extend(&mut self, policy: &AutoextendPolicy) -> Result<Extended> {
+        let mut done = Extended::default();
+        let u = match self.status()? {
+            PoolStatus::Working(u) => *u,
+            s => {
+                return Err(self.err(
+                    Error::new(ErrorKind::PoolNotWritable {
+                        mode: s.to_string(),
+                    }),
+                    "autoextend pool",
+                ))
+            }
+        };
+        let over = |used: u64, total: u64| {
+            u128::from(used) * 100 >= u128::from(total) * u128::from(policy.threshold_percent)
+        };
+        if over(u.used_data.get(), u.total_data.get()) || u.mode == PoolMode::OutOfDataSpace {
+            let cur = self.file_size(DATA_FILE)?;
+            let bs = self.table.block_size.bytes().0;
+            let grow = percent_of(cur.0, policy.extend_percent).max(bs);
+            let target = cur.0.saturating_add(grow).min(policy.max_data.0) / bs * bs;
+            if target > cur.0 {
+                let total = target / bs;
+                let lwm = policy.low_water_mark(DataBlocks::new(total));
+                self.extend_data_inner(Bytes(target), Some(lwm))
+                    .map_err(|e| self.err(e, "autoextend pool data"))?;
+                done.data = Some(Bytes(target));
+            }
+        }
+        if over(u.used_meta.get(), u.total_meta.get()) {
+            let cur = self.file_size(META_FILE)?;
+            let max = policy.max_metadata.0.min(
+                crate::metadata_size::MAX_METADATA_BLOCKS
+                    .sectors()
+                    .bytes()
+                    .0,
+            );
+            let grow = percent_of(cur.0, policy.extend_percent).max(1 << 20);
+            let target = cur.0.saturating_add(grow).min(max) >> 12 << 12;
+            if target > cur.0 {
+                self.extend_metadata(Bytes(target))?;
+                done.metadata = Some(Bytes(target));
+            }
+        }
+        Ok(done)
+    }
+
+    /// Keeps the pool healthy until `stop` is set: sets the low-water mark
+    /// from the policy, then sleeps on dm events (not a polling loop: the
+    /// control device wakes it when the pool crosses its low-water mark or
+    /// changes mode) and extends when needed. `tick` bounds each wait so
+    /// `stop` is noticed. Returns how many extensions it made.
+    pub fn watch(
+        &mut self,
+        policy: &AutoextendPolicy,
+        stop: &std::sync::atomic::AtomicBool,
+        tick: std::time::Duration,
+    ) -> Result<usize> {
+        use std::sync::atomic::Ordering;
+        let total = self.table.block_size.blocks_floor(self.table.length);
+        let lwm = policy.low_water_mark(total);
+        if lwm != self.table.low_water_mark {
+            let size = self.table.length.bytes();
+            self.extend_data_inner(size, Some(lwm))
+                .map_err(|e| self.err(e, "set low-water mark"))?;
+        }
+        let mut extensions = 0;
+        let mut event = true;
+        while !stop.load(Ordering::SeqCst) {
+            self.deps
+                .dm
+                .arm_events()
+                .map_err(|e| self.err(e, "watch pool"))?;
+            if event {
+                let d = self.maybe_extend(policy)?;
+                extensions += usize::from(d.data.is_some()) + usize::from(d.metadata.is_some());
+            }
+            event = self
+                .deps
+                .dm
+                .wait_events(tick)
+                .map_err(|e| self.err(e, "watch pool"))?;
+        }
+        Ok(extensions)
     }
 
     /// Exact per-device usage (mapped, exclusive and shared blocks), read
@@ -1401,6 +1638,64 @@ mod tests {
         let p = Pool::open_loopback(&deps, &e.dir).unwrap();
         assert!(p.reconciliation().checked);
         assert!(p.reconciliation().is_clean());
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn autoextend_on_low_water_event() {
+        let e = env();
+        let mut c = cfg(&e);
+        c.features.error_if_no_space = false;
+        let mut p = Pool::create_loopback(&e.deps, &c).unwrap();
+        p.create_thin("a", Sectors::new(2 * 131072)).unwrap();
+        p.activate("a").unwrap();
+        let policy = AutoextendPolicy {
+            threshold_percent: 50,
+            extend_percent: 100,
+            max_data: Bytes::mib(256),
+            max_metadata: Bytes::mib(8),
+        };
+        assert_eq!(
+            policy.low_water_mark(DataBlocks::new(1024)),
+            DataBlocks::new(512)
+        );
+        // Below the threshold nothing happens.
+        e.dm.provision("tp-a", 100).unwrap();
+        assert_eq!(p.maybe_extend(&policy).unwrap(), Extended::default());
+        // Crossing it doubles the data file and reloads the table.
+        e.dm.provision("tp-a", 500).unwrap();
+        let d = p.maybe_extend(&policy).unwrap();
+        assert_eq!(d.data, Some(Bytes::mib(128)));
+        assert_eq!(fs::metadata(e.dir.join("data")).unwrap().len(), 128 << 20);
+        assert_eq!(p.table().length, Sectors::new(262144));
+        assert_eq!(p.table().low_water_mark, DataBlocks::new(1024));
+        let u = p.status().unwrap().usage().unwrap().clone();
+        assert_eq!(u.total_data, DataBlocks::new(2048));
+        // The watcher wakes on the low-water event and extends up to the cap.
+        e.dm.provision("tp-a", 500).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let dm = e.dm.clone();
+        let stopper = std::thread::scope(|s| {
+            let h = s.spawn(|| p.watch(&policy, &stop, std::time::Duration::from_millis(5)));
+            while fs::metadata(e.dir.join("data")).unwrap().len() < 256 << 20 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            h.join().unwrap()
+        });
+        assert_eq!(stopper.unwrap(), 1);
+        assert!(dm.calls().iter().any(|c| c == "wait_events"));
+        // Reopen keeps the new size; the capped pool does not grow further.
+        drop(p);
+        let mut p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        assert_eq!(p.table().length, Sectors::new(524288));
+        e.dm.provision("tp-a", 2900).unwrap();
+        assert_eq!(p.maybe_extend(&policy).unwrap().data, None);
+        assert!(matches!(
+            p.extend_data(Bytes::mib(64)).unwrap_err().kind(),
+            ErrorKind::SizeTooSmall { .. }
+        ));
+        p.extend_metadata(Bytes::mib(8)).unwrap();
         p.destroy().unwrap();
     }
 

@@ -14,7 +14,7 @@ use integration::need::Need;
 use thinpool::dm::{DmControl, DmInfo, RealDm};
 use thinpool::loopdev::RealLoop;
 use thinpool::metadata::ThinTools;
-use thinpool::pool::{Deps, LoopbackConfig, Pool};
+use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, Pool};
 use thinpool::status::{PoolMode, PoolStatus, ThinStatus};
 use thinpool::store::ThinState;
 use thinpool::table::{DevNum, PoolTable, TargetLine, ThinTable};
@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         KernelTest::new("error_if_no_space_fails_fast", error_if_no_space_fails_fast)
             .needs(DM_THIN),
         KernelTest::new("usage_and_foreign_ids", usage_and_foreign_ids).needs(DM_THIN),
+        KernelTest::new("autoextend_under_write_load", autoextend_under_write_load).needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
@@ -344,6 +345,72 @@ fn error_if_no_space_fails_fast() {
     pool.destroy().unwrap();
 }
 
+fn autoextend_under_write_load() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = temp_dir();
+    let mut cfg = small_config(tmp.path());
+    cfg.data_size = Bytes::mib(64);
+    // Queue (not fail) writes for the moment an extension takes.
+    cfg.features.error_if_no_space = false;
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("w", Sectors::new(384 * MIB / 512))
+        .unwrap();
+    let dev = pool.activate("w").unwrap();
+    let policy = AutoextendPolicy {
+        threshold_percent: 50,
+        extend_percent: 100,
+        max_data: Bytes::mib(512),
+        max_metadata: Bytes::mib(32),
+    };
+    let stop = AtomicBool::new(false);
+    const WRITE_MIB: u64 = 256;
+    let (extensions, written) = std::thread::scope(|s| {
+        // The watcher only checks the pool after a dm event (or at start):
+        // the 2 s bound on each wait is for noticing `stop`, not a poll.
+        let watcher = s.spawn(|| pool.watch(&policy, &stop, std::time::Duration::from_secs(2)));
+        let written = (|| -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new().write(true).open(&dev)?;
+            for i in 0..WRITE_MIB {
+                f.write_all(&vec![i as u8; MIB as usize])?;
+                if i % 16 == 15 {
+                    f.sync_data()?;
+                }
+            }
+            f.sync_all()
+        })();
+        stop.store(true, Ordering::SeqCst);
+        (watcher.join().unwrap(), written)
+    });
+    written.expect("the writer never sees an error");
+    let extensions = extensions.unwrap();
+    assert!(
+        extensions >= 3,
+        "64 -> 128 -> 256 -> 512 MiB, got {extensions} extensions"
+    );
+    let file = fs::metadata(cfg.dir.join("data")).unwrap().len();
+    assert_eq!(file, 512 * MIB);
+    let u = pool.status().unwrap().usage().unwrap().clone();
+    assert_eq!(u.mode, PoolMode::ReadWrite);
+    assert_eq!(u.total_data, DataBlocks::new(512 * MIB / 65536));
+    assert!(u.used_data >= DataBlocks::new(WRITE_MIB * MIB / 65536));
+    assert_eq!(
+        run("dmsetup", &["table", &name]).trim(),
+        pool.table().to_string(),
+        "the kernel has the extended table"
+    );
+    for i in [0u64, 100, 255] {
+        assert_eq!(read_at(&dev, i * MIB, 4096), vec![i as u8; 4096]);
+    }
+    // The new size survives a reopen.
+    drop(pool);
+    let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert_eq!(pool.table().length, Sectors::new(512 * MIB / 512));
+    pool.destroy().unwrap();
+}
+
 fn bad_input_leaves_nothing() {
     let tmp = temp_dir();
     let deps = deps();
@@ -435,6 +502,12 @@ impl DmControl for KillAt {
     }
     fn target_types(&self) -> thinpool::Result<Vec<String>> {
         self.inner.target_types()
+    }
+    fn arm_events(&self) -> thinpool::Result<()> {
+        self.inner.arm_events()
+    }
+    fn wait_events(&self, timeout: std::time::Duration) -> thinpool::Result<bool> {
+        self.inner.wait_events(timeout)
     }
 }
 

@@ -57,6 +57,8 @@ struct State {
     crash: Vec<(String, CrashWhen)>,
     calls: Vec<String>,
     no_thin_target: bool,
+    events: u64,
+    armed_at: u64,
 }
 
 /// The fake. Clones share state.
@@ -171,6 +173,16 @@ impl FakeDm {
         }
         m.used_data += blocks;
         *m.thins.entry(t.id.get()).or_default() += blocks;
+        let free = total - m.used_data;
+        let pool_name = resolve(&st, &t.pool).expect("pool resolved above");
+        let lwm = pool_table(&st, &pool_name)?.low_water_mark.get();
+        if free < lwm {
+            // The kernel raises a table event when free space crosses the low-water mark.
+            st.events += 1;
+            if let Some(d) = st.devices.get_mut(&pool_name) {
+                d.event_nr += 1;
+            }
+        }
         Ok(())
     }
 
@@ -521,6 +533,22 @@ impl DmControl for FakeDm {
                 .map(|(n, d)| (n.clone(), d.devnum))
                 .collect())
         })
+    }
+
+    fn arm_events(&self) -> Result<()> {
+        self.with("arm_events".to_owned(), |st| {
+            st.armed_at = st.events;
+            Ok(())
+        })
+    }
+
+    fn wait_events(&self, timeout: std::time::Duration) -> Result<bool> {
+        let fired = self.with("wait_events".to_owned(), |st| Ok(st.events > st.armed_at))?;
+        if !fired {
+            // Nothing to wait for in a fake: return soon, as a timeout would.
+            std::thread::sleep(timeout.min(std::time::Duration::from_millis(1)));
+        }
+        Ok(fired)
     }
 
     fn target_types(&self) -> Result<Vec<String>> {

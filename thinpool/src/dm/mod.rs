@@ -70,6 +70,13 @@ pub trait DmControl: Send + Sync + fmt::Debug {
     fn list(&self) -> Result<Vec<(String, DevNum)>>;
     /// Target types the kernel has loaded (`thin-pool`, `thin`, `linear`, ...).
     fn target_types(&self) -> Result<Vec<String>>;
+    /// Arms event notification (`DM_DEV_ARM_POLL`): after this,
+    /// [`DmControl::wait_events`] returns as soon as any dm device raises an
+    /// event (a pool crossing its low-water mark, a mode change, a resize).
+    fn arm_events(&self) -> Result<()>;
+    /// Waits up to `timeout` for a dm event since the last arm (poll on the
+    /// control device); true when one came.
+    fn wait_events(&self, timeout: std::time::Duration) -> Result<bool>;
 }
 
 impl<T: DmControl + ?Sized> DmControl for std::sync::Arc<T> {
@@ -105,6 +112,12 @@ impl<T: DmControl + ?Sized> DmControl for std::sync::Arc<T> {
     }
     fn target_types(&self) -> Result<Vec<String>> {
         (**self).target_types()
+    }
+    fn arm_events(&self) -> Result<()> {
+        (**self).arm_events()
+    }
+    fn wait_events(&self, timeout: std::time::Duration) -> Result<bool> {
+        (**self).wait_events(timeout)
     }
 }
 

@@ -226,4 +226,27 @@ impl DmControl for RealDm {
             .map_err(|e| map_err(e, "/dev/mapper/control").op("list dm target types"))?;
         Ok(v.into_iter().map(|(n, ..)| n).collect())
     }
+
+    fn arm_events(&self) -> Result<()> {
+        self.dm
+            .arm_poll()
+            .map_err(|e| map_err(e, "/dev/mapper/control").op("arm dm events"))?;
+        Ok(())
+    }
+
+    fn wait_events(&self, timeout: std::time::Duration) -> Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.dm.file().as_fd(), PollFlags::POLLIN)];
+        let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, t) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(Error::new(ErrorKind::Kernel {
+                errno: Some(e as i32),
+            })
+            .op("wait for dm events")
+            .with_source(std::io::Error::from(e))),
+        }
+    }
 }
