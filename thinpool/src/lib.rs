@@ -24,6 +24,7 @@
 
 pub mod dm;
 pub mod error;
+pub mod fs;
 pub mod loopdev;
 pub mod metadata;
 

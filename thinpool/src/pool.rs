@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use crate::dm::{check_dm_name, DmControl, DmInfo};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fs::Filesystem;
 use crate::loopdev::{LoopControl, LoopInfo};
 use crate::metadata::{MetaDev, MetadataTools, ThinUsage};
 use crate::metadata_size::check_metadata_size;
@@ -723,6 +724,7 @@ impl Pool {
         let id = self.store.free_thin_id()?;
         let intent = self.new_intent(OpKind::Snapshot, id, name, o.size, Some(o.id), txn)?;
         let origin_dm = self.thin_dm_name(origin);
+        let fs = self.filesystem(origin)?;
         self.mutate(intent, &format!("create_snap {id} {}", o.id), |p| {
             match p.deps.dm.info(&origin_dm)? {
                 Some(i) if i.live_table && !i.suspended => {
@@ -732,6 +734,11 @@ impl Pool {
                 _ => Ok(None),
             }
         })?;
+        if let Some(fs) = fs {
+            // Snapshots keep their filesystem even after the origin is deleted.
+            self.store
+                .set_config(&format!("fs:{name}"), &fs.to_string())?;
+        }
         Ok(id)
     }
 
@@ -756,7 +763,8 @@ impl Pool {
         };
         let txn = self.check_txn(&u)?;
         let intent = self.new_intent(OpKind::Delete, r.id, name, r.size, r.origin, txn)?;
-        self.mutate(intent, &format!("delete {}", r.id), |_| Ok(None))
+        self.mutate(intent, &format!("delete {}", r.id), |_| Ok(None))?;
+        self.store.remove_config(&format!("fs:{name}"))
     }
 
     /// Activates a thin device; returns its device node (`/dev/dm-N`). Idempotent.
@@ -789,6 +797,18 @@ impl Pool {
             Some(i) if i.live_table => {
                 let live = self.deps.dm.table(&dm_name)?;
                 let found = live.first().map(ThinTable::from_target).transpose()?;
+                let smaller = found.as_ref().is_some_and(|f| {
+                    f.length < table.length
+                        && ThinTable {
+                            length: table.length,
+                            ..f.clone()
+                        } == table
+                });
+                if smaller {
+                    // The records have a grown size the device does not yet.
+                    self.reload_thin(&dm_name, &table)?;
+                    return Ok(i.devnode());
+                }
                 if found.as_ref() != Some(&table) {
                     return Err(Error::new(ErrorKind::TableMismatch {
                         device: dm_name,
@@ -818,6 +838,120 @@ impl Pool {
                 Ok(info.devnode())
             }
         }
+    }
+
+    fn reload_thin(&self, dm_name: &str, table: &ThinTable) -> Result<()> {
+        self.deps.dm.load(dm_name, &[table.to_target()])?;
+        let suspended = self.deps.dm.suspend(dm_name);
+        let resumed = self.deps.dm.resume(dm_name);
+        suspended.and(resumed)
+    }
+
+    /// Grows a thin device to `new_size` (a multiple of the block size),
+    /// live if it is active. The record gets the new size first; activation
+    /// converges a device still at the old size. Grow its filesystem with
+    /// [`Filesystem::grow`] afterwards (or use [`Pool::resize_thin_and_fs`]).
+    pub fn resize_thin(&mut self, name: &str, new_size: Sectors) -> Result<()> {
+        self.resize_inner(name, new_size).map_err(|e| {
+            self.err(e, "resize thin device")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    fn resize_inner(&mut self, name: &str, new_size: Sectors) -> Result<()> {
+        let r = self.record(name)?;
+        self.table
+            .block_size
+            .blocks_exact("thin device", new_size)?;
+        if new_size < r.size {
+            return Err(Error::new(ErrorKind::SizeTooSmall {
+                what: "thin device (shrinking is not supported)",
+                size: new_size.bytes(),
+                min: r.size.bytes(),
+            }));
+        }
+        self.store.set_thin_size(r.id, new_size)?;
+        if self.is_active(name)? {
+            self.activate_inner(name)?;
+        }
+        Ok(())
+    }
+
+    /// Grows a thin device and then its filesystem (`mountpoint` is needed
+    /// for xfs).
+    pub fn resize_thin_and_fs(
+        &mut self,
+        name: &str,
+        new_size: Sectors,
+        mountpoint: Option<&Path>,
+    ) -> Result<()> {
+        self.resize_thin(name, new_size)?;
+        let fs = self.filesystem(name)?.ok_or_else(|| {
+            self.err(
+                Error::new(ErrorKind::NotFound {
+                    name: format!("filesystem on {name}"),
+                }),
+                "grow filesystem",
+            )
+        })?;
+        let dev = self.activate(name)?;
+        fs.grow(&dev, mountpoint).map_err(|e| {
+            self.err(e, "grow filesystem")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    /// Makes `fs` on a base thin device, once: snapshots inherit it. Returns
+    /// false when the device (or its origin) already has that filesystem.
+    pub fn mkfs(&mut self, name: &str, fs: Filesystem) -> Result<bool> {
+        let r = (|| {
+            match self.filesystem(name)? {
+                Some(f) if f == fs => return Ok(false),
+                Some(f) => {
+                    return Err(Error::new(ErrorKind::NameTaken {
+                        name: format!("{name} already has {f}"),
+                    }))
+                }
+                None => {}
+            }
+            let dev = self.activate_inner(name)?;
+            fs.mkfs(&dev)?;
+            self.store
+                .set_config(&format!("fs:{name}"), &fs.to_string())?;
+            Ok(true)
+        })();
+        r.map_err(|e| {
+            self.err(e, "make filesystem")
+                .device(self.thin_dm_name(name))
+        })
+    }
+
+    /// The filesystem on a thin device, inherited from its origins.
+    pub fn filesystem(&self, name: &str) -> Result<Option<Filesystem>> {
+        let mut r = self.record(name)?;
+        loop {
+            if let Some(f) = self.store.config(&format!("fs:{}", r.name))? {
+                return f.parse().map(Some);
+            }
+            match r
+                .origin
+                .map(|o| self.store.thin_by_id(o))
+                .transpose()?
+                .flatten()
+            {
+                Some(o) => r = o,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Mount options for a thin device (xfs snapshots need `nouuid`).
+    pub fn mount_options(&self, name: &str) -> Result<&'static str> {
+        let snapshot = self.record(name)?.origin.is_some();
+        Ok(self
+            .filesystem(name)?
+            .map(|f| f.mount_options(snapshot))
+            .unwrap_or(""))
     }
 
     /// Deactivates a thin device; with `deferred`, a busy device goes away
@@ -1696,6 +1830,36 @@ mod tests {
             ErrorKind::SizeTooSmall { .. }
         ));
         p.extend_metadata(Bytes::mib(8)).unwrap();
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn resize_grows_record_and_live_table() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        p.create_thin("b", MIB16).unwrap();
+        p.activate("a").unwrap();
+        let big = Sectors::new(MIB16.get() * 2);
+        p.resize_thin("a", big).unwrap();
+        p.resize_thin("b", big).unwrap();
+        let t: ThinTable = e.dm.table("tp-a").unwrap()[0].to_string().parse().unwrap();
+        assert_eq!(t.length, big);
+        assert_eq!(p.store().thin("b").unwrap().unwrap().size, big);
+        assert!(!p.is_active("b").unwrap(), "resize does not activate");
+        assert!(matches!(
+            p.resize_thin("a", MIB16).unwrap_err().kind(),
+            ErrorKind::SizeTooSmall { .. }
+        ));
+        assert!(matches!(
+            p.resize_thin("a", Sectors::new(big.get() + 8))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotBlockMultiple { .. }
+        ));
+        // No filesystem recorded: nothing to grow, and snapshots inherit that.
+        assert_eq!(p.filesystem("a").unwrap(), None);
+        assert_eq!(p.mount_options("a").unwrap(), "");
         p.destroy().unwrap();
     }
 

@@ -284,6 +284,14 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a configuration value.
+    pub fn remove_config(&self, key: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM config WHERE key = ?1", [key])
+            .map_err(|e| self.err(e, "write configuration"))?;
+        Ok(())
+    }
+
     /// A configuration value.
     pub fn config(&self, key: &str) -> Result<Option<String>> {
         self.conn
@@ -519,6 +527,22 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e, "read thin record"))?;
         t.map(Self::build_thin).transpose()
+    }
+
+    /// Records a thin device's new (grown) size.
+    pub fn set_thin_size(&self, id: ThinId, size: Sectors) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE thins SET size = ?1 WHERE id = ?2",
+                params![i64_of(size.get()), id.get()],
+            )
+            .map_err(|e| self.err(e, "record thin size"))?;
+        Ok(())
+    }
+
+    /// The thin device with this id.
+    pub fn thin_by_id(&self, id: ThinId) -> Result<Option<ThinRecord>> {
+        Ok(self.thins()?.into_iter().find(|t| t.id == id))
     }
 
     /// Marks a thin record missing (the pool does not have it).

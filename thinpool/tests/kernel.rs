@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
-use integration::fixtures::{run, temp_dir, try_run, unique_name};
+use integration::fixtures::{run, temp_dir, try_run, unique_name, Mount};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
 use thinpool::dm::{DmControl, DmInfo, RealDm};
+use thinpool::fs::Filesystem;
 use thinpool::loopdev::RealLoop;
 use thinpool::metadata::ThinTools;
 use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, Pool};
@@ -44,6 +45,11 @@ fn main() -> ExitCode {
             .needs(DM_THIN),
         KernelTest::new("usage_and_foreign_ids", usage_and_foreign_ids).needs(DM_THIN),
         KernelTest::new("autoextend_under_write_load", autoextend_under_write_load).needs(DM_THIN),
+        KernelTest::new(
+            "filesystems_mkfs_snapshot_resize",
+            filesystems_mkfs_snapshot_resize,
+        )
+        .needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
@@ -408,6 +414,82 @@ fn autoextend_under_write_load() {
     drop(pool);
     let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
     assert_eq!(pool.table().length, Sectors::new(512 * MIB / 512));
+    pool.destroy().unwrap();
+}
+
+fn fs_bytes(path: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(path).unwrap();
+    s.blocks() * s.fragment_size()
+}
+
+fn filesystems_mkfs_snapshot_resize() {
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    for (fs, size_mib) in [(Filesystem::Ext4, 64u64), (Filesystem::Xfs, 320)] {
+        let base = format!("{fs}-base");
+        let snap = format!("{fs}-snap");
+        pool.create_thin(&base, Sectors::new(size_mib * MIB / 512))
+            .unwrap();
+        assert!(pool.mkfs(&base, fs).unwrap(), "{fs}: first mkfs formats");
+        assert!(!pool.mkfs(&base, fs).unwrap(), "{fs}: mkfs happens once");
+        let dev = pool.activate(&base).unwrap();
+        let mnt = Mount::new(
+            dev.to_str().unwrap(),
+            &tmp.path().join(&base),
+            Some(&fs.to_string()),
+            pool.mount_options(&base).unwrap(),
+        );
+        fs::write(mnt.target.join("file"), "in the origin").unwrap();
+        // Snapshot the mounted origin: the suspend freezes and flushes it.
+        pool.snapshot(&base, &snap).unwrap();
+        assert_eq!(pool.filesystem(&snap).unwrap(), Some(fs));
+        assert!(
+            !pool.mkfs(&snap, fs).unwrap(),
+            "{fs}: snapshots inherit the filesystem"
+        );
+        let opts = pool.mount_options(&snap).unwrap();
+        if fs == Filesystem::Xfs {
+            assert_eq!(opts, "nouuid");
+        }
+        fs::write(mnt.target.join("file"), "changed").unwrap();
+        let sdev = pool.activate(&snap).unwrap();
+        {
+            let smnt = Mount::new(
+                sdev.to_str().unwrap(),
+                &tmp.path().join(&snap),
+                Some(&fs.to_string()),
+                opts,
+            );
+            assert_eq!(
+                fs::read_to_string(smnt.target.join("file")).unwrap(),
+                "in the origin"
+            );
+        }
+        // Grow the mounted origin and its filesystem.
+        let before = fs_bytes(&mnt.target);
+        pool.resize_thin_and_fs(
+            &base,
+            Sectors::new(2 * size_mib * MIB / 512),
+            Some(&mnt.target),
+        )
+        .unwrap();
+        let after = fs_bytes(&mnt.target);
+        assert!(
+            after > before + size_mib * MIB / 2,
+            "{fs}: {before} -> {after}"
+        );
+        assert_eq!(
+            fs::read_to_string(mnt.target.join("file")).unwrap(),
+            "changed"
+        );
+        drop(mnt);
+        pool.deactivate(&snap, false).unwrap();
+        pool.delete_thin(&base).unwrap();
+        // The snapshot keeps its filesystem after its origin is gone.
+        assert_eq!(pool.filesystem(&snap).unwrap(), Some(fs));
+    }
     pool.destroy().unwrap();
 }
 
