@@ -233,11 +233,6 @@ impl ContainerConfig {
             .process()
             .as_ref()
             .ok_or_else(|| invalid("the config has no process: give process.args"))?;
-        if process.terminal() == Some(true) {
-            return Err(invalid(
-                "process.terminal is not supported yet: set it to false; stdio is passed through",
-            ));
-        }
         if self.spec.hooks().is_some() {
             return Err(invalid(
                 "OCI hooks are not supported: remove the hooks section",
@@ -509,6 +504,14 @@ impl ContainerBuilder {
         c.set_inheritable(Some(HashSet::new()));
         c.set_ambient(Some(HashSet::new()));
         self.process().set_capabilities(Some(c));
+        self
+    }
+
+    /// Gives the process a pseudo-terminal as stdin, stdout and stderr (its
+    /// master end is [`crate::Container::take_terminal`]); default: stdio
+    /// is passed through.
+    pub fn terminal(mut self, on: bool) -> Self {
+        self.process().set_terminal(Some(on));
         self
     }
 

@@ -213,7 +213,11 @@ impl Runtime {
             return Err(e);
         }
         match self.spawn(config, cg.as_ref()) {
-            Ok((pid, status_r)) => {
+            Ok(Spawned {
+                pid,
+                status_r,
+                terminal,
+            }) => {
                 let pidfd = match sys::pidfd_open(pid) {
                     Ok(fd) => fd,
                     Err(e) => {
@@ -229,6 +233,7 @@ impl Runtime {
                     pid,
                     pidfd,
                     status_r,
+                    terminal,
                     cgroup: Some(cg),
                     timeout: config.timeout,
                     forward_signals: false,
@@ -242,15 +247,16 @@ impl Runtime {
         }
     }
 
-    fn spawn(
-        &self,
-        config: &ContainerConfig,
-        cg: &dyn Cgroup,
-    ) -> Result<(Pid, Option<std::fs::File>)> {
+    fn spawn(&self, config: &ContainerConfig, cg: &dyn Cgroup) -> Result<Spawned> {
         let start_err = |what: &str, e: nix::Error| {
             Error::new(ErrorKind::Start, what.to_owned()).with_source(e)
         };
         let child = ChildPlan::new(config, &self.hierarchies)?;
+        let pty = if child.terminal {
+            Some(open_pty(config)?)
+        } else {
+            None
+        };
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(|e| start_err("pipe", e))?;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(|e| start_err("pipe", e))?;
@@ -271,11 +277,19 @@ impl Runtime {
         let pid = match sys::clone_process(flags).map_err(|e| start_err("clone", e))? {
             CloneResult::Child => {
                 drop((go_w, err_r, status_r));
-                child_entry(&child, go_r, err_w, status_w)
+                let slave = pty.map(|(master, slave)| {
+                    drop(master);
+                    slave
+                });
+                child_entry(&child, go_r, err_w, status_w, slave)
             }
             CloneResult::Parent(pid) => pid,
         };
         drop((go_r, err_w, status_w));
+        let master = pty.map(|(master, slave)| {
+            drop(slave);
+            master
+        });
         let prepared = (|| {
             cg.add_process(pid)?;
             if config.has_namespace(LinuxNamespaceType::User) {
@@ -303,8 +317,45 @@ impl Runtime {
             teardown(pid, cg);
             return Err(ChildError::decode(&msg).into_error());
         }
-        Ok((pid, config.init.then(|| std::fs::File::from(status_r))))
+        Ok(Spawned {
+            pid,
+            status_r: config.init.then(|| std::fs::File::from(status_r)),
+            terminal: master,
+        })
     }
+}
+
+/// What [`Runtime::spawn`] hands to [`Container`].
+struct Spawned {
+    pid: Pid,
+    status_r: Option<std::fs::File>,
+    terminal: Option<OwnedFd>,
+}
+
+/// A pseudo-terminal pair (master, slave) sized as `process.consoleSize`,
+/// both close-on-exec (the child's stdio copies of the slave are not).
+fn open_pty(config: &ContainerConfig) -> Result<(OwnedFd, OwnedFd)> {
+    let size = config
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.console_size())
+        .map(|b| nix::pty::Winsize {
+            ws_row: u16::try_from(b.height()).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(b.width()).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+    let pty = nix::pty::openpty(size.as_ref(), None)
+        .map_err(|e| Error::new(ErrorKind::Start, "openpty").with_source(e))?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| Error::new(ErrorKind::Start, "set close-on-exec on the pty").with_source(e))?;
+    }
+    Ok((pty.master, pty.slave))
 }
 
 fn teardown(pid: Pid, cg: &dyn Cgroup) {
@@ -343,6 +394,7 @@ pub struct Container {
     pid: Pid,
     pidfd: OwnedFd,
     status_r: Option<std::fs::File>,
+    terminal: Option<OwnedFd>,
     cgroup: Option<Box<dyn Cgroup>>,
     timeout: Option<Duration>,
     forward_signals: bool,
@@ -357,6 +409,14 @@ impl Container {
     /// The cgroup directories (one per hierarchy).
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default()
+    }
+
+    /// Takes the master end of the container's pseudo-terminal (when the
+    /// config asked for `process.terminal`): read the process's output from
+    /// it, write its input to it. Reads fail with EIO once the process and
+    /// everything holding the terminal have exited.
+    pub fn take_terminal(&mut self) -> Option<OwnedFd> {
+        self.terminal.take()
     }
 
     /// Sends `signal` to pid 1 of the container.
@@ -536,6 +596,7 @@ struct ChildPlan<'a> {
     path_env: String,
     filters: Vec<seccompiler::BpfProgram>,
     propagation: nix::mount::MsFlags,
+    terminal: bool,
 }
 
 impl<'a> ChildPlan<'a> {
@@ -576,7 +637,14 @@ impl<'a> ChildPlan<'a> {
                 .as_ref()
                 .and_then(|l| l.rootfs_propagation().as_deref()),
         )?;
+        let terminal = config
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
         Ok(ChildPlan {
+            terminal,
             config,
             hierarchies,
             args,
@@ -589,10 +657,16 @@ impl<'a> ChildPlan<'a> {
 }
 
 /// The child's side: never returns.
-fn child_entry(plan: &ChildPlan<'_>, go_r: OwnedFd, err_w: OwnedFd, status_w: OwnedFd) -> ! {
+fn child_entry(
+    plan: &ChildPlan<'_>,
+    go_r: OwnedFd,
+    err_w: OwnedFd,
+    status_w: OwnedFd,
+    pty_slave: Option<OwnedFd>,
+) -> ! {
     let mut err_w = Some(std::fs::File::from(err_w));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        child_setup(plan, go_r, status_w, &mut err_w)
+        child_setup(plan, go_r, status_w, &mut err_w, pty_slave)
     }));
     let msg = match outcome {
         Ok(Err(e)) => ChildError::encode(&e),
@@ -614,6 +688,7 @@ fn child_setup(
     go_r: OwnedFd,
     status_w: OwnedFd,
     err_w: &mut Option<std::fs::File>,
+    pty_slave: Option<OwnedFd>,
 ) -> Result<Infallible> {
     let config = plan.config;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step("set the parent-death signal"))?;
@@ -623,6 +698,15 @@ fn child_setup(
         .map_err(|e| Error::new(ErrorKind::Start, "wait for the parent").with_source(e))?;
     if n == 0 {
         sys::exit_now(1);
+    }
+    if let Some(slave) = pty_slave {
+        // A new session whose controlling terminal is the pty, on stdio.
+        nix::unistd::setsid().map_err(step("setsid"))?;
+        sys::set_controlling_terminal(slave.as_fd())
+            .map_err(step("make the pty the controlling terminal"))?;
+        nix::unistd::dup2_stdin(&slave).map_err(step("dup the pty to stdin"))?;
+        nix::unistd::dup2_stdout(&slave).map_err(step("dup the pty to stdout"))?;
+        nix::unistd::dup2_stderr(&slave).map_err(step("dup the pty to stderr"))?;
     }
     let userns = config.has_namespace(LinuxNamespaceType::User);
     if userns {

@@ -119,3 +119,16 @@ pub fn exit_now(code: i32) -> ! {
     // the process, so it is sound in any state.
     unsafe { libc::_exit(code) }
 }
+
+/// Makes the terminal `fd` the controlling terminal of the calling process,
+/// which must be a session leader without one (call `setsid` first).
+pub fn set_controlling_terminal(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal the terminal
+    // from another session) and no pointer; `fd` is a borrowed open descriptor.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0 as libc::c_int) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

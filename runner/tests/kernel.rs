@@ -62,6 +62,10 @@ const TESTS: &[(&str, fn())] = &[
     ),
     ("runc_spec_bundle_runs", runc_spec_bundle_runs),
     (
+        "terminal_gives_the_process_a_pty",
+        terminal_gives_the_process_a_pty,
+    ),
+    (
         "signals_are_forwarded_while_waiting",
         signals_are_forwarded_while_waiting,
     ),
@@ -756,11 +760,6 @@ fn runc_spec_bundle_runs() {
     );
     assert_eq!(lines.last(), Some(&"ok"), "{log}");
     assert_clean(&report);
-    // A terminal (runc spec's default) is refused before anything starts.
-    v["process"]["terminal"] = true.into();
-    fs::write(&path, v.to_string()).unwrap();
-    let e = ContainerConfig::from_bundle(&bundle).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
 }
 
 /// SIGTERM delivered to the waiting thread reaches the container's process.
@@ -803,5 +802,41 @@ fn signals_are_forwarded_while_waiting() {
         "{report:?}"
     );
     assert!(!report.timed_out);
+    assert_clean(&report);
+}
+
+fn terminal_gives_the_process_a_pty() {
+    let root = Rootfs::new();
+    let config = root
+        .builder()
+        .terminal(true)
+        .args([
+            "/bin/sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo STDIO_IS_A_TTY; read line; echo got:$line",
+        ])
+        .build()
+        .unwrap();
+    let mut container = Runtime::detect().unwrap().start(&config).unwrap();
+    let master = std::fs::File::from(container.take_terminal().expect("a pty master"));
+    let mut writer = master.try_clone().unwrap();
+    use std::io::{Read, Write};
+    writer.write_all(b"hello\n").unwrap();
+    let mut out = Vec::new();
+    let mut reader = master;
+    let mut buf = [0u8; 256];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // EIO: every holder of the slave end has exited.
+            Err(_) => break,
+        }
+    }
+    let report = container.wait().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(report.exit_code, 0, "{report:?} {out}");
+    assert!(out.contains("STDIO_IS_A_TTY"), "{out}");
+    assert!(out.contains("got:hello"), "{out}");
     assert_clean(&report);
 }
