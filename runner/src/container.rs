@@ -99,6 +99,43 @@ pub enum ExitReason {
     PidsLimitHit,
     /// It ran past its timeout and thinbox killed its cgroup.
     TimedOut,
+    /// It failed while the device under its root was out of space (the
+    /// filesystem full, or the thin pool out of data space, as the
+    /// [`RootSpaceProbe`] says).
+    RootDeviceFull,
+}
+
+/// Says whether the storage under a container's root ran out of space:
+/// the snapshotter answers for a thin pool (its out-of-data-space mode);
+/// [`FilesystemFull`] answers for a plain filesystem.
+pub trait RootSpaceProbe {
+    /// Whether the root's storage is out of space now.
+    fn out_of_space(&self) -> Result<bool>;
+}
+
+/// A [`RootSpaceProbe`] over the filesystem mounted at a path: full when
+/// it has no block left for unprivileged users (`statvfs` `f_bavail`).
+#[derive(Debug, Clone)]
+pub struct FilesystemFull {
+    path: PathBuf,
+}
+
+impl FilesystemFull {
+    /// Probes the filesystem that holds `path` (normally the rootfs).
+    pub fn new(path: impl Into<PathBuf>) -> FilesystemFull {
+        FilesystemFull { path: path.into() }
+    }
+}
+
+impl RootSpaceProbe for FilesystemFull {
+    fn out_of_space(&self) -> Result<bool> {
+        let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| {
+            Error::new(ErrorKind::Io, "statvfs of the root")
+                .with_path(&self.path)
+                .with_source(e)
+        })?;
+        Ok(st.blocks_available() == 0)
+    }
 }
 
 /// What a finished container reports.
@@ -112,6 +149,9 @@ pub struct ExitReport {
     pub exit_code: i32,
     /// Whether the timeout fired.
     pub timed_out: bool,
+    /// Whether the root's storage was out of space at exit (false when no
+    /// probe was given).
+    pub root_full: bool,
     /// The cgroup's counters at exit.
     pub events: CgroupEvents,
     /// Whether the cgroup was removed afterwards.
@@ -122,12 +162,15 @@ impl ExitReport {
     fn new(
         termination: Termination,
         timed_out: bool,
+        root_full: bool,
         events: CgroupEvents,
         cgroup_removed: bool,
     ) -> ExitReport {
         let failed = termination != Termination::Exited { code: 0 };
         let reason = if events.oom_kills > 0 && failed {
             ExitReason::OomKilled
+        } else if root_full && (failed || timed_out) {
+            ExitReason::RootDeviceFull
         } else if events.pids_limit_hits > 0 && (failed || timed_out) {
             ExitReason::PidsLimitHit
         } else if timed_out {
@@ -142,6 +185,7 @@ impl ExitReport {
             termination,
             exit_code: termination.exit_code(),
             timed_out,
+            root_full,
             events,
             cgroup_removed,
         }
@@ -444,7 +488,14 @@ impl Container {
 
     /// Waits for the container to end (killing its cgroup at the timeout),
     /// removes its cgroup and reports why it ended.
-    pub fn wait(mut self) -> Result<ExitReport> {
+    pub fn wait(self) -> Result<ExitReport> {
+        self.wait_with_probe(None)
+    }
+
+    /// [`Container::wait`], asking `probe` whether the root ran out of
+    /// space so that a failure from a full disk (or a thin pool out of data
+    /// space, where writes may hang until the timeout) is reported as such.
+    pub fn wait_with_probe(mut self, probe: Option<&dyn RootSpaceProbe>) -> Result<ExitReport> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let signal_fd = if self.forward_signals {
             let mut mask = SigSet::empty();
@@ -531,7 +582,17 @@ impl Container {
         cg.kill_all()?;
         cg.remove()?;
         let removed = cg.dirs().iter().all(|d| !d.exists());
-        Ok(ExitReport::new(termination, timed_out, events, removed))
+        let root_full = match probe {
+            Some(p) => p.out_of_space()?,
+            None => false,
+        };
+        Ok(ExitReport::new(
+            termination,
+            timed_out,
+            root_full,
+            events,
+            removed,
+        ))
     }
 }
 
@@ -972,5 +1033,94 @@ fn run_init(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(t: Termination, timed_out: bool, full: bool, ev: CgroupEvents) -> ExitReason {
+        ExitReport::new(t, timed_out, full, ev, true).reason
+    }
+
+    #[test]
+    fn the_most_telling_reason_wins() {
+        let ok = Termination::Exited { code: 0 };
+        let failed = Termination::Exited { code: 1 };
+        let killed = Termination::Signaled { signal: 9 };
+        let none = CgroupEvents::default();
+        let oom = CgroupEvents {
+            oom_kills: 1,
+            ..none
+        };
+        let pids = CgroupEvents {
+            pids_limit_hits: 3,
+            ..none
+        };
+        assert_eq!(report(ok, false, false, none), ExitReason::Exited);
+        assert_eq!(report(failed, false, false, none), ExitReason::Exited);
+        assert_eq!(report(killed, false, false, none), ExitReason::Signaled);
+        assert_eq!(report(killed, false, false, oom), ExitReason::OomKilled);
+        // A child was OOM-killed but the container still succeeded: it exited.
+        assert_eq!(report(ok, false, false, oom), ExitReason::Exited);
+        assert_eq!(report(failed, false, false, pids), ExitReason::PidsLimitHit);
+        assert_eq!(report(killed, true, false, pids), ExitReason::PidsLimitHit);
+        assert_eq!(report(killed, true, false, none), ExitReason::TimedOut);
+        assert_eq!(
+            report(failed, false, true, pids),
+            ExitReason::RootDeviceFull
+        );
+        assert_eq!(report(killed, true, true, none), ExitReason::RootDeviceFull);
+        assert_eq!(report(ok, false, true, none), ExitReason::Exited);
+    }
+
+    #[test]
+    fn reports_serialize_with_snake_case_reasons() {
+        let r = ExitReport::new(
+            Termination::Signaled { signal: 9 },
+            false,
+            false,
+            CgroupEvents {
+                oom_kills: 1,
+                memory_limit_hits: 5,
+                pids_limit_hits: 0,
+            },
+            true,
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["reason"], "oom_killed");
+        assert_eq!(v["exit_code"], 137);
+        assert_eq!(v["termination"]["kind"], "signaled");
+        assert_eq!(v["events"]["oom_kills"], 1);
+        let back: ExitReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn init_status_round_trips() {
+        for t in [
+            Termination::Exited { code: 3 },
+            Termination::Signaled { signal: 15 },
+        ] {
+            assert_eq!(Termination::decode(&t.encode()), Some(t));
+        }
+        assert_eq!(Termination::decode("X1"), None);
+        assert_eq!(Termination::decode(""), None);
+    }
+
+    #[test]
+    fn child_errors_keep_their_kind() {
+        let e = Error::new(ErrorKind::ExecutableNotFound, "executable \"x\" not found");
+        let back = ChildError::decode(&ChildError::encode(&e)).into_error();
+        assert_eq!(back.kind(), ErrorKind::ExecutableNotFound);
+        assert!(back.to_string().contains("not found"));
+        let e = Error::new(ErrorKind::Start, "pivot_root");
+        assert_eq!(
+            ChildError::decode(&ChildError::encode(&e))
+                .into_error()
+                .kind(),
+            ErrorKind::Start
+        );
     }
 }

@@ -12,7 +12,8 @@
 //!    makes the cgroup, and clones the container's first process into new
 //!    namespaces ([`container`]).
 //! 3. [`Container::wait`] returns an [`ExitReport`]: exited, signalled,
-//!    OOM-killed, pids limit hit or timed out, with the exit code (128 +
+//!    OOM-killed, pids limit hit, root device full (with a
+//!    [`RootSpaceProbe`]) or timed out, with the exit code (128 +
 //!    signal) and the cgroup's counters; the cgroup is gone afterwards.
 //!
 //! # Modules
@@ -42,5 +43,7 @@ pub mod seccomp;
 mod sys;
 
 pub use config::{ContainerBuilder, ContainerConfig, SeccompMode};
-pub use container::{Container, ExitReason, ExitReport, Runtime, Termination};
+pub use container::{
+    Container, ExitReason, ExitReport, FilesystemFull, RootSpaceProbe, Runtime, Termination,
+};
 pub use error::{Error, ErrorKind, Result};

@@ -93,6 +93,16 @@ fn main() -> ExitCode {
         KernelTest::new("user_namespace_maps_root_hybrid", user_namespace_maps_root)
             .needs(&[Need::Root, Need::CgroupLayout(CgroupLayout::Hybrid)]),
     );
+    for (suffix, layout) in layouts {
+        let name: &'static str =
+            Box::leak(format!("full_root_device_is_the_exit_reason_{suffix}").into_boxed_str());
+        let needs: &'static [Need] = Box::leak(Box::new([
+            Need::Root,
+            Need::Loop,
+            Need::CgroupLayout(layout),
+        ]));
+        tests.push(KernelTest::new(name, full_root_device_is_the_exit_reason).needs(needs));
+    }
     tests.push(
         KernelTest::new(
             "direct_io_is_throttled_on_the_root_device_hybrid",
@@ -666,29 +676,7 @@ fn cpu_quota_throttles_a_busy_loop() {
 /// The root on its own block device (ext4 on a loop device), with a write
 /// throttle on that device: direct writes are held to the limit.
 fn direct_io_is_throttled_on_the_root_device() {
-    use integration::fixtures::{run, sparse_file, LoopDevice, Mount};
-    use std::os::unix::fs::MetadataExt;
-    let dir = temp_dir();
-    let image = dir.path().join("root.img");
-    sparse_file(&image, 64 << 20);
-    let dev = LoopDevice::attach(&image);
-    run("mkfs.ext4", &["-q", dev.as_str()]);
-    let mnt = Mount::new(dev.as_str(), &dir.path().join("root"), Some("ext4"), "");
-    // Copy the busybox tree onto the device.
-    let tree = Rootfs::new();
-    run(
-        "cp",
-        &[
-            "-a",
-            &format!("{}/.", tree.path.display()),
-            mnt.target.to_str().unwrap(),
-        ],
-    );
-    let rdev = fs::metadata(&dev.path).unwrap().rdev();
-    let device = DeviceNumber::new(
-        nix::sys::stat::major(rdev) as u32,
-        nix::sys::stat::minor(rdev) as u32,
-    );
+    let (_dir, _dev, mnt, device) = loop_rootfs(64 << 20);
     let rate = 1u64 << 20; // 1 MiB/s
     let config = ContainerConfig::builder(&mnt.target)
         .id(unique_name("io"))
@@ -838,5 +826,71 @@ fn terminal_gives_the_process_a_pty() {
     assert_eq!(report.exit_code, 0, "{report:?} {out}");
     assert!(out.contains("STDIO_IS_A_TTY"), "{out}");
     assert!(out.contains("got:hello"), "{out}");
+    assert_clean(&report);
+}
+
+/// A busybox root on its own ext4 loop device of `size` bytes:
+/// (temp dir, device, mount, device number), dropped in reverse order.
+fn loop_rootfs(
+    size: u64,
+) -> (
+    tempfile::TempDir,
+    integration::fixtures::LoopDevice,
+    integration::fixtures::Mount,
+    DeviceNumber,
+) {
+    use integration::fixtures::{run, sparse_file, LoopDevice, Mount};
+    use std::os::unix::fs::MetadataExt;
+    let dir = temp_dir();
+    let image = dir.path().join("root.img");
+    sparse_file(&image, size);
+    let dev = LoopDevice::attach(&image);
+    run("mkfs.ext4", &["-q", dev.as_str()]);
+    let mnt = Mount::new(dev.as_str(), &dir.path().join("root"), Some("ext4"), "");
+    let tree = Rootfs::new();
+    run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", tree.path.display()),
+            mnt.target.to_str().unwrap(),
+        ],
+    );
+    let rdev = fs::metadata(&dev.path).unwrap().rdev();
+    let device = DeviceNumber::new(
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    );
+    (dir, dev, mnt, device)
+}
+
+/// A container that writes until its root device is full is reported as
+/// `RootDeviceFull`, and the host's filesystems are untouched.
+fn full_root_device_is_the_exit_reason() {
+    let (_dir, _dev, mnt, _) = loop_rootfs(32 << 20);
+    let config = ContainerConfig::builder(&mnt.target)
+        .id(unique_name("full"))
+        .env("PATH", "/bin")
+        .timeout(Duration::from_secs(60))
+        .args([
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/fill bs=1M 2>/out/log; exit $?",
+        ])
+        .build()
+        .unwrap();
+    let probe = runner::FilesystemFull::new(&mnt.target);
+    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let report = container.wait_with_probe(Some(&probe)).unwrap();
+    let log = fs::read_to_string(mnt.target.join("out/log")).unwrap_or_default();
+    assert_eq!(
+        report.reason,
+        ExitReason::RootDeviceFull,
+        "{report:?} {log}"
+    );
+    assert!(report.root_full && report.exit_code != 0, "{report:?}");
+    assert!(log.contains("No space left"), "{log}");
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["reason"], "root_device_full");
     assert_clean(&report);
 }
