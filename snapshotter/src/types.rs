@@ -230,4 +230,6 @@ pub struct Capabilities {
     pub rename_lower_dirs: bool,
     /// Committing is a metadata change only (no copy or snapshot of data).
     pub cheap_commit: bool,
+    /// `usage` counts inodes (zfs reports bytes only).
+    pub counts_inodes: bool,
 }

@@ -5,11 +5,12 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount};
+use integration::fixtures::{run, sparse_file, temp_dir, try_run, unique_name, LoopDevice, Mount};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
-use snapshotter::backend::{btrfs::Btrfs, naive::Naive, overlay::Overlay};
+use snapshotter::backend::{btrfs::Btrfs, naive::Naive, overlay::Overlay, zfs::Zfs};
 use snapshotter::testsuite::{self, Case};
 use snapshotter::Snapshotter;
 
@@ -22,6 +23,7 @@ const NAIVE: &[Need] = &[Need::Root];
 const OVERLAY: &[Need] = &[Need::Root, Need::Overlay];
 const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
 const BTRFS_VM: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs, Need::Vm];
+const ZFS: &[Need] = &[Need::Root, Need::Zfs];
 
 fn naive(case: Case) {
     let dir = temp_dir();
@@ -85,6 +87,61 @@ fn with_btrfs(f: fn(&dyn Snapshotter)) {
     f(&sn);
 }
 
+/// A ZFS pool on a file with a parent dataset for the snapshotter,
+/// destroyed on drop.
+struct ZfsPool {
+    pool: String,
+    dataset: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for ZfsPool {
+    fn drop(&mut self) {
+        try_run("zpool", &["destroy", "-f", &self.pool]);
+    }
+}
+
+fn zfs_pool() -> ZfsPool {
+    let dir = temp_dir();
+    let vdev = dir.path().join("vdev");
+    sparse_file(&vdev, 512 << 20);
+    let pool = unique_name("zpool");
+    run(
+        "zpool",
+        &[
+            "create",
+            "-o",
+            "cachefile=none",
+            "-O",
+            "mountpoint=none",
+            &pool,
+            vdev.to_str().unwrap(),
+        ],
+    );
+    let dataset = format!("{pool}/snapshots");
+    let p = ZfsPool { pool, dataset, dir };
+    run("zfs", &["create", &p.dataset]);
+    p
+}
+
+fn zfs(case: Case) {
+    let pool = zfs_pool();
+    let dataset = pool.dataset.clone();
+    testsuite::run(
+        case,
+        pool.dir.path(),
+        &move |root: &Path| -> Box<dyn Snapshotter> {
+            Box::new(Zfs::open(root, &dataset).expect("open zfs"))
+        },
+    );
+}
+
+fn with_zfs(f: fn(&dyn Snapshotter)) {
+    let pool = zfs_pool();
+    let sn = Zfs::open(&pool.dir.path().join("root"), &pool.dataset).expect("open zfs");
+    f(&sn);
+}
+
 macro_rules! suite {
     ($runner:ident, $prefix:literal, $needs:expr; $($case:ident => $name:literal,)*) => {
         vec![$(
@@ -94,7 +151,9 @@ macro_rules! suite {
                 }
                 t
             })
-            .needs($needs),
+            .needs($needs)
+            // 128 layers under TCG in the VM take minutes.
+            .timeout(Duration::from_secs(900)),
         )*]
     };
 }
@@ -142,9 +201,10 @@ fn main() -> ExitCode {
     tests.extend(all_cases!(overlay, "overlay_", OVERLAY));
     tests.extend(all_cases!(btrfs, "btrfs_", BTRFS));
     tests.extend(all_cases!(btrfs, "vm_btrfs_", BTRFS_VM));
+    tests.extend(all_cases!(zfs, "zfs_", ZFS));
     assert_eq!(
         tests.len(),
-        4 * Case::ALL.len(),
+        5 * Case::ALL.len(),
         "a conformance case is not wired up"
     );
     tests.push(
@@ -190,6 +250,19 @@ fn main() -> ExitCode {
             recovery::recovery(dir.path(), |r| Overlay::new(r).expect("overlay"));
         })
         .needs(OVERLAY),
+        KernelTest::new("zfs_layers_round_trip", || with_zfs(layers::round_trip)).needs(ZFS),
+        KernelTest::new("zfs_failed_apply_leaves_nothing", || {
+            with_zfs(layers::failed_apply_leaves_nothing)
+        })
+        .needs(ZFS),
+        KernelTest::new("zfs_crash_recovery", || {
+            let pool = zfs_pool();
+            let cli = snapshotter::backend::zfs::SystemZfs;
+            recovery::recovery(pool.dir.path(), |_| {
+                Zfs::new(&pool.dataset, cli).expect("zfs")
+            });
+        })
+        .needs(ZFS),
         KernelTest::new("btrfs_crash_recovery", || {
             let fs = btrfs_fs();
             recovery::recovery(&fs.mount.target, |r| Btrfs::new(r).expect("btrfs"));

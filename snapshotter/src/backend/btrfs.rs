@@ -82,6 +82,7 @@ impl Backend for Btrfs {
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: false,
+            counts_inodes: true,
         }
     }
 

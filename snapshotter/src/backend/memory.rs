@@ -68,6 +68,7 @@ impl Backend for MemoryBackend {
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: true,
+            counts_inodes: true,
         }
     }
 

@@ -75,6 +75,7 @@ impl Backend for Naive {
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: true,
+            counts_inodes: true,
         }
     }
 
