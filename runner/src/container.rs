@@ -793,7 +793,13 @@ fn child_setup(
     if config.has_namespace(LinuxNamespaceType::Network) {
         sys::interface_up("lo").map_err(step("bring the loopback interface up"))?;
     }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let umask = config
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.user().umask())
+        .unwrap_or(0o022);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     let empty = vec![];
     let rootfs_plan = RootfsPlan {
         rootfs: &config.rootfs,
@@ -978,12 +984,33 @@ fn finish_and_exec(plan: &ChildPlan<'_>, exe: &CString) -> Result<Infallible> {
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(step("reset the signal mask"))?;
+    close_inherited_fds()?;
     let e = nix::unistd::execve(exe, &plan.args, &plan.env).unwrap_err();
     Err(Error::new(
         ErrorKind::Start,
         format!("execve {}", exe.to_string_lossy()),
     )
     .with_source(e))
+}
+
+/// Marks every descriptor above stderr close-on-exec, so nothing the
+/// caller left open (sockets, files, other containers' pipes) leaks into
+/// the container.
+fn close_inherited_fds() -> Result<()> {
+    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| {
+        Error::new(ErrorKind::Start, "list open descriptors")
+            .with_path("/proc/self/fd")
+            .with_source(e)
+    })?;
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // The read_dir handle itself is closed by now: EBADF is expected.
+        let _ = sys::set_cloexec(fd);
+    }
+    Ok(())
 }
 
 /// thinbox's init: forks the process, forwards signals to it, reaps every

@@ -132,3 +132,15 @@ pub fn set_controlling_terminal(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<
     }
     Ok(())
 }
+
+/// Sets `FD_CLOEXEC` on descriptor number `fd`, which may or may not be
+/// open (EBADF then).
+pub fn set_cloexec(fd: std::os::fd::RawFd) -> nix::Result<()> {
+    // SAFETY: F_SETFD takes an int flag and no pointer; on a number that is
+    // not open the kernel returns EBADF and changes nothing.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

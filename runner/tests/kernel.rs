@@ -572,6 +572,17 @@ fn security_defaults_apply() {
         !dev_line.contains("sda") && !dev_line.contains("loop") && !dev_line.contains("vda"),
         "host devices in /dev: {dev_line}"
     );
+    // A descriptor the caller leaked (no O_CLOEXEC) does not reach the container.
+    let file = fs::File::open("/proc/self/status").unwrap();
+    let leaked = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_DUPFD(57)).unwrap();
+    let script = format!("test -e /proc/$$/fd/{leaked} && echo LEAKED; echo checked");
+    let (_, log) = root.sh(root.builder(), &script);
+    assert_eq!(
+        log.trim(),
+        "checked",
+        "descriptor {leaked} reached the container: {log}"
+    );
+    let _ = nix::unistd::close(leaked);
     // With CAP_SYS_ADMIN granted, the seccomp filter alone still refuses
     // mount(2); without the filter the same mount succeeds.
     let admin: std::collections::HashSet<Capability> = [
