@@ -251,6 +251,22 @@ fn main() -> ExitCode {
         })
         .needs(OVERLAY),
         KernelTest::new("zfs_layers_round_trip", || with_zfs(layers::round_trip)).needs(ZFS),
+        KernelTest::new("naive_real_tree_round_trip", || {
+            with_naive(layers::real_tree_round_trip)
+        })
+        .needs(NAIVE),
+        KernelTest::new("overlay_real_tree_round_trip", || {
+            with_overlay(layers::real_tree_round_trip)
+        })
+        .needs(OVERLAY),
+        KernelTest::new("btrfs_real_tree_round_trip", || {
+            with_btrfs(layers::real_tree_round_trip)
+        })
+        .needs(BTRFS),
+        KernelTest::new("zfs_real_tree_round_trip", || {
+            with_zfs(layers::real_tree_round_trip)
+        })
+        .needs(ZFS),
         KernelTest::new("zfs_failed_apply_leaves_nothing", || {
             with_zfs(layers::failed_apply_leaves_nothing)
         })

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use integration::fixtures::temp_dir;
@@ -545,4 +545,158 @@ pub fn failed_apply_leaves_nothing(sn: &dyn Snapshotter) {
     })
     .unwrap();
     assert_eq!(count, 0);
+}
+
+/// Real-world content written by GNU tar (not by this crate): the host's
+/// zoneinfo database plus a hard link, a relative symlink chain and an
+/// xattr, as layer 1 (tar+gzip); a second layer with an OCI whiteout, an
+/// opaque directory and changes (plain GNU tar, zstd-compressed here).
+/// Both are applied, checked byte for byte against the source trees,
+/// diffed, re-applied from the diffs and checked again.
+pub fn real_tree_round_trip(sn: &dyn Snapshotter) {
+    use integration::fixtures::run;
+    let dir = temp_dir();
+    let d = dir.path();
+    let (src, src2, exp) = (d.join("src"), d.join("src2"), d.join("expected"));
+    for p in [&src, &src2, &exp] {
+        fs::create_dir_all(p.join("usr/share")).unwrap();
+    }
+    fs::create_dir_all(src.join("usr/lib")).unwrap();
+    fs::create_dir_all(src.join("etc")).unwrap();
+    run(
+        "cp",
+        &[
+            "-a",
+            "/usr/share/zoneinfo",
+            src.join("usr/share/").to_str().unwrap(),
+        ],
+    );
+    run(
+        "cp",
+        &[
+            "-a",
+            "/usr/lib/os-release",
+            src.join("usr/lib/").to_str().unwrap(),
+        ],
+    );
+    std::os::unix::fs::symlink("../usr/lib/os-release", src.join("etc/os-release")).unwrap();
+    fs::hard_link(
+        src.join("usr/share/zoneinfo/UTC"),
+        src.join("usr/share/zoneinfo/UTC-hard"),
+    )
+    .unwrap();
+    xattr::set(src.join("usr/lib/os-release"), "user.origin", b"debian").unwrap();
+    let l1 = d.join("l1.tar.gz");
+    run(
+        "tar",
+        &[
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "--numeric-owner",
+            "-C",
+            src.to_str().unwrap(),
+            "-czf",
+            l1.to_str().unwrap(),
+            ".",
+        ],
+    );
+
+    // Layer 2 and the tree it should produce.
+    let z2 = src2.join("usr/share/zoneinfo");
+    fs::create_dir_all(z2.join("America")).unwrap();
+    fs::write(z2.join(".wh.Europe"), b"").unwrap();
+    fs::write(z2.join("America/.wh..wh..opq"), b"").unwrap();
+    fs::write(z2.join("America/only-this"), b"the only entry left").unwrap();
+    fs::write(z2.join("UTC"), b"not a zone file any more").unwrap();
+    fs::create_dir_all(src2.join("opt/new")).unwrap();
+    fs::write(src2.join("opt/new/file"), b"new in layer 2").unwrap();
+    for p in [src.join("usr/share/zoneinfo/America"), z2.join("America")] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let l2_plain = d.join("l2.tar");
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "-C",
+            src2.to_str().unwrap(),
+            "-cf",
+            l2_plain.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let l2 = zstd(&fs::read(&l2_plain).unwrap());
+    run(
+        "cp",
+        &["-a", &format!("{}/.", src.display()), exp.to_str().unwrap()],
+    );
+    let ze = exp.join("usr/share/zoneinfo");
+    fs::remove_dir_all(ze.join("Europe")).unwrap();
+    fs::remove_dir_all(ze.join("America")).unwrap();
+    fs::create_dir(ze.join("America")).unwrap();
+    fs::set_permissions(ze.join("America"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(ze.join("America/only-this"), b"the only entry left").unwrap();
+    // Layer 2 replaces UTC (breaking its hard link with UTC-hard).
+    fs::remove_file(ze.join("UTC")).unwrap();
+    fs::write(ze.join("UTC"), b"not a zone file any more").unwrap();
+    fs::create_dir_all(exp.join("opt/new")).unwrap();
+    fs::write(exp.join("opt/new/file"), b"new in layer 2").unwrap();
+    // Directory entries in layer 2 carry src2's modes.
+    for rel in ["opt", "opt/new"] {
+        let m = fs::metadata(src2.join(rel)).unwrap().permissions();
+        fs::set_permissions(exp.join(rel), m).unwrap();
+    }
+    for f in [
+        ze.join("America/only-this"),
+        ze.join("UTC"),
+        exp.join("opt/new/file"),
+    ] {
+        let rel = f.strip_prefix(&exp).unwrap();
+        fs::set_permissions(&f, fs::metadata(src2.join(rel)).unwrap().permissions()).unwrap();
+    }
+
+    let scratch = d.join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    let l = Labels::new();
+    let check = |key: &str, want: &Path| {
+        let m = sn.mounts(&k(key)).unwrap();
+        let g = MountGuard::new(&m, &scratch).unwrap();
+        assert_same_tree(want, &scratch);
+        g.unmount().unwrap();
+    };
+    apply_to_snapshot(
+        sn,
+        &k("z1-a"),
+        None,
+        &l,
+        &scratch,
+        fs::File::open(&l1).unwrap(),
+    )
+    .expect("apply GNU tar layer 1");
+    check("z1-a", &src);
+    {
+        let m = sn.mounts(&k("z1-a")).unwrap();
+        let g = MountGuard::new(&m, &scratch).unwrap();
+        let z = scratch.join("usr/share/zoneinfo");
+        assert_eq!(
+            fs::metadata(z.join("UTC")).unwrap().ino(),
+            fs::metadata(z.join("UTC-hard")).unwrap().ino()
+        );
+        g.unmount().unwrap();
+    }
+    sn.commit(&n("z1"), &k("z1-a"), &l).unwrap();
+    apply_to_snapshot(sn, &k("z2-a"), Some(&n("z1")), &l, &scratch, l2.as_slice())
+        .expect("apply GNU tar layer 2");
+    check("z2-a", &exp);
+    sn.commit(&n("z2"), &k("z2-a"), &l).unwrap();
+
+    let (mut d1, mut d2) = (Vec::new(), Vec::new());
+    diff_snapshot(sn, &k("z1"), &d.join("d1"), &mut d1).unwrap();
+    diff_snapshot(sn, &k("z2"), &d.join("d2"), &mut d2).unwrap();
+    apply_to_snapshot(sn, &k("y1-a"), None, &l, &scratch, d1.as_slice()).expect("apply diff 1");
+    check("y1-a", &src);
+    sn.commit(&n("y1"), &k("y1-a"), &l).unwrap();
+    apply_to_snapshot(sn, &k("y2-a"), Some(&n("y1")), &l, &scratch, d2.as_slice())
+        .expect("apply diff 2");
+    check("y2-a", &exp);
 }
