@@ -62,6 +62,10 @@ const TESTS: &[(&str, fn())] = &[
     ),
     ("runc_spec_bundle_runs", runc_spec_bundle_runs),
     (
+        "stale_cgroups_are_swept_and_live_ones_kept",
+        stale_cgroups_are_swept_and_live_ones_kept,
+    ),
+    (
         "terminal_gives_the_process_a_pty",
         terminal_gives_the_process_a_pty,
     ),
@@ -904,4 +908,39 @@ fn full_root_device_is_the_exit_reason() {
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["reason"], "root_device_full");
     assert_clean(&report);
+}
+
+/// What a dead runner leaves (an empty cgroup) is swept; a running
+/// container's cgroup is not.
+fn stale_cgroups_are_swept_and_live_ones_kept() {
+    use runner::cgroup::{CgroupPath, Hierarchies};
+    let h = Hierarchies::detect().unwrap();
+    let parent = CgroupPath::new(unique_name("sweep")).unwrap();
+    let stale = CgroupPath::new(parent.as_path().join("dead")).unwrap();
+    let cg = h.open(&stale);
+    cg.create().unwrap();
+    let root = Rootfs::new();
+    let config = root
+        .builder()
+        .cgroup_path(CgroupPath::new(parent.as_path().join("alive")).unwrap())
+        .args(["/bin/sleep", "1000"])
+        .build()
+        .unwrap();
+    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    // Young cgroups are left alone (one may be starting right now).
+    assert!(h
+        .remove_stale(&parent, Duration::from_secs(3600))
+        .unwrap()
+        .is_empty());
+    let removed = h.remove_stale(&parent, Duration::ZERO).unwrap();
+    assert_eq!(removed, vec![stale.clone()]);
+    assert!(cg.dirs().iter().all(|d| !d.exists()));
+    assert!(container.cgroup_dirs().iter().all(|d| d.exists()));
+    container.signal(Signal::SIGKILL).unwrap();
+    let report = container.wait().unwrap();
+    assert_clean(&report);
+    // The per-test parent itself.
+    for m in h.v1.values().chain(h.v2.iter()) {
+        let _ = fs::remove_dir(m.join(parent.as_path()));
+    }
 }

@@ -180,6 +180,56 @@ impl Hierarchies {
         }
     }
 
+    /// Removes the cgroups below `parent` (e.g. `thinbox`) that hold no
+    /// process and were made more than `min_age` ago: what a runner that
+    /// died left behind (its containers die with it: their first process
+    /// has the parent-death signal SIGKILL). The age keeps a container that
+    /// is being started right now, whose cgroup is still empty, safe.
+    /// Returns the cgroup paths removed.
+    pub fn remove_stale(
+        &self,
+        parent: &CgroupPath,
+        min_age: std::time::Duration,
+    ) -> Result<Vec<CgroupPath>> {
+        let mut names = std::collections::BTreeSet::new();
+        let roots: Vec<&PathBuf> = self.v1.values().chain(self.v2.iter()).collect();
+        for root in &roots {
+            let dir = root.join(parent.as_path());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    names.insert(e.file_name());
+                }
+            }
+        }
+        let mut removed = vec![];
+        for name in names {
+            let path = CgroupPath::new(parent.as_path().join(&name))?;
+            let cg = self.open(&path);
+            let dirs: Vec<PathBuf> = cg.dirs().into_iter().filter(|d| d.exists()).collect();
+            let young = dirs.iter().any(|d| {
+                std::fs::metadata(d)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < min_age)
+            });
+            let busy = dirs
+                .iter()
+                .any(|d| read_procs(&d.join("cgroup.procs")).map_or(true, |p| !p.is_empty()));
+            if young || busy {
+                continue;
+            }
+            for d in dirs {
+                remove_dir(&d)?;
+            }
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+
     /// The manager for cgroup `path` (relative to each hierarchy's root) on this layout.
     pub fn open(&self, path: &CgroupPath) -> Box<dyn Cgroup> {
         match (self.layout(), &self.v2) {
