@@ -62,6 +62,11 @@ pub trait Snapshotter: Send + Sync + fmt::Debug {
     /// Releases the store and the root; later calls fail with
     /// [`ErrorKind::Closed`]. Closing twice is fine.
     fn close(&self) -> Result<()>;
+    /// See [`Backend::upper_dir`]; `None` when the backend keeps no such
+    /// directory.
+    fn upper_dir(&self, _key: &Key) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
 }
 
 /// A backend object as the backend is told about it.
@@ -94,6 +99,13 @@ pub trait Backend: Send + fmt::Debug {
     fn usage(&self, obj: &Object<'_>) -> Result<Usage>;
     /// Ids of every object the backend holds.
     fn list(&self) -> Result<Vec<SnapshotId>>;
+    /// The directory holding only `obj`'s own changes in overlayfs form
+    /// (deletions as 0:0 character devices, opaque directories marked with
+    /// the `trusted.overlay.opaque` xattr), if the backend keeps one; lets
+    /// a diff skip comparing whole trees.
+    fn upper_dir(&self, _obj: &Object<'_>) -> Option<PathBuf> {
+        None
+    }
 }
 
 struct Inner<B> {
@@ -396,6 +408,10 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    fn upper_dir(&self, key: &Key) -> Result<Option<PathBuf>> {
+        self.with_object("diff", key, |b, obj| Ok(b.upper_dir(obj)))
     }
 
     fn close(&self) -> Result<()> {

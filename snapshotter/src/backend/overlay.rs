@@ -140,4 +140,8 @@ impl Backend for Overlay {
     fn list(&self) -> Result<Vec<SnapshotId>> {
         ids_in(&self.dir)
     }
+
+    fn upper_dir(&self, obj: &Object<'_>) -> Option<PathBuf> {
+        Some(self.upper(obj.id))
+    }
 }

@@ -9,6 +9,12 @@
 //! and the upper lacks becomes a `.wh.NAME` whiteout. Hard links within the
 //! emitted set become tar hard links. Extended attributes travel as PAX
 //! `SCHILY.xattr.*` records.
+//!
+//! When the backend keeps the snapshot's own changes in an overlayfs upper
+//! directory ([`Snapshotter::upper_dir`]), [`diff_snapshot`] lists that
+//! directory instead of comparing trees: 0:0 character devices become
+//! whiteouts, `trusted.overlay.opaque=y` directories get an opaque marker,
+//! and entries are read through the snapshot's mount.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -36,6 +42,7 @@ pub struct DiffStats {
 
 enum Item {
     Whiteout(PathBuf),
+    Opaque(PathBuf),
     Entry(PathBuf),
 }
 
@@ -220,12 +227,52 @@ pub fn diff(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result<DiffS
         items: Vec::new(),
     };
     w.walk(Path::new(""), lower.is_some())?;
+    write_layer(&w.items, upper, out)
+}
+
+/// Collects the changes recorded in an overlayfs upper directory.
+fn walk_upper(upper: &Path, rel: &Path, items: &mut Vec<Item>) -> Result<()> {
+    for name in names(&upper.join(rel))? {
+        let r = rel.join(&name);
+        let p = upper.join(&r);
+        let md = fs::symlink_metadata(&p).map_err(|e| Error::io("diff", &p, e))?;
+        if md.file_type().is_char_device() && md.rdev() == 0 {
+            items.push(Item::Whiteout(r));
+        } else if md.is_dir() {
+            items.push(Item::Entry(r.clone()));
+            let opaque = xattr::get(&p, "trusted.overlay.opaque")
+                .map_err(|e| Error::io("get xattr", &p, e))?;
+            if opaque.as_deref() == Some(b"y") {
+                items.push(Item::Opaque(r.clone()));
+            }
+            walk_upper(upper, &r, items)?;
+        } else {
+            items.push(Item::Entry(r));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `items` as a layer, reading entries from tree `source`.
+fn write_layer(items: &[Item], source: &Path, out: impl Write) -> Result<DiffStats> {
+    let upper = source;
     let mut stats = DiffStats::default();
     let mut builder = tar::Builder::new(out);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    for item in &w.items {
+    for item in items {
         stats.entries += 1;
         match item {
+            Item::Opaque(dir) => {
+                stats.whiteouts += 1;
+                let path = dir.join(super::OPAQUE_MARKER);
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(0);
+                h.set_mode(0o644);
+                builder
+                    .append_data(&mut h, &path, std::io::empty())
+                    .map_err(|e| tar_err(&path, e))?;
+            }
             Item::Whiteout(rel) => {
                 stats.whiteouts += 1;
                 let mut name = std::ffi::OsString::from(WHITEOUT_PREFIX);
@@ -326,8 +373,9 @@ pub fn diff(lower: Option<&Path>, upper: &Path, out: impl Write) -> Result<DiffS
 }
 
 /// Diffs snapshot `key` (active or committed) against its parent: mounts
-/// both read-only under `scratch` (through temporary views, removed again)
-/// and writes the layer to `out`.
+/// it (and, unless the backend keeps an overlayfs-style upper directory
+/// with the changes, its parent) read-only under `scratch` through
+/// temporary views, removed again, and writes the layer to `out`.
 pub fn diff_snapshot(
     sn: &dyn Snapshotter,
     key: &Key,
@@ -335,6 +383,7 @@ pub fn diff_snapshot(
     out: impl Write,
 ) -> Result<DiffStats> {
     let info = sn.stat(key)?;
+    let upper_changes = sn.upper_dir(key)?;
     let tag = format!("thinbox-diff-{}", std::process::id());
     let mut views = Vec::new();
     let result = (|| {
@@ -350,6 +399,11 @@ pub fn diff_snapshot(
             _ => sn.mounts(key)?,
         };
         let _upper = MountGuard::new(&upper_mounts, &upper_dir)?;
+        if let Some(changes) = upper_changes {
+            let mut items = Vec::new();
+            walk_upper(&changes, Path::new(""), &mut items)?;
+            return write_layer(&items, &upper_dir, out);
+        }
         let _lower;
         let lower_dir = scratch.join("lower");
         let lower = match &info.parent {

@@ -200,6 +200,8 @@ fn layer1() -> Vec<u8> {
         .file("opaque/old-b", b"b", 0o644)
         .dir("replace-me", 0o755)
         .file("replace-me/inner", b"inner", 0o644)
+        .dir("recreated", 0o755)
+        .file("recreated/old", b"old", 0o644)
         .dir("deep", 0o755)
         .dir(&format!("deep/{}", "d".repeat(120)), 0o700)
         .file(&long_name(), b"long", 0o644);
@@ -215,6 +217,9 @@ fn layer2() -> Vec<u8> {
         .file("opaque/.wh..wh..opq", b"", 0o644)
         .file("opaque/new", b"new", 0o644)
         .file("replace-me", b"now a file", 0o644)
+        .file(".wh.recreated", b"", 0o644)
+        .dir("recreated", 0o711)
+        .file("recreated/fresh", b"fresh", 0o644)
         .hardlink("etc/hosts-link", "etc/hosts")
         .owned_file("bin/owned", b"x", 0o755, 1000, 1000);
     zstd(&b.tar())
@@ -242,7 +247,7 @@ pub fn round_trip(sn: &dyn Snapshotter) {
         layer2().as_slice(),
     )
     .expect("apply layer 2");
-    assert_eq!(s2.whiteouts, 2);
+    assert_eq!(s2.whiteouts, 3);
 
     // What layer 2 must have done, seen through the snapshot.
     let m = sn.mounts(&k("l2-a")).unwrap();
