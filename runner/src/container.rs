@@ -810,7 +810,8 @@ fn child_setup(
         hierarchies: plan.hierarchies,
         cgroupns,
     };
-    mounts::setup_rootfs(&rootfs_plan)?;
+    let ops = mounts::KernelMounts;
+    mounts::setup_rootfs(&rootfs_plan, &ops)?;
     let linux = config.spec.linux().as_ref();
     // Sysctls first: /proc/sys becomes read-only below.
     if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
@@ -828,14 +829,16 @@ fn child_setup(
         linux
             .and_then(|l| l.masked_paths().as_ref())
             .unwrap_or(&empty_paths),
+        &ops,
     )?;
     mounts::readonly_paths(
         linux
             .and_then(|l| l.readonly_paths().as_ref())
             .unwrap_or(&empty_paths),
+        &ops,
     )?;
     if config.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        mounts::remount_readonly(Path::new("/"), false)?;
+        mounts::remount_readonly(Path::new("/"), false, &ops)?;
     }
     let process = config
         .spec

@@ -204,24 +204,89 @@ fn step_err(step: &str, path: &Path, e: impl std::error::Error + Send + Sync + '
         .with_source(e)
 }
 
-fn mount_at(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<()> {
-    mount(source, target, fstype, flags, data).map_err(|e| {
-        step_err(
-            &format!(
-                "mount {} ({})",
-                source.map(|s| s.display().to_string()).unwrap_or_default(),
-                fstype.unwrap_or("bind")
-            ),
-            target,
-            e,
+/// The mount-namespace system calls the root setup makes: the kernel
+/// ([`KernelMounts`]) or, in tests, a recording fake. Plain file operations
+/// (mkdir, create, symlink) are made directly.
+pub trait MountOps {
+    /// `mount(2)`.
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()>;
+    /// `mknod(2)` of a character device, mode 0666.
+    fn mknod_char(&self, path: &Path, major: u64, minor: u64) -> Result<()>;
+    /// Switches the root to `rootfs` (`pivot_root`, detach the old root,
+    /// chdir `/`).
+    fn pivot_root(&self, rootfs: &Path) -> Result<()>;
+    /// The flags of the mount at `path` (`statvfs`).
+    fn mount_flags(&self, path: &Path) -> Result<nix::sys::statvfs::FsFlags>;
+}
+
+/// [`MountOps`] on the running kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelMounts;
+
+impl MountOps for KernelMounts {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        mount(source, target, fstype, flags, data).map_err(|e| {
+            step_err(
+                &format!(
+                    "mount {} ({})",
+                    source.map(|s| s.display().to_string()).unwrap_or_default(),
+                    fstype.unwrap_or("bind")
+                ),
+                target,
+                e,
+            )
+        })
+    }
+
+    fn mknod_char(&self, path: &Path, major: u64, minor: u64) -> Result<()> {
+        mknod(
+            path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
         )
-    })
+        .map_err(|e| step_err("create device node", path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+            .map_err(|e| step_err("chmod device node", path, e))
+    }
+
+    fn pivot_root(&self, rootfs: &Path) -> Result<()> {
+        nix::unistd::chdir(rootfs).map_err(|e| step_err("chdir to the rootfs", rootfs, e))?;
+        // Stack the old root under the new one, then detach it: no directory
+        // for the old root is needed in the rootfs (runc's technique).
+        nix::unistd::pivot_root(".", ".").map_err(|e| step_err("pivot_root", rootfs, e))?;
+        // Keep the old root's unmount from propagating anywhere.
+        self.mount(
+            None,
+            Path::new("."),
+            None,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None,
+        )?;
+        umount2(".", MntFlags::MNT_DETACH)
+            .map_err(|e| step_err("detach the old root", rootfs, e))?;
+        nix::unistd::chdir("/").map_err(|e| step_err("chdir to /", Path::new("/"), e))
+    }
+
+    fn mount_flags(&self, path: &Path) -> Result<nix::sys::statvfs::FsFlags> {
+        nix::sys::statvfs::statvfs(path)
+            .map(|s| s.flags())
+            .map_err(|e| step_err("statvfs", path, e))
+    }
 }
 
 /// What the in-namespace setup needs besides the spec.
@@ -245,10 +310,10 @@ pub struct RootfsPlan<'a> {
 
 /// Makes the new mount namespace private, mounts the spec's mounts below
 /// the rootfs, builds `/dev` and switches the root with `pivot_root`.
-pub fn setup_rootfs(plan: &RootfsPlan<'_>) -> Result<()> {
-    mount_at(None, Path::new("/"), None, plan.propagation, None)?;
+pub fn setup_rootfs(plan: &RootfsPlan<'_>, ops: &dyn MountOps) -> Result<()> {
+    ops.mount(None, Path::new("/"), None, plan.propagation, None)?;
     // pivot_root needs the new root to be a mount point.
-    mount_at(
+    ops.mount(
         Some(plan.rootfs),
         plan.rootfs,
         None,
@@ -264,7 +329,7 @@ pub fn setup_rootfs(plan: &RootfsPlan<'_>) -> Result<()> {
             dev_is_tmpfs = true;
         }
         if typ == "cgroup" || typ == "cgroup2" {
-            mount_cgroups(plan, &dest, &opts)?;
+            mount_cgroups(plan, &dest, &opts, ops)?;
             continue;
         }
         if opts.is_bind() {
@@ -274,7 +339,7 @@ pub fn setup_rootfs(plan: &RootfsPlan<'_>) -> Result<()> {
                 _ => src,
             };
             make_target(&dest, src.is_dir())?;
-            mount_at(
+            ops.mount(
                 Some(&src),
                 &dest,
                 None,
@@ -283,7 +348,7 @@ pub fn setup_rootfs(plan: &RootfsPlan<'_>) -> Result<()> {
             )?;
             let rest = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
             if !rest.is_empty() {
-                mount_at(
+                ops.mount(
                     None,
                     &dest,
                     None,
@@ -295,19 +360,19 @@ pub fn setup_rootfs(plan: &RootfsPlan<'_>) -> Result<()> {
             make_target(&dest, true)?;
             let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
             let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-            let result = mount_at(Some(&src), &dest, Some(typ), opts.flags, data);
+            let result = ops.mount(Some(&src), &dest, Some(typ), opts.flags, data);
             match result {
                 Err(e) if typ == "sysfs" && e.errno() == Some(libc::EPERM) => {
                     // In a user namespace without its own network namespace
                     // sysfs cannot be mounted: bind the host's read-only.
-                    mount_at(
+                    ops.mount(
                         Some(Path::new("/sys")),
                         &dest,
                         None,
                         MsFlags::MS_BIND | MsFlags::MS_REC,
                         None,
                     )?;
-                    mount_at(
+                    ops.mount(
                         None,
                         &dest,
                         None,
@@ -324,13 +389,13 @@ pub fn setup_rootfs(plan: &RootfsPlan<'_>) -> Result<()> {
             }
         }
         if !opts.propagation.is_empty() {
-            mount_at(None, &dest, None, opts.propagation, None)?;
+            ops.mount(None, &dest, None, opts.propagation, None)?;
         }
     }
     if dev_is_tmpfs {
-        populate_dev(&plan.rootfs.join("dev"), plan.userns)?;
+        populate_dev(&plan.rootfs.join("dev"), plan.userns, ops)?;
     }
-    pivot(plan.rootfs)
+    ops.pivot_root(plan.rootfs)
 }
 
 fn make_target(dest: &Path, dir: bool) -> Result<()> {
@@ -350,13 +415,18 @@ fn make_target(dest: &Path, dir: bool) -> Result<()> {
 /// `/sys/fs/cgroup` inside: cgroup2 on a v2 host; on v1 and hybrid hosts a
 /// tmpfs with each v1 hierarchy mounted below it (the container's own
 /// cgroup as the root when it has a cgroup namespace).
-fn mount_cgroups(plan: &RootfsPlan<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
+fn mount_cgroups(
+    plan: &RootfsPlan<'_>,
+    dest: &Path,
+    opts: &MountOptions,
+    ops: &dyn MountOps,
+) -> Result<()> {
     make_target(dest, true)?;
     let base = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let ro = opts.flags & MsFlags::MS_RDONLY;
     let h = plan.hierarchies;
     if h.v2_has_controllers {
-        return mount_at(
+        return ops.mount(
             Some(Path::new("cgroup2")),
             dest,
             Some("cgroup2"),
@@ -364,7 +434,7 @@ fn mount_cgroups(plan: &RootfsPlan<'_>, dest: &Path, opts: &MountOptions) -> Res
             None,
         );
     }
-    mount_at(
+    ops.mount(
         Some(Path::new("tmpfs")),
         dest,
         Some("tmpfs"),
@@ -389,7 +459,7 @@ fn mount_cgroups(plan: &RootfsPlan<'_>, dest: &Path, opts: &MountOptions) -> Res
         let target = dest.join(name);
         make_target(&target, true)?;
         if plan.cgroupns {
-            mount_at(
+            ops.mount(
                 Some(Path::new("cgroup")),
                 &target,
                 Some("cgroup"),
@@ -397,14 +467,14 @@ fn mount_cgroups(plan: &RootfsPlan<'_>, dest: &Path, opts: &MountOptions) -> Res
                 Some(&controllers.join(",")),
             )?;
         } else {
-            mount_at(
+            ops.mount(
                 Some(mount_point),
                 &target,
                 None,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None,
             )?;
-            mount_at(
+            ops.mount(
                 None,
                 &target,
                 None,
@@ -414,7 +484,7 @@ fn mount_cgroups(plan: &RootfsPlan<'_>, dest: &Path, opts: &MountOptions) -> Res
         }
     }
     if ro.contains(MsFlags::MS_RDONLY) {
-        mount_at(
+        ops.mount(
             None,
             dest,
             None,
@@ -435,13 +505,13 @@ pub const DEVICES: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 
-fn populate_dev(dev: &Path, userns: bool) -> Result<()> {
+fn populate_dev(dev: &Path, userns: bool, ops: &dyn MountOps) -> Result<()> {
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
         if userns {
             // mknod is not allowed in a user namespace: bind the host's node.
             fs::File::create(&path).map_err(|e| step_err("create device", &path, e))?;
-            mount_at(
+            ops.mount(
                 Some(&Path::new("/dev").join(name)),
                 &path,
                 None,
@@ -449,15 +519,7 @@ fn populate_dev(dev: &Path, userns: bool) -> Result<()> {
                 None,
             )?;
         } else {
-            mknod(
-                &path,
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o666),
-                makedev(major, minor),
-            )
-            .map_err(|e| step_err("create device node", &path, e))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
-                .map_err(|e| step_err("chmod device node", &path, e))?;
+            ops.mknod_char(&path, major, minor)?;
         }
     }
     let links = [
@@ -476,37 +538,20 @@ fn populate_dev(dev: &Path, userns: bool) -> Result<()> {
     Ok(())
 }
 
-fn pivot(rootfs: &Path) -> Result<()> {
-    nix::unistd::chdir(rootfs).map_err(|e| step_err("chdir to the rootfs", rootfs, e))?;
-    // Stack the old root under the new one, then detach it: no directory for
-    // the old root is needed in the rootfs (runc's technique).
-    nix::unistd::pivot_root(".", ".").map_err(|e| step_err("pivot_root", rootfs, e))?;
-    // Keep the old root's unmount from propagating anywhere.
-    mount_at(
-        None,
-        Path::new("."),
-        None,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None,
-    )?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| step_err("detach the old root", rootfs, e))?;
-    nix::unistd::chdir("/").map_err(|e| step_err("chdir to /", Path::new("/"), e))
-}
-
 /// Hides each path: `/dev/null` over files, an empty read-only tmpfs over
 /// directories; missing paths are skipped. Runs after `pivot_root`.
-pub fn mask_paths(paths: &[String]) -> Result<()> {
+pub fn mask_paths(paths: &[String], ops: &dyn MountOps) -> Result<()> {
     for p in paths {
         let path = Path::new(p);
         match fs::metadata(path) {
-            Ok(m) if m.is_dir() => mount_at(
+            Ok(m) if m.is_dir() => ops.mount(
                 Some(Path::new("tmpfs")),
                 path,
                 Some("tmpfs"),
                 MsFlags::MS_RDONLY,
                 None,
             )?,
-            Ok(_) => mount_at(
+            Ok(_) => ops.mount(
                 Some(Path::new("/dev/null")),
                 path,
                 None,
@@ -521,22 +566,22 @@ pub fn mask_paths(paths: &[String]) -> Result<()> {
 
 /// Makes each path read-only with a bind mount onto itself; missing paths
 /// are skipped. Runs after `pivot_root`.
-pub fn readonly_paths(paths: &[String]) -> Result<()> {
+pub fn readonly_paths(paths: &[String], ops: &dyn MountOps) -> Result<()> {
     for p in paths {
         let path = Path::new(p);
         if fs::symlink_metadata(path).is_err() {
             continue;
         }
-        remount_readonly(path, true)?;
+        remount_readonly(path, true, ops)?;
     }
     Ok(())
 }
 
 /// Bind-mounts `path` onto itself (if `bind`) and remounts it read-only,
 /// keeping nosuid/nodev/noexec.
-pub fn remount_readonly(path: &Path, bind: bool) -> Result<()> {
+pub fn remount_readonly(path: &Path, bind: bool, ops: &dyn MountOps) -> Result<()> {
     if bind {
-        mount_at(
+        ops.mount(
             Some(path),
             path,
             None,
@@ -544,9 +589,7 @@ pub fn remount_readonly(path: &Path, bind: bool) -> Result<()> {
             None,
         )?;
     }
-    let current = nix::sys::statvfs::statvfs(path)
-        .map(|s| s.flags())
-        .map_err(|e| step_err("statvfs", path, e))?;
+    let current = ops.mount_flags(path)?;
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     use nix::sys::statvfs::FsFlags;
     for (fs_flag, ms_flag) in [
@@ -558,12 +601,186 @@ pub fn remount_readonly(path: &Path, bind: bool) -> Result<()> {
             flags |= ms_flag;
         }
     }
-    mount_at(None, path, None, flags, None)
+    ops.mount(None, path, None, flags, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// Records each call as a line; makes nothing but the files a real
+    /// mount would need to exist afterwards.
+    #[derive(Default)]
+    struct Recording {
+        calls: RefCell<Vec<String>>,
+        rootfs: PathBuf,
+    }
+
+    impl Recording {
+        fn rel(&self, p: &Path) -> String {
+            match p.strip_prefix(&self.rootfs) {
+                Ok(r) if !self.rootfs.as_os_str().is_empty() => format!("<root>/{}", r.display()),
+                _ => p.display().to_string(),
+            }
+        }
+    }
+
+    impl MountOps for Recording {
+        fn mount(
+            &self,
+            source: Option<&Path>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> Result<()> {
+            self.calls.borrow_mut().push(format!(
+                "mount {} {} {} {} {}",
+                source.map(|s| self.rel(s)).unwrap_or("-".into()),
+                self.rel(target),
+                fstype.unwrap_or("-"),
+                if flags.is_empty() {
+                    "-".to_owned()
+                } else {
+                    flags
+                        .iter_names()
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                },
+                data.unwrap_or("-")
+            ));
+            Ok(())
+        }
+        fn mknod_char(&self, path: &Path, major: u64, minor: u64) -> Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("mknod {} {major}:{minor}", self.rel(path)));
+            Ok(())
+        }
+        fn pivot_root(&self, rootfs: &Path) -> Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("pivot_root {}", self.rel(rootfs)));
+            Ok(())
+        }
+        fn mount_flags(&self, _: &Path) -> Result<nix::sys::statvfs::FsFlags> {
+            Ok(nix::sys::statvfs::FsFlags::ST_NOSUID | nix::sys::statvfs::FsFlags::ST_NOEXEC)
+        }
+    }
+
+    fn default_spec_calls(userns: bool, hierarchies: &str) -> Vec<String> {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        let spec = oci_spec::runtime::Spec::default();
+        let h = Hierarchies::from_mountinfo(hierarchies).unwrap();
+        let plan = RootfsPlan {
+            rootfs: &rootfs,
+            bundle: None,
+            mounts: spec.mounts().as_deref().unwrap(),
+            propagation: root_propagation(None).unwrap(),
+            userns,
+            hierarchies: &h,
+            cgroupns: true,
+        };
+        let ops = Recording {
+            rootfs: rootfs.clone(),
+            ..Default::default()
+        };
+        setup_rootfs(&plan, &ops).unwrap();
+        // /dev got its symlinks in the rootfs itself.
+        assert_eq!(
+            fs::read_link(rootfs.join("dev/ptmx")).unwrap(),
+            Path::new("pts/ptmx")
+        );
+        ops.calls.into_inner()
+    }
+
+    const V2: &str = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+    const HYBRID: &str = "\
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn the_default_spec_makes_runcs_mounts_in_order() {
+        let calls = default_spec_calls(false, V2);
+        let expect_prefixes = [
+            "mount - / - MS_REC | MS_PRIVATE",
+            "mount <root>/ <root>/ - MS_BIND | MS_REC",
+            "mount proc <root>/proc proc - -",
+            "mount tmpfs <root>/dev tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k",
+            "mount devpts <root>/dev/pts devpts MS_NOSUID | MS_NOEXEC newinstance,ptmxmode=0666,mode=0620,gid=5",
+            "mount shm <root>/dev/shm tmpfs",
+            "mount mqueue <root>/dev/mqueue mqueue",
+            "mount sysfs <root>/sys sysfs MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC",
+            "mount cgroup2 <root>/sys/fs/cgroup cgroup2",
+            "mknod <root>/dev/null 1:3",
+            "mknod <root>/dev/zero 1:5",
+            "mknod <root>/dev/full 1:7",
+            "mknod <root>/dev/random 1:8",
+            "mknod <root>/dev/urandom 1:9",
+            "mknod <root>/dev/tty 5:0",
+            "pivot_root <root>/",
+        ];
+        assert_eq!(calls.len(), expect_prefixes.len(), "{calls:#?}");
+        for (call, want) in calls.iter().zip(expect_prefixes) {
+            assert!(
+                call.starts_with(want),
+                "{call:?} does not start with {want:?}\n{calls:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_namespace_binds_device_nodes_and_v1_gets_its_hierarchies() {
+        let calls = default_spec_calls(true, HYBRID);
+        assert!(!calls.iter().any(|c| c.starts_with("mknod")), "{calls:#?}");
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with("mount /dev/null <root>/dev/null - MS_BIND")));
+        // v1: a tmpfs with one mount per hierarchy, co-mounted ones once.
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with("mount tmpfs <root>/sys/fs/cgroup tmpfs")));
+        let cgroup_mounts: Vec<&String> = calls
+            .iter()
+            .filter(|c| c.contains("/sys/fs/cgroup/"))
+            .collect();
+        assert_eq!(cgroup_mounts.len(), 2, "{cgroup_mounts:#?}");
+    }
+
+    #[test]
+    fn masked_files_get_dev_null_and_dirs_a_readonly_tmpfs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("kcore");
+        let dir = tmp.path().join("firmware");
+        fs::write(&file, "").unwrap();
+        fs::create_dir(&dir).unwrap();
+        let ops = Recording::default();
+        let paths =
+            [file.clone(), dir.clone(), tmp.path().join("absent")].map(|p| p.display().to_string());
+        mask_paths(&paths, &ops).unwrap();
+        let calls = ops.calls.into_inner();
+        assert_eq!(calls.len(), 2, "{calls:#?}");
+        assert!(calls[0].starts_with(&format!("mount /dev/null {} - MS_BIND", file.display())));
+        assert!(calls[1].starts_with(&format!("mount tmpfs {} tmpfs MS_RDONLY", dir.display())));
+        // Read-only paths keep the mount's nosuid/noexec on the remount.
+        let ops = Recording::default();
+        readonly_paths(&[dir.display().to_string()], &ops).unwrap();
+        let calls = ops.calls.into_inner();
+        assert_eq!(calls.len(), 2, "{calls:#?}");
+        assert!(
+            calls[1].contains("MS_RDONLY")
+                && calls[1].contains("MS_NOSUID")
+                && calls[1].contains("MS_NOEXEC")
+                && calls[1].contains("MS_REMOUNT"),
+            "{calls:#?}"
+        );
+    }
 
     fn opts(list: &[&str]) -> MountOptions {
         MountOptions::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
