@@ -252,7 +252,11 @@ impl Runtime {
         let resources = config.resources()?;
         cgroup::validate(&resources, self.host.as_ref())?;
         let cg = self.hierarchies.open(&config.cgroup_path);
-        if let Err(e) = cg.create().and_then(|()| cg.apply(&resources)) {
+        let made = cg
+            .create()
+            .and_then(|()| cg.restrict_devices())
+            .and_then(|_| cg.apply(&resources));
+        if let Err(e) = made {
             let _ = cg.remove();
             return Err(e);
         }

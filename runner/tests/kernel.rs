@@ -107,6 +107,27 @@ fn main() -> ExitCode {
         ]));
         tests.push(KernelTest::new(name, full_root_device_is_the_exit_reason).needs(needs));
     }
+    // Device filtering is a v1 controller; cgroup2 needs an eBPF program
+    // thinbox does not load (Cgroup::restrict_devices says so).
+    for (name, layout) in [
+        (
+            "host_devices_are_denied_by_the_devices_cgroup_hybrid",
+            CgroupLayout::Hybrid,
+        ),
+        (
+            "host_devices_are_denied_by_the_devices_cgroup_v1",
+            CgroupLayout::V1,
+        ),
+    ] {
+        let needs: &'static [Need] = Box::leak(Box::new([
+            Need::Root,
+            Need::Loop,
+            Need::CgroupLayout(layout),
+        ]));
+        tests.push(
+            KernelTest::new(name, host_devices_are_denied_by_the_devices_cgroup).needs(needs),
+        );
+    }
     tests.push(
         KernelTest::new(
             "direct_io_is_throttled_on_the_root_device_hybrid",
@@ -943,4 +964,34 @@ fn stale_cgroups_are_swept_and_live_ones_kept() {
     for m in h.v1.values().chain(h.v2.iter()) {
         let _ = fs::remove_dir(m.join(parent.as_path()));
     }
+}
+
+/// Even with CAP_MKNOD, a node made for a host block device cannot be opened.
+fn host_devices_are_denied_by_the_devices_cgroup() {
+    use integration::fixtures::{sparse_file, LoopDevice};
+    use std::os::unix::fs::MetadataExt;
+    let dir = temp_dir();
+    let image = dir.path().join("disk.img");
+    sparse_file(&image, 1 << 20);
+    let dev = LoopDevice::attach(&image);
+    let rdev = fs::metadata(&dev.path).unwrap().rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let root = Rootfs::new();
+    let caps: std::collections::HashSet<Capability> =
+        [Capability::Mknod, Capability::Kill, Capability::AuditWrite].into();
+    let script = format!(
+        "mknod /tmp/disk b {major} {minor} && echo MADE; head -c 512 /tmp/disk >/dev/null && echo READ; \
+         head -c 4 /dev/zero | wc -c"
+    );
+    let (report, log) = root.sh(root.builder().capabilities(caps), &script);
+    assert_eq!(report.exit_code, 0, "{log}");
+    assert!(log.contains("MADE"), "mknod itself is allowed: {log}");
+    assert!(
+        !log.contains("READ"),
+        "a host block device was readable: {log}"
+    );
+    assert!(log.contains("Operation not permitted"), "{log}");
+    // The allowed nodes still work.
+    assert!(log.lines().any(|l| l.trim() == "4"), "{log}");
+    assert_clean(&report);
 }

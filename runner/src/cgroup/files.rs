@@ -351,6 +351,81 @@ impl FromStr for FlatKeyed {
     }
 }
 
+/// One rule of the v1 devices controller (`devices.allow`, `devices.deny`,
+/// `devices.list`): `TYPE MAJ:MIN ACCESS`, where TYPE is `a` (all), `c` or
+/// `b`, MAJ and MIN a number or `*`, ACCESS some of `r`, `w`, `m`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    /// `a`, `c` or `b`.
+    pub kind: char,
+    /// Major number, `None` for `*`.
+    pub major: Option<u32>,
+    /// Minor number, `None` for `*`.
+    pub minor: Option<u32>,
+    /// Access: a subset of "rwm", in that order.
+    pub access: String,
+}
+
+impl DeviceRule {
+    /// A character device rule.
+    pub fn char(major: Option<u32>, minor: Option<u32>, access: &str) -> DeviceRule {
+        DeviceRule {
+            kind: 'c',
+            major,
+            minor,
+            access: access.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for DeviceRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |v: Option<u32>| v.map_or("*".to_owned(), |v| v.to_string());
+        write!(
+            f,
+            "{} {}:{} {}",
+            self.kind,
+            n(self.major),
+            n(self.minor),
+            self.access
+        )
+    }
+}
+
+impl FromStr for DeviceRule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || parse_error("a device rule \"c 1:3 rwm\"", s);
+        let mut it = s.split_whitespace();
+        let (Some(kind), Some(nums), Some(access), None) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(bad());
+        };
+        let kind = match kind {
+            "a" | "c" | "b" => kind.chars().next().ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        let (ma, mi) = nums.split_once(':').ok_or_else(bad)?;
+        let num = |v: &str| -> Result<Option<u32>, Error> {
+            if v == "*" {
+                Ok(None)
+            } else {
+                v.parse().map(Some).map_err(|_| bad())
+            }
+        };
+        if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+            return Err(bad());
+        }
+        Ok(DeviceRule {
+            kind,
+            major: num(ma)?,
+            minor: num(mi)?,
+            access: access.to_owned(),
+        })
+    }
+}
+
 /// One line of `/proc/self/mountinfo` (see proc(5)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -462,6 +537,9 @@ mod tests {
         round_trip::<CpuMax>("50000 100000");
         round_trip::<DeviceRate>("7:0 1048576");
         round_trip::<IoMax>("253:4 rbps=1048576 wbps=max riops=max wiops=100");
+        round_trip::<DeviceRule>("c 1:3 rwm");
+        round_trip::<DeviceRule>("c 136:* rwm");
+        round_trip::<DeviceRule>("b *:* m");
         round_trip::<FlatKeyed>("high 0\nlow 0\nmax 3\noom 1\noom_kill 1\n");
         round_trip::<MountInfo>(
             "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw",
@@ -496,6 +574,9 @@ mod tests {
         assert!("max".parse::<CpuMax>().is_err());
         assert!("8:0 speed=3".parse::<IoMax>().is_err());
         assert!("key".parse::<FlatKeyed>().is_err());
+        for bad in ["x 1:3 rwm", "c 1 rwm", "c 1:3 rwx", "c 1:3"] {
+            assert!(bad.parse::<DeviceRule>().is_err(), "{bad}");
+        }
         assert!("1 2 3 / /x rw".parse::<MountInfo>().is_err());
     }
 

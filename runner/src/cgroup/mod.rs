@@ -33,7 +33,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 pub use files::{
-    Bytes, CpuList, CpuMax, DeviceNumber, DeviceRate, FlatKeyed, IoMax, Max, MountInfo,
+    Bytes, CpuList, CpuMax, DeviceNumber, DeviceRate, DeviceRule, FlatKeyed, IoMax, Max, MountInfo,
 };
 pub use v1::V1Cgroup;
 pub use v2::V2Cgroup;
@@ -491,6 +491,29 @@ fn bad_device(major: i64, minor: i64) -> Error {
     )
 }
 
+/// The devices a container may use (runc's default allow list).
+pub fn default_device_rules() -> Vec<DeviceRule> {
+    let c = |ma: Option<u32>, mi: Option<u32>, a: &str| DeviceRule::char(ma, mi, a);
+    vec![
+        c(None, None, "m"),
+        DeviceRule {
+            kind: 'b',
+            major: None,
+            minor: None,
+            access: "m".into(),
+        },
+        c(Some(1), Some(3), "rwm"),
+        c(Some(1), Some(5), "rwm"),
+        c(Some(1), Some(7), "rwm"),
+        c(Some(1), Some(8), "rwm"),
+        c(Some(1), Some(9), "rwm"),
+        c(Some(5), Some(0), "rwm"),
+        c(Some(5), Some(1), "rwm"),
+        c(Some(5), Some(2), "rwm"),
+        c(Some(136), None, "rwm"),
+    ]
+}
+
 /// Counters a container's cgroup collected, read after it exits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupEvents {
@@ -508,6 +531,13 @@ pub trait Cgroup: fmt::Debug + Send {
     fn layout(&self) -> CgroupLayout;
     /// Makes the cgroup (and its parents) in every hierarchy.
     fn create(&self) -> Result<()>;
+    /// Denies access to every device node except runc's default set (the
+    /// null, zero, full, random, urandom, tty, console, ptmx and pts nodes;
+    /// mknod of any). True when enforced: on v1 by the devices controller;
+    /// on v2 it would need an eBPF program, which thinbox does not load,
+    /// so it returns false there (the container still gets no host device
+    /// nodes and no `CAP_MKNOD` by default).
+    fn restrict_devices(&self) -> Result<bool>;
     /// Writes the limits.
     fn apply(&self, resources: &Resources) -> Result<()>;
     /// Moves a process into the cgroup.

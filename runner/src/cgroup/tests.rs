@@ -287,6 +287,17 @@ fn v1_fixture(root: &Path, hybrid: bool) -> V1Cgroup {
             &[("freezer.state", "THAWED\n"), ("cgroup.procs", "")],
         ),
     );
+    mounts.insert(
+        Controller::Devices,
+        mk(
+            "devices",
+            &[
+                ("devices.allow", ""),
+                ("devices.deny", ""),
+                ("cgroup.procs", ""),
+            ],
+        ),
+    );
     let unified = hybrid.then(|| {
         let u = root.join("unified");
         touch(&u.join("thinbox/c1"), &[("cgroup.procs", "")]);
@@ -341,7 +352,7 @@ fn v1_writes_every_limit_to_its_hierarchy() {
     ] {
         assert_eq!(d(c, "cgroup.procs"), "77", "{c}");
     }
-    assert_eq!(cg.dirs().len(), 6);
+    assert_eq!(cg.dirs().len(), 7);
 }
 
 #[test]
@@ -523,4 +534,17 @@ fn weight_conversions_match_runc() {
     assert_eq!(v2::shares_to_weight(262_144), 10_000);
     assert_eq!(v2::blkio_weight_to_io_weight(10), 1);
     assert_eq!(v2::blkio_weight_to_io_weight(1000), 10_000);
+}
+
+#[test]
+fn v1_restricts_devices_and_v2_says_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = v1_fixture(tmp.path(), false);
+    assert!(cg.restrict_devices().unwrap());
+    let d = tmp.path().join("devices/thinbox/c1");
+    assert_eq!(read(d.join("devices.deny")), "a");
+    // The fixture file keeps the last rule written.
+    assert_eq!(read(d.join("devices.allow")), "c 136:* rwm");
+    let tmp2 = tempfile::tempdir().unwrap();
+    assert!(!v2_fixture(tmp2.path()).restrict_devices().unwrap());
 }

@@ -121,6 +121,17 @@ impl Cgroup for V1Cgroup {
         Ok(())
     }
 
+    fn restrict_devices(&self) -> Result<bool> {
+        let Some(dir) = self.dir(Controller::Devices) else {
+            return Ok(false);
+        };
+        write_file(&dir.join("devices.deny"), "a")?;
+        for rule in super::default_device_rules() {
+            write_file(&dir.join("devices.allow"), rule)?;
+        }
+        Ok(true)
+    }
+
     fn apply(&self, r: &Resources) -> Result<()> {
         use Controller::*;
         if let Some(limit) = r.memory.limit {

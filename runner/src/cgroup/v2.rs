@@ -78,6 +78,11 @@ impl Cgroup for V2Cgroup {
         Ok(())
     }
 
+    fn restrict_devices(&self) -> Result<bool> {
+        // cgroup2 filters devices only through an eBPF program.
+        Ok(false)
+    }
+
     fn apply(&self, r: &Resources) -> Result<()> {
         if let Some(limit) = r.memory.limit {
             write_file(&self.file("memory.max"), limit)?;
