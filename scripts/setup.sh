@@ -21,6 +21,12 @@ die() {
     exit 1
 }
 
+case "$cache/" in
+/tmp/* | /var/tmp/* | /run/* | /dev/* | /proc/* | /sys/*)
+    die "THINBOX_CACHE=$cache is hidden inside the test VM (it mounts its own /tmp, /var/tmp, /run, /dev): choose a directory such as /var/cache/thinbox"
+    ;;
+esac
+
 # --- what this script can handle ---------------------------------------------
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs Debian packages and builds kernel modules): run 'sudo $0'"
 [ "$(uname -m)" = x86_64 ] || die "architecture $(uname -m) is not supported: the guest is Debian's amd64 kernel under qemu-system-x86_64"
@@ -128,6 +134,8 @@ fi
 zver=$(dpkg-query -W -f='${Version}' zfs-dkms | sed 's/-.*//')
 if ! dkms status -m zfs -v "$zver" -k "$kver" 2>/dev/null | grep -q installed; then
     say "building ZFS $zver modules for $kver with DKMS"
+    # The package adds the source to DKMS; an earlier 'dkms remove' may have dropped it.
+    dkms status -m zfs -v "$zver" 2>/dev/null | grep -q . || dkms add -m zfs -v "$zver" >/dev/null 2>&1 || true
     dkms build -m zfs -v "$zver" -k "$kver" >/tmp/thinbox-dkms.log 2>&1 \
         || { tail -30 /tmp/thinbox-dkms.log >&2; die "DKMS could not build ZFS $zver for $kver (log: /tmp/thinbox-dkms.log)"; }
     dkms install -m zfs -v "$zver" -k "$kver" --force >>/tmp/thinbox-dkms.log 2>&1 \

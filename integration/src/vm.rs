@@ -40,6 +40,8 @@ const GUEST_INIT: &str = include_str!("../guest/guest-init.sh");
 pub enum VmError {
     #[error("no guest kernel is prepared in {cache}: run scripts/setup.sh (as root) first")]
     NotPrepared { cache: PathBuf },
+    #[error("the guest cache {cache} is hidden inside the VM, which mounts its own /tmp, /var/tmp, /run and /dev: set THINBOX_CACHE to a directory such as /var/cache/thinbox and run scripts/setup.sh")]
+    HiddenCache { cache: PathBuf },
     #[error("the guest initramfs in {dir} was built from an older init script: run scripts/setup.sh again")]
     StaleInitramfs { dir: PathBuf },
     #[error("cannot start {program}: {source}; install it with scripts/setup.sh")]
@@ -88,7 +90,15 @@ impl GuestImage {
 
     /// Finds the guest prepared by `scripts/setup.sh`.
     pub fn locate() -> Result<GuestImage, VmError> {
-        let cache = Self::cache_root();
+        Self::locate_in(Self::cache_root())
+    }
+
+    /// Finds the guest prepared in the cache root `cache`.
+    pub fn locate_in(cache: PathBuf) -> Result<GuestImage, VmError> {
+        let hidden = ["/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys"];
+        if hidden.iter().any(|h| cache.starts_with(h)) {
+            return Err(VmError::HiddenCache { cache });
+        }
         let not_prepared = || VmError::NotPrepared {
             cache: cache.clone(),
         };
@@ -584,6 +594,24 @@ mod tests {
                 .unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), word);
         }
+    }
+
+    #[test]
+    fn caches_the_guest_cannot_see_or_that_are_empty_are_refused() {
+        let hidden = GuestImage::locate_in(PathBuf::from("/tmp/thinbox-cache"));
+        assert!(
+            matches!(hidden, Err(VmError::HiddenCache { .. })),
+            "{hidden:?}"
+        );
+        let empty = GuestImage::locate_in(PathBuf::from("/nonexistent/thinbox-cache"));
+        assert!(
+            matches!(empty, Err(VmError::NotPrepared { .. })),
+            "{empty:?}"
+        );
+        assert!(empty
+            .unwrap_err()
+            .to_string()
+            .contains("run scripts/setup.sh"));
     }
 
     #[test]
