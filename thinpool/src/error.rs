@@ -160,6 +160,32 @@ pub enum ErrorKind {
         /// The metadata device.
         device: String,
     },
+    /// A device holds a partition table, filesystem or PV signature.
+    DeviceHasSignature {
+        /// The device.
+        device: String,
+        /// The signatures found (`dos`, `ext4`, `LVM2_member`).
+        found: Vec<String>,
+    },
+    /// A dm device is not a thin-pool.
+    NotAThinPool {
+        /// The device.
+        device: String,
+        /// Its target type.
+        target: String,
+    },
+    /// A pool to adopt seems to be in use by someone else.
+    OwnedElsewhere {
+        /// Its transaction id.
+        transaction_id: u64,
+        /// Its used data blocks.
+        used: DataBlocks,
+    },
+    /// The operation does not apply to this kind of pool.
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+    },
     /// A fault injected by a test double (never produced by real implementations).
     Injected,
 }
@@ -263,6 +289,20 @@ impl fmt::Display for ErrorKind {
                 f,
                 "thin_check found damaged pool metadata on {device}: repair it with thin_repair before activating the pool"
             ),
+            DeviceHasSignature { device, found } => write!(
+                f,
+                "{device} holds {}: pick an empty device, or force it to wipe them",
+                found.join(", ")
+            ),
+            NotAThinPool { device, target } => write!(
+                f,
+                "{device} is a {target:?} device, not a thin-pool: name a thin-pool dm device"
+            ),
+            OwnedElsewhere { transaction_id, used } => write!(
+                f,
+                "the pool has transaction id {transaction_id} and {used} used data blocks, so another tool may own it: adopt it with foreign ownership allowed if it is yours"
+            ),
+            Unsupported { what } => write!(f, "{what} is not supported for this pool"),
             Injected => write!(f, "injected fault"),
         }
     }

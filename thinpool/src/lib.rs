@@ -26,6 +26,7 @@ pub mod dm;
 pub mod error;
 pub mod fs;
 pub mod loopdev;
+pub mod lvm;
 pub mod metadata;
 
 pub mod metadata_size;

@@ -145,6 +145,59 @@ pub struct Extended {
     pub metadata: Option<Bytes>,
 }
 
+/// How to make a direct-lvm pool (Docker's direct-lvm, done by thinbox).
+#[derive(Debug, Clone)]
+pub struct LvmConfig {
+    /// Block devices for the volume group.
+    pub devices: Vec<PathBuf>,
+    /// Volume group name.
+    pub vg: String,
+    /// Thin-pool LV name.
+    pub lv: String,
+    /// Data LV size as a percentage of the VG (Docker's dm.thinp_percent, default 95).
+    pub data_percent: u8,
+    /// Metadata LV size as a percentage of the VG (dm.thinp_metapercent, default 1).
+    pub metadata_percent: u8,
+    /// Chunk (data block) size (default 512 KiB, as Docker used).
+    pub chunk_size: BlockSize,
+    /// Zero new blocks (default off, as Docker had it).
+    pub zero: bool,
+    /// Threshold and percent written to the pool's LVM profile.
+    pub autoextend: AutoextendPolicy,
+    /// Where LVM profiles live: must be lvm.conf's `config/profile_dir`
+    /// (default /etc/lvm/profile), since every later lvm command on the VG reads it.
+    pub profile_dir: PathBuf,
+    /// The record store file.
+    pub store: PathBuf,
+    /// Wipe signatures found on the devices instead of refusing them.
+    pub force: bool,
+}
+
+impl LvmConfig {
+    /// Docker-like defaults.
+    pub fn new(
+        devices: Vec<PathBuf>,
+        vg: impl Into<String>,
+        lv: impl Into<String>,
+        store: impl Into<PathBuf>,
+    ) -> LvmConfig {
+        LvmConfig {
+            devices,
+            vg: vg.into(),
+            lv: lv.into(),
+            data_percent: 95,
+            metadata_percent: 1,
+            chunk_size: BlockSize::from_sectors(Sectors::new(1024))
+                .expect("512 KiB is a valid block size"),
+            zero: false,
+            autoextend: AutoextendPolicy::default(),
+            profile_dir: PathBuf::from("/etc/lvm/profile"),
+            store: store.into(),
+            force: false,
+        }
+    }
+}
+
 /// What reconciliation did when a pool was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciliation {
@@ -182,14 +235,37 @@ const STORE_FILE: &str = "thinbox.db";
 #[derive(Debug)]
 pub struct Pool {
     name: String,
-    dir: PathBuf,
     deps: Deps,
     store: Store,
     table: PoolTable,
-    data_loop: LoopInfo,
-    meta_loop: LoopInfo,
+    backing: Backing,
     floor_percent: u8,
     reconciliation: Reconciliation,
+}
+
+/// What a pool's data and metadata devices are.
+#[derive(Debug, Clone)]
+enum Backing {
+    /// Sparse files on loop devices, in `dir`.
+    Loopback {
+        dir: PathBuf,
+        data_loop: LoopInfo,
+        meta_loop: LoopInfo,
+    },
+    /// An LVM thin-pool LV that thinbox made on `devices`.
+    Lvm {
+        vg: String,
+        lv: String,
+        devices: Vec<PathBuf>,
+        profile: PathBuf,
+        meta: PathBuf,
+        meta_devnum: crate::table::DevNum,
+    },
+    /// A thin-pool someone else made.
+    Adopted {
+        meta: PathBuf,
+        meta_devnum: crate::table::DevNum,
+    },
 }
 
 /// Checks a pool or thin name: 1..=64 of `A-Z a-z 0-9 _ . + -`.
@@ -253,10 +329,34 @@ impl Undo {
 }
 
 fn store_files(dir: &Path) -> Vec<PathBuf> {
+    store_files_of(&dir.join(STORE_FILE))
+}
+
+fn store_files_of(db: &Path) -> Vec<PathBuf> {
     ["", "-wal", "-shm", "-journal"]
         .iter()
-        .map(|s| dir.join(format!("{STORE_FILE}{s}")))
+        .map(|s| PathBuf::from(format!("{}{s}", db.display())))
         .collect()
+}
+
+/// The device node of a block device number, from sysfs (no udev needed).
+fn devnode_of(n: crate::table::DevNum) -> Result<PathBuf> {
+    let p = PathBuf::from(format!("/sys/dev/block/{n}/uevent"));
+    let text = fs::read_to_string(&p).map_err(|e| Error::io(e, &p))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .map(|d| PathBuf::from(format!("/dev/{d}")))
+        .ok_or_else(|| Error::parse("uevent", &text, "no DEVNAME").path(p))
+}
+
+fn remove_files(files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        match fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(e, f)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl Pool {
@@ -365,7 +465,6 @@ impl Pool {
         let features: PoolFeatures = get("features")?.parse()?;
         let direct_io = get("direct_io")? == "true";
         let unclean = get("state")? == "ready" && store.config("clean")?.as_deref() != Some("true");
-        let floor_percent: u8 = get("floor_percent")?.parse().unwrap_or(0);
 
         let mut attach = |file: &str| -> Result<LoopInfo> {
             let p = dir.join(file);
@@ -452,22 +551,392 @@ impl Pool {
                 }
             }
         }
+        let backing = Backing::Loopback {
+            dir: dir.to_owned(),
+            data_loop,
+            meta_loop,
+        };
+        Self::finish_open(deps, name, store, table, backing, checked)
+    }
+
+    fn finish_open(
+        deps: &Deps,
+        name: String,
+        store: Store,
+        table: PoolTable,
+        backing: Backing,
+        checked: bool,
+    ) -> Result<Pool> {
         store.set_config("state", "ready")?;
         store.set_config("clean", "false")?;
+        let floor_percent = store
+            .config("floor_percent")?
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
         let mut pool = Pool {
             name,
-            dir: dir.to_owned(),
             deps: deps.clone(),
             store,
             table,
-            data_loop,
-            meta_loop,
+            backing,
             floor_percent,
             reconciliation: Reconciliation::default(),
         };
         pool.reconcile()?;
         pool.reconciliation.checked = checked;
         Ok(pool)
+    }
+
+    /// Makes a direct-lvm pool: PVs on `cfg.devices`, a VG, a thin-pool LV
+    /// with its metadata LV (sizes as percentages of the VG), zeroing off by
+    /// default, an LVM profile with the autoextend threshold and percent, and
+    /// monitoring on. A device holding a partition table, filesystem or PV
+    /// signature is refused unless `cfg.force`. Nothing is left behind if it fails.
+    pub fn create_lvm(deps: &Deps, cfg: &LvmConfig) -> Result<Pool> {
+        let pool = format!("{}/{}", cfg.vg, cfg.lv);
+        Self::create_lvm_inner(deps, cfg).map_err(|e| e.op("create lvm pool").pool(pool))
+    }
+
+    fn create_lvm_inner(deps: &Deps, cfg: &LvmConfig) -> Result<Pool> {
+        use crate::lvm::{profile_name, profile_path, profile_text, run, signatures};
+        check_name(&cfg.vg)?;
+        check_name(&cfg.lv)?;
+        if cfg.devices.is_empty() {
+            return Err(Error::new(ErrorKind::NotFound {
+                name: "a device for the volume group".to_owned(),
+            }));
+        }
+        for p in [cfg.data_percent, cfg.metadata_percent] {
+            if p == 0 || u16::from(cfg.data_percent) + u16::from(cfg.metadata_percent) > 100 {
+                return Err(Error::parse(
+                    "lvm pool percentages",
+                    &format!(
+                        "{}% data, {}% metadata",
+                        cfg.data_percent, cfg.metadata_percent
+                    ),
+                    "use 1..=100 each, together at most 100",
+                ));
+            }
+        }
+        if cfg.store.exists() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: cfg.store.display().to_string(),
+            })
+            .path(&cfg.store));
+        }
+        if run("vgs", &[&cfg.vg]).is_ok() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: cfg.vg.clone(),
+            }));
+        }
+        for d in &cfg.devices {
+            let found = signatures(d)?;
+            if !found.is_empty() && !cfg.force {
+                return Err(Error::new(ErrorKind::DeviceHasSignature {
+                    device: d.display().to_string(),
+                    found,
+                })
+                .path(d));
+            }
+        }
+        let devs: Vec<String> = cfg
+            .devices
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let devs: Vec<&str> = devs.iter().map(String::as_str).collect();
+        let full = format!("{}/{}", cfg.vg, cfg.lv);
+        let meta_lv = format!("{}meta", cfg.lv);
+        let profile = profile_path(&cfg.profile_dir, &cfg.vg, &cfg.lv);
+        let mut made_vg = false;
+        let mut made_pvs = false;
+        let r = (|| {
+            if cfg.force {
+                for d in &devs {
+                    run("wipefs", &["-a", d])?;
+                }
+            }
+            run("pvcreate", &[&["-y"], devs.as_slice()].concat())?;
+            made_pvs = true;
+            run("vgcreate", &[&[cfg.vg.as_str()], devs.as_slice()].concat())?;
+            made_vg = true;
+            run(
+                "lvcreate",
+                &[
+                    "-y",
+                    "--wipesignatures",
+                    "y",
+                    "-n",
+                    &cfg.lv,
+                    &cfg.vg,
+                    "-l",
+                    &format!("{}%VG", cfg.data_percent),
+                ],
+            )?;
+            run(
+                "lvcreate",
+                &[
+                    "-y",
+                    "--wipesignatures",
+                    "y",
+                    "-n",
+                    &meta_lv,
+                    &cfg.vg,
+                    "-l",
+                    &format!("{}%VG", cfg.metadata_percent),
+                ],
+            )?;
+            run(
+                "lvconvert",
+                &[
+                    "-y",
+                    "--zero",
+                    if cfg.zero { "y" } else { "n" },
+                    "-c",
+                    &format!("{}k", cfg.chunk_size.bytes().0 >> 10),
+                    "--thinpool",
+                    &full,
+                    "--poolmetadata",
+                    &format!("{}/{meta_lv}", cfg.vg),
+                ],
+            )?;
+            fs::create_dir_all(&cfg.profile_dir).map_err(|e| Error::io(e, &cfg.profile_dir))?;
+            fs::write(
+                &profile,
+                profile_text(
+                    cfg.autoextend.threshold_percent,
+                    cfg.autoextend.extend_percent,
+                ),
+            )
+            .map_err(|e| Error::io(e, &profile))?;
+            run(
+                "lvchange",
+                &["--metadataprofile", &profile_name(&cfg.vg, &cfg.lv), &full],
+            )?;
+            // dmeventd does the monitoring when it is installed; thinbox's
+            // own watcher does not depend on it.
+            let monitoring = run("lvchange", &["--monitor", "y", &full]).is_ok();
+            let store = Store::open(&cfg.store)?;
+            for (k, v) in [
+                ("backing", "lvm".to_owned()),
+                ("vg", cfg.vg.clone()),
+                ("lv", cfg.lv.clone()),
+                ("devices", devs.join("\n")),
+                ("profile", profile.display().to_string()),
+                ("monitoring", monitoring.to_string()),
+                ("floor_percent", "0".to_owned()),
+                ("state", "creating".to_owned()),
+            ] {
+                store.set_config(k, &v)?;
+            }
+            drop(store);
+            Self::open_lvm(deps, &cfg.store)
+        })();
+        r.inspect_err(|_| {
+            if made_vg {
+                let _ = run("vgremove", &["-y", "-f", &cfg.vg]);
+            }
+            if made_pvs {
+                let _ = run("pvremove", &[&["-y"], devs.as_slice()].concat());
+            }
+            let mut files = store_files_of(&cfg.store);
+            files.push(profile.clone());
+            let _ = remove_files(&files);
+        })
+    }
+
+    /// Opens (activating with `lvchange -ay` if needed) a direct-lvm pool
+    /// from its record store, and reconciles. Idempotent. (LVM itself runs
+    /// thin_check when it activates a pool.)
+    pub fn open_lvm(deps: &Deps, store_path: &Path) -> Result<Pool> {
+        Self::open_lvm_inner(deps, store_path).map_err(|e| e.op("open lvm pool").path(store_path))
+    }
+
+    fn open_lvm_inner(deps: &Deps, store_path: &Path) -> Result<Pool> {
+        let store = Self::existing_store(store_path)?;
+        let get = |k: &str| -> Result<String> {
+            store.config(k)?.ok_or_else(|| {
+                Error::parse("pool configuration", k, "missing from the record store")
+            })
+        };
+        let (vg, lv) = (get("vg")?, get("lv")?);
+        let devices = get("devices")?.split('\n').map(PathBuf::from).collect();
+        let profile = PathBuf::from(get("profile")?);
+        crate::lvm::run("lvchange", &["-ay", &format!("{vg}/{lv}")])?;
+        let row = crate::lvm::lv(&vg, &lv)?;
+        let name = row.dm_name().to_owned();
+        let table = Self::live_pool_table(deps, &name)?;
+        let tmeta = format!("{name}_tmeta");
+        let meta_info = deps.dm.info(&tmeta)?.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound {
+                name: tmeta.clone(),
+            })
+        })?;
+        let backing = Backing::Lvm {
+            vg,
+            lv,
+            devices,
+            profile,
+            meta: meta_info.devnode(),
+            meta_devnum: meta_info.devnum,
+        };
+        Self::finish_open(deps, name, store, table, backing, false)
+    }
+
+    fn existing_store(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(Error::new(ErrorKind::NotFound {
+                name: path.display().to_string(),
+            }));
+        }
+        Store::open(path)
+    }
+
+    fn live_pool_table(deps: &Deps, name: &str) -> Result<PoolTable> {
+        if deps.dm.info(name)?.is_none() {
+            return Err(Error::new(ErrorKind::NotFound {
+                name: name.to_owned(),
+            }));
+        }
+        let live = deps.dm.table(name)?;
+        match live.as_slice() {
+            [t] if t.target_type == PoolTable::TARGET => PoolTable::from_target(t),
+            other => Err(Error::new(ErrorKind::NotAThinPool {
+                device: name.to_owned(),
+                target: other
+                    .iter()
+                    .map(|t| t.target_type.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })),
+        }
+    }
+
+    /// Adopts an existing thin-pool dm device, keeping thinbox's records in
+    /// `store_path`. Unless `allow_foreign`, a pool with a non-zero
+    /// transaction id or used data blocks is refused as someone else's; when
+    /// allowed, its existing thin ids are reported as unknown.
+    pub fn adopt(
+        deps: &Deps,
+        dm_name: &str,
+        store_path: &Path,
+        allow_foreign: bool,
+    ) -> Result<Pool> {
+        Self::adopt_inner(deps, dm_name, store_path, allow_foreign)
+            .map_err(|e| e.op("adopt pool").pool(dm_name))
+    }
+
+    /// Adopts the thin-pool LV `vg/lv` (see [`Pool::adopt`]).
+    pub fn adopt_lvm(
+        deps: &Deps,
+        vg: &str,
+        lv: &str,
+        store_path: &Path,
+        allow_foreign: bool,
+    ) -> Result<Pool> {
+        let row =
+            crate::lvm::lv(vg, lv).map_err(|e| e.op("adopt pool").pool(format!("{vg}/{lv}")))?;
+        if !row.is_thin_pool() {
+            return Err(Error::new(ErrorKind::NotAThinPool {
+                device: format!("{vg}/{lv}"),
+                target: row.lv_attr,
+            })
+            .op("adopt pool"));
+        }
+        Self::adopt(deps, row.dm_name(), store_path, allow_foreign)
+    }
+
+    fn adopt_inner(
+        deps: &Deps,
+        dm_name: &str,
+        store_path: &Path,
+        allow_foreign: bool,
+    ) -> Result<Pool> {
+        if store_path.exists() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: store_path.display().to_string(),
+            }));
+        }
+        let table = Self::live_pool_table(deps, dm_name)?;
+        let status = deps.dm.status(dm_name)?;
+        let usage = match status
+            .first()
+            .map(|l| l.params.parse::<PoolStatus>())
+            .transpose()?
+        {
+            Some(PoolStatus::Working(u)) => *u,
+            other => {
+                return Err(Error::new(ErrorKind::PoolNotWritable {
+                    mode: other.map(|s| s.to_string()).unwrap_or_default(),
+                }))
+            }
+        };
+        if !allow_foreign && (usage.transaction_id.0 != 0 || usage.used_data != DataBlocks::ZERO) {
+            return Err(Error::new(ErrorKind::OwnedElsewhere {
+                transaction_id: usage.transaction_id.0,
+                used: usage.used_data,
+            }));
+        }
+        let meta_devnum = match &table.metadata {
+            DevRef::Num(n) => *n,
+            DevRef::Path(p) => {
+                return Err(Error::parse(
+                    "metadata device",
+                    &p.display().to_string(),
+                    "expected MAJOR:MINOR from the kernel",
+                ))
+            }
+        };
+        let meta = devnode_of(meta_devnum)?;
+        let r = (|| {
+            let store = Store::open(store_path)?;
+            store.set_config("backing", "adopted")?;
+            store.set_config("name", dm_name)?;
+            store.set_config("txn", &usage.transaction_id.to_string())?;
+            Self::finish_open(
+                deps,
+                dm_name.to_owned(),
+                store,
+                table,
+                Backing::Adopted { meta, meta_devnum },
+                false,
+            )
+        })();
+        r.inspect_err(|_| {
+            let _ = remove_files(&store_files_of(store_path));
+        })
+    }
+
+    /// Re-opens an adopted pool from its record store.
+    pub fn open_adopted(deps: &Deps, store_path: &Path) -> Result<Pool> {
+        let r = (|| {
+            let store = Self::existing_store(store_path)?;
+            let name = store.config("name")?.ok_or_else(|| {
+                Error::parse(
+                    "pool configuration",
+                    "name",
+                    "missing from the record store",
+                )
+            })?;
+            let table = Self::live_pool_table(deps, &name)?;
+            let DevRef::Num(meta_devnum) = table.metadata else {
+                return Err(Error::parse(
+                    "metadata device",
+                    &table.metadata.to_string(),
+                    "expected MAJOR:MINOR",
+                ));
+            };
+            let meta = devnode_of(meta_devnum)?;
+            Self::finish_open(
+                deps,
+                name,
+                store,
+                table,
+                Backing::Adopted { meta, meta_devnum },
+                false,
+            )
+        })();
+        r.map_err(|e| e.op("open adopted pool").path(store_path))
     }
 
     fn load_pool(deps: &Deps, name: &str, table: &PoolTable) -> Result<()> {
@@ -503,9 +972,44 @@ impl Pool {
         &self.table
     }
 
-    /// The data and metadata loop devices.
-    pub fn loops(&self) -> (&LoopInfo, &LoopInfo) {
-        (&self.data_loop, &self.meta_loop)
+    /// The data and metadata loop devices of a loopback pool.
+    pub fn loops(&self) -> Option<(&LoopInfo, &LoopInfo)> {
+        match &self.backing {
+            Backing::Loopback {
+                data_loop,
+                meta_loop,
+                ..
+            } => Some((data_loop, meta_loop)),
+            _ => None,
+        }
+    }
+
+    /// The metadata device.
+    pub fn metadata_device(&self) -> MetaDev<'_> {
+        match &self.backing {
+            Backing::Loopback { meta_loop, .. } => MetaDev {
+                path: &meta_loop.path,
+                devnum: meta_loop.devnum,
+            },
+            Backing::Lvm {
+                meta, meta_devnum, ..
+            }
+            | Backing::Adopted { meta, meta_devnum } => MetaDev {
+                path: meta,
+                devnum: *meta_devnum,
+            },
+        }
+    }
+
+    fn loopback(&self, what: &'static str) -> Result<(PathBuf, LoopInfo, LoopInfo)> {
+        match &self.backing {
+            Backing::Loopback {
+                dir,
+                data_loop,
+                meta_loop,
+            } => Ok((dir.clone(), data_loop.clone(), meta_loop.clone())),
+            _ => Err(Error::new(ErrorKind::Unsupported { what })),
+        }
     }
 
     /// What reconciliation did when this pool was opened.
@@ -1104,10 +1608,8 @@ impl Pool {
     /// get the new size before the kernel does, so a crash in between is
     /// finished by the next open.
     pub fn extend_data(&mut self, new_size: Bytes) -> Result<()> {
-        self.extend_data_inner(new_size, None).map_err(|e| {
-            self.err(e, "extend pool data")
-                .path(self.dir.join(DATA_FILE))
-        })
+        self.extend_data_inner(new_size, None)
+            .map_err(|e| self.err(e, "extend pool data"))
     }
 
     fn extend_data_inner(&mut self, new_size: Bytes, lwm: Option<DataBlocks>) -> Result<()> {
@@ -1126,7 +1628,8 @@ impl Pool {
                 / u128::from(old_blocks.get().max(1));
             DataBlocks::new(scaled as u64)
         });
-        let path = self.dir.join(DATA_FILE);
+        let (dir, data_loop, _) = self.loopback("extending data to a given size")?;
+        let path = dir.join(DATA_FILE);
         let f = fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -1138,7 +1641,7 @@ impl Pool {
         self.store
             .set_config("data_size", &new_size.0.to_string())?;
         self.store.set_config("low_water_mark", &lwm.to_string())?;
-        self.deps.loops.refresh_capacity(&self.data_loop.path)?;
+        self.deps.loops.refresh_capacity(&data_loop.path)?;
         let table = PoolTable {
             length,
             low_water_mark: lwm,
@@ -1153,7 +1656,8 @@ impl Pool {
     /// (the kernel resizes its metadata space map on resume).
     pub fn extend_metadata(&mut self, new_size: Bytes) -> Result<()> {
         let r = (|| {
-            let path = self.dir.join(META_FILE);
+            let (dir, _, meta_loop) = self.loopback("extending metadata to a given size")?;
+            let path = dir.join(META_FILE);
             let f = fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -1170,7 +1674,7 @@ impl Pool {
             f.sync_all().map_err(|e| Error::io(e, &path))?;
             self.store
                 .set_config("metadata_size", &new_size.0.to_string())?;
-            self.deps.loops.refresh_capacity(&self.meta_loop.path)?;
+            self.deps.loops.refresh_capacity(&meta_loop.path)?;
             let suspended = self.deps.dm.suspend(&self.name);
             let resumed = self.deps.dm.resume(&self.name);
             suspended.and(resumed)
@@ -1179,7 +1683,8 @@ impl Pool {
     }
 
     fn file_size(&self, file: &str) -> Result<Bytes> {
-        let p = self.dir.join(file);
+        let (dir, ..) = self.loopback("file sizes")?;
+        let p = dir.join(file);
         Ok(Bytes(fs::metadata(&p).map_err(|e| Error::io(e, &p))?.len()))
     }
 
@@ -1201,6 +1706,9 @@ impl Pool {
         let over = |used: u64, total: u64| {
             u128::from(used) * 100 >= u128::from(total) * u128::from(policy.threshold_percent)
         };
+        if let Backing::Lvm { vg, lv, .. } = self.backing.clone() {
+            return self.maybe_extend_lvm(policy, &u, &vg, &lv);
+        }
         if over(u.used_data.get(), u.total_data.get()) || u.mode == PoolMode::OutOfDataSpace {
             let cur = self.file_size(DATA_FILE)?;
             let bs = self.table.block_size.bytes().0;
@@ -1232,6 +1740,70 @@ impl Pool {
         Ok(done)
     }
 
+    /// Reloads the pool table with a new low-water mark.
+    pub fn set_low_water_mark(&mut self, lwm: DataBlocks) -> Result<()> {
+        let table = PoolTable {
+            low_water_mark: lwm,
+            ..self.table.clone()
+        };
+        if matches!(self.backing, Backing::Loopback { .. }) {
+            self.store.set_config("low_water_mark", &lwm.to_string())?;
+        }
+        Self::reload_pool(&self.deps, &self.name, &table)?;
+        self.table = table;
+        Ok(())
+    }
+
+    fn refresh_table(&mut self) -> Result<()> {
+        let live = self.deps.dm.table(&self.name)?;
+        let t = live.first().ok_or_else(|| {
+            Error::new(ErrorKind::NotFound {
+                name: self.name.clone(),
+            })
+        })?;
+        self.table = PoolTable::from_target(t)?;
+        Ok(())
+    }
+
+    fn maybe_extend_lvm(
+        &mut self,
+        policy: &AutoextendPolicy,
+        u: &PoolUsage,
+        vg: &str,
+        lv: &str,
+    ) -> Result<Extended> {
+        let mut done = Extended::default();
+        let full = format!("{vg}/{lv}");
+        let over = |used: u64, total: u64| {
+            u128::from(used) * 100 >= u128::from(total) * u128::from(policy.threshold_percent)
+        };
+        let r = (|| {
+            let cur = self.table.length.bytes();
+            if (over(u.used_data.get(), u.total_data.get()) || u.mode == PoolMode::OutOfDataSpace)
+                && cur < policy.max_data
+            {
+                let pct = format!("+{}%LV", policy.extend_percent.max(1));
+                crate::lvm::run("lvextend", &["-y", "-l", &pct, &full])?;
+                self.refresh_table()?;
+                let total = self.table.block_size.blocks_floor(self.table.length);
+                self.set_low_water_mark(policy.low_water_mark(total))?;
+                done.data = Some(self.table.length.bytes());
+            }
+            let meta_bytes = u.total_meta.sectors().bytes();
+            if over(u.used_meta.get(), u.total_meta.get()) && meta_bytes < policy.max_metadata {
+                let mib = (percent_of(meta_bytes.0, policy.extend_percent) >> 20).max(1);
+                crate::lvm::run(
+                    "lvextend",
+                    &["-y", "--poolmetadatasize", &format!("+{mib}M"), &full],
+                )?;
+                self.refresh_table()?;
+                done.metadata = Some(Bytes(meta_bytes.0 + (mib << 20)));
+            }
+            Ok(done)
+        })();
+        r.map_err(|e| self.err(e, "autoextend lvm pool"))
+    }
+
     /// Keeps the pool healthy until `stop` is set: sets the low-water mark
     /// from the policy, then sleeps on dm events (not a polling loop: the
     /// control device wakes it when the pool crosses its low-water mark or
@@ -1247,8 +1819,7 @@ impl Pool {
         let total = self.table.block_size.blocks_floor(self.table.length);
         let lwm = policy.low_water_mark(total);
         if lwm != self.table.low_water_mark {
-            let size = self.table.length.bytes();
-            self.extend_data_inner(size, Some(lwm))
+            self.set_low_water_mark(lwm)
                 .map_err(|e| self.err(e, "set low-water mark"))?;
         }
         let mut extensions = 0;
@@ -1284,11 +1855,7 @@ impl Pool {
             let _ = self.message("release_metadata_snap");
             self.message("reserve_metadata_snap")?;
         }
-        let meta = MetaDev {
-            path: &self.meta_loop.path,
-            devnum: self.meta_loop.devnum,
-        };
-        let r = self.deps.tools.list(meta, true);
+        let r = self.deps.tools.list(self.metadata_device(), true);
         let released = self.message("release_metadata_snap");
         let v = r?;
         released?;
@@ -1334,6 +1901,12 @@ impl Pool {
     }
 
     fn teardown(self, destroy: bool) -> Result<()> {
+        if destroy && matches!(self.backing, Backing::Adopted { .. }) {
+            // The pool is not ours to remove.
+            return Err(Error::new(ErrorKind::Unsupported {
+                what: "destroying an adopted pool (shut it down instead)",
+            }));
+        }
         let prefix = format!("{}-", self.name);
         let thins: Vec<String> = self
             .deps
@@ -1353,28 +1926,53 @@ impl Pool {
         for t in &thins {
             self.deps.dm.remove(t, false)?;
         }
-        if self.deps.dm.info(&self.name)?.is_some() {
-            self.deps.dm.remove(&self.name, false)?;
-        }
-        self.deps.loops.detach(&self.data_loop.path)?;
-        self.deps.loops.detach(&self.meta_loop.path)?;
-        if !destroy {
-            return self.store.set_config("clean", "true");
-        }
-        let Pool { dir, store, .. } = self;
-        drop(store);
-        for f in [dir.join(DATA_FILE), dir.join(META_FILE)]
-            .into_iter()
-            .chain(store_files(&dir))
-        {
-            match fs::remove_file(&f) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(e, f)),
-                _ => {}
+        let store_path = self.store.path().to_owned();
+        let mut files = store_files_of(&store_path);
+        match self.backing.clone() {
+            Backing::Loopback {
+                dir,
+                data_loop,
+                meta_loop,
+            } => {
+                if self.deps.dm.info(&self.name)?.is_some() {
+                    self.deps.dm.remove(&self.name, false)?;
+                }
+                self.deps.loops.detach(&data_loop.path)?;
+                self.deps.loops.detach(&meta_loop.path)?;
+                if !destroy {
+                    return self.store.set_config("clean", "true");
+                }
+                files.extend([dir.join(DATA_FILE), dir.join(META_FILE)]);
+                drop(self);
+                remove_files(&files)?;
+                // Remove the directory too when nothing else is in it.
+                let _ = fs::remove_dir(&dir);
+                Ok(())
             }
+            Backing::Lvm {
+                vg,
+                lv,
+                devices,
+                profile,
+                ..
+            } => {
+                let full = format!("{vg}/{lv}");
+                if !destroy {
+                    crate::lvm::run("lvchange", &["-an", &full])?;
+                    return self.store.set_config("clean", "true");
+                }
+                crate::lvm::run("lvremove", &["-y", &full])?;
+                crate::lvm::run("vgremove", &["-y", &vg])?;
+                for d in &devices {
+                    crate::lvm::run("pvremove", &["-y", &d.to_string_lossy()])?;
+                }
+                files.push(profile);
+                drop(self);
+                remove_files(&files)
+            }
+            // The pool is not ours to remove: release it, keep the records.
+            Backing::Adopted { .. } => self.store.set_config("clean", "true"),
         }
-        // Remove the directory too when nothing else is in it.
-        let _ = fs::remove_dir(&dir);
-        Ok(())
     }
 }
 
@@ -1751,7 +2349,10 @@ mod tests {
         let p = Pool::open_loopback(&deps, &e.dir).unwrap();
         assert!(!p.reconciliation().checked);
         // A crash: devices vanish without the clean flag.
-        let (d, m) = (p.loops().0.path.clone(), p.loops().1.path.clone());
+        let (d, m) = (
+            p.loops().unwrap().0.path.clone(),
+            p.loops().unwrap().1.path.clone(),
+        );
         drop(p);
         e.dm.remove("tp", false).unwrap();
         e.loops.detach(&d).unwrap();

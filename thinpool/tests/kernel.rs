@@ -15,7 +15,7 @@ use thinpool::dm::{DmControl, DmInfo, RealDm};
 use thinpool::fs::Filesystem;
 use thinpool::loopdev::RealLoop;
 use thinpool::metadata::ThinTools;
-use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, Pool};
+use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Pool};
 use thinpool::status::{PoolMode, PoolStatus, ThinStatus};
 use thinpool::store::ThinState;
 use thinpool::table::{DevNum, PoolTable, TargetLine, ThinTable};
@@ -50,6 +50,13 @@ fn main() -> ExitCode {
             filesystems_mkfs_snapshot_resize,
         )
         .needs(DM_THIN),
+        KernelTest::new("direct_lvm_pool_lifecycle", direct_lvm_pool_lifecycle).needs(&[
+            Need::Root,
+            Need::DmThin,
+            Need::Lvm,
+            Need::Disks(1),
+        ]),
+        KernelTest::new("adopt_existing_pool", adopt_existing_pool).needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
@@ -163,7 +170,7 @@ fn loopback_pool_lifecycle() {
     assert!(!dm_exists(&format!("{name}-snap")));
     pool.deactivate("origin", false).unwrap();
     pool.deactivate("origin", false).unwrap();
-    let meta = pool.loops().1.path.clone();
+    let meta = pool.loops().unwrap().1.path.clone();
     assert_eq!(kernel_thin_ids(&name, &meta), vec![0]);
     assert_eq!(recorded_ids(&pool), vec![0]);
 
@@ -196,7 +203,10 @@ fn loopback_pool_reactivates_from_files() {
     pool.create_thin("a", THIN_SIZE).unwrap();
     let dev = pool.activate("a").unwrap();
     write_at(&dev, 4096, b"survives a reboot");
-    let (data_loop, meta_loop) = (pool.loops().0.path.clone(), pool.loops().1.path.clone());
+    let (data_loop, meta_loop) = (
+        pool.loops().unwrap().0.path.clone(),
+        pool.loops().unwrap().1.path.clone(),
+    );
     drop(pool);
     // "Reboot": the kernel forgets the devices, the files stay.
     run("dmsetup", &["remove", &format!("{name}-a")]);
@@ -263,7 +273,7 @@ fn usage_and_foreign_ids() {
     assert_eq!(pool.reconciliation().unknown_ids.len(), 1);
     assert_eq!(pool.reconciliation().unknown_ids[0].get(), 77);
     assert_eq!(pool.remove_unknown().unwrap().len(), 1);
-    let meta = pool.loops().1.path.clone();
+    let meta = pool.loops().unwrap().1.path.clone();
     assert_eq!(kernel_thin_ids(&name, &meta), vec![0, 1]);
     pool.destroy().unwrap();
 }
@@ -645,7 +655,7 @@ fn crash_case(dir: &Path, name: &str, op: &str, pattern: &str, after: bool) {
         1,
         "{spec}: {rec:?}"
     );
-    let meta: PathBuf = pool.loops().1.path.clone();
+    let meta: PathBuf = pool.loops().unwrap().1.path.clone();
     let kernel = kernel_thin_ids(name, &meta);
     assert_eq!(
         kernel,
@@ -734,4 +744,204 @@ fn sigkill_during_delete() {
             ("message set_transaction_id", true),
         ],
     );
+}
+
+// ---- direct-lvm and adoption ----------------------------------------------
+
+/// Removes a test VG and wipes its disk on drop, whatever the test did.
+struct VgGuard(String, String);
+
+impl Drop for VgGuard {
+    fn drop(&mut self) {
+        try_run("vgremove", &["-f", &self.0]);
+        try_run("pvremove", &["-ff", "-y", &self.1]);
+        try_run("wipefs", &["-a", &self.1]);
+    }
+}
+
+fn direct_lvm_pool_lifecycle() {
+    let disk = std::env::var(integration::vm::DISKS_ENV).unwrap();
+    let disk = disk.split_whitespace().next().unwrap().to_owned();
+    let tmp = temp_dir();
+    let vg = unique_name("vg").replace('-', "_");
+    let _guard = VgGuard(vg.clone(), disk.clone());
+    let deps = deps();
+    let mut cfg = LvmConfig::new(
+        vec![PathBuf::from(&disk)],
+        &vg,
+        "pool",
+        tmp.path().join("lvm.db"),
+    );
+    cfg.data_percent = 50;
+    cfg.metadata_percent = 2;
+
+    // A device with a filesystem is refused, naming what was found.
+    run("mkfs.ext4", &["-q", "-F", &disk]);
+    let err = Pool::create_lvm(&deps, &cfg).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DeviceHasSignature { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ext4"), "{err}");
+    assert!(!try_run("vgs", &[&vg]), "nothing made");
+    assert!(!cfg.store.exists());
+
+    cfg.force = true;
+    let mut pool = Pool::create_lvm(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    assert_eq!(pool.table().block_size.bytes(), Bytes::kib(512));
+    assert!(pool.table().features.skip_block_zeroing, "zeroing off");
+    let profile =
+        fs::read_to_string(cfg.profile_dir.join(format!("thinbox-{vg}-pool.profile"))).unwrap();
+    assert!(
+        profile.contains("thin_pool_autoextend_threshold=80"),
+        "{profile}"
+    );
+    let lvs = run(
+        "lvs",
+        &[
+            "--reportformat",
+            "json",
+            "-o",
+            "lv_profile",
+            &format!("{vg}/pool"),
+        ],
+    );
+    assert!(lvs.contains(&format!("thinbox-{vg}-pool")), "{lvs}");
+
+    let size = Sectors::new(64 * MIB / 512);
+    pool.create_thin("a", size).unwrap();
+    let dev = pool.activate("a").unwrap();
+    write_at(&dev, 0, b"on lvm");
+    pool.snapshot("a", "s").unwrap();
+    write_at(&dev, 0, b"changed");
+    assert_eq!(read_at(&pool.activate("s").unwrap(), 0, 6), b"on lvm");
+    pool.deactivate("s", false).unwrap();
+    pool.delete_thin("s").unwrap();
+    assert_eq!(kernel_thin_ids(&name, pool.metadata_device().path), vec![0]);
+
+    // Autoextend through lvextend.
+    let before = pool.table().length;
+    let policy = AutoextendPolicy {
+        threshold_percent: 0,
+        extend_percent: 10,
+        ..AutoextendPolicy::default()
+    };
+    let grown = pool.maybe_extend(&policy).unwrap();
+    assert!(grown.data.is_some());
+    assert!(pool.table().length > before);
+    let table_text = run("dmsetup", &["table", &name]);
+    assert_eq!(table_text.trim(), pool.table().to_string());
+
+    // Shut down (lvchange -an) and open again: thin devices and data survive.
+    pool.shutdown().unwrap();
+    assert!(!dm_exists(&name));
+    let pool = Pool::open_lvm(&deps, &cfg.store).unwrap();
+    assert!(
+        pool.reconciliation().is_clean(),
+        "{:?}",
+        pool.reconciliation()
+    );
+    assert_eq!(read_at(&pool.activate("a").unwrap(), 0, 7), b"changed");
+
+    pool.destroy().unwrap();
+    assert!(!try_run("vgs", &[&vg]));
+    assert!(thinpool::lvm::signatures(Path::new(&disk))
+        .unwrap()
+        .is_empty());
+    assert!(!cfg.store.exists());
+    assert!(!cfg
+        .profile_dir
+        .join(format!("thinbox-{vg}-pool.profile"))
+        .exists());
+}
+
+fn adopt_existing_pool() {
+    use integration::fixtures::{sparse_file, LoopDevice};
+    let tmp = temp_dir();
+    let (meta_file, data_file) = (tmp.path().join("meta"), tmp.path().join("data"));
+    sparse_file(&meta_file, 16 * MIB);
+    sparse_file(&data_file, 256 * MIB);
+    let meta = LoopDevice::attach(&meta_file);
+    let data = LoopDevice::attach(&data_file);
+    let pool_name = unique_name("pool");
+    let linear = unique_name("linear");
+    struct Remove(Vec<String>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for n in self.0.iter().rev() {
+                try_run("dmsetup", &["remove", "--force", n]);
+            }
+        }
+    }
+    let table = format!(
+        "0 {} thin-pool {} {} 128 0 0",
+        256 * MIB / 512,
+        meta.as_str(),
+        data.as_str()
+    );
+    run("dmsetup", &["create", &pool_name, "--table", &table]);
+    let mut guard = Remove(vec![pool_name.clone()]);
+    run(
+        "dmsetup",
+        &[
+            "create",
+            &linear,
+            "--table",
+            &format!("0 2048 linear {} 0", data.as_str()),
+        ],
+    );
+    guard.0.push(linear.clone());
+    let deps = deps();
+
+    let err = Pool::adopt(&deps, &linear, &tmp.path().join("x.db"), false).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::NotAThinPool { .. }),
+        "{err}"
+    );
+    assert!(!tmp.path().join("x.db").exists());
+
+    // Someone else's pool (transaction id moved, a thin id in it) is refused...
+    run("dmsetup", &["message", &pool_name, "0", "create_thin 5"]);
+    run(
+        "dmsetup",
+        &["message", &pool_name, "0", "set_transaction_id 0 3"],
+    );
+    let err = Pool::adopt(&deps, &pool_name, &tmp.path().join("a.db"), false).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::OwnedElsewhere {
+                transaction_id: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // ...unless allowed; its thin ids are then reported as unknown.
+    let mut pool = Pool::adopt(&deps, &pool_name, &tmp.path().join("a.db"), true).unwrap();
+    assert_eq!(pool.reconciliation().unknown_ids.len(), 1);
+    assert_eq!(pool.reconciliation().unknown_ids[0].get(), 5);
+    pool.create_thin("mine", THIN_SIZE).unwrap();
+    let dev = pool.activate("mine").unwrap();
+    write_at(&dev, 0, b"adopted");
+    assert_eq!(pool.status().unwrap().usage().unwrap().transaction_id.0, 4);
+    // Adopted pools are released, not destroyed.
+    assert!(matches!(
+        Pool::open_adopted(&deps, &tmp.path().join("a.db"))
+            .unwrap()
+            .reconciliation()
+            .unknown_ids
+            .len(),
+        1
+    ));
+    pool.shutdown().unwrap();
+    assert!(dm_exists(&pool_name), "the adopted pool stays");
+    assert!(!dm_exists(&format!("{pool_name}-mine")));
+    let pool = Pool::open_adopted(&deps, &tmp.path().join("a.db")).unwrap();
+    assert_eq!(read_at(&pool.activate("mine").unwrap(), 0, 7), b"adopted");
+    let err = pool.destroy().unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Unsupported { .. }), "{err}");
+    run("dmsetup", &["remove", &format!("{pool_name}-mine")]);
+    drop(guard);
 }
