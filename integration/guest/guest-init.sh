@@ -24,8 +24,26 @@ mkdir -p /dev/pts /dev/shm /dev/mqueue
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t mqueue mqueue /dev/mqueue
+# Keep the host's /tmp and /var/tmp reachable before the guest's own tmpfs
+# hides them: a checkout (and its test binaries) may live there.
+mkdir -p /run/host/tmp /run/host/var/tmp
+mount --bind /tmp /run/host/tmp
+mount --bind /var/tmp /run/host/var/tmp
 mount -t tmpfs -o mode=1777 tmpfs /tmp || fail "cannot mount /tmp"
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+# THINBOX_VM_KEEP: host paths (colon-separated) the command needs, e.g. the
+# workspace; those under /tmp or /var/tmp are bound back in place, read-only.
+old_ifs=$IFS
+IFS=:
+for path in $THINBOX_VM_KEEP; do
+    case "$path" in
+    /tmp/* | /var/tmp/*)
+        mkdir -p "$path" && mount --bind "/run/host$path" "$path" \
+            || fail "cannot make the host path $path visible in the guest"
+        ;;
+    esac
+done
+IFS=$old_ifs
 mkdir -p /run/lock /run/lvm /run/user
 echo 1 >/proc/sys/kernel/sysrq
 

@@ -500,6 +500,10 @@ fn run_kernel_in_vm(
         timeout: Duration::from_secs(180 + test_time),
         env,
         echo_stdout: true,
+        keep_paths: cases
+            .iter()
+            .flat_map(|c| [c.binary.package_dir.clone(), c.binary.exe.clone()])
+            .collect(),
         share: Some(share.path().to_owned()),
         ..VmConfig::default()
     };

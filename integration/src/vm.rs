@@ -213,6 +213,10 @@ pub struct VmConfig {
     pub env: Vec<(String, String)>,
     /// Copy the guest command's stdout to ours while it runs.
     pub echo_stdout: bool,
+    /// Host paths the command needs that lie under /tmp or /var/tmp (which
+    /// the guest covers with its own tmpfs): they are bound back in place.
+    /// The current directory is always kept.
+    pub keep_paths: Vec<PathBuf>,
     /// A directory to share with the guest, kept after the run so the caller
     /// can read what the command wrote to `/run/thinbox-vm`; a temporary one
     /// (removed afterwards) when `None`.
@@ -230,6 +234,7 @@ impl Default for VmConfig {
             accel: Accel::Auto,
             env: Vec::new(),
             echo_stdout: false,
+            keep_paths: Vec::new(),
             share: None,
         }
     }
@@ -435,6 +440,7 @@ fn write_share(
                 String::new()
             },
         ),
+        ("THINBOX_VM_KEEP", keep_paths(config)),
     ];
     for (name, value) in vars {
         init.push_str(&format!("{name}={}\n", shell_quote(&value)));
@@ -452,6 +458,20 @@ fn write_share(
     let command_path = share.join("command");
     fs::write(&command_path, format!("{script}\n")).map_err(io_err("write", &command_path))?;
     Ok(())
+}
+
+/// The host paths to keep visible in the guest, colon-separated.
+fn keep_paths(config: &VmConfig) -> String {
+    let mut paths: Vec<PathBuf> = config.keep_paths.clone();
+    paths.extend(std::env::current_dir().ok());
+    paths.sort();
+    paths.dedup();
+    paths
+        .iter()
+        .filter_map(|p| p.to_str())
+        .filter(|p| !p.contains(':'))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Copies what was appended to `path` since `offset` to our stdout.
