@@ -1887,7 +1887,7 @@ impl Pool {
     /// changing nothing, if a thin device is open.
     pub fn shutdown(self) -> Result<()> {
         let name = self.name.clone();
-        self.teardown(false)
+        self.teardown(false, false)
             .map_err(|e| e.op("shut down pool").pool(name))
     }
 
@@ -1896,11 +1896,27 @@ impl Pool {
     /// nothing) if a thin device is open.
     pub fn destroy(self) -> Result<()> {
         let name = self.name.clone();
-        self.teardown(true)
+        self.teardown(true, false)
             .map_err(|e| e.op("destroy pool").pool(name))
     }
 
-    fn teardown(self, destroy: bool) -> Result<()> {
+    /// Like [`Pool::destroy`], but devices still open (mounted, or held by
+    /// a process) are removed with deferred removal: they, the pool and its
+    /// loop devices (which the kernel then auto-clears) go away when the
+    /// last holder closes. Files and records are removed at once.
+    /// Loopback pools only.
+    pub fn destroy_deferred(self) -> Result<()> {
+        let name = self.name.clone();
+        let r = match self.backing {
+            Backing::Loopback { .. } => self.teardown(true, true),
+            _ => Err(Error::new(ErrorKind::Unsupported {
+                what: "deferred destruction of a non-loopback pool",
+            })),
+        };
+        r.map_err(|e| e.op("destroy pool (deferred)").pool(name))
+    }
+
+    fn teardown(self, destroy: bool, deferred: bool) -> Result<()> {
         if destroy && matches!(self.backing, Backing::Adopted { .. }) {
             // The pool is not ours to remove.
             return Err(Error::new(ErrorKind::Unsupported {
@@ -1916,7 +1932,7 @@ impl Pool {
             .map(|(n, _)| n)
             .filter(|n| n.starts_with(&prefix))
             .collect();
-        for t in &thins {
+        for t in thins.iter().filter(|_| !deferred) {
             if let Some(i) = self.deps.dm.info(t)? {
                 if i.open_count > 0 {
                     return Err(Error::new(ErrorKind::Busy { device: t.clone() }).device(t.clone()));
@@ -1924,7 +1940,7 @@ impl Pool {
             }
         }
         for t in &thins {
-            self.deps.dm.remove(t, false)?;
+            self.deps.dm.remove(t, deferred)?;
         }
         let store_path = self.store.path().to_owned();
         let mut files = store_files_of(&store_path);
@@ -1935,8 +1951,10 @@ impl Pool {
                 meta_loop,
             } => {
                 if self.deps.dm.info(&self.name)?.is_some() {
-                    self.deps.dm.remove(&self.name, false)?;
+                    self.deps.dm.remove(&self.name, deferred)?;
                 }
+                // A loop device still held by a (deferred) pool is set to
+                // auto-clear on its last close by LOOP_CLR_FD itself.
                 self.deps.loops.detach(&data_loop.path)?;
                 self.deps.loops.detach(&meta_loop.path)?;
                 if !destroy {
@@ -2462,6 +2480,34 @@ mod tests {
         assert_eq!(p.filesystem("a").unwrap(), None);
         assert_eq!(p.mount_options("a").unwrap(), "");
         p.destroy().unwrap();
+    }
+
+    #[test]
+    fn deferred_destroy_of_a_busy_pool() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        p.activate("a").unwrap();
+        e.dm.open("tp-a");
+        let p2 = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        drop(p);
+        assert!(
+            p2.destroy().unwrap_err().is_busy(),
+            "strict destroy refuses"
+        );
+        let p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+        p.destroy_deferred().unwrap();
+        assert!(!e.dir.exists(), "files go at once");
+        assert!(
+            e.dm.info("tp-a").unwrap().is_some(),
+            "the open device stays"
+        );
+        assert!(e.dm.info("tp").unwrap().is_some());
+        e.dm.close("tp-a");
+        assert!(
+            e.dm.list().unwrap().is_empty(),
+            "all gone after the last close"
+        );
     }
 
     #[test]

@@ -57,6 +57,11 @@ fn main() -> ExitCode {
             Need::Disks(1),
         ]),
         KernelTest::new("adopt_existing_pool", adopt_existing_pool).needs(DM_THIN),
+        KernelTest::new(
+            "deferred_destroy_of_busy_pool",
+            deferred_destroy_of_busy_pool,
+        )
+        .needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
@@ -111,9 +116,12 @@ fn dm_exists(name: &str) -> bool {
     try_run("dmsetup", &["info", name])
 }
 
-fn loop_attached_to(file: &Path) -> bool {
-    let out = run("losetup", &["-j", file.to_str().unwrap()]);
-    !out.trim().is_empty()
+/// Whether any loop device's backing file lies under `dir` (or is `dir`).
+fn loop_attached_to(dir: &Path) -> bool {
+    fs::read_dir("/sys/block").unwrap().flatten().any(|e| {
+        fs::read_to_string(e.path().join("loop/backing_file"))
+            .is_ok_and(|b| Path::new(b.trim_end().trim_end_matches(" (deleted)")).starts_with(dir))
+    })
 }
 
 fn write_at(dev: &Path, offset: u64, data: &[u8]) {
@@ -136,6 +144,10 @@ fn loopback_pool_lifecycle() {
     let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
     let name = pool.name().to_owned();
     assert!(dm_exists(&name));
+    assert!(
+        loop_attached_to(tmp.path()),
+        "the helper sees our loop devices"
+    );
     let u = pool.status().unwrap().usage().unwrap().clone();
     assert_eq!(u.total_data, DataBlocks::new(512 * MIB / (64 << 10)));
     assert_eq!(u.mode, PoolMode::ReadWrite);
@@ -944,4 +956,44 @@ fn adopt_existing_pool() {
     assert!(matches!(err.kind(), ErrorKind::Unsupported { .. }), "{err}");
     run("dmsetup", &["remove", &format!("{pool_name}-mine")]);
     drop(guard);
+}
+
+/// Waits (bounded) until `cond` holds: the kernel finishes deferred removal
+/// and loop auto-clear in work queues after the last close.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{what} did not happen");
+}
+
+fn deferred_destroy_of_busy_pool() {
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("busy", THIN_SIZE).unwrap();
+    let dev = pool.activate("busy").unwrap();
+    let holder = fs::File::open(&dev).unwrap();
+    let err = Pool::open_loopback(&deps, &cfg.dir)
+        .unwrap()
+        .destroy()
+        .unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    assert!(dm_exists(&name), "a refused destroy changes nothing");
+    pool.destroy_deferred().unwrap();
+    assert!(!cfg.dir.exists(), "files and records go at once");
+    assert!(
+        dm_exists(&format!("{name}-busy")),
+        "the open device stays while held"
+    );
+    drop(holder);
+    eventually("deferred removal of the thin device and pool", || {
+        !dm_exists(&format!("{name}-busy")) && !dm_exists(&name)
+    });
+    eventually("loop auto-clear", || !loop_attached_to(tmp.path()));
 }

@@ -147,16 +147,10 @@ impl FakeDm {
     /// Simulates the writer closing it; completes a deferred removal.
     pub fn close(&self, name: &str) {
         let mut st = self.lock();
-        let remove = match st.devices.get_mut(name) {
-            Some(d) => {
-                d.external_opens = d.external_opens.saturating_sub(1);
-                d.deferred_remove && d.external_opens == 0
-            }
-            None => false,
-        };
-        if remove {
-            st.devices.remove(name);
+        if let Some(d) = st.devices.get_mut(name) {
+            d.external_opens = d.external_opens.saturating_sub(1);
         }
+        reap_deferred(&mut st);
     }
 
     /// Simulates writes that provision `blocks` new data blocks in a thin device.
@@ -383,6 +377,7 @@ impl DmControl for FakeDm {
                 return Err(kernel(libc::EBUSY, name));
             }
             st.devices.remove(name);
+            reap_deferred(st);
             Ok(())
         })
     }
@@ -560,6 +555,26 @@ impl DmControl for FakeDm {
             }
             Ok(v)
         })
+    }
+}
+
+/// Completes deferred removals whose devices are no longer open (a removed
+/// thin device closes its pool).
+fn reap_deferred(st: &mut State) {
+    loop {
+        let ready: Vec<String> = st
+            .devices
+            .iter()
+            .filter(|(_, d)| d.deferred_remove)
+            .map(|(n, _)| n.clone())
+            .filter(|n| open_count(st, n) == 0)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        for n in ready {
+            st.devices.remove(&n);
+        }
     }
 }
 
