@@ -233,6 +233,19 @@ impl ContainerConfig {
             .process()
             .as_ref()
             .ok_or_else(|| invalid("the config has no process: give process.args"))?;
+        if let Some(devices) = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().as_ref())
+        {
+            if !devices.is_empty() {
+                return Err(invalid(
+                    "linux.devices (extra device nodes) is not supported: remove it; \
+                     containers get null, zero, full, random, urandom, tty, ptmx and pts",
+                ));
+            }
+        }
         if self.spec.hooks().is_some() {
             return Err(invalid(
                 "OCI hooks are not supported: remove the hooks section",
@@ -826,6 +839,27 @@ mod tests {
             e.to_string().contains("time namespace is not supported"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unsupported_sections_are_refused_by_name() {
+        let dir = rootfs();
+        write_bundle(dir.path(), |v| {
+            v["linux"]["devices"] =
+                serde_json::json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]);
+        });
+        let e = ContainerConfig::from_bundle(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("linux.devices"), "{e}");
+        write_bundle(dir.path(), |v| {
+            v["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/true"}]});
+        });
+        let e = ContainerConfig::from_bundle(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("hooks"), "{e}");
+        write_bundle(dir.path(), |v| {
+            v["linux"]["sysctl"] = serde_json::json!({"../../etc/passwd": "x"});
+        });
+        let e = ContainerConfig::from_bundle(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("sysctl"), "{e}");
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl Runtime {
         let cg = self.hierarchies.open(&config.cgroup_path);
         let made = cg
             .create()
-            .and_then(|()| cg.restrict_devices())
+            .and_then(|()| cg.restrict_devices(&resources.devices))
             .and_then(|_| cg.apply(&resources));
         if let Err(e) = made {
             let _ = cg.remove();
@@ -854,6 +854,11 @@ fn child_setup(
             .with_path(process.cwd())
             .with_source(e)
     })?;
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+            Error::new(ErrorKind::Start, format!("set oom_score_adj {adj}")).with_source(e)
+        })?;
+    }
     for r in process.rlimits().iter().flatten() {
         nix::sys::resource::setrlimit(rlimit_resource(r.typ()), r.soft(), r.hard())
             .map_err(step("setrlimit"))?;

@@ -795,9 +795,10 @@ fn runc_spec_bundle_runs() {
     v["process"]["terminal"] = false.into();
     v["process"]["args"] = serde_json::json!([
         "/bin/sh", "-c",
-        "exec >/result/log 2>&1; hostname; cat /proc/sys/net/ipv4/ip_forward; touch /x && echo WROTE_ROOT; echo ok"
+        "exec >/result/log 2>&1; hostname; cat /proc/sys/net/ipv4/ip_forward; cat /proc/self/oom_score_adj; touch /x && echo WROTE_ROOT; echo ok"
     ]);
     v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+    v["process"]["oomScoreAdj"] = 500.into();
     v["linux"]["cgroupsPath"] = format!("/thinbox/{}", unique_name("runc-spec")).into();
     v["mounts"].as_array_mut().unwrap().push(serde_json::json!({
         "destination": "/result", "type": "bind", "source": "result", "options": ["rbind", "rw"]
@@ -811,6 +812,7 @@ fn runc_spec_bundle_runs() {
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines[0], "runc", "{log}");
     assert_eq!(lines[1], "1", "the sysctl was not set: {log}");
+    assert_eq!(lines[2], "500", "oom_score_adj was not set: {log}");
     assert!(
         !log.contains("WROTE_ROOT"),
         "the read-only root took a write: {log}"

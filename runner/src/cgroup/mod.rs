@@ -356,6 +356,18 @@ pub struct Resources {
     pub pids: Option<Max<u64>>,
     /// Block I/O.
     pub io: IoLimits,
+    /// Device access rules from the spec (`linux.resources.devices`),
+    /// applied before thinbox's default allow list.
+    pub devices: Vec<DeviceAccess>,
+}
+
+/// One device access rule: allow or deny what `rule` matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAccess {
+    /// Allow (true) or deny (false).
+    pub allow: bool,
+    /// What it matches.
+    pub rule: DeviceRule,
 }
 
 fn positive(value: i64, what: &str) -> Result<u64> {
@@ -441,6 +453,41 @@ impl Resources {
                     });
                 }
             }
+        }
+        for d in r.devices().iter().flatten() {
+            use oci_spec::runtime::LinuxDeviceType as T;
+            let kind = match d.typ().unwrap_or(T::A) {
+                T::A => 'a',
+                T::B => 'b',
+                T::C | T::U => 'c',
+                T::P => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidConfig,
+                        "a device cgroup rule of type p (fifo) matches nothing: use a, b or c",
+                    ))
+                }
+            };
+            let num = |v: Option<i64>| -> Result<Option<u32>> {
+                v.map(|n| {
+                    u32::try_from(n).map_err(|_| {
+                        Error::new(
+                            ErrorKind::InvalidConfig,
+                            format!("device number {n} in a device rule is out of range"),
+                        )
+                    })
+                })
+                .transpose()
+            };
+            let text = format!(
+                "{kind} {}:{} {}",
+                num(d.major())?.map_or("*".into(), |v| v.to_string()),
+                num(d.minor())?.map_or("*".into(), |v| v.to_string()),
+                d.access().as_deref().unwrap_or("rwm")
+            );
+            out.devices.push(DeviceAccess {
+                allow: d.allow(),
+                rule: text.parse()?,
+            });
         }
         out.check_ranges()?;
         Ok(out)
@@ -531,13 +578,14 @@ pub trait Cgroup: fmt::Debug + Send {
     fn layout(&self) -> CgroupLayout;
     /// Makes the cgroup (and its parents) in every hierarchy.
     fn create(&self) -> Result<()>;
-    /// Denies access to every device node except runc's default set (the
-    /// null, zero, full, random, urandom, tty, console, ptmx and pts nodes;
-    /// mknod of any). True when enforced: on v1 by the devices controller;
+    /// Denies access to every device node, applies `rules` (the spec's),
+    /// then allows runc's default set (the null, zero, full, random,
+    /// urandom, tty, console, ptmx and pts nodes; mknod of any), as runc
+    /// orders them. True when enforced: on v1 by the devices controller;
     /// on v2 it would need an eBPF program, which thinbox does not load,
     /// so it returns false there (the container still gets no host device
     /// nodes and no `CAP_MKNOD` by default).
-    fn restrict_devices(&self) -> Result<bool>;
+    fn restrict_devices(&self, rules: &[DeviceAccess]) -> Result<bool>;
     /// Writes the limits.
     fn apply(&self, resources: &Resources) -> Result<()>;
     /// Moves a process into the cgroup.

@@ -97,6 +97,7 @@ fn full_resources() -> Resources {
                 },
             ],
         },
+        devices: vec![],
     }
 }
 
@@ -496,7 +497,8 @@ fn oci_resources_convert() {
         "memory": {"limit": 67108864, "swap": -1, "reservation": 1048576},
         "cpu": {"shares": 256, "quota": 20000, "period": 100000, "cpus": "0-1", "mems": "0"},
         "pids": {"limit": 64},
-        "blockIO": {"weight": 300, "throttleWriteBpsDevice": [{"major": 253, "minor": 4, "rate": 1048576}]}
+        "blockIO": {"weight": 300, "throttleWriteBpsDevice": [{"major": 253, "minor": 4, "rate": 1048576}]},
+        "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"}]
     }"#;
     let oci: oci_spec::runtime::LinuxResources = serde_json::from_str(json).unwrap();
     let r = Resources::from_oci(&oci).unwrap();
@@ -519,6 +521,19 @@ fn oci_resources_convert() {
             rate: 1 << 20
         }]
     );
+    assert_eq!(
+        r.devices,
+        vec![
+            DeviceAccess {
+                allow: false,
+                rule: "a *:* rwm".parse().unwrap()
+            },
+            DeviceAccess {
+                allow: true,
+                rule: "c 10:200 rw".parse().unwrap()
+            },
+        ]
+    );
     let bad: oci_spec::runtime::LinuxResources =
         serde_json::from_str(r#"{"memory": {"limit": -5}}"#).unwrap();
     assert_eq!(
@@ -540,11 +555,15 @@ fn weight_conversions_match_runc() {
 fn v1_restricts_devices_and_v2_says_it_cannot() {
     let tmp = tempfile::tempdir().unwrap();
     let cg = v1_fixture(tmp.path(), false);
-    assert!(cg.restrict_devices().unwrap());
+    let rules = vec![DeviceAccess {
+        allow: true,
+        rule: "c 10:200 rwm".parse().unwrap(),
+    }];
+    assert!(cg.restrict_devices(&rules).unwrap());
     let d = tmp.path().join("devices/thinbox/c1");
     assert_eq!(read(d.join("devices.deny")), "a");
     // The fixture file keeps the last rule written.
     assert_eq!(read(d.join("devices.allow")), "c 136:* rwm");
     let tmp2 = tempfile::tempdir().unwrap();
-    assert!(!v2_fixture(tmp2.path()).restrict_devices().unwrap());
+    assert!(!v2_fixture(tmp2.path()).restrict_devices(&rules).unwrap());
 }

@@ -121,11 +121,19 @@ impl Cgroup for V1Cgroup {
         Ok(())
     }
 
-    fn restrict_devices(&self) -> Result<bool> {
+    fn restrict_devices(&self, rules: &[super::DeviceAccess]) -> Result<bool> {
         let Some(dir) = self.dir(Controller::Devices) else {
             return Ok(false);
         };
         write_file(&dir.join("devices.deny"), "a")?;
+        for r in rules {
+            let file = if r.allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            write_file(&dir.join(file), &r.rule)?;
+        }
         for rule in super::default_device_rules() {
             write_file(&dir.join("devices.allow"), rule)?;
         }

@@ -78,7 +78,7 @@ impl Cgroup for V2Cgroup {
         Ok(())
     }
 
-    fn restrict_devices(&self) -> Result<bool> {
+    fn restrict_devices(&self, _rules: &[super::DeviceAccess]) -> Result<bool> {
         // cgroup2 filters devices only through an eBPF program.
         Ok(false)
     }
