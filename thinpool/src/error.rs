@@ -87,6 +87,8 @@ pub enum ErrorKind {
     NotRoot,
     /// The running kernel has no dm-thin-pool target.
     DmThinUnsupported,
+    /// The running kernel has no device-mapper (`/dev/mapper/control` is missing).
+    DmUnavailable,
     /// The pool has no free data blocks left.
     OutOfDataSpace {
         /// Used data blocks.
@@ -244,6 +246,10 @@ impl fmt::Display for ErrorKind {
             DmThinUnsupported => write!(
                 f,
                 "the kernel has no dm-thin-pool target: load it with `modprobe dm-thin-pool` or use a kernel built with CONFIG_DM_THIN_PROVISIONING"
+            ),
+            DmUnavailable => write!(
+                f,
+                "device-mapper is not available (no /dev/mapper/control): load it with `modprobe dm-mod` or use a kernel with CONFIG_BLK_DEV_DM"
             ),
             OutOfDataSpace { used, total } => write!(
                 f,

@@ -15,12 +15,26 @@
 //! Layers, bottom up:
 //! - [`units`], [`table`], [`status`], [`metadata_size`]: typed units and ids,
 //!   every kernel string as a type that parses and prints (no root needed);
-//! - [`dm`] and [`loopdev`]: trait seams over device-mapper and loop control,
-//!   each with a real implementation and an in-memory fake, passed in by the caller;
-//! - [`store`]: the crash-safe record store (intent before each kernel
-//!   mutation, done after it, tied together by the pool's transaction id);
-//! - [`pool`]: loopback pools and their thin devices, reconciling the records
-//!   with the kernel whenever a pool is opened.
+//! - [`dm`], [`loopdev`], [`metadata`]: trait seams over device-mapper
+//!   control, loop control and the offline metadata tools (`thin_ls`,
+//!   `thin_check`), each with a real implementation and a fake, passed in by
+//!   the caller through [`pool::Deps`];
+//! - [`store`]: the crash-safe record store (SQLite; intent before each
+//!   kernel mutation, done after it, tied together by the pool's transaction id);
+//! - [`pool`]: loopback pools, direct-lvm pools ([`lvm`]) and adopted pools,
+//!   their thin devices and snapshots, filesystems on them ([`fs`]),
+//!   reconciliation on open, autoextend on dm events, the free-space floor,
+//!   clean shutdown, `thin_check` after an unclean stop, and teardown.
+//!
+//! Lifecycle: `Pool::create_loopback` / `create_lvm` / `adopt` → `create_thin`,
+//! `snapshot`, `activate`, `deactivate`, `resize_thin`, `delete_thin` →
+//! `watch` (autoextend) → `shutdown` (keep) or `destroy` / `destroy_deferred`
+//! (remove). `open_loopback` / `open_lvm` / `open_adopted` re-activate
+//! idempotently and reconcile: half-made thin devices are rolled back,
+//! finished ones completed, unknown thin ids reported, missing ones marked.
+//!
+//! Tools used on the host: thin-provisioning-tools (`thin_ls`, `thin_check`),
+//! lvm2 and util-linux `wipefs` for direct-lvm, e2fsprogs/xfsprogs for `fs`.
 
 pub mod dm;
 pub mod error;

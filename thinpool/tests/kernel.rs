@@ -24,12 +24,21 @@ use thinpool::{Bytes, DataBlocks, ErrorKind, Sectors};
 const DM_THIN: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
 const MIB: u64 = 1 << 20;
 const CRASH_ENV: &str = "THINPOOL_CRASH_CHILD";
+const NON_ROOT_ENV: &str = "THINPOOL_NON_ROOT_CHILD";
 
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(CRASH_ENV) {
         crash_child(&spec);
     }
+    if let Ok(file) = std::env::var(NON_ROOT_ENV) {
+        non_root_child(Path::new(&file));
+    }
     harness::main(&[
+        KernelTest::new(
+            "non_root_caller_is_told_to_be_root",
+            non_root_caller_is_told_to_be_root,
+        )
+        .needs(&[Need::Root, Need::Loop]),
         KernelTest::new("loopback_pool_lifecycle", loopback_pool_lifecycle).needs(DM_THIN),
         KernelTest::new(
             "loopback_pool_reactivates_from_files",
@@ -432,6 +441,11 @@ fn autoextend_under_write_load() {
     for i in [0u64, 100, 255] {
         assert_eq!(read_at(&dev, i * MIB, 4096), vec![i as u8; 4096]);
     }
+    // Metadata grows too: 16 MiB -> 32 MiB of 4 KiB blocks.
+    let before = pool.status().unwrap().usage().unwrap().total_meta;
+    pool.extend_metadata(Bytes::mib(32)).unwrap();
+    let after = pool.status().unwrap().usage().unwrap().total_meta;
+    assert!(after.get() >= before.get() * 2 - 8, "{before} -> {after}");
     // The new size survives a reopen.
     drop(pool);
     let pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
@@ -996,4 +1010,31 @@ fn deferred_destroy_of_busy_pool() {
         !dm_exists(&format!("{name}-busy")) && !dm_exists(&name)
     });
     eventually("loop auto-clear", || !loop_attached_to(tmp.path()));
+}
+
+/// Child side: drops to nobody, then every kernel seam must say NotRoot.
+fn non_root_child(file: &Path) -> ! {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    use thinpool::loopdev::LoopControl;
+    setgroups(&[]).unwrap();
+    setgid(Gid::from_raw(65534)).unwrap();
+    setuid(Uid::from_raw(65534)).unwrap();
+    let dm = RealDm::new().unwrap_err();
+    assert_eq!(dm.kind(), &ErrorKind::NotRoot, "{dm}");
+    assert!(dm.to_string().contains("run as root"), "{dm}");
+    let lo = RealLoop.attach(file, true).unwrap_err();
+    assert_eq!(lo.kind(), &ErrorKind::NotRoot, "{lo}");
+    std::process::exit(0);
+}
+
+fn non_root_caller_is_told_to_be_root() {
+    let tmp = temp_dir();
+    let file = tmp.path().join("data");
+    integration::fixtures::sparse_file(&file, MIB);
+    let status = Command::new(std::env::current_exe().unwrap())
+        .env(NON_ROOT_ENV, &file)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the non-root child failed: {status:?}");
+    assert!(!loop_attached_to(tmp.path()));
 }

@@ -25,6 +25,11 @@ impl RealDm {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::new(ErrorKind::NotRoot).op("open device-mapper control"));
         }
+        if !std::path::Path::new("/dev/mapper/control").exists() {
+            return Err(Error::new(ErrorKind::DmUnavailable)
+                .op("open device-mapper control")
+                .path("/dev/mapper/control"));
+        }
         let dm = DM::new()
             .map_err(|e| map_err(e, "/dev/mapper/control").op("open device-mapper control"))?;
         Ok(RealDm { dm })
