@@ -1199,7 +1199,9 @@ impl Pool {
         let u = self.writable_usage()?;
         self.check_floor(&u)?;
         let txn = self.check_txn(&u)?;
-        let id = self.store.free_thin_id()?;
+        let id = self
+            .store
+            .free_thin_id_except(&self.reconciliation.unknown_ids)?;
         let intent = self.new_intent(OpKind::Create, id, name, size, None, txn)?;
         self.mutate(intent, &format!("create_thin {id}"), |_| Ok(None))?;
         Ok(id)
@@ -1225,7 +1227,9 @@ impl Pool {
         let u = self.writable_usage()?;
         self.check_floor(&u)?;
         let txn = self.check_txn(&u)?;
-        let id = self.store.free_thin_id()?;
+        let id = self
+            .store
+            .free_thin_id_except(&self.reconciliation.unknown_ids)?;
         let intent = self.new_intent(OpKind::Snapshot, id, name, o.size, Some(o.id), txn)?;
         let origin_dm = self.thin_dm_name(origin);
         let fs = self.filesystem(origin)?;
@@ -2317,6 +2321,14 @@ mod tests {
         let r = p.reconciliation().clone();
         assert_eq!(r.unknown_ids, vec![ThinId::new(5).unwrap()]);
         assert_eq!(r.missing, vec!["b".to_owned()]);
+        // New devices do not collide with the unknown id.
+        for n in ["c", "d", "e", "f", "g"] {
+            p.create_thin(n, MIB16).unwrap();
+        }
+        assert!(!recorded_ids(&p).contains(&5), "{:?}", recorded_ids(&p));
+        for n in ["c", "d", "e", "f", "g"] {
+            p.delete_thin(n).unwrap();
+        }
         assert_eq!(
             p.store().thin("b").unwrap().unwrap().state,
             ThinState::Missing

@@ -558,7 +558,16 @@ impl Store {
 
     /// The lowest thin id not recorded (in any state).
     pub fn free_thin_id(&self) -> Result<ThinId> {
-        let used: Vec<u32> = self.thins()?.iter().map(|t| t.id.get()).collect();
+        self.free_thin_id_except(&[])
+    }
+
+    /// The lowest thin id neither recorded nor in `also_taken` (ids the pool
+    /// has that no record explains).
+    pub fn free_thin_id_except(&self, also_taken: &[ThinId]) -> Result<ThinId> {
+        let mut used: Vec<u32> = self.thins()?.iter().map(|t| t.id.get()).collect();
+        used.extend(also_taken.iter().map(|t| t.get()));
+        used.sort_unstable();
+        used.dedup();
         let mut next = 0u64;
         for id in used {
             if u64::from(id) == next {

@@ -71,6 +71,11 @@ fn main() -> ExitCode {
             deferred_destroy_of_busy_pool,
         )
         .needs(DM_THIN),
+        KernelTest::new(
+            "free_space_floor_refuses_new_devices",
+            free_space_floor_refuses_new_devices,
+        )
+        .needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
@@ -526,6 +531,42 @@ fn filesystems_mkfs_snapshot_resize() {
         // The snapshot keeps its filesystem after its origin is gone.
         assert_eq!(pool.filesystem(&snap).unwrap(), Some(fs));
     }
+    pool.destroy().unwrap();
+}
+
+fn free_space_floor_refuses_new_devices() {
+    let tmp = temp_dir();
+    let mut cfg = small_config(tmp.path());
+    cfg.data_size = Bytes::mib(64);
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    pool.set_free_space_floor(50).unwrap();
+    pool.create_thin("fill", THIN_SIZE).unwrap();
+    let dev = pool.activate("fill").unwrap();
+    write_at(&dev, 0, &vec![9u8; 40 * MIB as usize]);
+    let err = pool.create_thin("more", THIN_SIZE).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::BelowFreeSpaceFloor {
+                floor_percent: 50,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("62% full") && msg.contains("extend"), "{msg}");
+    assert!(
+        pool.store().thin("more").unwrap().is_none(),
+        "nothing recorded"
+    );
+    // The floor survives a reopen; lowering it lets the device through.
+    drop(pool);
+    let mut pool = Pool::open_loopback(&deps, &cfg.dir).unwrap();
+    assert!(pool.create_thin("more", THIN_SIZE).is_err());
+    pool.set_free_space_floor(10).unwrap();
+    pool.create_thin("more", THIN_SIZE).unwrap();
     pool.destroy().unwrap();
 }
 
