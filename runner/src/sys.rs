@@ -144,3 +144,84 @@ pub fn set_cloexec(fd: std::os::fd::RawFd) -> nix::Result<()> {
     }
     Ok(())
 }
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program of raw instructions
+/// (each `u64` one `struct bpf_insn`, little-endian layout); on a verifier
+/// refusal the verifier's log is returned in the error.
+pub fn bpf_load_device_program(insns: &[u64]) -> Result<OwnedFd, (Errno, String)> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    let license = b"Apache-2.0\0";
+    let mut log = vec![0u8; 1 << 16];
+    let load = |with_log: bool, log: &mut [u8]| -> libc::c_long {
+        // union bpf_attr, BPF_PROG_LOAD member: prog_type u32 @0, insn_cnt
+        // u32 @4, insns u64 @8, license u64 @16, log_level u32 @24,
+        // log_size u32 @28, log_buf u64 @32; the rest zero.
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
+        attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        if with_log {
+            attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+            attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+            attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+        }
+        // SAFETY: `attr` is a fully initialised 128-byte bpf_attr whose
+        // pointers (instructions, license, log buffer with its true length)
+        // point into memory that outlives the call; the kernel reads at most
+        // `size` bytes of attr and writes at most log_size bytes of log.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                attr.as_mut_ptr(),
+                attr.len() as libc::c_uint,
+            )
+        }
+    };
+    let mut fd = load(false, &mut log);
+    if fd < 0 {
+        let first = Errno::last();
+        fd = load(true, &mut log);
+        if fd < 0 {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            return Err((first, String::from_utf8_lossy(&log[..end]).into_owned()));
+        }
+    }
+    let fd = i32::try_from(fd).map_err(|_| (Errno::EBADF, String::new()))?;
+    // SAFETY: the kernel returned `fd` as a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches a loaded device program to the cgroup whose directory is open
+/// as `cgroup` (`BPF_PROG_ATTACH`, `BPF_CGROUP_DEVICE`); the cgroup keeps
+/// the program until it is removed.
+pub fn bpf_attach_device_program(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    program: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    // BPF_PROG_ATTACH member: target_fd u32 @0, attach_bpf_fd u32 @4,
+    // attach_type u32 @8, attach_flags u32 @12.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(cgroup.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
+    // SAFETY: `attr` is an initialised bpf_attr naming two open descriptors;
+    // the kernel only reads it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

@@ -107,8 +107,7 @@ fn main() -> ExitCode {
         ]));
         tests.push(KernelTest::new(name, full_root_device_is_the_exit_reason).needs(needs));
     }
-    // Device filtering is a v1 controller; cgroup2 needs an eBPF program
-    // thinbox does not load (Cgroup::restrict_devices says so).
+    // Device filtering: the v1 devices controller, or on v2 an eBPF program.
     for (name, layout) in [
         (
             "host_devices_are_denied_by_the_devices_cgroup_hybrid",
@@ -117,6 +116,10 @@ fn main() -> ExitCode {
         (
             "host_devices_are_denied_by_the_devices_cgroup_v1",
             CgroupLayout::V1,
+        ),
+        (
+            "host_devices_are_denied_by_the_devices_cgroup_v2",
+            CgroupLayout::V2,
         ),
     ] {
         let needs: &'static [Need] = Box::leak(Box::new([

@@ -21,6 +21,7 @@
 //! - `memory.memsw.limit_in_bytes` exists only when swap accounting is on
 //!   (`swapaccount=1`).
 
+mod bpf;
 mod files;
 mod v1;
 mod v2;
@@ -538,6 +539,26 @@ fn bad_device(major: i64, minor: i64) -> Error {
     )
 }
 
+/// Every rule in force: deny all, then `rules`, then the default allow list.
+pub fn effective_device_rules(rules: &[DeviceAccess]) -> Vec<DeviceAccess> {
+    let mut all = vec![DeviceAccess {
+        allow: false,
+        rule: DeviceRule {
+            kind: 'a',
+            major: None,
+            minor: None,
+            access: "rwm".into(),
+        },
+    }];
+    all.extend(rules.iter().cloned());
+    all.extend(
+        default_device_rules()
+            .into_iter()
+            .map(|rule| DeviceAccess { allow: true, rule }),
+    );
+    all
+}
+
 /// The devices a container may use (runc's default allow list).
 pub fn default_device_rules() -> Vec<DeviceRule> {
     let c = |ma: Option<u32>, mi: Option<u32>, a: &str| DeviceRule::char(ma, mi, a);
@@ -581,10 +602,9 @@ pub trait Cgroup: fmt::Debug + Send {
     /// Denies access to every device node, applies `rules` (the spec's),
     /// then allows runc's default set (the null, zero, full, random,
     /// urandom, tty, console, ptmx and pts nodes; mknod of any), as runc
-    /// orders them. True when enforced: on v1 by the devices controller;
-    /// on v2 it would need an eBPF program, which thinbox does not load,
-    /// so it returns false there (the container still gets no host device
-    /// nodes and no `CAP_MKNOD` by default).
+    /// orders them. True when enforced: on v1 by the devices controller, on
+    /// v2 by an eBPF device program attached to the cgroup; false when the
+    /// v1 devices controller is not mounted.
     fn restrict_devices(&self, rules: &[DeviceAccess]) -> Result<bool>;
     /// Writes the limits.
     fn apply(&self, resources: &Resources) -> Result<()>;

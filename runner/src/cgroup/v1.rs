@@ -125,17 +125,13 @@ impl Cgroup for V1Cgroup {
         let Some(dir) = self.dir(Controller::Devices) else {
             return Ok(false);
         };
-        write_file(&dir.join("devices.deny"), "a")?;
-        for r in rules {
+        for r in super::effective_device_rules(rules) {
             let file = if r.allow {
                 "devices.allow"
             } else {
                 "devices.deny"
             };
             write_file(&dir.join(file), &r.rule)?;
-        }
-        for rule in super::default_device_rules() {
-            write_file(&dir.join("devices.allow"), rule)?;
         }
         Ok(true)
     }

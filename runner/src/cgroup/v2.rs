@@ -9,7 +9,7 @@ use super::{
     read_parse, read_procs, read_string, remove_dir, wait_empty, write_file, Cgroup, CgroupEvents,
     CgroupLayout, CgroupPath, CpuMax, FlatKeyed, IoMax, Max, Resources, ThrottleKind,
 };
-use crate::error::{io_error, ErrorKind, Result};
+use crate::error::{io_error, Error, ErrorKind, Result};
 
 /// The controllers thinbox enables for its cgroups, when the parent offers them.
 const WANTED: [&str; 5] = ["cpuset", "cpu", "io", "memory", "pids"];
@@ -78,9 +78,29 @@ impl Cgroup for V2Cgroup {
         Ok(())
     }
 
-    fn restrict_devices(&self, _rules: &[super::DeviceAccess]) -> Result<bool> {
+    fn restrict_devices(&self, rules: &[super::DeviceAccess]) -> Result<bool> {
         // cgroup2 filters devices only through an eBPF program.
-        Ok(false)
+        let program = super::bpf::device_program(&super::effective_device_rules(rules));
+        let prog = crate::sys::bpf_load_device_program(&program).map_err(|(errno, log)| {
+            Error::new(
+                ErrorKind::Cgroup,
+                format!("the kernel refused the device filter program: {log}"),
+            )
+            .with_source(errno)
+        })?;
+        let dir = self.dir();
+        let cgroup = std::fs::File::open(&dir)
+            .map_err(|e| io_error(ErrorKind::Cgroup, "cannot open the cgroup", &dir, e))?;
+        use std::os::fd::AsFd;
+        crate::sys::bpf_attach_device_program(cgroup.as_fd(), prog.as_fd()).map_err(|e| {
+            Error::new(
+                ErrorKind::Cgroup,
+                "cannot attach the device filter to the cgroup",
+            )
+            .with_path(&dir)
+            .with_source(e)
+        })?;
+        Ok(true)
     }
 
     fn apply(&self, r: &Resources) -> Result<()> {
