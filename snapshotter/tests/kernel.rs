@@ -188,6 +188,27 @@ macro_rules! all_cases {
     };
 }
 
+/// With quotas on, btrfs usage comes from the qgroup's exclusive bytes.
+fn btrfs_qgroups_usage() {
+    let fs = btrfs_fs();
+    run(
+        "btrfs",
+        &["quota", "enable", fs.mount.target.to_str().unwrap()],
+    );
+    testsuite::run(
+        Case::UsageExcludesParent,
+        &fs.mount.target,
+        &|root: &Path| -> Box<dyn Snapshotter> {
+            let sn = Btrfs::open(root).expect("open btrfs");
+            assert!(
+                sn.capabilities().exact_usage,
+                "quotas are on: usage must be exact"
+            );
+            Box::new(sn)
+        },
+    );
+}
+
 fn btrfs_refuses_a_root_not_on_btrfs() {
     let dir = temp_dir();
     let e = Btrfs::open(dir.path()).expect_err("a root on ext4/tmpfs must be refused");
@@ -250,6 +271,8 @@ fn main() -> ExitCode {
             recovery::recovery(dir.path(), |r| Overlay::new(r).expect("overlay"));
         })
         .needs(OVERLAY),
+        KernelTest::new("btrfs_qgroups_usage", btrfs_qgroups_usage).needs(BTRFS),
+        KernelTest::new("vm_btrfs_qgroups_usage", btrfs_qgroups_usage).needs(BTRFS_VM),
         KernelTest::new("zfs_layers_round_trip", || with_zfs(layers::round_trip)).needs(ZFS),
         KernelTest::new("naive_real_tree_round_trip", || {
             with_naive(layers::real_tree_round_trip)

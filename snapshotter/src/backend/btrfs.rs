@@ -6,8 +6,12 @@
 //! directory on btrfs. Layout: `ROOT/active/ID`, `ROOT/view/ID` (read-only
 //! snapshots), `ROOT/snapshots/ID` (committed, read-only). Commit snapshots
 //! `active/ID` read-only to `snapshots/ID` and deletes the active subvolume,
-//! which is idempotent after a crash. Usage is estimated by comparing the
-//! tree with the parent's (qgroups are not used).
+//! which is idempotent after a crash. Usage: when quotas are enabled on the
+//! filesystem, the size is the subvolume qgroup's *exclusive* bytes (read
+//! with `btrfs --format json qgroup show --raw`, btrfs-progs 6.1+, after a
+//! sync), which excludes what is shared with the parent; otherwise it is
+//! estimated by comparing the tree with the parent's. Inodes are always
+//! counted by that comparison.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::usage_against;
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Capabilities, Kind, Usage};
+use crate::types::{Bytes, Capabilities, Kind, Usage};
 
 use super::naive::ids_in;
 
@@ -28,6 +32,44 @@ const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 #[derive(Debug)]
 pub struct Btrfs {
     root: PathBuf,
+    qgroups: bool,
+}
+
+/// `btrfs --format json qgroup show --raw PATH`, parsed; None when quotas
+/// are off (the command fails).
+fn qgroup_show(path: &Path) -> Result<Option<serde_json::Value>> {
+    let out = std::process::Command::new("btrfs")
+        .args(["--format", "json", "qgroup", "show", "--raw"])
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            Error::new(ErrorKind::BackendUnavailable, "usage")
+                .path(path)
+                .detail("btrfs: cannot run the btrfs tool; install btrfs-progs")
+                .source(e)
+        })?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&out.stdout).map(Some).map_err(|e| {
+        Error::new(ErrorKind::Io, "usage")
+            .path(path)
+            .detail("unexpected output from btrfs qgroup show")
+            .source(e)
+    })
+}
+
+/// The exclusive bytes of qgroup `0/ID` in `btrfs qgroup show` JSON.
+fn exclusive_of(show: &serde_json::Value, subvol_id: u64) -> Option<u64> {
+    let want = format!("0/{subvol_id}");
+    show.get("qgroup-show")?
+        .as_array()?
+        .iter()
+        .find(|q| q.get("qgroupid").and_then(|v| v.as_str()) == Some(want.as_str()))?
+        .get("exclusive")?
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 fn btrfs_err(op: &'static str, path: &Path, e: libbtrfsutil::Error) -> Error {
@@ -50,8 +92,10 @@ impl Btrfs {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(|e| Error::io("open", &d, e))?;
         }
+        let qgroups = qgroup_show(root)?.is_some();
         Ok(Btrfs {
             root: root.to_owned(),
+            qgroups,
         })
     }
 
@@ -78,7 +122,7 @@ impl Backend for Btrfs {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             block_level: false,
-            exact_usage: false,
+            exact_usage: self.qgroups,
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: false,
@@ -143,8 +187,26 @@ impl Backend for Btrfs {
     }
 
     fn usage(&self, obj: &Object<'_>) -> Result<Usage> {
+        let path = self.path(obj.kind, obj.id);
         let parent = obj.parents.first().map(|p| self.path(Kind::Committed, *p));
-        usage_against(&self.path(obj.kind, obj.id), parent.as_deref())
+        let mut usage = usage_against(&path, parent.as_deref())?;
+        if self.qgroups {
+            let id = libbtrfsutil::subvolume_id(&path).map_err(|e| btrfs_err("usage", &path, e))?;
+            // Qgroup counters are updated when a transaction commits.
+            libbtrfsutil::sync(&path).map_err(|e| btrfs_err("sync", &path, e))?;
+            let show = qgroup_show(&path)?.ok_or_else(|| {
+                Error::new(ErrorKind::Io, "usage")
+                    .path(&path)
+                    .detail("btrfs quotas were disabled while the snapshotter was open")
+            })?;
+            let exclusive = exclusive_of(&show, id).ok_or_else(|| {
+                Error::new(ErrorKind::Io, "usage")
+                    .path(&path)
+                    .detail(format!("no qgroup 0/{id}; run btrfs quota rescan"))
+            })?;
+            usage.size = Bytes(exclusive);
+        }
+        Ok(usage)
     }
 
     fn list(&self) -> Result<Vec<SnapshotId>> {
@@ -155,5 +217,22 @@ impl Backend for Btrfs {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_from_qgroup_json() {
+        let show: serde_json::Value = serde_json::from_str(
+            r#"{"__header":{"version":"1"},"qgroup-show":[
+                {"qgroupid":"0/5","referenced":"16384","exclusive":"16384","path":""},
+                {"qgroupid":"0/256","referenced":"1019904","exclusive":"65536","path":"a"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(exclusive_of(&show, 256), Some(65536));
+        assert_eq!(exclusive_of(&show, 257), None);
     }
 }

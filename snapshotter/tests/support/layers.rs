@@ -562,7 +562,15 @@ pub fn real_tree_round_trip(sn: &dyn Snapshotter) {
     use integration::fixtures::run;
     let dir = temp_dir();
     let d = dir.path();
-    let (src, src2, exp) = (d.join("src"), d.join("src2"), d.join("expected"));
+    // The source trees live in a snapshot of the backend under test: the
+    // temporary directory may be a tmpfs without user xattrs (Linux < 6.6).
+    let work = d.join("work");
+    fs::create_dir_all(&work).unwrap();
+    let wm = sn
+        .prepare(&k("real-tree-work"), None, &Labels::new())
+        .unwrap();
+    let work_guard = MountGuard::new(&wm, &work).unwrap();
+    let (src, src2, exp) = (work.join("src"), work.join("src2"), work.join("expected"));
     for p in [&src, &src2, &exp] {
         fs::create_dir_all(p.join("usr/share")).unwrap();
     }
@@ -704,4 +712,6 @@ pub fn real_tree_round_trip(sn: &dyn Snapshotter) {
     apply_to_snapshot(sn, &k("y2-a"), Some(&n("y1")), &l, &scratch, d2.as_slice())
         .expect("apply diff 2");
     check("y2-a", &exp);
+    work_guard.unmount().unwrap();
+    sn.remove(&k("real-tree-work")).unwrap();
 }
