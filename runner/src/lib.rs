@@ -16,6 +16,45 @@
 //!    [`RootSpaceProbe`]) or timed out, with the exit code (128 +
 //!    signal) and the cgroup's counters; the cgroup is gone afterwards.
 //!
+//! A crash of the runner kills its containers (their first process has
+//! the parent-death signal SIGKILL); [`cgroup::Hierarchies::remove_stale`]
+//! removes the empty cgroups left behind.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use runner::cgroup::{Bytes, DeviceNumber, ThrottleKind};
+//! use runner::{ContainerConfig, Runtime};
+//!
+//! let config = ContainerConfig::builder("/var/lib/thinbox/mnt/web-1")
+//!     .args(["/bin/sh", "-c", "exec my-server"])
+//!     .memory_limit(Bytes::mib(256))
+//!     .pids_limit(128)
+//!     .cpu_quota(50_000, 100_000)
+//!     .root_device(DeviceNumber::new(253, 4))
+//!     .root_throttle(ThrottleKind::WriteBps, 10 << 20)
+//!     .build()?;
+//! let report = Runtime::detect()?.run(&config)?;
+//! println!("{}", report.to_json()); // {"reason":"oom_killed","exit_code":137,...}
+//! # Ok::<(), runner::Error>(())
+//! ```
+//!
+//! # Security defaults
+//!
+//! runc's: the capabilities `CAP_AUDIT_WRITE`, `CAP_KILL` and
+//! `CAP_NET_BIND_SERVICE` only; `no_new_privs`; a seccomp filter denying
+//! what Docker's default profile denies ([`seccomp`]); masked and read-only
+//! `/proc` and `/sys` paths; a minimal `/dev` with no host device nodes, and
+//! a device filter (v1 devices controller, or an eBPF program on v2) that
+//! allows only those nodes; private mount propagation; descriptors the
+//! caller leaked are closed before exec. A user namespace with uid/gid maps
+//! on request.
+//!
+//! # Not supported (refused with a clear error)
+//!
+//! OCI hooks, `linux.devices` (extra device nodes), joining existing
+//! namespaces (`path`), the time namespace, shared root propagation.
+//!
 //! # Modules
 //!
 //! - [`cgroup`]: one [`cgroup::Cgroup`] trait over v1, v2 and hybrid, and
@@ -23,7 +62,8 @@
 //! - [`config`]: the OCI runtime-spec model with runc's defaults;
 //! - [`mounts`]: the root filesystem inside the mount namespace;
 //! - [`seccomp`]: the default seccomp filter;
-//! - [`container`]: start, wait, exit reasons.
+//! - [`container`]: start, wait, exit reasons, pseudo-terminals, signal
+//!   forwarding, thinbox's optional init (zombie reaping).
 //!
 //! # Threads
 //!
