@@ -285,6 +285,7 @@ impl Runtime {
                     cgroup: Some(cg),
                     timeout: config.timeout,
                     forward_signals: false,
+                    reaped: false,
                 })
             }
             Err(e) => {
@@ -446,6 +447,7 @@ pub struct Container {
     cgroup: Option<Box<dyn Cgroup>>,
     timeout: Option<Duration>,
     forward_signals: bool,
+    reaped: bool,
 }
 
 impl Container {
@@ -490,6 +492,62 @@ impl Container {
         self
     }
 
+    /// Polls the pidfd (and the signalfd, forwarding what it reads) until
+    /// pid 1 exits or the deadline passes (then kills the cgroup). True
+    /// when the deadline passed.
+    fn wait_for_exit(
+        &self,
+        deadline: Option<Instant>,
+        signal_fd: Option<&nix::sys::signalfd::SignalFd>,
+    ) -> Result<bool> {
+        let mut timed_out = false;
+        loop {
+            let remaining = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        timed_out = true;
+                        self.kill_all()?;
+                        break;
+                    }
+                    nix::poll::PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                        .unwrap_or(nix::poll::PollTimeout::MAX)
+                }
+                None => nix::poll::PollTimeout::NONE,
+            };
+            let mut fds = vec![nix::poll::PollFd::new(
+                self.pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if let Some(sfd) = signal_fd {
+                fds.push(nix::poll::PollFd::new(
+                    sfd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                ));
+            }
+            match nix::poll::poll(&mut fds, remaining) {
+                Ok(0) | Err(nix::Error::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(Error::new(ErrorKind::Wait, "poll").with_source(e)),
+            }
+            let exited = fds[0].any().unwrap_or(false);
+            let signalled = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+            if signalled {
+                if let Some(sfd) = signal_fd {
+                    if let Ok(Some(info)) = sfd.read_signal() {
+                        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                            let _ = kill(self.pid, sig);
+                        }
+                    }
+                }
+            }
+            if exited {
+                break;
+            }
+        }
+        Ok(timed_out)
+    }
+
     /// Waits for the container to end (killing its cgroup at the timeout),
     /// removes its cgroup and reports why it ended.
     pub fn wait(self) -> Result<ExitReport> {
@@ -515,54 +573,11 @@ impl Container {
         } else {
             None
         };
-        let mut timed_out = false;
-        loop {
-            let remaining = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        timed_out = true;
-                        self.kill_all()?;
-                        break;
-                    }
-                    nix::poll::PollTimeout::try_from(left.max(Duration::from_millis(1)))
-                        .unwrap_or(nix::poll::PollTimeout::MAX)
-                }
-                None => nix::poll::PollTimeout::NONE,
-            };
-            let mut fds = vec![nix::poll::PollFd::new(
-                self.pidfd.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            if let Some((sfd, _, _)) = &signal_fd {
-                fds.push(nix::poll::PollFd::new(
-                    sfd.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                ));
-            }
-            match nix::poll::poll(&mut fds, remaining) {
-                Ok(0) | Err(nix::Error::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(Error::new(ErrorKind::Wait, "poll").with_source(e)),
-            }
-            let exited = fds[0].any().unwrap_or(false);
-            let signalled = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
-            if signalled {
-                if let Some((sfd, _, _)) = &signal_fd {
-                    if let Ok(Some(info)) = sfd.read_signal() {
-                        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                            let _ = kill(self.pid, sig);
-                        }
-                    }
-                }
-            }
-            if exited {
-                break;
-            }
-        }
+        let waited = self.wait_for_exit(deadline, signal_fd.as_ref().map(|(fd, _, _)| fd));
         if let Some((_, _, old)) = &signal_fd {
             let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
         }
+        let timed_out = waited?;
         let status = waitpid(self.pid, None)
             .map_err(|e| Error::new(ErrorKind::Wait, "waitpid").with_source(e))?;
         let mut termination = Termination::from_wait(status).ok_or_else(|| {
@@ -578,13 +593,18 @@ impl Container {
                 termination = t;
             }
         }
+        self.reaped = true;
         let cg = self
             .cgroup
             .take()
             .expect("a running container has its cgroup");
-        let events = cg.events()?;
-        cg.kill_all()?;
-        cg.remove()?;
+        // Read the counters, then always kill and remove, reporting the first error.
+        let events = cg.events();
+        let killed = cg.kill_all();
+        let removed = cg.remove();
+        let events = events?;
+        killed?;
+        removed?;
         let removed = cg.dirs().iter().all(|d| !d.exists());
         let root_full = match probe {
             Some(p) => p.out_of_space()?,
@@ -604,8 +624,10 @@ impl Drop for Container {
     fn drop(&mut self) {
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.kill_all();
-            let _ = kill(self.pid, Signal::SIGKILL);
-            let _ = waitpid(self.pid, Some(WaitPidFlag::empty()));
+            if !self.reaped {
+                let _ = kill(self.pid, Signal::SIGKILL);
+                let _ = waitpid(self.pid, Some(WaitPidFlag::empty()));
+            }
             let _ = cg.remove();
         }
     }
