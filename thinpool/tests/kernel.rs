@@ -21,6 +21,9 @@ use thinpool::store::ThinState;
 use thinpool::table::{DevNum, PoolTable, TargetLine, ThinTable};
 use thinpool::{Bytes, DataBlocks, ErrorKind, Sectors};
 
+#[path = "common/cycle.rs"]
+mod cycle;
+
 const DM_THIN: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
 const MIB: u64 = 1 << 20;
 const CRASH_ENV: &str = "THINPOOL_CRASH_CHILD";
@@ -74,6 +77,11 @@ fn main() -> ExitCode {
         KernelTest::new(
             "free_space_floor_refuses_new_devices",
             free_space_floor_refuses_new_devices,
+        )
+        .needs(DM_THIN),
+        KernelTest::new(
+            "snapshot_cycle_sequences_work",
+            snapshot_cycle_sequences_work,
         )
         .needs(DM_THIN),
         KernelTest::new("bad_input_leaves_nothing", bad_input_leaves_nothing).needs(DM_THIN),
@@ -1078,4 +1086,23 @@ fn non_root_caller_is_told_to_be_root() {
         .unwrap();
     assert!(status.success(), "the non-root child failed: {status:?}");
     assert!(!loop_attached_to(tmp.path()));
+}
+
+/// The benchmark's two sequences work and leave nothing behind (so the
+/// benchmark measures what it says).
+fn snapshot_cycle_sequences_work() {
+    let mut f = cycle::Fixture::new(&unique_name("pool"));
+    let name = f.pool.name().to_owned();
+    for _ in 0..3 {
+        f.library_cycle();
+        f.dmsetup_cycle();
+    }
+    let meta = f.pool.metadata_device().path.to_owned();
+    assert_eq!(kernel_thin_ids(&name, &meta), vec![0]);
+    assert_eq!(recorded_ids(&f.pool), vec![0]);
+    assert!(!dm_exists(&format!("{name}-snap")));
+    assert!(!dm_exists(&format!("{name}-cli-snap")));
+    let info = f.pool.thins().unwrap();
+    assert_eq!(info.len(), 1);
+    f.pool.destroy().unwrap();
 }
