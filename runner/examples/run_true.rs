@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mean = start.elapsed() / n;
-    println!("{n} runs, mean start-to-exit {:.1} ms", mean.as_secs_f64() * 1e3);
+    println!(
+        "{n} runs, mean start-to-exit {:.1} ms",
+        mean.as_secs_f64() * 1e3
+    );
     Ok(())
 }

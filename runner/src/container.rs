@@ -167,7 +167,13 @@ impl ExitReport {
         cgroup_removed: bool,
     ) -> ExitReport {
         let failed = termination != Termination::Exited { code: 0 };
-        let reason = if events.oom_kills > 0 && failed {
+        // Kernels before 4.13 do not count OOM kills: a SIGKILL after the
+        // memory limit was hit is the OOM killer's (what runc reports too).
+        let oom = events.oom_kills > 0
+            || (!events.oom_kills_counted
+                && events.memory_limit_hits > 0
+                && termination == Termination::Signaled { signal: 9 });
+        let reason = if oom && failed {
             ExitReason::OomKilled
         } else if root_full && (failed || timed_out) {
             ExitReason::RootDeviceFull
@@ -1134,6 +1140,20 @@ mod tests {
         );
         assert_eq!(report(killed, true, true, none), ExitReason::RootDeviceFull);
         assert_eq!(report(ok, false, true, none), ExitReason::Exited);
+        // Old kernels: no OOM counter; SIGKILL after hitting the limit is OOM.
+        let old_kernel = CgroupEvents {
+            memory_limit_hits: 12,
+            ..none
+        };
+        assert_eq!(
+            report(killed, false, false, old_kernel),
+            ExitReason::OomKilled
+        );
+        let counted = CgroupEvents {
+            oom_kills_counted: true,
+            ..old_kernel
+        };
+        assert_eq!(report(killed, false, false, counted), ExitReason::Signaled);
     }
 
     #[test]
@@ -1146,6 +1166,7 @@ mod tests {
                 oom_kills: 1,
                 memory_limit_hits: 5,
                 pids_limit_hits: 0,
+                oom_kills_counted: true,
             },
             true,
         );

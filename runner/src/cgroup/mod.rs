@@ -591,6 +591,10 @@ pub struct CgroupEvents {
     pub memory_limit_hits: u64,
     /// Forks refused because `pids.max` was reached.
     pub pids_limit_hits: u64,
+    /// Whether the kernel counts OOM kills per cgroup (`oom_kill` appeared
+    /// in v1 `memory.oom_control` and v2 `memory.events` with Linux 4.13);
+    /// without it a SIGKILL after the limit was hit is taken as an OOM kill.
+    pub oom_kills_counted: bool,
 }
 
 /// One container's cgroup, on whichever layout the host has.

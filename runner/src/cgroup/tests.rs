@@ -189,7 +189,8 @@ fn v2_events_report_oom_kills_and_pids_hits() {
         CgroupEvents {
             oom_kills: 1,
             memory_limit_hits: 12,
-            pids_limit_hits: 7
+            pids_limit_hits: 7,
+            oom_kills_counted: true,
         }
     );
 }
@@ -399,9 +400,17 @@ fn v1_events_read_oom_control_failcnt_and_pids_events() {
         CgroupEvents {
             oom_kills: 3,
             memory_limit_hits: 40,
-            pids_limit_hits: 5
+            pids_limit_hits: 5,
+            oom_kills_counted: true,
         }
     );
+    // A kernel before 4.13 has no oom_kill line: the counter is marked absent.
+    touch(
+        &mem,
+        &[("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n")],
+    );
+    let ev = cg.events().unwrap();
+    assert!(!ev.oom_kills_counted && ev.oom_kills == 0 && ev.memory_limit_hits == 40);
 }
 
 #[test]

@@ -241,6 +241,7 @@ impl Cgroup for V1Cgroup {
             if oom.exists() {
                 let o: FlatKeyed = read_parse(&oom)?;
                 ev.oom_kills = o.get("oom_kill");
+                ev.oom_kills_counted = o.0.contains_key("oom_kill");
             }
             let failcnt = dir.join("memory.failcnt");
             if failcnt.exists() {

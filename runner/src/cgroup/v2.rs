@@ -186,6 +186,7 @@ impl Cgroup for V2Cgroup {
         if mem.exists() {
             let m: FlatKeyed = read_parse(&mem)?;
             ev.oom_kills = m.get("oom_kill");
+            ev.oom_kills_counted = m.0.contains_key("oom_kill");
             ev.memory_limit_hits = m.get("max");
         }
         let pids = self.file("pids.events");
