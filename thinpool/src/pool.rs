@@ -444,7 +444,7 @@ impl Pool {
         Self::activate_pool(deps, dir, None).map_err(|e| e.op("open loopback pool").path(dir))
     }
 
-    fn activate_pool(deps: &Deps, dir: &Path, mut undo: Option<&mut Undo>) -> Result<Pool> {
+    fn activate_pool(deps: &Deps, dir: &Path, undo: Option<&mut Undo>) -> Result<Pool> {
         let db = dir.join(STORE_FILE);
         if !db.exists() {
             return Err(Error::new(ErrorKind::NotFound {
@@ -469,91 +469,94 @@ impl Pool {
         let direct_io = get("direct_io")? == "true";
         let unclean = get("state")? == "ready" && store.config("clean")?.as_deref() != Some("true");
 
-        let mut attach = |file: &str| -> Result<LoopInfo> {
-            let p = dir.join(file);
-            if let Some(l) = deps.loops.find(&p)? {
-                return Ok(l);
-            }
-            let l = deps.loops.attach(&p, direct_io)?;
-            if let Some(u) = undo.as_deref_mut() {
-                u.loops.push(l.path.clone());
-            }
-            Ok(l)
-        };
-        let mut attached = Vec::new();
+        // Loop devices this call attached (not ones found attached), so a
+        // failed open undoes only its own work.
+        let mut fresh: Vec<PathBuf> = Vec::new();
+        let mut made_dm = false;
         let r = (|| {
-            let d = attach(DATA_FILE)?;
-            attached.push(d.clone());
-            let m = attach(META_FILE)?;
-            attached.push(m.clone());
-            Ok((d, m))
-        })();
-        let (data_loop, meta_loop) = r.inspect_err(|_| {
-            for l in &attached {
-                let _ = deps.loops.detach(&l.path);
-            }
-        })?;
-        let mut checked = false;
-        let table = PoolTable {
-            length: sectors_of("data device", data_size)?,
-            metadata: DevRef::Num(meta_loop.devnum),
-            data: DevRef::Num(data_loop.devnum),
-            block_size,
-            low_water_mark: lwm,
-            features,
-        };
-        match deps.dm.info(&name)? {
-            None => {
-                if unclean {
-                    // Not shut down cleanly: check the metadata before the
-                    // kernel trusts it.
-                    checked = true;
-                    let meta = MetaDev {
-                        path: &meta_loop.path,
-                        devnum: meta_loop.devnum,
-                    };
-                    if let Err(e) = deps.tools.check(meta) {
-                        let _ = deps.loops.detach(&data_loop.path);
-                        let _ = deps.loops.detach(&meta_loop.path);
-                        return Err(e);
+            let mut attach = |file: &str| -> Result<LoopInfo> {
+                let p = dir.join(file);
+                if let Some(l) = deps.loops.find(&p)? {
+                    return Ok(l);
+                }
+                let l = deps.loops.attach(&p, direct_io)?;
+                fresh.push(l.path.clone());
+                Ok(l)
+            };
+            let data_loop = attach(DATA_FILE)?;
+            let meta_loop = attach(META_FILE)?;
+            let table = PoolTable {
+                length: sectors_of("data device", data_size)?,
+                metadata: DevRef::Num(meta_loop.devnum),
+                data: DevRef::Num(data_loop.devnum),
+                block_size,
+                low_water_mark: lwm,
+                features,
+            };
+            let mut checked = false;
+            match deps.dm.info(&name)? {
+                None => {
+                    if unclean {
+                        // Not shut down cleanly: check the metadata before
+                        // the kernel trusts it.
+                        checked = true;
+                        deps.tools.check(MetaDev {
+                            path: &meta_loop.path,
+                            devnum: meta_loop.devnum,
+                        })?;
+                    }
+                    deps.dm.create(&name)?;
+                    made_dm = true;
+                    Self::load_pool(deps, &name, &table)?;
+                }
+                Some(info) if !info.live_table => Self::load_pool(deps, &name, &table)?,
+                Some(info) => {
+                    let live = deps.dm.table(&name)?;
+                    let found = live.first().map(PoolTable::from_target).transpose()?;
+                    let same_devices = found.as_ref().is_some_and(|f| {
+                        f.metadata == table.metadata
+                            && f.data == table.data
+                            && f.block_size == table.block_size
+                    });
+                    if same_devices && found.as_ref() != Some(&table) {
+                        // Our own pool, stopped half-way through an extension
+                        // (the records already have the new size): finish it.
+                        deps.loops.refresh_capacity(&data_loop.path)?;
+                        Self::reload_pool(deps, &name, &table)?;
+                    } else if found.as_ref() != Some(&table) {
+                        return Err(Error::new(ErrorKind::TableMismatch {
+                            device: name.clone(),
+                            found: found.map(|t| t.to_string()).unwrap_or_default(),
+                            expected: table.to_string(),
+                        }));
+                    }
+                    if info.suspended {
+                        deps.dm.resume(&name)?;
                     }
                 }
-                deps.dm.create(&name)?;
-                if let Some(u) = undo.as_deref_mut() {
+            }
+            Ok((data_loop, meta_loop, table, checked))
+        })();
+        let (data_loop, meta_loop, table, checked) = match (r, undo) {
+            (Ok(v), _) => v,
+            // Creating: the caller's undo list removes everything.
+            (Err(e), Some(u)) => {
+                u.loops.extend(fresh);
+                if made_dm {
                     u.dm = Some(name.clone());
                 }
-                Self::load_pool(deps, &name, &table).inspect_err(|_| {
-                    if undo.is_none() {
-                        let _ = deps.dm.remove(&name, false);
-                    }
-                })?;
+                return Err(e);
             }
-            Some(info) if !info.live_table => Self::load_pool(deps, &name, &table)?,
-            Some(info) => {
-                let live = deps.dm.table(&name)?;
-                let found = live.first().map(PoolTable::from_target).transpose()?;
-                let same_devices = found.as_ref().is_some_and(|f| {
-                    f.metadata == table.metadata
-                        && f.data == table.data
-                        && f.block_size == table.block_size
-                });
-                if same_devices && found.as_ref() != Some(&table) {
-                    // Our own pool, stopped half-way through an extension
-                    // (the records already have the new size): finish it.
-                    deps.loops.refresh_capacity(&data_loop.path)?;
-                    Self::reload_pool(deps, &name, &table)?;
-                } else if found.as_ref() != Some(&table) {
-                    return Err(Error::new(ErrorKind::TableMismatch {
-                        device: name.clone(),
-                        found: found.map(|t| t.to_string()).unwrap_or_default(),
-                        expected: table.to_string(),
-                    }));
+            (Err(e), None) => {
+                if made_dm {
+                    let _ = deps.dm.remove(&name, false);
                 }
-                if info.suspended {
-                    deps.dm.resume(&name)?;
+                for l in fresh.iter().rev() {
+                    let _ = deps.loops.detach(l);
                 }
+                return Err(e);
             }
-        }
+        };
         let backing = Backing::Loopback {
             dir: dir.to_owned(),
             data_loop,
@@ -609,17 +612,18 @@ impl Pool {
                 name: "a device for the volume group".to_owned(),
             }));
         }
-        for p in [cfg.data_percent, cfg.metadata_percent] {
-            if p == 0 || u16::from(cfg.data_percent) + u16::from(cfg.metadata_percent) > 100 {
-                return Err(Error::parse(
-                    "lvm pool percentages",
-                    &format!(
-                        "{}% data, {}% metadata",
-                        cfg.data_percent, cfg.metadata_percent
-                    ),
-                    "use 1..=100 each, together at most 100",
-                ));
-            }
+        if cfg.data_percent == 0
+            || cfg.metadata_percent == 0
+            || u16::from(cfg.data_percent) + u16::from(cfg.metadata_percent) > 100
+        {
+            return Err(Error::parse(
+                "lvm pool percentages",
+                &format!(
+                    "{}% data, {}% metadata",
+                    cfg.data_percent, cfg.metadata_percent
+                ),
+                "use 1..=100 each, together at most 100",
+            ));
         }
         if cfg.store.exists() {
             return Err(Error::new(ErrorKind::NameTaken {
@@ -2568,6 +2572,34 @@ mod tests {
                 "{pattern}"
             );
         }
+    }
+
+    #[test]
+    fn failed_open_undoes_only_its_own_work() {
+        let e = env();
+        let p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        let (d, m) = (
+            p.loops().unwrap().0.path.clone(),
+            p.loops().unwrap().1.path.clone(),
+        );
+        drop(p);
+        // An active pool whose reopen fails keeps its loop devices.
+        e.dm.fail_next("table tp", ErrorKind::Injected);
+        assert!(Pool::open_loopback(&e.deps, &e.dir).is_err());
+        assert_eq!(e.loops.attached(), 2);
+        assert!(e.dm.info("tp").unwrap().is_some());
+        // After a "reboot", a failed activation leaves nothing attached.
+        e.dm.remove("tp", false).unwrap();
+        e.loops.detach(&d).unwrap();
+        e.loops.detach(&m).unwrap();
+        e.dm.fail_next("load tp", ErrorKind::Injected);
+        assert!(Pool::open_loopback(&e.deps, &e.dir).is_err());
+        assert_eq!(e.loops.attached(), 0);
+        assert!(e.dm.list().unwrap().is_empty());
+        Pool::open_loopback(&e.deps, &e.dir)
+            .unwrap()
+            .destroy()
+            .unwrap();
     }
 
     #[test]
