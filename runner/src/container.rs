@@ -841,6 +841,7 @@ fn child_setup(
         userns,
         hierarchies: plan.hierarchies,
         cgroupns,
+        cgroup_path: config.cgroup_path.as_path(),
     };
     let ops = mounts::KernelMounts;
     mounts::setup_rootfs(&rootfs_plan, &ops)?;

@@ -306,6 +306,9 @@ pub struct RootfsPlan<'a> {
     pub hierarchies: &'a Hierarchies,
     /// Whether the container has its own cgroup namespace.
     pub cgroupns: bool,
+    /// The container's cgroup below each hierarchy's root: without a cgroup
+    /// namespace only this directory is bound into the container.
+    pub cgroup_path: &'a Path,
 }
 
 /// Makes the new mount namespace private, mounts the spec's mounts below
@@ -426,11 +429,26 @@ fn mount_cgroups(
     let ro = opts.flags & MsFlags::MS_RDONLY;
     let h = plan.hierarchies;
     if h.v2_has_controllers {
+        if plan.cgroupns {
+            return ops.mount(
+                Some(Path::new("cgroup2")),
+                dest,
+                Some("cgroup2"),
+                base | ro,
+                None,
+            );
+        }
+        // No cgroup namespace: show the container its own cgroup only.
+        let own =
+            h.v2.as_deref()
+                .unwrap_or(Path::new("/sys/fs/cgroup"))
+                .join(plan.cgroup_path);
+        ops.mount(Some(&own), dest, None, MsFlags::MS_BIND, None)?;
         return ops.mount(
-            Some(Path::new("cgroup2")),
+            None,
             dest,
-            Some("cgroup2"),
-            base | ro,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | base | ro,
             None,
         );
     }
@@ -467,11 +485,12 @@ fn mount_cgroups(
                 Some(&controllers.join(",")),
             )?;
         } else {
+            // No cgroup namespace: bind the container's own cgroup only.
             ops.mount(
-                Some(mount_point),
+                Some(&mount_point.join(plan.cgroup_path)),
                 &target,
                 None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
+                MsFlags::MS_BIND,
                 None,
             )?;
             ops.mount(
@@ -670,7 +689,7 @@ mod tests {
         }
     }
 
-    fn default_spec_calls(userns: bool, hierarchies: &str) -> Vec<String> {
+    fn default_spec_calls(userns: bool, hierarchies: &str, cgroupns: bool) -> Vec<String> {
         let tmp = tempfile::tempdir().unwrap();
         let rootfs = tmp.path().join("rootfs");
         fs::create_dir_all(&rootfs).unwrap();
@@ -683,7 +702,8 @@ mod tests {
             propagation: root_propagation(None).unwrap(),
             userns,
             hierarchies: &h,
-            cgroupns: true,
+            cgroupns,
+            cgroup_path: Path::new("thinbox/c1"),
         };
         let ops = Recording {
             rootfs: rootfs.clone(),
@@ -707,7 +727,7 @@ mod tests {
 
     #[test]
     fn the_default_spec_makes_runcs_mounts_in_order() {
-        let calls = default_spec_calls(false, V2);
+        let calls = default_spec_calls(false, V2, true);
         let expect_prefixes = [
             "mount - / - MS_REC | MS_PRIVATE",
             "mount <root>/ <root>/ - MS_BIND | MS_REC",
@@ -737,7 +757,7 @@ mod tests {
 
     #[test]
     fn a_user_namespace_binds_device_nodes_and_v1_gets_its_hierarchies() {
-        let calls = default_spec_calls(true, HYBRID);
+        let calls = default_spec_calls(true, HYBRID, true);
         assert!(!calls.iter().any(|c| c.starts_with("mknod")), "{calls:#?}");
         assert!(calls
             .iter()
@@ -751,6 +771,33 @@ mod tests {
             .filter(|c| c.contains("/sys/fs/cgroup/"))
             .collect();
         assert_eq!(cgroup_mounts.len(), 2, "{cgroup_mounts:#?}");
+    }
+
+    #[test]
+    fn without_a_cgroup_namespace_only_the_own_cgroup_is_bound() {
+        let calls = default_spec_calls(false, HYBRID, false);
+        let binds: Vec<&String> = calls
+            .iter()
+            .filter(|c| {
+                c.contains("/sys/fs/cgroup/") && c.contains("MS_BIND") && !c.contains("MS_REMOUNT")
+            })
+            .collect();
+        assert_eq!(binds.len(), 2, "{calls:#?}");
+        for b in binds {
+            assert!(
+                b.starts_with("mount /sys/fs/cgroup/") && b.contains("/thinbox/c1 "),
+                "{b}"
+            );
+        }
+        let calls = default_spec_calls(false, V2, false);
+        assert!(
+            calls
+                .iter()
+                .any(|c| c
+                    .starts_with("mount /sys/fs/cgroup/thinbox/c1 <root>/sys/fs/cgroup - MS_BIND")),
+            "{calls:#?}"
+        );
+        assert!(!calls.iter().any(|c| c.contains(" cgroup2 ")), "{calls:#?}");
     }
 
     #[test]

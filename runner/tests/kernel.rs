@@ -62,6 +62,10 @@ const TESTS: &[(&str, fn())] = &[
     ),
     ("runc_spec_bundle_runs", runc_spec_bundle_runs),
     (
+        "cgroup_mount_shows_only_the_own_cgroup",
+        cgroup_mount_shows_only_the_own_cgroup,
+    ),
+    (
         "stale_cgroups_are_swept_and_live_ones_kept",
         stale_cgroups_are_swept_and_live_ones_kept,
     ),
@@ -1264,4 +1268,31 @@ fn container_on_a_zfs_clone() {
         !base_mnt.join("written").exists(),
         "the write reached the origin dataset"
     );
+}
+
+/// With or without a cgroup namespace, /sys/fs/cgroup inside shows the
+/// container's own cgroup (its pids.max) and not the host's tree.
+fn cgroup_mount_shows_only_the_own_cgroup() {
+    let root = Rootfs::new();
+    let script = "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; \
+                  ls /sys/fs/cgroup /sys/fs/cgroup/pids 2>/dev/null | grep -c thinbox";
+    for cgroupns in [true, false] {
+        let mut b = root.builder().pids_limit(23);
+        if !cgroupns {
+            let linux = b.spec_mut().linux_mut().as_mut().unwrap();
+            let ns = linux.namespaces_mut().as_mut().unwrap();
+            ns.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Cgroup);
+        }
+        let (report, log) = root.sh(b, script);
+        assert_eq!(
+            report.reason,
+            ExitReason::Exited,
+            "cgroupns={cgroupns}: {log}"
+        );
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.first(), Some(&"23"), "cgroupns={cgroupns}: {log}");
+        // The host's thinbox/ parent is not visible inside.
+        assert_eq!(lines.last(), Some(&"0"), "cgroupns={cgroupns}: {log}");
+        assert_clean(&report);
+    }
 }
