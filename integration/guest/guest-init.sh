@@ -38,6 +38,8 @@ IFS=:
 for path in $THINBOX_VM_KEEP; do
     case "$path" in
     /tmp/* | /var/tmp/*)
+        # Sorted: a path below one bound already is visible through it.
+        [ -e "$path" ] && continue
         mkdir -p "$path" && mount --bind "/run/host$path" "$path" \
             || fail "cannot make the host path $path visible in the guest"
         ;;

@@ -1,31 +1,51 @@
 //! Disposable kernel fixtures for tests: every name carries the
-//! `thinbox-test-` prefix and every guard undoes itself on drop, and
-//! [`sweep`] removes whatever a killed test left behind.
+//! `thinbox-test-{pid}-` prefix of the process that made it, every guard
+//! undoes itself on drop, and [`sweep`] removes whatever a killed test left
+//! behind — only things whose owner process is gone, so concurrent test runs
+//! on one machine never tear down each other's fixtures.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The prefix of every device, mount, pool and file a test makes.
+/// The prefix of every device, mount, pool and file a test makes; the
+/// owner's pid follows it: `thinbox-test-{pid}-...`.
 pub const PREFIX: &str = "thinbox-test-";
 
-/// A name unique to this process and call: `thinbox-test-{what}-{pid}-{n}`.
+/// A name unique to this process and call: `thinbox-test-{pid}-{what}-{n}`.
 pub fn unique_name(what: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "{PREFIX}{what}-{}-{}",
+        "{PREFIX}{}-{what}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
 
-/// A temporary directory named with the test prefix (so sweeps find mounts
-/// below it), on the default temp filesystem.
+/// A temporary directory named `thinbox-test-{pid}-*` (so sweeps find mounts
+/// below it once this process is gone), on the default temp filesystem.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
-        .prefix(PREFIX)
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
         .tempdir()
         .expect("create a temporary directory")
+}
+
+/// The pid of the process that made `text` (a name or path holding
+/// `thinbox-test-{pid}-`, or its underscore form for LVM names).
+pub fn owner_pid(text: &str) -> Option<u32> {
+    let text = text.replace("thinbox_test_", PREFIX);
+    let (_, rest) = text.split_once(PREFIX)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    if digits.is_empty() || !rest[digits.len()..].starts_with(['-', '_']) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether `text` names a fixture whose owner process has exited.
+pub fn is_leftover(text: &str) -> bool {
+    owner_pid(text).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Runs a program and returns its stdout, panicking with its stderr when it
@@ -123,8 +143,10 @@ impl Drop for Mount {
     }
 }
 
-/// Removes leftovers of killed tests: mounts below `thinbox-test-*` paths,
-/// dm devices, ZFS pools, LVM volume groups and loop devices of that name.
+/// Removes leftovers of killed tests: mounts below `thinbox-test-{pid}-*`
+/// paths, dm devices, ZFS pools, LVM volume groups and loop devices of such
+/// names, whose owner process `pid` no longer exists. Fixtures of running
+/// processes (another test run on the same machine) are left alone.
 pub fn sweep() {
     if !nix::unistd::geteuid().is_root() {
         return;
@@ -133,7 +155,7 @@ pub fn sweep() {
     let mut mounts: Vec<&str> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.contains(PREFIX))
+        .filter(|m| is_leftover(m))
         .collect();
     // Deepest first.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -151,7 +173,7 @@ pub fn sweep() {
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         }) {
-            if pool.starts_with(PREFIX) {
+            if is_leftover(&pool) {
                 try_run("zpool", &["destroy", "-f", &pool]);
             }
         }
@@ -167,7 +189,7 @@ pub fn sweep() {
                     .map(str::to_owned)
                     .collect::<Vec<_>>()
             }) {
-                if vg.starts_with(PREFIX) || vg.starts_with("thinbox_test_") {
+                if is_leftover(&vg) {
                     try_run("vgremove", &["-f", &vg]);
                 }
             }
@@ -181,7 +203,7 @@ pub fn sweep() {
                     .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
                     .collect::<Vec<_>>()
             })
-            .filter(|n| n.starts_with(PREFIX))
+            .filter(|n| is_leftover(n))
             .collect();
         // Thin devices before their pools: removing in reverse name order is
         // not enough, so retry until nothing more goes away.
@@ -197,8 +219,41 @@ pub fn sweep() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let backing =
             std::fs::read_to_string(entry.path().join("loop/backing_file")).unwrap_or_default();
-        if name.starts_with("loop") && backing.contains(PREFIX) {
+        if name.starts_with("loop") && is_leftover(&backing) {
             try_run("losetup", &["-d", &format!("/dev/{name}")]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_read_from_names_and_paths() {
+        let me = std::process::id();
+        assert_eq!(owner_pid(&unique_name("pool")), Some(me));
+        assert_eq!(owner_pid(&unique_name("vg").replace('-', "_")), Some(me));
+        let dir = temp_dir();
+        assert_eq!(
+            owner_pid(&dir.path().join("mnt").to_string_lossy()),
+            Some(me)
+        );
+        assert_eq!(owner_pid("/tmp/thinbox-test-abc/mnt"), None);
+        assert_eq!(owner_pid("thinbox-test-12x-pool"), None);
+        assert_eq!(owner_pid("unrelated-42-"), None);
+    }
+
+    #[test]
+    fn only_fixtures_of_exited_processes_are_leftovers() {
+        assert!(!is_leftover(&unique_name("pool")), "this process is alive");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(is_leftover(&format!("{PREFIX}{dead}-pool-0")));
+        assert!(
+            !is_leftover("/tmp/thinbox-test-abc/mnt"),
+            "no owner, not ours to remove"
+        );
     }
 }

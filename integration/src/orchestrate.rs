@@ -502,7 +502,11 @@ fn run_kernel_in_vm(
         echo_stdout: true,
         keep_paths: cases
             .iter()
-            .flat_map(|c| [c.binary.package_dir.clone(), c.binary.exe.clone()])
+            .flat_map(|c| {
+                let exe_dir = c.binary.exe.parent().map(Path::to_owned);
+                [Some(c.binary.package_dir.clone()), exe_dir]
+            })
+            .flatten()
             .collect(),
         share: Some(share.path().to_owned()),
         ..VmConfig::default()

@@ -12,7 +12,7 @@ use criterion::{criterion_group, Criterion};
 mod cycle;
 
 fn bench(c: &mut Criterion) {
-    let name = format!("thinbox-test-bench-{}", std::process::id());
+    let name = format!("thinbox-test-{}-bench", std::process::id());
     let mut f = cycle::Fixture::new(&name);
     let mut totals = [Duration::ZERO; 2];
     let mut counts = [0u64; 2];

@@ -21,7 +21,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn new(name: &str) -> Fixture {
         let tmp = tempfile::Builder::new()
-            .prefix("thinbox-test-")
+            .prefix(&format!("thinbox-test-{}-", std::process::id()))
             .tempdir()
             .expect("temp dir");
         let cfg = LoopbackConfig {
