@@ -2,7 +2,7 @@
 //! the same through `dmsetup` commands, in one run, reported as a ratio
 //! (library / dmsetup; the library should be well under 1.0x). Needs root
 //! and dm-thin: run it in the VM
-//! (`thinbox-vm run -- cargo bench -p thinpool --bench snapshot_cycle`).
+//! (docs/benchmarks.md says how).
 
 use std::time::{Duration, Instant};
 
