@@ -1180,6 +1180,25 @@ impl Pool {
         })
     }
 
+    /// The checks every new thin device (created or snapshotted) passes, and
+    /// the id and transaction id it will take: the name is free, the pool is
+    /// writable and above its free-space floor, and the transaction id is
+    /// the one the records expect.
+    fn reserve_new_thin(&self, name: &str) -> Result<(ThinId, TransactionId)> {
+        if self.store.thin(name)?.is_some() {
+            return Err(Error::new(ErrorKind::NameTaken {
+                name: name.to_owned(),
+            }));
+        }
+        let u = self.writable_usage()?;
+        self.check_floor(&u)?;
+        let txn = self.check_txn(&u)?;
+        let id = self
+            .store
+            .free_thin_id_except(&self.reconciliation.unknown_ids)?;
+        Ok((id, txn))
+    }
+
     /// Creates a thin device of `size` (a multiple of the block size).
     pub fn create_thin(&mut self, name: &str, size: Sectors) -> Result<ThinId> {
         self.create_thin_inner(name, size).map_err(|e| {
@@ -1198,17 +1217,7 @@ impl Pool {
                 min: self.table.block_size.bytes(),
             }));
         }
-        if self.store.thin(name)?.is_some() {
-            return Err(Error::new(ErrorKind::NameTaken {
-                name: name.to_owned(),
-            }));
-        }
-        let u = self.writable_usage()?;
-        self.check_floor(&u)?;
-        let txn = self.check_txn(&u)?;
-        let id = self
-            .store
-            .free_thin_id_except(&self.reconciliation.unknown_ids)?;
+        let (id, txn) = self.reserve_new_thin(name)?;
         let intent = self.new_intent(OpKind::Create, id, name, size, None, txn)?;
         self.mutate(intent, &format!("create_thin {id}"), |_| Ok(None))?;
         Ok(id)
@@ -1226,17 +1235,7 @@ impl Pool {
     fn snapshot_inner(&mut self, origin: &str, name: &str) -> Result<ThinId> {
         check_name(name)?;
         let o = self.record(origin)?;
-        if self.store.thin(name)?.is_some() {
-            return Err(Error::new(ErrorKind::NameTaken {
-                name: name.to_owned(),
-            }));
-        }
-        let u = self.writable_usage()?;
-        self.check_floor(&u)?;
-        let txn = self.check_txn(&u)?;
-        let id = self
-            .store
-            .free_thin_id_except(&self.reconciliation.unknown_ids)?;
+        let (id, txn) = self.reserve_new_thin(name)?;
         let intent = self.new_intent(OpKind::Snapshot, id, name, o.size, Some(o.id), txn)?;
         let origin_dm = self.thin_dm_name(origin);
         let fs = self.filesystem(origin)?;
