@@ -21,8 +21,8 @@
 //!   leaves no record without its backend object and no object without its
 //!   record ([`core::Snapshots::open`] reconciles);
 //! - [`backend`]: naive (full copies), overlay (overlayfs), btrfs
-//!   (subvolumes), zfs (datasets, snapshots, clones) and an in-memory fake;
-//!   devmapper (over the `thinpool` crate) comes later;
+//!   (subvolumes), zfs (datasets, snapshots, clones), devmapper (dm-thin
+//!   snapshots over the `thinpool` crate) and an in-memory fake;
 //! - [`mount`]: mount specs and a helper to mount them;
 //! - [`filter`]: containerd's walk filter syntax;
 //! - [`layer`]: OCI layer apply (confined to the snapshot root) and diff;

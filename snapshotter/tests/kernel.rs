@@ -1,7 +1,8 @@
 //! Real-kernel tests: the conformance suite against every backend on every
 //! kernel where the backend exists (naive and overlay on the host; btrfs on
 //! a loop device on the host and again inside the Debian-kernel VM), plus
-//! layer apply/diff round trips and hostile layers on real mounts.
+//! layer apply/diff round trips and hostile layers on real mounts;
+//! devmapper on a small loopback thin-pool and zfs inside the VM.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,9 +11,11 @@ use std::time::Duration;
 use integration::fixtures::{run, sparse_file, temp_dir, try_run, unique_name, LoopDevice, Mount};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
+use snapshotter::backend::devmapper::{Devmapper, DevmapperConfig};
 use snapshotter::backend::{btrfs::Btrfs, naive::Naive, overlay::Overlay, zfs::Zfs};
 use snapshotter::testsuite::{self, Case};
 use snapshotter::Snapshotter;
+use thinpool::pool::{Deps, LoopbackConfig, Pool};
 
 #[path = "support/layers.rs"]
 mod layers;
@@ -24,6 +27,7 @@ const OVERLAY: &[Need] = &[Need::Root, Need::Overlay];
 const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
 const BTRFS_VM: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs, Need::Vm];
 const ZFS: &[Need] = &[Need::Root, Need::Zfs];
+const DEVMAPPER: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
 
 fn naive(case: Case) {
     let dir = temp_dir();
@@ -142,6 +146,87 @@ fn with_zfs(f: fn(&dyn Snapshotter)) {
     f(&sn);
 }
 
+/// A small loopback thin-pool (1 GiB sparse data) in a temporary
+/// directory, destroyed on drop (deferred, so a leaked mount cannot wedge
+/// the test process).
+struct ThinPool {
+    deps: Deps,
+    pool_dir: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for ThinPool {
+    fn drop(&mut self) {
+        match Pool::open_loopback(&self.deps, &self.pool_dir) {
+            Ok(p) => {
+                if let Err(e) = p.destroy_deferred() {
+                    eprintln!("cannot destroy the test pool: {e}");
+                }
+            }
+            Err(e) => eprintln!("cannot reopen the test pool: {e}"),
+        }
+    }
+}
+
+const DM_CONFIG: DevmapperConfig = DevmapperConfig {
+    base_size: thinpool::Sectors::new((256 << 20) / 512),
+    fs: thinpool::fs::Filesystem::Ext4,
+};
+
+fn thin_pool() -> ThinPool {
+    let deps = Deps::real().expect("open device-mapper control");
+    let dir = temp_dir();
+    let pool_dir = dir.path().join("pool");
+    let cfg = LoopbackConfig {
+        data_size: thinpool::Bytes::gib(1),
+        metadata_size: thinpool::Bytes::mib(64),
+        max_thins: 1000,
+        ..LoopbackConfig::new(unique_name("pool"), &pool_dir)
+    };
+    Pool::create_loopback(&deps, &cfg)
+        .expect("create pool")
+        .shutdown()
+        .expect("shut down the new pool");
+    ThinPool {
+        deps,
+        pool_dir,
+        dir,
+    }
+}
+
+impl ThinPool {
+    fn open(&self, root: &Path, cfg: DevmapperConfig) -> Box<dyn Snapshotter> {
+        let pool = Pool::open_loopback(&self.deps, &self.pool_dir).expect("open pool");
+        Box::new(Devmapper::open(root, pool, cfg).expect("open devmapper"))
+    }
+}
+
+fn devmapper_with(case: Case, cfg: DevmapperConfig) {
+    let pool = thin_pool();
+    testsuite::run(case, pool.dir.path(), &|root: &Path| pool.open(root, cfg));
+}
+
+fn devmapper(case: Case) {
+    devmapper_with(case, DM_CONFIG);
+}
+
+fn devmapper_xfs(case: Case) {
+    devmapper_with(
+        case,
+        DevmapperConfig {
+            // mkfs.xfs refuses filesystems under 300 MB.
+            base_size: thinpool::Sectors::new((512 << 20) / 512),
+            fs: thinpool::fs::Filesystem::Xfs,
+        },
+    );
+}
+
+fn with_devmapper(f: fn(&dyn Snapshotter)) {
+    let pool = thin_pool();
+    let sn = pool.open(&pool.dir.path().join("root"), DM_CONFIG);
+    f(&*sn);
+}
+
 macro_rules! suite {
     ($runner:ident, $prefix:literal, $needs:expr; $($case:ident => $name:literal,)*) => {
         vec![$(
@@ -223,9 +308,10 @@ fn main() -> ExitCode {
     tests.extend(all_cases!(btrfs, "btrfs_", BTRFS));
     tests.extend(all_cases!(btrfs, "vm_btrfs_", BTRFS_VM));
     tests.extend(all_cases!(zfs, "zfs_", ZFS));
+    tests.extend(all_cases!(devmapper, "devmapper_", DEVMAPPER));
     assert_eq!(
         tests.len(),
-        5 * Case::ALL.len(),
+        6 * Case::ALL.len(),
         "a conformance case is not wired up"
     );
     tests.push(
@@ -302,6 +388,15 @@ fn main() -> ExitCode {
             });
         })
         .needs(ZFS),
+        KernelTest::new("devmapper_xfs_basic", || devmapper_xfs(Case::Basic)).needs(DEVMAPPER),
+        KernelTest::new("devmapper_xfs_view_readonly", || {
+            devmapper_xfs(Case::ViewReadonly)
+        })
+        .needs(DEVMAPPER),
+        KernelTest::new("devmapper_layers_round_trip", || {
+            with_devmapper(layers::round_trip)
+        })
+        .needs(DEVMAPPER),
         KernelTest::new("btrfs_crash_recovery", || {
             let fs = btrfs_fs();
             recovery::recovery(&fs.mount.target, |r| Btrfs::new(r).expect("btrfs"));

@@ -4,15 +4,11 @@
 //! - [`overlay`]: overlayfs upper/work directories over the parents' trees;
 //! - [`btrfs`]: subvolumes and read-only snapshots on a btrfs root;
 //! - [`zfs`]: datasets, `@committed` snapshots and clones, via `zfs -H -p`;
+//! - [`devmapper`]: a dm-thin snapshot per snapshot over a `thinpool` pool;
 //! - [`memory`]: an in-memory fake for tests of the rules and crash recovery.
-//!
-//! devmapper (over the `thinpool` crate) is not written yet; it fits the
-//! same [`crate::core::Backend`] trait (a thin device per
-//! [`crate::store::SnapshotId`], `commit` = mark read-only, children = thin
-//! snapshots, mounts with a block-device source and
-//! `Capabilities::block_level`).
 
 pub mod btrfs;
+pub mod devmapper;
 pub mod memory;
 pub mod naive;
 pub mod overlay;

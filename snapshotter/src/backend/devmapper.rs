@@ -1,0 +1,244 @@
+//! The devmapper backend, over the `thinpool` crate, as containerd's
+//! devmapper snapshotter: one base thin device (`base`) carrying a
+//! filesystem (ext4 by default, or xfs) made once per snapshotter; every
+//! active snapshot or view is a dm-thin snapshot (`snap-ID`) of its parent's
+//! device, or of the base when it has no parent. Committing deactivates the
+//! device (it is never written again); children are snapshots of it.
+//! Mounts name the active device node (`/dev/dm-N`) with the filesystem
+//! type: read-write for active snapshots, read-only for views, `nouuid` for
+//! xfs snapshots. Usage is the device's exclusive blocks in the pool
+//! (`thin_ls` on a metadata snapshot), so it excludes what it shares with
+//! its parent.
+//!
+//! Kernel features: device-mapper with the `thin-pool` and `thin` targets;
+//! tools: thin-provisioning-tools (`thin_ls`), e2fsprogs or xfsprogs. The
+//! pool (loopback, direct-lvm or adopted) is made and opened by the caller
+//! and handed over; its kernel interfaces are `thinpool`'s seams.
+
+use std::path::Path;
+
+use thinpool::fs::Filesystem;
+use thinpool::pool::Pool;
+use thinpool::Sectors;
+
+use crate::core::{Backend, Object, Snapshots};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mount::{MountGuard, MountSpec};
+use crate::store::SnapshotId;
+use crate::types::{Bytes, Capabilities, Kind, Usage};
+
+/// The base thin device's name in the pool.
+pub const BASE: &str = "base";
+const PREFIX: &str = "snap-";
+
+/// How the base device is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevmapperConfig {
+    /// Virtual size of the base device, and so of every snapshot (a
+    /// multiple of the pool's block size).
+    pub base_size: Sectors,
+    /// Filesystem on the base device.
+    pub fs: Filesystem,
+}
+
+impl Default for DevmapperConfig {
+    /// containerd's default base image size (10 GiB) with ext4.
+    fn default() -> DevmapperConfig {
+        DevmapperConfig {
+            base_size: Sectors::new(10 << 21),
+            fs: Filesystem::Ext4,
+        }
+    }
+}
+
+/// The devmapper backend: a thin device per snapshot in one pool.
+#[derive(Debug)]
+pub struct Devmapper {
+    pool: Pool,
+    fs: Filesystem,
+}
+
+fn dm_err(op: &'static str, name: &str, e: thinpool::Error) -> Error {
+    Error::new(ErrorKind::Io, op)
+        .key(name)
+        .detail(e.to_string())
+        .source(e)
+}
+
+/// Removes what mkfs put in the root directory of the filesystem on `dev`.
+fn empty_root(dev: &Path, fs: Filesystem, target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target).map_err(|e| Error::io("open", target, e))?;
+    let spec = MountSpec {
+        fstype: fs.to_string(),
+        source: dev.display().to_string(),
+        options: vec!["rw".into()],
+    };
+    let guard = MountGuard::new(&[spec], target)?;
+    let lost = target.join("lost+found");
+    let removed = match std::fs::remove_dir(&lost) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("open", &lost, e)),
+        _ => Ok(()),
+    };
+    guard.unmount()?;
+    removed?;
+    std::fs::remove_dir(target).map_err(|e| Error::io("open", target, e))
+}
+
+fn thin_name(id: SnapshotId) -> String {
+    format!("{PREFIX}{id}")
+}
+
+impl Devmapper {
+    /// Opens a devmapper snapshotter with metadata at `root` over `pool`.
+    pub fn open(root: &Path, pool: Pool, cfg: DevmapperConfig) -> Result<Snapshots<Devmapper>> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
+        Snapshots::open(root, Devmapper::new(pool, cfg, root)?)
+    }
+
+    /// A backend over `pool`, making the base device and its filesystem if
+    /// the pool has none yet (idempotent: an existing base is kept). A new
+    /// base is mounted once on `ROOT/base` to empty its root directory
+    /// (mkfs.ext4 leaves `lost+found`, which would otherwise show up in
+    /// every parentless snapshot and its diff).
+    pub fn new(mut pool: Pool, cfg: DevmapperConfig, root: &Path) -> Result<Devmapper> {
+        if !Self::exists(&pool, BASE)? {
+            pool.create_thin(BASE, cfg.base_size)
+                .map_err(|e| dm_err("open", BASE, e))?;
+        }
+        let fs = match pool.filesystem(BASE).map_err(|e| dm_err("open", BASE, e))? {
+            Some(fs) => fs,
+            None => {
+                pool.mkfs(BASE, cfg.fs)
+                    .map_err(|e| dm_err("open", BASE, e))?;
+                let dev = pool.activate(BASE).map_err(|e| dm_err("open", BASE, e))?;
+                empty_root(&dev, cfg.fs, &root.join("base"))?;
+                cfg.fs
+            }
+        };
+        pool.deactivate(BASE, false)
+            .map_err(|e| dm_err("open", BASE, e))?;
+        Ok(Devmapper { pool, fs })
+    }
+
+    /// The pool underneath.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The filesystem on every snapshot.
+    pub fn filesystem(&self) -> Filesystem {
+        self.fs
+    }
+
+    fn exists(pool: &Pool, name: &str) -> Result<bool> {
+        Ok(pool
+            .thins()
+            .map_err(|e| dm_err("list", name, e))?
+            .iter()
+            .any(|t| t.name == name))
+    }
+}
+
+impl Backend for Devmapper {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_level: true,
+            exact_usage: true,
+            max_size_label: false,
+            rename_lower_dirs: true,
+            cheap_commit: true,
+            counts_inodes: false,
+        }
+    }
+
+    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+        let name = thin_name(obj.id);
+        if !Self::exists(&self.pool, &name)? {
+            let origin = obj
+                .parents
+                .first()
+                .map_or(BASE.to_owned(), |p| thin_name(*p));
+            self.pool
+                .snapshot(&origin, &name)
+                .map_err(|e| dm_err("create", &name, e))?;
+        }
+        self.pool
+            .activate(&name)
+            .map_err(|e| dm_err("create", &name, e))?;
+        Ok(())
+    }
+
+    fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
+        let name = thin_name(obj.id);
+        self.pool
+            .deactivate(&name, false)
+            .map_err(|e| dm_err("commit", &name, e))
+    }
+
+    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+        let name = thin_name(id);
+        if Self::exists(&self.pool, &name)? {
+            self.pool
+                .delete_thin(&name)
+                .map_err(|e| dm_err("remove", &name, e))?;
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, obj: &Object<'_>) -> Result<Vec<MountSpec>> {
+        let name = thin_name(obj.id);
+        let dev = self
+            .pool
+            .activate(&name)
+            .map_err(|e| dm_err("mounts", &name, e))?;
+        let mut options = vec![if obj.kind == Kind::View { "ro" } else { "rw" }.to_owned()];
+        options.extend(
+            self.fs
+                .mount_options(true)
+                .split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+        );
+        Ok(vec![MountSpec {
+            fstype: self.fs.to_string(),
+            source: dev.display().to_string(),
+            options,
+        }])
+    }
+
+    fn usage(&self, obj: &Object<'_>) -> Result<Usage> {
+        let name = thin_name(obj.id);
+        let rec = self
+            .pool
+            .thins()
+            .map_err(|e| dm_err("usage", &name, e))?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, "usage")
+                    .key(&name)
+                    .detail("no thin device")
+            })?;
+        let all = self.pool.usage().map_err(|e| dm_err("usage", &name, e))?;
+        let exclusive = all
+            .iter()
+            .find(|u| u.id == rec.id)
+            .map_or(0, |u| u.exclusive.get());
+        let block = self.pool.table().block_size.bytes().0;
+        Ok(Usage {
+            size: Bytes(exclusive * block),
+            inodes: 0,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self
+            .pool
+            .thins()
+            .map_err(|e| dm_err("list", PREFIX, e))?
+            .iter()
+            .filter_map(|t| t.name.strip_prefix(PREFIX))
+            .filter_map(|id| id.parse().ok().map(SnapshotId))
+            .collect())
+    }
+}
