@@ -393,6 +393,23 @@ fn main() -> ExitCode {
             devmapper_xfs(Case::ViewReadonly)
         })
         .needs(DEVMAPPER),
+        KernelTest::new("devmapper_failed_apply_leaves_nothing", || {
+            with_devmapper(layers::failed_apply_leaves_nothing)
+        })
+        .needs(DEVMAPPER),
+        KernelTest::new("devmapper_real_tree_round_trip", || {
+            with_devmapper(layers::real_tree_round_trip)
+        })
+        .needs(DEVMAPPER),
+        KernelTest::new("devmapper_crash_recovery", || {
+            let pool = thin_pool();
+            recovery::recovery(pool.dir.path(), |root| {
+                let p = Pool::open_loopback(&pool.deps, &pool.pool_dir).expect("open pool");
+                std::fs::create_dir_all(root).expect("create root");
+                Devmapper::new(p, DM_CONFIG, root).expect("devmapper")
+            });
+        })
+        .needs(DEVMAPPER),
         KernelTest::new("devmapper_layers_round_trip", || {
             with_devmapper(layers::round_trip)
         })
