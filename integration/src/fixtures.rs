@@ -143,6 +143,45 @@ impl Drop for Mount {
     }
 }
 
+/// A ZFS pool on a sparse file vdev in its own temporary directory, with
+/// `cachefile=none` (nothing written to /etc/zfs) and no root mountpoint;
+/// destroyed on drop, before its directory goes.
+#[derive(Debug)]
+pub struct ZfsPool {
+    pub name: String,
+    /// Holds the vdev; free for the test's mount points too.
+    pub dir: tempfile::TempDir,
+}
+
+impl ZfsPool {
+    pub fn create(vdev_size: u64) -> ZfsPool {
+        let dir = temp_dir();
+        let vdev = dir.path().join("vdev");
+        sparse_file(&vdev, vdev_size);
+        let name = unique_name("zpool");
+        let vdev = vdev.to_str().expect("utf-8 path");
+        run(
+            "zpool",
+            &[
+                "create",
+                "-o",
+                "cachefile=none",
+                "-O",
+                "mountpoint=none",
+                &name,
+                vdev,
+            ],
+        );
+        ZfsPool { name, dir }
+    }
+}
+
+impl Drop for ZfsPool {
+    fn drop(&mut self) {
+        try_run("zpool", &["destroy", "-f", &self.name]);
+    }
+}
+
 /// Removes leftovers of killed tests: mounts below `thinbox-test-{pid}-*`
 /// paths, dm devices, ZFS pools, LVM volume groups and loop devices of such
 /// names, whose owner process `pid` no longer exists. Fixtures of running

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
-use integration::fixtures::{run, sparse_file, temp_dir, try_run, unique_name, LoopDevice, Mount};
+use integration::fixtures::{
+    run, sparse_file, temp_dir, try_run, unique_name, LoopDevice, Mount, ZfsPool,
+};
 use integration::harness::{self, KernelTest};
 use integration::need::{CgroupLayout, Need};
 
@@ -256,29 +258,8 @@ fn lvm_thin_pool_on_virtio_disk() {
 }
 
 fn zfs_pool_dataset_snapshot_clone() {
-    let dir = temp_dir();
-    let vdev = dir.path().join("vdev");
-    sparse_file(&vdev, 256 * MIB);
-    let pool = unique_name("zpool");
-    struct Pool(String);
-    impl Drop for Pool {
-        fn drop(&mut self) {
-            try_run("zpool", &["destroy", "-f", &self.0]);
-        }
-    }
-    run(
-        "zpool",
-        &[
-            "create",
-            "-o",
-            "cachefile=none",
-            "-O",
-            "mountpoint=none",
-            &pool,
-            vdev.to_str().unwrap(),
-        ],
-    );
-    let _pool = Pool(pool.clone());
+    let zpool = ZfsPool::create(256 * MIB);
+    let (pool, dir) = (zpool.name.clone(), &zpool.dir);
     let data_mnt = dir.path().join("data");
     let dataset = format!("{pool}/data");
     run(

@@ -1216,30 +1216,9 @@ fn container_on_a_dm_thin_snapshot() {
 }
 
 fn container_on_a_zfs_clone() {
-    use integration::fixtures::{run, sparse_file, try_run};
-    let dir = temp_dir();
-    let vdev = dir.path().join("vdev");
-    sparse_file(&vdev, 256 << 20);
-    let pool = unique_name("zpool");
-    struct Pool(String);
-    impl Drop for Pool {
-        fn drop(&mut self) {
-            try_run("zpool", &["destroy", "-f", &self.0]);
-        }
-    }
-    run(
-        "zpool",
-        &[
-            "create",
-            "-o",
-            "cachefile=none",
-            "-O",
-            "mountpoint=none",
-            &pool,
-            vdev.to_str().unwrap(),
-        ],
-    );
-    let _pool = Pool(pool.clone());
+    use integration::fixtures::{run, ZfsPool};
+    let zpool = ZfsPool::create(256 << 20);
+    let (pool, dir) = (zpool.name.clone(), &zpool.dir);
     let base_mnt = dir.path().join("base");
     run(
         "zfs",

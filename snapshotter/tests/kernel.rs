@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use integration::fixtures::{run, sparse_file, temp_dir, try_run, unique_name, LoopDevice, Mount};
+use integration::fixtures::{run, sparse_file, temp_dir, unique_name, LoopDevice, Mount, ZfsPool};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
 use snapshotter::backend::devmapper::{Devmapper, DevmapperConfig};
@@ -91,58 +91,32 @@ fn with_btrfs(f: fn(&dyn Snapshotter)) {
     f(&sn);
 }
 
-/// A ZFS pool on a file with a parent dataset for the snapshotter,
-/// destroyed on drop.
-struct ZfsPool {
-    pool: String,
+/// A ZFS pool on a file with a parent dataset for the snapshotter.
+struct ZfsDataset {
+    zpool: ZfsPool,
     dataset: String,
-    dir: tempfile::TempDir,
 }
 
-impl Drop for ZfsPool {
-    fn drop(&mut self) {
-        try_run("zpool", &["destroy", "-f", &self.pool]);
-    }
-}
-
-fn zfs_pool() -> ZfsPool {
-    let dir = temp_dir();
-    let vdev = dir.path().join("vdev");
-    sparse_file(&vdev, 512 << 20);
-    let pool = unique_name("zpool");
-    run(
-        "zpool",
-        &[
-            "create",
-            "-o",
-            "cachefile=none",
-            "-O",
-            "mountpoint=none",
-            &pool,
-            vdev.to_str().unwrap(),
-        ],
-    );
-    let dataset = format!("{pool}/snapshots");
-    let p = ZfsPool { pool, dataset, dir };
-    run("zfs", &["create", &p.dataset]);
-    p
+fn zfs_pool() -> ZfsDataset {
+    let zpool = ZfsPool::create(512 << 20);
+    let dataset = format!("{}/snapshots", zpool.name);
+    run("zfs", &["create", &dataset]);
+    ZfsDataset { zpool, dataset }
 }
 
 fn zfs(case: Case) {
     let pool = zfs_pool();
     let dataset = pool.dataset.clone();
-    testsuite::run(
-        case,
-        pool.dir.path(),
-        &move |root: &Path| -> Box<dyn Snapshotter> {
-            Box::new(Zfs::open(root, &dataset).expect("open zfs"))
-        },
-    );
+    testsuite::run(case, pool.zpool.dir.path(), &move |root: &Path| -> Box<
+        dyn Snapshotter,
+    > {
+        Box::new(Zfs::open(root, &dataset).expect("open zfs"))
+    });
 }
 
 fn with_zfs(f: fn(&dyn Snapshotter)) {
     let pool = zfs_pool();
-    let sn = Zfs::open(&pool.dir.path().join("root"), &pool.dataset).expect("open zfs");
+    let sn = Zfs::open(&pool.zpool.dir.path().join("root"), &pool.dataset).expect("open zfs");
     f(&sn);
 }
 
@@ -383,7 +357,7 @@ fn main() -> ExitCode {
         KernelTest::new("zfs_crash_recovery", || {
             let pool = zfs_pool();
             let cli = snapshotter::backend::zfs::SystemZfs;
-            recovery::recovery(pool.dir.path(), |_| {
+            recovery::recovery(pool.zpool.dir.path(), |_| {
                 Zfs::new(&pool.dataset, cli).expect("zfs")
             });
         })
