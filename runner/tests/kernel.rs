@@ -953,7 +953,9 @@ fn full_root_device_is_the_exit_reason() {
         .args([
             "/bin/sh",
             "-c",
-            "dd if=/dev/zero of=/fill bs=1M 2>/out/log; exit $?",
+            // The log gets its block before the disk fills: dd's error
+            // message is appended into it and needs no new block.
+            "echo start >/out/log; dd if=/dev/zero of=/fill bs=1M 2>>/out/log; exit $?",
         ])
         .build()
         .unwrap();
