@@ -1,0 +1,1 @@
+//! Configuration: `/etc/thinbox/config.toml`, overridden by flags.

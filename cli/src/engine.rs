@@ -1,0 +1,1 @@
+//! The state root and the backend behind every command.
