@@ -40,6 +40,12 @@ pub enum ErrorKind {
     UnsafeLayerEntry,
     /// A layer archive is malformed or uses an unsupported feature.
     InvalidLayer,
+    /// An image source is not an image, is truncated or is malformed.
+    InvalidImage,
+    /// A blob's content does not match its digest.
+    DigestMismatch,
+    /// An image is in use (a container's root sits on its layers).
+    InUse,
 }
 
 impl fmt::Display for ErrorKind {
@@ -60,6 +66,9 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Mount => "mount error",
             ErrorKind::UnsafeLayerEntry => "unsafe layer entry",
             ErrorKind::InvalidLayer => "invalid layer",
+            ErrorKind::InvalidImage => "invalid image",
+            ErrorKind::DigestMismatch => "digest mismatch",
+            ErrorKind::InUse => "in use",
         })
     }
 }

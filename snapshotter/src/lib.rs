@@ -26,6 +26,9 @@
 //! - [`mount`]: mount specs and a helper to mount them;
 //! - [`filter`]: containerd's walk filter syntax;
 //! - [`layer`]: OCI layer apply (confined to the snapshot root) and diff;
+//! - [`image`]: OCI / docker-save image import into committed snapshots
+//!   keyed by chain id, image records, container commit, and an image
+//!   writer for tests and tools;
 //! - [`testsuite`]: the conformance suite every backend must pass.
 //!
 //! Backends differ only in [`Capabilities`]; nothing branches on a
@@ -36,6 +39,7 @@ pub mod core;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod store;

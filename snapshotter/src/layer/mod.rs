@@ -12,7 +12,7 @@
 mod apply;
 mod diff;
 
-pub use apply::{apply, apply_to_snapshot, ApplyStats};
+pub use apply::{apply, apply_to_snapshot, decompress, ApplyStats};
 pub use diff::{diff, diff_snapshot, DiffStats};
 
 /// The prefix of a whiteout entry's base name.

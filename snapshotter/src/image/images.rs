@@ -1,0 +1,922 @@
+//! [`Images`]: the image records (`DIR/images.db`) and the operations that
+//! create and remove layer snapshots for them, each crash-safe.
+//!
+//! Crash protocol:
+//! - **import**: an intent row is written first; before each snapshot the
+//!   import creates, a row naming its active key and the chain id it will
+//!   be committed as is added (only for chain ids that did not exist). The
+//!   image rows are inserted and the intent deleted in one transaction at
+//!   the end. An intent found on open is rolled back: its snapshots are
+//!   removed, newest first.
+//! - **commit**: the intent carries the finished image record; on open it
+//!   is rolled forward when the new layer's snapshot is committed (the
+//!   container's active snapshot is gone), else dropped.
+//! - **remove**: the image row is marked `removing` (hidden from `list` and
+//!   `get`) before any snapshot is removed; open finishes it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::core::Snapshotter;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layer;
+use crate::types::{Key, Kind, Labels, Name};
+
+use super::digest::{chain_id, chain_ids, Digest, HashingReader, HashingWriter};
+use super::source::{self, check_size_digest, Archive, Found};
+use super::write::uncompressed_manifest_digest;
+use super::{Image, ImageConfig, ImportProgress, Layer};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('ready', 'removing'))
+);
+CREATE TABLE IF NOT EXISTS image_layers (
+    image TEXT NOT NULL REFERENCES images(name) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    diff_id TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (image, idx)
+);
+CREATE INDEX IF NOT EXISTS image_layers_chain ON image_layers(chain_id);
+CREATE TABLE IF NOT EXISTS image_intents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('import', 'commit')),
+    payload TEXT
+);
+CREATE TABLE IF NOT EXISTS image_intent_snapshots (
+    intent INTEGER NOT NULL REFERENCES image_intents(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (intent, seq)
+);
+";
+
+/// Points where a test can inject a failure or a crash into an import or a
+/// commit (see [`Images::set_fault_hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPoint {
+    /// Layer `n` (0-based, counted over the whole import) was applied and
+    /// committed as a new snapshot.
+    LayerCommitted(usize),
+    /// Every layer is in place; the image rows are about to be written.
+    BeforeRecord,
+    /// `commit_container` committed the new layer; the image row is next.
+    ContainerCommitted,
+}
+
+type FaultHook = Box<dyn Fn(FaultPoint) -> Result<()> + Send + Sync>;
+
+/// The image store. One per state directory; holds `DIR/lock`.
+pub struct Images {
+    conn: Mutex<Connection>,
+    dir: PathBuf,
+    _lock: Flock<File>,
+    fault: Option<FaultHook>,
+}
+
+impl fmt::Debug for Images {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Images")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::store(op, e)
+}
+
+fn secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn digest_col(s: String) -> rusqlite::Result<Digest> {
+    s.parse().map_err(|e: Error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn not_found(name: &str) -> Error {
+    Error::new(ErrorKind::NotFound, "image")
+        .key(name)
+        .detail("no such image; `thinbox image ls` lists them")
+}
+
+fn name_taken(name: &str) -> Error {
+    Error::new(ErrorKind::AlreadyExists, "import")
+        .key(name)
+        .detail(format!(
+            "an image with this name exists; remove it first (thinbox image rm {name}) or choose another name (--name)"
+        ))
+}
+
+/// Checks an image name: 1 to 255 bytes, no whitespace or control
+/// characters.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 255
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::new(ErrorKind::InvalidArgument, "image name")
+            .key(name.escape_debug())
+            .detail("an image name has 1 to 255 characters, no spaces or control characters"));
+    }
+    Ok(())
+}
+
+fn exists(sn: &dyn Snapshotter, key: &str) -> Result<Option<Kind>> {
+    let Ok(k) = Key::new(key) else {
+        return Ok(None);
+    };
+    match sn.stat(&k) {
+        Ok(info) => Ok(Some(info.kind)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_if_present(sn: &dyn Snapshotter, key: &str) -> Result<()> {
+    let k = Key::new(key)?;
+    match sn.remove(&k) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Unmounts (lazily) and removes the scratch directories of an intent. A
+/// directory that cannot be emptied is left (never deleted recursively:
+/// it may still show a snapshot's tree).
+fn clear_scratch(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    for sub in ["mnt", "upper", "lower"] {
+        let p = dir.join(sub);
+        if p.exists() {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            if let Err(e) = fs::remove_dir(&p) {
+                tracing::warn!("cannot remove scratch directory {}: {e}", p.display());
+            }
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        tracing::warn!("cannot remove scratch directory {}: {e}", dir.display());
+    }
+}
+
+impl Images {
+    /// Opens (creating) the image store in `dir` (`dir/images.db`, locked
+    /// through `dir/lock`) and settles whatever an interrupted import,
+    /// commit or removal left, using `sn`.
+    pub fn open(dir: &Path, sn: &dyn Snapshotter) -> Result<Images> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("open images", dir, e))?;
+        let lock_path = dir.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open images", &lock_path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            Error::new(ErrorKind::Busy, "open images")
+                .path(&lock_path)
+                .detail("another thinbox has this image store open")
+                .source(e)
+        })?;
+        let db = dir.join("images.db");
+        let conn = Connection::open(&db).map_err(|e| Error::store("open images", e).path(&db))?;
+        (|| {
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.execute_batch(SCHEMA)
+        })()
+        .map_err(|e| Error::store("open images", e).path(&db))?;
+        let images = Images {
+            conn: Mutex::new(conn),
+            dir: dir.to_owned(),
+            _lock: lock,
+            fault: None,
+        };
+        images.recover(sn)?;
+        Ok(images)
+    }
+
+    /// Installs a hook called at each [`FaultPoint`]; an error it returns
+    /// fails the operation there (and is rolled back like any failure), a
+    /// panic in it stands for a crash. For tests.
+    pub fn set_fault_hook(
+        &mut self,
+        hook: impl Fn(FaultPoint) -> Result<()> + Send + Sync + 'static,
+    ) {
+        self.fault = Some(Box::new(hook));
+    }
+
+    fn fault(&self, p: FaultPoint) -> Result<()> {
+        match &self.fault {
+            Some(f) => f(p),
+            None => Ok(()),
+        }
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn scratch(&self, intent: i64) -> PathBuf {
+        self.dir.join("tmp").join(intent.to_string())
+    }
+
+    /// Settles interrupted imports (rolled back), commits (rolled forward
+    /// or dropped) and removals (finished).
+    fn recover(&self, sn: &dyn Snapshotter) -> Result<()> {
+        let intents: Vec<(i64, String, Option<String>)> = {
+            let db = self.db();
+            let mut st = db
+                .prepare("SELECT id, kind, payload FROM image_intents ORDER BY id")
+                .map_err(store_err("recover images"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(store_err("recover images"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(store_err("recover images"))?
+        };
+        for (id, kind, payload) in intents {
+            if kind == "commit" {
+                self.settle_commit(sn, id, payload.as_deref())?;
+            } else {
+                tracing::info!("rolling back interrupted image import {id}");
+                self.rollback(sn, id)?;
+            }
+        }
+        let removing: Vec<String> = {
+            let db = self.db();
+            let mut st = db
+                .prepare("SELECT name FROM images WHERE state = 'removing'")
+                .map_err(store_err("recover images"))?;
+            let rows = st
+                .query_map([], |r| r.get(0))
+                .map_err(store_err("recover images"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(store_err("recover images"))?
+        };
+        for name in removing {
+            tracing::info!("finishing the interrupted removal of image {name}");
+            self.finish_remove(sn, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every snapshot intent `id` created, newest first, then the
+    /// intent.
+    fn rollback(&self, sn: &dyn Snapshotter, id: i64) -> Result<()> {
+        clear_scratch(&self.scratch(id));
+        let created: Vec<(String, String)> = {
+            let db = self.db();
+            let mut st = db
+                .prepare(
+                    "SELECT key, name FROM image_intent_snapshots WHERE intent = ?1
+                     ORDER BY seq DESC",
+                )
+                .map_err(store_err("roll back import"))?;
+            let rows = st
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(store_err("roll back import"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(store_err("roll back import"))?
+        };
+        for (key, name) in created {
+            remove_if_present(sn, &key)?;
+            remove_if_present(sn, &name)?;
+        }
+        self.db()
+            .execute("DELETE FROM image_intents WHERE id = ?1", [id])
+            .map_err(store_err("roll back import"))?;
+        Ok(())
+    }
+
+    fn settle_commit(&self, sn: &dyn Snapshotter, id: i64, payload: Option<&str>) -> Result<()> {
+        clear_scratch(&self.scratch(id));
+        let key: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT key FROM image_intent_snapshots WHERE intent = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err("recover commit"))?;
+        let image: Option<Image> = payload.and_then(|p| serde_json::from_str(p).ok());
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err("recover commit"))?;
+        if let (Some(image), Some(key)) = (image, key) {
+            let top = image.layers.last().map(|l| l.chain_id.to_string());
+            let committed = match &top {
+                Some(t) => exists(sn, t)? == Some(Kind::Committed),
+                None => false,
+            };
+            let key_gone = exists(sn, &key)?.is_none();
+            let taken: bool = tx
+                .query_row(
+                    "SELECT 1 FROM images WHERE name = ?1",
+                    [&image.name],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(store_err("recover commit"))?
+                .is_some();
+            if committed && key_gone && !taken {
+                tracing::info!("finishing the interrupted commit of image {}", image.name);
+                insert_image(&tx, &image)?;
+            }
+        }
+        tx.execute("DELETE FROM image_intents WHERE id = ?1", [id])
+            .map_err(store_err("recover commit"))?;
+        tx.commit().map_err(store_err("recover commit"))
+    }
+
+    fn new_intent(&self, kind: &str, payload: Option<&str>) -> Result<i64> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO image_intents (kind, payload) VALUES (?1, ?2)",
+            params![kind, payload],
+        )
+        .map_err(store_err("record intent"))?;
+        Ok(db.last_insert_rowid())
+    }
+
+    fn record_snapshot(&self, intent: i64, seq: usize, key: &str, name: &str) -> Result<()> {
+        self.db()
+            .execute(
+                "INSERT INTO image_intent_snapshots (intent, seq, key, name) VALUES (?1, ?2, ?3, ?4)",
+                params![intent, seq as i64, key, name],
+            )
+            .map_err(store_err("record intent"))?;
+        Ok(())
+    }
+
+    fn name_used(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row("SELECT 1 FROM images WHERE name = ?1", [name], |_| Ok(()))
+            .optional()
+            .map_err(store_err("image"))?
+            .is_some())
+    }
+
+    /// Imports every image in `source` (an OCI layout directory or tar, or
+    /// a docker-save tar), named `name` (only when the source holds one
+    /// image) or by the names the source records. Returns the images
+    /// imported. On any error nothing of this import remains.
+    pub fn import(
+        &self,
+        sn: &dyn Snapshotter,
+        source: &Path,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(ImportProgress<'_>),
+    ) -> Result<Vec<Image>> {
+        let archive = Archive::open(source)?;
+        let mut found = source::read(&archive)?;
+        match name {
+            Some(n) => {
+                validate_name(n)?;
+                let manifests: BTreeSet<Digest> = found.iter().map(|f| f.manifest).collect();
+                if manifests.len() > 1 {
+                    return Err(Error::new(ErrorKind::InvalidArgument, "import")
+                        .path(source)
+                        .detail(format!(
+                            "the source holds {} images; --name names one, import without it",
+                            manifests.len()
+                        )));
+                }
+                found.truncate(1);
+                found[0].names = vec![n.to_owned()];
+            }
+            None => {
+                if found.iter().any(|f| f.names.is_empty()) {
+                    return Err(Error::new(ErrorKind::InvalidArgument, "import")
+                        .path(source)
+                        .detail("the image has no name in the source; give one with --name NAME"));
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for f in &mut found {
+            f.names.retain(|n| seen.insert(n.clone()));
+            for n in &f.names {
+                validate_name(n)?;
+                if self.name_used(n)? {
+                    return Err(name_taken(n).path(source));
+                }
+            }
+        }
+        found.retain(|f| !f.names.is_empty());
+
+        let intent = self.new_intent("import", None)?;
+        let result = self.import_found(sn, &archive, &found, intent, progress);
+        match result {
+            Ok(images) => Ok(images),
+            Err(e) => {
+                if let Err(re) = self.rollback(sn, intent) {
+                    tracing::warn!("cannot roll back import {intent}: {re}; reopening retries");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn import_found(
+        &self,
+        sn: &dyn Snapshotter,
+        archive: &Archive,
+        found: &[Found],
+        intent: i64,
+        progress: &mut dyn FnMut(ImportProgress<'_>),
+    ) -> Result<Vec<Image>> {
+        let scratch = self.scratch(intent);
+        let mut seq = 0usize;
+        let mut images = Vec::new();
+        for f in found {
+            let chains = chain_ids(&f.diff_ids);
+            let mut layers = Vec::new();
+            for (i, lr) in f.layers.iter().enumerate() {
+                let shown = lr.digest.unwrap_or(f.diff_ids[i]);
+                progress(ImportProgress::Layer {
+                    index: i,
+                    count: f.layers.len(),
+                    digest: &shown,
+                    size: lr.size.unwrap_or(0),
+                });
+                let what = format!("layer {} of {}", i + 1, f.layers.len());
+                // The blob itself, before anything is applied.
+                let (digest, len) = archive.hash_file(&lr.path)?;
+                if let Some(expected) = &lr.digest {
+                    check_size_digest(archive_top(archive), &what, expected, lr.size, len, digest)?;
+                }
+                let chain = chains[i];
+                let chain_name = Name::new(chain.to_string())?;
+                let reused = match exists(sn, chain_name.as_str())? {
+                    Some(Kind::Committed) => true,
+                    Some(_) => {
+                        return Err(Error::new(ErrorKind::AlreadyExists, "import")
+                            .key(&chain_name)
+                            .detail("a snapshot that is not committed has this layer's chain id; remove it (thinbox snapshot rm)"))
+                    }
+                    None => false,
+                };
+                if !reused {
+                    let key = Key::new(format!("thinbox-import-{intent}-{seq}"))?;
+                    self.record_snapshot(intent, seq, key.as_str(), chain_name.as_str())?;
+                    seq += 1;
+                    let parent = i
+                        .checked_sub(1)
+                        .map(|p| Name::new(chains[p].to_string()))
+                        .transpose()?;
+                    let mnt = scratch.join("mnt");
+                    fs::create_dir_all(&mnt).map_err(|e| Error::io("import", &mnt, e))?;
+                    let (blob, _) = archive.open_file(&lr.path)?;
+                    let decompressed = layer::decompress(blob)
+                        .map_err(|e| layer_error(archive, &what, &digest, e))?;
+                    let mut hr = HashingReader::new(decompressed);
+                    layer::apply_to_snapshot(
+                        sn,
+                        &key,
+                        parent.as_ref(),
+                        &Labels::new(),
+                        &mnt,
+                        &mut hr,
+                    )
+                    .map_err(|e| layer_error(archive, &what, &digest, e))?;
+                    let (diff_id, _) = hr.drain().map_err(|e| {
+                        layer_error(
+                            archive,
+                            &what,
+                            &digest,
+                            Error::new(ErrorKind::InvalidLayer, "import").source(e),
+                        )
+                    })?;
+                    if diff_id != f.diff_ids[i] {
+                        return Err(Error::new(ErrorKind::DigestMismatch, "import")
+                            .path(archive_top(archive))
+                            .detail(format!(
+                                "{what} ({digest}) uncompressed: expected diff id {}, content has {diff_id}; the image is corrupt, fetch it again",
+                                f.diff_ids[i]
+                            )));
+                    }
+                    sn.commit(&chain_name, &key, &Labels::new())?;
+                    self.fault(FaultPoint::LayerCommitted(seq - 1))?;
+                }
+                progress(ImportProgress::LayerDone { index: i, reused });
+                layers.push(Layer {
+                    digest,
+                    diff_id: f.diff_ids[i],
+                    chain_id: chain,
+                    size: len,
+                });
+            }
+            for n in &f.names {
+                images.push(Image {
+                    name: n.clone(),
+                    manifest: f.manifest,
+                    config: f.config.clone(),
+                    layers: layers.clone(),
+                    created: now_secs(),
+                });
+            }
+        }
+        clear_scratch(&scratch);
+        self.fault(FaultPoint::BeforeRecord)?;
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err("record image"))?;
+        for img in &images {
+            insert_image(&tx, img).map_err(|e| {
+                if e.kind() == ErrorKind::AlreadyExists {
+                    name_taken(&img.name)
+                } else {
+                    e
+                }
+            })?;
+        }
+        tx.execute("DELETE FROM image_intents WHERE id = ?1", [intent])
+            .map_err(store_err("record image"))?;
+        tx.commit().map_err(store_err("record image"))?;
+        Ok(images)
+    }
+
+    /// Every image, by name.
+    pub fn list(&self) -> Result<Vec<Image>> {
+        let names: Vec<String> = {
+            let db = self.db();
+            let mut st = db
+                .prepare("SELECT name FROM images WHERE state = 'ready' ORDER BY name")
+                .map_err(store_err("list images"))?;
+            let rows = st
+                .query_map([], |r| r.get(0))
+                .map_err(store_err("list images"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(store_err("list images"))?
+        };
+        names.iter().map(|n| self.load(n)).collect()
+    }
+
+    fn load(&self, name: &str) -> Result<Image> {
+        let db = self.db();
+        let head = db
+            .query_row(
+                "SELECT manifest, config, created FROM images WHERE name = ?1 AND state = 'ready'",
+                [name],
+                |r| {
+                    Ok((
+                        digest_col(r.get(0)?)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(store_err("image"))?;
+        let Some((manifest, config, created)) = head else {
+            return Err(not_found(name));
+        };
+        let config: ImageConfig = serde_json::from_str(&config).map_err(|e| {
+            Error::new(ErrorKind::Store, "image")
+                .key(name)
+                .detail("stored config is damaged")
+                .source(e)
+        })?;
+        let mut st = db
+            .prepare(
+                "SELECT digest, diff_id, chain_id, size FROM image_layers WHERE image = ?1 ORDER BY idx",
+            )
+            .map_err(store_err("image"))?;
+        let layers = st
+            .query_map([name], |r| {
+                Ok(Layer {
+                    digest: digest_col(r.get(0)?)?,
+                    diff_id: digest_col(r.get(1)?)?,
+                    chain_id: digest_col(r.get(2)?)?,
+                    size: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .map_err(store_err("image"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(store_err("image"))?;
+        Ok(Image {
+            name: name.to_owned(),
+            manifest,
+            config,
+            layers,
+            created: UNIX_EPOCH + Duration::from_secs(u64::try_from(created).unwrap_or(0)),
+        })
+    }
+
+    /// The image called `name`, or else the one whose manifest digest is
+    /// `name` or starts with it (`sha256:` optional, at least 4 hex digits).
+    pub fn get(&self, name: &str) -> Result<Image> {
+        match self.load(name) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            other => return other,
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() < 4
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(not_found(name));
+        }
+        let matches: Vec<String> = {
+            let db = self.db();
+            let mut st = db
+                .prepare("SELECT name FROM images WHERE state = 'ready' AND manifest LIKE ?1 ORDER BY name")
+                .map_err(store_err("image"))?;
+            let rows = st
+                .query_map([format!("sha256:{hex}%")], |r| r.get(0))
+                .map_err(store_err("image"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(store_err("image"))?
+        };
+        match matches.as_slice() {
+            [] => Err(not_found(name)),
+            [one] => self.load(one),
+            many => Err(Error::new(ErrorKind::InvalidArgument, "image")
+                .key(name)
+                .detail(format!(
+                    "matches several images ({}); use a name",
+                    many.join(", ")
+                ))),
+        }
+    }
+
+    /// Removes image `name` and the layer snapshots no other image uses.
+    /// Refuses (InUse) while a snapshot other than an image layer (a
+    /// container's root, a view) is a child of its top layer or of a layer
+    /// that would be removed.
+    pub fn remove(&self, sn: &dyn Snapshotter, name: &str) -> Result<()> {
+        let image = self.get(name)?;
+        let (removable, _) = self.removable(&image.name)?;
+        let all_layers = self.all_chain_ids()?;
+        let mut guarded: HashSet<String> = removable.iter().cloned().collect();
+        if let Some(top) = image.top_snapshot() {
+            guarded.insert(top.to_string());
+        }
+        let mut blocker: Option<(String, String)> = None;
+        sn.walk(&[], &mut |info| {
+            if let Some(p) = &info.parent {
+                if blocker.is_none() && guarded.contains(p) && !all_layers.contains(&info.name) {
+                    blocker = Some((info.name.clone(), p.clone()));
+                }
+            }
+            Ok(())
+        })?;
+        if let Some((child, parent)) = blocker {
+            return Err(Error::new(ErrorKind::InUse, "remove image")
+                .key(&image.name)
+                .detail(format!(
+                    "snapshot {child:?} (a container's root or a view) is a child of its layer {parent}; remove that container or snapshot first"
+                )));
+        }
+        self.db()
+            .execute(
+                "UPDATE images SET state = 'removing' WHERE name = ?1",
+                [&image.name],
+            )
+            .map_err(store_err("remove image"))?;
+        self.finish_remove(sn, &image.name)
+    }
+
+    /// Chain ids of image `name` that no other image uses, top first, and
+    /// all of its chain ids.
+    fn removable(&self, name: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let db = self.db();
+        let mut st = db
+            .prepare(
+                "SELECT chain_id, NOT EXISTS (SELECT 1 FROM image_layers o
+                     WHERE o.chain_id = l.chain_id AND o.image != l.image)
+                 FROM image_layers l WHERE image = ?1 ORDER BY idx DESC",
+            )
+            .map_err(store_err("remove image"))?;
+        let rows: Vec<(String, bool)> = st
+            .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(store_err("remove image"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(store_err("remove image"))?;
+        let all = rows.iter().map(|r| r.0.clone()).collect();
+        Ok((rows.into_iter().filter(|r| r.1).map(|r| r.0).collect(), all))
+    }
+
+    fn all_chain_ids(&self) -> Result<HashSet<String>> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT DISTINCT chain_id FROM image_layers")
+            .map_err(store_err("image"))?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(store_err("image"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(store_err("image"))
+    }
+
+    fn finish_remove(&self, sn: &dyn Snapshotter, name: &str) -> Result<()> {
+        let (removable, _) = self.removable(name)?;
+        for chain in removable {
+            remove_if_present(sn, &chain).map_err(|e| {
+                if e.kind() == ErrorKind::HasChildren {
+                    Error::new(ErrorKind::InUse, "remove image")
+                        .key(name)
+                        .detail(format!(
+                            "layer {chain} has a child snapshot; remove it and run `thinbox image rm {name}` again"
+                        ))
+                        .source(e)
+                } else {
+                    e
+                }
+            })?;
+        }
+        self.db()
+            .execute("DELETE FROM images WHERE name = ?1", [name])
+            .map_err(store_err("remove image"))?;
+        Ok(())
+    }
+
+    /// Commits the container snapshot `key` (active, unmounted, prepared
+    /// on `base`'s top layer) as a new layer and records image `new_name`:
+    /// `base`'s config and layers plus the new one, whose diff id is the
+    /// digest of the uncompressed diff of `key` against its parent.
+    pub fn commit_container(
+        &self,
+        sn: &dyn Snapshotter,
+        base: &Image,
+        key: &Key,
+        new_name: &str,
+    ) -> Result<Image> {
+        validate_name(new_name)?;
+        if self.name_used(new_name)? {
+            return Err(name_taken(new_name));
+        }
+        let top = base.layers.last().ok_or_else(|| {
+            Error::new(ErrorKind::InvalidArgument, "commit")
+                .key(&base.name)
+                .detail("the image has no layers")
+        })?;
+        let info = sn.stat(key)?;
+        if info.kind != Kind::Active || info.parent.as_deref() != Some(&top.chain_id.to_string()) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "commit")
+                .key(key)
+                .detail(format!(
+                    "not an active snapshot on image {}'s top layer {}",
+                    base.name, top.chain_id
+                )));
+        }
+        let intent = self.new_intent("commit", None)?;
+        let result = self.commit_inner(sn, base, key, new_name, intent, top.chain_id);
+        if result.is_err() {
+            // Settled as after a crash: an image whose layer got committed
+            // is recorded (the container's changes are not lost), else the
+            // intent is dropped and the container's snapshot is untouched.
+            let payload: Option<String> = self
+                .db()
+                .query_row(
+                    "SELECT payload FROM image_intents WHERE id = ?1",
+                    [intent],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(store_err("commit"))?
+                .flatten();
+            if let Err(e) = self.settle_commit(sn, intent, payload.as_deref()) {
+                tracing::warn!("cannot settle commit {intent}: {e}; reopening retries");
+            }
+        }
+        result
+    }
+
+    fn commit_inner(
+        &self,
+        sn: &dyn Snapshotter,
+        base: &Image,
+        key: &Key,
+        new_name: &str,
+        intent: i64,
+        parent_chain: Digest,
+    ) -> Result<Image> {
+        let scratch = self.scratch(intent);
+        fs::create_dir_all(&scratch).map_err(|e| Error::io("commit", &scratch, e))?;
+        let mut hw = HashingWriter::new(io::sink());
+        layer::diff_snapshot(sn, key, &scratch, &mut hw)?;
+        let (diff_id, size, _) = hw.finish();
+        clear_scratch(&scratch);
+        let chain = chain_id(&parent_chain, &diff_id);
+        let mut layers = base.layers.clone();
+        layers.push(Layer {
+            digest: diff_id,
+            diff_id,
+            chain_id: chain,
+            size,
+        });
+        let sizes: Vec<(Digest, u64)> = layers.iter().map(|l| (l.diff_id, l.size)).collect();
+        let image = Image {
+            name: new_name.to_owned(),
+            manifest: uncompressed_manifest_digest(&base.config, &sizes),
+            config: base.config.clone(),
+            layers,
+            created: now_secs(),
+        };
+        let payload = serde_json::to_string(&image)
+            .map_err(|e| Error::new(ErrorKind::Store, "commit").source(e))?;
+        self.db()
+            .execute(
+                "UPDATE image_intents SET payload = ?1 WHERE id = ?2",
+                params![payload, intent],
+            )
+            .map_err(store_err("commit"))?;
+        self.record_snapshot(intent, 0, key.as_str(), &chain.to_string())?;
+        let chain_name = Name::new(chain.to_string())?;
+        match exists(sn, chain_name.as_str())? {
+            // The same change was committed before: the layer is shared.
+            Some(Kind::Committed) => sn.remove(key)?,
+            Some(_) => {
+                return Err(Error::new(ErrorKind::AlreadyExists, "commit")
+                    .key(&chain_name)
+                    .detail("a snapshot that is not committed has the new layer's chain id"))
+            }
+            None => sn.commit(&chain_name, key, &Labels::new())?,
+        }
+        self.fault(FaultPoint::ContainerCommitted)?;
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err("commit"))?;
+        insert_image(&tx, &image)?;
+        tx.execute("DELETE FROM image_intents WHERE id = ?1", [intent])
+            .map_err(store_err("commit"))?;
+        tx.commit().map_err(store_err("commit"))?;
+        Ok(image)
+    }
+}
+
+fn now_secs() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs(SystemTime::now())).unwrap_or(0))
+}
+
+fn archive_top(a: &Archive) -> &Path {
+    match a {
+        Archive::Dir(p) => p,
+        Archive::Tar { path, .. } => path,
+    }
+}
+
+fn layer_error(a: &Archive, what: &str, digest: &Digest, e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::InvalidLayer => Error::new(ErrorKind::InvalidImage, "import")
+            .path(archive_top(a))
+            .detail(format!("{what} ({digest}) is truncated or corrupt: {e}"))
+            .source(e),
+        _ => e,
+    }
+}
+
+fn insert_image(tx: &rusqlite::Transaction<'_>, img: &Image) -> Result<()> {
+    let config = serde_json::to_string(&img.config)
+        .map_err(|e| Error::new(ErrorKind::Store, "record image").source(e))?;
+    tx.execute(
+        "INSERT INTO images (name, manifest, config, created, state) VALUES (?1, ?2, ?3, ?4, 'ready')",
+        params![img.name, img.manifest.to_string(), config, secs(img.created)],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::new(ErrorKind::AlreadyExists, "record image").key(&img.name)
+        }
+        e => Error::store("record image", e),
+    })?;
+    for (i, l) in img.layers.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO image_layers (image, idx, digest, diff_id, chain_id, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                img.name,
+                i as i64,
+                l.digest.to_string(),
+                l.diff_id.to_string(),
+                l.chain_id.to_string(),
+                i64::try_from(l.size).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(store_err("record image"))?;
+    }
+    Ok(())
+}
