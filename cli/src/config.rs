@@ -1,1 +1,455 @@
 //! Configuration: `/etc/thinbox/config.toml`, overridden by flags.
+//!
+//! Every key is optional; an absent file means the embedded default (state
+//! under `/var/lib/thinbox`, backend chosen on first use). Unknown keys are
+//! an error naming the key, so a typo never silently falls back to a
+//! default.
+//!
+//! ```toml
+//! root = "/var/lib/thinbox"
+//! backend = "auto"            # auto | devmapper | btrfs | zfs | overlay | naive
+//!
+//! [devmapper]
+//! pool_name = "thinbox-pool"  # dm name of the default loopback pool
+//! data_size = "100G"          # sparse data file
+//! metadata_size = "2G"        # sparse metadata file
+//! block_size = "64K"          # 64K..1G, multiple of 64K
+//! base_size = "10G"           # virtual size of every snapshot
+//! fs = "ext4"                 # ext4 | xfs
+//! autoextend_threshold = 80   # percent used that triggers growth
+//! autoextend_percent = 20     # grow by this percent
+//! free_space_floor = 0        # percent that must stay free for new devices
+//!
+//! [btrfs]
+//! path = "/srv/btrfs/thinbox" # an existing btrfs directory, or:
+//! image_size = "20G"          # size of the sparse ROOT/btrfs.img
+//!
+//! [zfs]
+//! dataset = "tank/thinbox"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where the configuration file is read from unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/thinbox/config.toml";
+/// The state root unless the configuration or `--root` says otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/thinbox";
+
+/// A size in bytes as users write it: `20G`, `512MiB`, `64k`, `1T`, or a
+/// plain number of bytes. Displays in the largest exact binary unit
+/// (`20G`), and parses back to the same value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// `n` GiB.
+    pub const fn gib(n: u64) -> Size {
+        Size(n << 30)
+    }
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Size {
+        Size(n << 20)
+    }
+    /// `n` KiB.
+    pub const fn kib(n: u64) -> Size {
+        Size(n << 10)
+    }
+    /// As thinpool's unit.
+    pub fn bytes(self) -> thinpool::Bytes {
+        thinpool::Bytes(self.0)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{suffix}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Size {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Size> {
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "size {s:?} is not a size: write a number with an optional K, M, G or T suffix (binary units), like 20G"
+                ),
+            )
+        };
+        let t = s.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+        let unit = t[digits..].trim().to_ascii_lowercase();
+        let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+            "" => 0,
+            "k" => 10,
+            "m" => 20,
+            "g" => 30,
+            "t" => 40,
+            _ => return Err(bad()),
+        };
+        if unit.ends_with("ib") && shift == 0 {
+            return Err(bad());
+        }
+        n.checked_mul(1u64 << shift).map(Size).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("size {s:?} overflows 64 bits: use a smaller size"),
+            )
+        })
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Which backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Choose on first use: dm-thin when the kernel has it, else loopback btrfs.
+    #[default]
+    Auto,
+    /// A loopback dm-thin pool under ROOT/pools.
+    Devmapper,
+    /// `[btrfs] path`, or a loopback btrfs filesystem in ROOT/btrfs.img.
+    Btrfs,
+    /// The ZFS dataset `[zfs] dataset`.
+    Zfs,
+    /// overlayfs directories under ROOT/snapshots.
+    Overlay,
+    /// Full copies under ROOT/snapshots (any filesystem; slow).
+    Naive,
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Devmapper => "devmapper",
+            BackendChoice::Btrfs => "btrfs",
+            BackendChoice::Zfs => "zfs",
+            BackendChoice::Overlay => "overlay",
+            BackendChoice::Naive => "naive",
+        })
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<BackendChoice> {
+        Ok(match s {
+            "auto" => BackendChoice::Auto,
+            "devmapper" => BackendChoice::Devmapper,
+            "btrfs" => BackendChoice::Btrfs,
+            "zfs" => BackendChoice::Zfs,
+            "overlay" => BackendChoice::Overlay,
+            "naive" => BackendChoice::Naive,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "backend {other:?} is unknown: use auto, devmapper, btrfs, zfs, overlay or naive"
+                    ),
+                ))
+            }
+        })
+    }
+}
+
+/// `[devmapper]`: the default loopback dm-thin pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevmapperSection {
+    /// The pool's dm name (default: derived from the root's directory name).
+    pub pool_name: Option<String>,
+    /// Data file size.
+    pub data_size: Size,
+    /// Metadata file size.
+    pub metadata_size: Size,
+    /// Data block size.
+    pub block_size: Size,
+    /// Virtual size of the base device and so of every snapshot.
+    pub base_size: Size,
+    /// Filesystem on the base device: ext4 or xfs.
+    pub fs: String,
+    /// Percent used at which the monitor grows the pool.
+    pub autoextend_threshold: u8,
+    /// Percent the monitor grows the pool by.
+    pub autoextend_percent: u8,
+    /// Percent of the pool that must stay free for new thin devices.
+    pub free_space_floor: u8,
+}
+
+impl Default for DevmapperSection {
+    fn default() -> Self {
+        DevmapperSection {
+            pool_name: None,
+            data_size: Size::gib(100),
+            metadata_size: Size::gib(2),
+            block_size: Size::kib(64),
+            base_size: Size::gib(10),
+            fs: "ext4".to_owned(),
+            autoextend_threshold: 80,
+            autoextend_percent: 20,
+            free_space_floor: 0,
+        }
+    }
+}
+
+impl DevmapperSection {
+    /// The filesystem, checked.
+    pub fn filesystem(&self) -> Result<thinpool::fs::Filesystem> {
+        self.fs.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("devmapper.fs {:?} is unknown: use ext4 or xfs", self.fs),
+            )
+        })
+    }
+
+    /// The autoextend policy from the thresholds.
+    pub fn autoextend(&self) -> Result<thinpool::pool::AutoextendPolicy> {
+        if !(1..=100).contains(&self.autoextend_threshold) || self.autoextend_percent == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "devmapper.autoextend_threshold {} / autoextend_percent {}: use a threshold of 1..=100 and a percent above 0",
+                    self.autoextend_threshold, self.autoextend_percent
+                ),
+            ));
+        }
+        Ok(thinpool::pool::AutoextendPolicy {
+            threshold_percent: self.autoextend_threshold,
+            extend_percent: self.autoextend_percent,
+            ..Default::default()
+        })
+    }
+}
+
+/// `[btrfs]`: an existing btrfs directory, or the loopback image's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BtrfsSection {
+    /// An existing directory on btrfs to keep snapshots in.
+    pub path: Option<PathBuf>,
+    /// Size of the sparse ROOT/btrfs.img made when no path is given.
+    pub image_size: Size,
+}
+
+impl Default for BtrfsSection {
+    fn default() -> Self {
+        BtrfsSection {
+            path: None,
+            image_size: Size::gib(20),
+        }
+    }
+}
+
+/// `[zfs]`: the dataset snapshots live under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZfsSection {
+    /// The parent dataset (`pool/path`).
+    pub dataset: Option<String>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The state root.
+    pub root: Option<PathBuf>,
+    /// The backend.
+    pub backend: BackendChoice,
+    /// `[devmapper]`.
+    pub devmapper: DevmapperSection,
+    /// `[btrfs]`.
+    pub btrfs: BtrfsSection,
+    /// `[zfs]`.
+    pub zfs: ZfsSection,
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "config {}{at}: {msg}: fix or remove it (see docs/design.md for the keys)",
+                    origin.display()
+                ),
+            )
+        })?;
+        cfg.devmapper.filesystem()?;
+        cfg.devmapper.autoextend()?;
+        Ok(cfg)
+    }
+
+    /// Reads `path`. A missing file is the default configuration when
+    /// `path` is [`DEFAULT_CONFIG`], and an error otherwise (a file named
+    /// with `--config` must exist).
+    pub fn load(path: &Path) -> Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && path == Path::new(DEFAULT_CONFIG) =>
+            {
+                Ok(Config::default())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "config file {} does not exist: create it or leave out --config",
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(Error::io("cannot read config", path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print_round_trip() {
+        for (text, bytes) in [
+            ("20G", 20 << 30),
+            ("20GiB", 20 << 30),
+            ("512m", 512 << 20),
+            ("64K", 64 << 10),
+            ("1T", 1 << 40),
+            ("4096", 4096),
+            ("1 GiB", 1 << 30),
+            ("100b", 100),
+        ] {
+            let s: Size = text.parse().unwrap();
+            assert_eq!(s.0, bytes, "{text}");
+            assert_eq!(s.to_string().parse::<Size>().unwrap(), s);
+        }
+        assert_eq!(Size(3 << 20).to_string(), "3M");
+        assert_eq!(Size(1000).to_string(), "1000");
+        for bad in ["", "G", "12X", "-1G", "1.5G", "99999999999T", "5iB"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = Config::parse("", Path::new("x")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.backend, BackendChoice::Auto);
+        assert_eq!(c.devmapper.data_size, Size::gib(100));
+        assert_eq!(c.btrfs.image_size, Size::gib(20));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            r#"
+root = "/srv/tb"
+backend = "devmapper"
+[devmapper]
+pool_name = "tb"
+data_size = "1G"
+metadata_size = 67108864
+block_size = "128K"
+fs = "xfs"
+autoextend_threshold = 70
+autoextend_percent = 10
+free_space_floor = 5
+[btrfs]
+image_size = "2G"
+[zfs]
+dataset = "tank/tb"
+"#,
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.root.as_deref(), Some(Path::new("/srv/tb")));
+        assert_eq!(c.backend, BackendChoice::Devmapper);
+        assert_eq!(c.devmapper.metadata_size, Size::mib(64));
+        assert_eq!(c.devmapper.block_size, Size::kib(128));
+        assert_eq!(
+            c.devmapper.filesystem().unwrap(),
+            thinpool::fs::Filesystem::Xfs
+        );
+        assert_eq!(c.devmapper.autoextend().unwrap().threshold_percent, 70);
+        assert_eq!(c.zfs.dataset.as_deref(), Some("tank/tb"));
+        let again = Config::parse(&toml::to_string(&c).unwrap(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("bakend = \"btrfs\"\n", Path::new("/etc/t.toml")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(e.message.contains("bakend"), "{}", e.message);
+        assert!(e.message.contains("/etc/t.toml"), "{}", e.message);
+        assert!(e.message.contains("line 1"), "{}", e.message);
+
+        let e = Config::parse("[devmapper]\ndata_sise = \"1G\"\n", Path::new("x")).unwrap_err();
+        assert!(e.message.contains("data_sise"), "{}", e.message);
+        let e = Config::parse("backend = \"lvm\"\n", Path::new("x")).unwrap_err();
+        assert!(e.message.contains("lvm"), "{}", e.message);
+        let e = Config::parse("[devmapper]\ndata_size = \"1Q\"\n", Path::new("x")).unwrap_err();
+        assert!(e.message.contains("1Q"), "{}", e.message);
+        let e = Config::parse("[devmapper]\nfs = \"vfat\"\n", Path::new("x")).unwrap_err();
+        assert!(e.message.contains("vfat"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_files() {
+        assert_eq!(
+            Config::load(Path::new("/nonexistent/thinbox.toml"))
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotFound
+        );
+    }
+}

@@ -15,7 +15,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub root: Option<PathBuf>,
     /// Configuration file.
-    #[arg(long, global = true, default_value = "/etc/thinbox/config.toml")]
+    #[arg(long, global = true, default_value = cli::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Machine-readable output (JSON) and no progress bars.
     #[arg(long, global = true)]
@@ -25,9 +25,25 @@ pub struct Global {
     pub debug: bool,
 }
 
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure (i/o, a tool failed, damaged state, a container failed to start)
+  2  usage: unknown command or flag, invalid value, bad configuration
+  3  not found (pool, snapshot, image, container, file)
+  4  already exists, or in use (busy, locked, has children, not empty)
+  5  not root: run as root
+  6  backend unavailable (no dm-thin, btrfs, zfs or a needed tool)
+  7  out of space (pool full or below its free-space floor)
+
+With no configuration, state lives under /var/lib/thinbox and the backend
+is chosen on first use: a loopback dm-thin pool when the kernel has dm-thin,
+else a loopback btrfs filesystem in ROOT/btrfs.img. The config file
+(/etc/thinbox/config.toml) and flags override it.";
+
 /// thinbox: dm thin-pools, copy-on-write snapshots and containers.
 #[derive(Debug, Parser)]
-#[command(name = "thinbox", version, about)]
+#[command(name = "thinbox", version, about, after_long_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -57,6 +73,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
+    if g.debug {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .try_init();
+    }
     let result = match &cli.command {
         Command::Pool(c) => cmd::pool::main(g, c),
         Command::Image(c) => cmd::image::main(g, c),
@@ -68,12 +90,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let kind = cli::error::classify(e.as_ref());
             if g.debug {
                 eprintln!("thinbox: {e:?}");
             } else {
-                eprintln!("thinbox: {e}");
+                eprintln!("thinbox: {}", e.to_string().replace('\n', " "));
             }
-            ExitCode::FAILURE
+            ExitCode::from(kind.exit_code())
         }
     }
 }

@@ -1,12 +1,327 @@
-//! `thinbox snapshot ...`
+//! `thinbox snapshot ...`: the snapshotter API from the shell, on the
+//! engine's backend. Keys name active snapshots and views, names committed
+//! snapshots; parents must be committed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use clap::Subcommand;
+use serde_json::{json, Value};
+use snapshotter::{Filter, Info, Key, Labels, MountSpec, Name};
+
+use super::{open_engine, print_json};
+use crate::Global;
 
 /// `thinbox snapshot` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum SnapshotCommand {}
+pub enum SnapshotCommand {
+    /// Lists snapshots (all, or those matching any --filter).
+    Ls {
+        /// containerd filter, e.g. `kind==committed`, `parent==base`,
+        /// `labels."a"==b`; repeat for "or".
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+    /// Shows one snapshot.
+    Inspect {
+        /// Key or name.
+        key: String,
+    },
+    /// Makes an active (writable) snapshot KEY on committed PARENT.
+    Prepare {
+        /// The new key.
+        key: String,
+        /// The committed parent.
+        parent: Option<String>,
+        /// Mount it on DIR (else print its mounts).
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+        /// A label, `NAME=VALUE`; repeatable.
+        #[arg(long, value_name = "NAME=VALUE")]
+        label: Vec<String>,
+    },
+    /// Makes a read-only view KEY of committed PARENT.
+    View {
+        /// The new key.
+        key: String,
+        /// The committed parent.
+        parent: String,
+        /// Mount it on DIR (else print its mounts).
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+        /// A label, `NAME=VALUE`; repeatable.
+        #[arg(long, value_name = "NAME=VALUE")]
+        label: Vec<String>,
+    },
+    /// Prints the mounts of an active snapshot or view (or mounts them on DIR).
+    Mounts {
+        /// The key.
+        key: String,
+        /// Mount on DIR.
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+    },
+    /// Commits active KEY (unmounted) as NAME.
+    Commit {
+        /// The committed snapshot's name.
+        name: String,
+        /// The active snapshot.
+        key: String,
+        /// A label, `NAME=VALUE`; repeatable.
+        #[arg(long, value_name = "NAME=VALUE")]
+        label: Vec<String>,
+    },
+    /// Removes a snapshot without children.
+    Rm {
+        /// Key or name.
+        key: String,
+    },
+    /// Space the snapshot uses itself (excluding its parents).
+    Usage {
+        /// Key or name.
+        key: String,
+    },
+    /// Writes the changes of KEY against its parent as an OCI layer tar.
+    Diff {
+        /// Key or name (active or committed).
+        key: String,
+        /// Output file (`-` for stdout).
+        out: PathBuf,
+    },
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn info_json(i: &Info) -> Value {
+    json!({
+        "name": i.name,
+        "parent": i.parent,
+        "kind": i.kind.to_string(),
+        "labels": i.labels,
+        "created": secs(i.created),
+        "updated": secs(i.updated),
+    })
+}
+
+fn mounts_json(m: &[MountSpec]) -> Value {
+    Value::Array(
+        m.iter()
+            .map(|m| json!({ "type": m.fstype, "source": m.source, "options": m.options }))
+            .collect(),
+    )
+}
+
+fn labels(v: &[String]) -> anyhow::Result<Labels> {
+    let mut l = Labels::new();
+    for s in v {
+        let (k, val) = s.split_once('=').ok_or_else(|| {
+            cli::Error::new(
+                cli::ErrorKind::InvalidArgument,
+                format!("label {s:?} has no `=`: write NAME=VALUE"),
+            )
+        })?;
+        l.insert(k.to_owned(), val.to_owned());
+    }
+    Ok(l)
+}
+
+fn key(s: &str) -> anyhow::Result<Key> {
+    Ok(Key::new(s).map_err(cli::Error::from)?)
+}
+
+fn name(s: &str) -> anyhow::Result<Name> {
+    Ok(Name::new(s).map_err(cli::Error::from)?)
+}
+
+/// Mounts `m` on `dir` (or prints the mounts) and reports.
+fn show_mounts(g: &Global, k: &str, m: &[MountSpec], dir: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d)
+            .map_err(|e| cli::Error::io("cannot create mount point", d, e))?;
+        snapshotter::mount_all(m, d).map_err(cli::Error::from)?;
+    }
+    if g.json {
+        return print_json(&json!({
+            "key": k,
+            "mounts": mounts_json(m),
+            "mounted_at": dir,
+        }));
+    }
+    match dir {
+        Some(d) => println!("{k} mounted at {}", d.display()),
+        None => {
+            for spec in m {
+                println!("mount {spec} TARGET");
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Runs `thinbox snapshot ...`.
-pub fn main(_global: &crate::Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
-    match *cmd {}
+pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
+    let engine = open_engine(g)?;
+    let sn = engine.snapshotter();
+    let r = (|| -> anyhow::Result<()> {
+        match cmd {
+            SnapshotCommand::Ls { filter } => {
+                let filters = filter
+                    .iter()
+                    .map(|f| f.parse::<Filter>().map_err(cli::Error::from))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut all = Vec::new();
+                sn.walk(&filters, &mut |i| {
+                    all.push(i.clone());
+                    Ok(())
+                })
+                .map_err(cli::Error::from)?;
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                if g.json {
+                    return print_json(&Value::Array(all.iter().map(info_json).collect()));
+                }
+                println!("{:<40} {:<40} {:<10}", "KEY", "PARENT", "KIND");
+                for i in &all {
+                    println!(
+                        "{:<40} {:<40} {:<10}",
+                        i.name,
+                        i.parent.as_deref().unwrap_or("-"),
+                        i.kind
+                    );
+                }
+                Ok(())
+            }
+            SnapshotCommand::Inspect { key: k } => {
+                let i = sn.stat(&key(k)?).map_err(cli::Error::from)?;
+                if g.json {
+                    return print_json(&info_json(&i));
+                }
+                println!("name:    {}", i.name);
+                println!("parent:  {}", i.parent.as_deref().unwrap_or("-"));
+                println!("kind:    {}", i.kind);
+                println!("created: {}", secs(i.created));
+                println!("updated: {}", secs(i.updated));
+                for (k, v) in &i.labels {
+                    println!("label:   {k}={v}");
+                }
+                Ok(())
+            }
+            SnapshotCommand::Prepare {
+                key: k,
+                parent,
+                mount,
+                label,
+            } => {
+                let parent = parent.as_deref().map(name).transpose()?;
+                let m = sn
+                    .prepare(&key(k)?, parent.as_ref(), &labels(label)?)
+                    .map_err(cli::Error::from)?;
+                show_mounts(g, k, &m, mount.as_deref())
+            }
+            SnapshotCommand::View {
+                key: k,
+                parent,
+                mount,
+                label,
+            } => {
+                let m = sn
+                    .view(&key(k)?, Some(&name(parent)?), &labels(label)?)
+                    .map_err(cli::Error::from)?;
+                show_mounts(g, k, &m, mount.as_deref())
+            }
+            SnapshotCommand::Mounts { key: k, mount } => {
+                let m = sn.mounts(&key(k)?).map_err(cli::Error::from)?;
+                show_mounts(g, k, &m, mount.as_deref())
+            }
+            SnapshotCommand::Commit {
+                name: n,
+                key: k,
+                label,
+            } => {
+                sn.commit(&name(n)?, &key(k)?, &labels(label)?)
+                    .map_err(cli::Error::from)?;
+                if g.json {
+                    return print_json(&info_json(&sn.stat(&key(n)?).map_err(cli::Error::from)?));
+                }
+                println!("committed {k} as {n}");
+                Ok(())
+            }
+            SnapshotCommand::Rm { key: k } => {
+                sn.remove(&key(k)?).map_err(cli::Error::from)?;
+                if g.json {
+                    return print_json(&json!({ "removed": k }));
+                }
+                println!("removed {k}");
+                Ok(())
+            }
+            SnapshotCommand::Usage { key: k } => {
+                let u = sn.usage(&key(k)?).map_err(cli::Error::from)?;
+                if g.json {
+                    return print_json(&json!({ "key": k, "size": u.size.0, "inodes": u.inodes }));
+                }
+                println!("{k}: {} bytes, {} inodes", u.size.0, u.inodes);
+                Ok(())
+            }
+            SnapshotCommand::Diff { key: k, out } => diff(g, &engine, k, out),
+        }
+    })();
+    let closed = engine.close();
+    r?;
+    Ok(closed?)
+}
+
+fn diff(g: &Global, engine: &cli::Engine, k: &str, out: &Path) -> anyhow::Result<()> {
+    let key = key(k)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("diff-")
+        .tempdir_in(engine.scratch_dir()?)
+        .map_err(|e| cli::Error::io("cannot create scratch directory in", engine.root(), e))?;
+    let _s = cli::progress::Spinner::start(!g.json, format!("diffing {k}"));
+    let sn = engine.snapshotter();
+    let stats = if out == Path::new("-") {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        let s = snapshotter::layer::diff_snapshot(sn, &key, scratch.path(), &mut lock)
+            .map_err(cli::Error::from)?;
+        lock.flush()?;
+        s
+    } else {
+        // Written beside OUT and renamed into place: no half-written layer.
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".thinbox-diff-")
+            .tempfile_in(dir)
+            .map_err(|e| cli::Error::io("cannot create a file in", dir, e))?;
+        let s = snapshotter::layer::diff_snapshot(sn, &key, scratch.path(), tmp.as_file_mut())
+            .map_err(cli::Error::from)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(out)
+            .map_err(|e| cli::Error::io("cannot write", out, e.error))?;
+        s
+    };
+    if out != Path::new("-") {
+        if g.json {
+            print_json(&json!({
+                "key": k,
+                "out": out,
+                "entries": stats.entries,
+                "whiteouts": stats.whiteouts,
+            }))?;
+        } else {
+            println!(
+                "wrote {} ({} entries, {} whiteouts)",
+                out.display(),
+                stats.entries,
+                stats.whiteouts
+            );
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,745 @@
+//! Named pools under `ROOT/pools/NAME`: the record of what each pool is
+//! (loopback, direct-lvm or adopted), a lock per pool, and the operations
+//! behind `thinbox pool ...` on top of [`thinpool::pool::Pool`].
+//!
+//! Layout: `ROOT/pools/NAME/pool.toml` (a [`PoolRecord`]), `lock` (held by
+//! whoever has the pool open for changes), and for a loopback pool in its
+//! default place also the `data` and `metadata` files and `thinbox.db`.
+//!
+//! Crash safety: the record is written with `state = "creating"` before the
+//! pool is made and switched to `"ready"` after; a record left `creating`
+//! by a crash is finished (when thinpool can open what was made) or undone
+//! by the next `create` or `destroy` of that name. Reading status takes no
+//! lock and opens nothing: it reads the kernel's table and status lines.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Pool};
+use thinpool::status::PoolStatus;
+use thinpool::table::PoolTable;
+use thinpool::BlockSize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// What kind of pool a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Sparse files on loop devices.
+    Loopback,
+    /// A thin-pool LV thinbox made on block devices.
+    Lvm,
+    /// A thin-pool someone else made.
+    Adopted,
+}
+
+impl std::fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolKind::Loopback => "loopback",
+            PoolKind::Lvm => "lvm",
+            PoolKind::Adopted => "adopted",
+        })
+    }
+}
+
+/// Whether the pool a record describes was finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordState {
+    /// Written before the pool was made; a crash may have left it half-made.
+    Creating,
+    /// The pool was made.
+    Ready,
+}
+
+/// `ROOT/pools/NAME/pool.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRecord {
+    /// thinbox's name for the pool (the directory name).
+    pub name: String,
+    /// What it is.
+    pub kind: PoolKind,
+    /// Made or half-made.
+    pub state: RecordState,
+    /// The loopback pool's directory (data, metadata, thinbox.db).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The record store of an lvm or adopted pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<PathBuf>,
+    /// The dm name of an adopted pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_name: Option<String>,
+    /// The volume group of an lvm pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vg: Option<String>,
+    /// The thin-pool LV of an lvm pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lv: Option<String>,
+    /// The devices of an lvm pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<PathBuf>,
+    /// Percent used at which `monitor` grows the pool.
+    pub autoextend_threshold: u8,
+    /// Percent `monitor` grows the pool by.
+    pub autoextend_percent: u8,
+    /// Percent that must stay free for new thin devices.
+    pub free_space_floor: u8,
+}
+
+impl PoolRecord {
+    /// The autoextend policy of this pool.
+    pub fn policy(&self) -> AutoextendPolicy {
+        AutoextendPolicy {
+            threshold_percent: self.autoextend_threshold,
+            extend_percent: self.autoextend_percent,
+            ..AutoextendPolicy::default()
+        }
+    }
+
+    /// The dm name of the pool.
+    pub fn dm_name(&self) -> String {
+        if let Some(n) = &self.dm_name {
+            return n.clone();
+        }
+        match self.kind {
+            PoolKind::Loopback => self.name.clone(),
+            PoolKind::Adopted => self.dm_name.clone().unwrap_or_else(|| self.name.clone()),
+            // lvm's dm name: VG-LV with hyphens in each doubled, and -tpool
+            // while the pool has thin LVs; thinbox only uses dm thins, so the
+            // plain form is the live one.
+            PoolKind::Lvm => format!(
+                "{}-{}",
+                self.vg.as_deref().unwrap_or_default().replace('-', "--"),
+                self.lv.as_deref().unwrap_or_default().replace('-', "--")
+            ),
+        }
+    }
+}
+
+/// Size and use of one of a pool's two devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Space {
+    /// Used blocks.
+    pub used_blocks: u64,
+    /// Total blocks.
+    pub total_blocks: u64,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Used, in percent of total (rounded down).
+    pub used_percent: u64,
+}
+
+impl Space {
+    fn new(used: u64, total: u64, block_bytes: u64) -> Space {
+        Space {
+            used_blocks: used,
+            total_blocks: total,
+            used_bytes: used.saturating_mul(block_bytes),
+            total_bytes: total.saturating_mul(block_bytes),
+            used_percent: if total == 0 {
+                0
+            } else {
+                (u128::from(used) * 100 / u128::from(total)) as u64
+            },
+        }
+    }
+}
+
+/// What `thinbox pool status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolReport {
+    /// thinbox's name.
+    pub name: String,
+    /// Loopback, lvm or adopted.
+    pub kind: PoolKind,
+    /// The dm device.
+    pub dm_name: String,
+    /// Whether the dm device exists.
+    pub active: bool,
+    /// `rw`, `ro`, `out_of_data_space`, `Fail`, or `inactive`.
+    pub mode: String,
+    /// The pool's transaction id.
+    pub transaction_id: Option<u64>,
+    /// Data blocks.
+    pub data: Option<Space>,
+    /// Metadata blocks (4 KiB each).
+    pub metadata: Option<Space>,
+    /// Data block size in bytes.
+    pub block_size: Option<u64>,
+    /// Free data blocks below which the kernel raises an event.
+    pub low_water_mark: Option<u64>,
+    /// The metadata needs `thin_check` before the pool can be written.
+    pub needs_check: bool,
+    /// What the pool does when out of data space (`error` or `queue`).
+    pub no_space_policy: Option<String>,
+    /// Percent used at which `monitor` grows the pool.
+    pub autoextend_threshold: u8,
+    /// Percent `monitor` grows the pool by.
+    pub autoextend_percent: u8,
+    /// Percent that must stay free for new thin devices.
+    pub free_space_floor: u8,
+}
+
+/// A pool opened for changes, with its lock held.
+#[derive(Debug)]
+pub struct OpenPool {
+    /// The pool.
+    pub pool: Pool,
+    /// Its record.
+    pub record: PoolRecord,
+    lock: Flock<File>,
+}
+
+impl OpenPool {
+    /// Releases the lock while keeping the pool open (for `monitor`,
+    /// which only grows the pool and must not keep others out).
+    pub fn unlock(self) -> (Pool, PoolRecord) {
+        drop(self.lock);
+        (self.pool, self.record)
+    }
+
+    /// The pool, its record and its lock.
+    pub fn into_parts(self) -> (Pool, PoolRecord, Flock<File>) {
+        (self.pool, self.record, self.lock)
+    }
+}
+
+/// The pools under one state root.
+#[derive(Debug)]
+pub struct Pools {
+    dir: PathBuf,
+    deps: Deps,
+}
+
+const RECORD: &str = "pool.toml";
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let f = File::create(&tmp).map_err(|e| Error::io("cannot write", &tmp, e))?;
+    use std::io::Write;
+    (&f).write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot write", path, e))?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Writes `value` as TOML to `path` atomically (temp file, fsync, rename).
+pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = toml::to_string(value).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot encode {}: {e}", path.display()),
+        )
+    })?;
+    write_atomic(path, &text)
+}
+
+/// Reads a TOML record.
+pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+    toml::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "record {} is damaged ({}): restore it or remove the state it describes",
+                path.display(),
+                e.message()
+            ),
+        )
+    })
+}
+
+/// Takes an exclusive lock on `path`, waiting for other holders.
+pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("cannot open lock", path, e))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot lock {}: {e}", path.display()),
+        )
+    })
+}
+
+fn not_found(name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("pool {name:?} does not exist: create it with `thinbox pool create --name {name}` or list pools with `thinbox pool status`"),
+    )
+}
+
+impl Pools {
+    /// The pools under `root` (`root/pools`), driving the real kernel.
+    pub fn open(root: &Path) -> Result<Pools> {
+        let deps = Deps::real()?;
+        Ok(Pools::with_deps(root, deps))
+    }
+
+    /// The pools under `root` with the given kernel interfaces.
+    pub fn with_deps(root: &Path, deps: Deps) -> Pools {
+        Pools {
+            dir: root.join("pools"),
+            deps,
+        }
+    }
+
+    /// The kernel interfaces.
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// The directory of pool `name`.
+    pub fn dir_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Names of all recorded pools, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        match std::fs::read_dir(&self.dir) {
+            Ok(rd) => {
+                for e in rd.flatten() {
+                    if e.path().join(RECORD).exists() {
+                        v.push(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot list", &self.dir, e)),
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    /// The record of pool `name`.
+    pub fn record(&self, name: &str) -> Result<PoolRecord> {
+        thinpool::pool::check_name(name)?;
+        let p = self.dir_of(name).join(RECORD);
+        if !p.exists() {
+            return Err(not_found(name));
+        }
+        read_toml(&p)
+    }
+
+    fn lock(&self, name: &str) -> Result<Flock<File>> {
+        let d = self.dir_of(name);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io("cannot create", &d, e))?;
+        lock_file(&d.join("lock"))
+    }
+
+    fn save(&self, rec: &PoolRecord) -> Result<()> {
+        write_toml(&self.dir_of(&rec.name).join(RECORD), rec)
+    }
+
+    fn start(&self, rec: &PoolRecord) -> Result<Flock<File>> {
+        thinpool::pool::check_name(&rec.name)?;
+        let lock = self.lock(&rec.name)?;
+        match self.record(&rec.name) {
+            Ok(old) if old.state == RecordState::Creating => {
+                // A create interrupted by a crash: undo what it made.
+                self.undo(&old);
+            }
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "pool {:?} already exists: choose another name or `thinbox pool destroy {}` first",
+                        rec.name, rec.name
+                    ),
+                ))
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.save(rec)?;
+        Ok(lock)
+    }
+
+    fn finish(&self, mut rec: PoolRecord, pool: Pool, lock: Flock<File>) -> Result<OpenPool> {
+        let mut pool = pool;
+        pool.set_free_space_floor(rec.free_space_floor)?;
+        rec.dm_name = Some(pool.name().to_owned());
+        rec.state = RecordState::Ready;
+        self.save(&rec)?;
+        Ok(OpenPool {
+            pool,
+            record: rec,
+            lock,
+        })
+    }
+
+    fn failed(&self, rec: &PoolRecord, lock: Flock<File>) {
+        let d = self.dir_of(&rec.name);
+        let _ = std::fs::remove_file(d.join(RECORD));
+        let _ = std::fs::remove_file(d.join("lock"));
+        drop(lock);
+        let _ = std::fs::remove_dir(&d);
+    }
+
+    /// Makes a loopback pool called `cfg.name` (its files in `cfg.dir`).
+    pub fn create_loopback(
+        &self,
+        cfg: &LoopbackConfig,
+        policy: &AutoextendPolicy,
+        floor: u8,
+    ) -> Result<OpenPool> {
+        let rec = PoolRecord {
+            name: cfg.name.clone(),
+            kind: PoolKind::Loopback,
+            state: RecordState::Creating,
+            dir: Some(cfg.dir.clone()),
+            store: None,
+            dm_name: None,
+            vg: None,
+            lv: None,
+            devices: Vec::new(),
+            autoextend_threshold: policy.threshold_percent,
+            autoextend_percent: policy.extend_percent,
+            free_space_floor: floor,
+        };
+        let lock = self.start(&rec)?;
+        match Pool::create_loopback(&self.deps, cfg) {
+            Ok(pool) => self.finish(rec, pool, lock),
+            Err(e) => {
+                self.failed(&rec, lock);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes a direct-lvm pool called `name` (`cfg.store` is replaced by
+    /// the pool's own record store).
+    pub fn create_lvm(&self, name: &str, cfg: &LvmConfig, floor: u8) -> Result<OpenPool> {
+        let store = self.dir_of(name).join("thinbox.db");
+        let cfg = LvmConfig {
+            store: store.clone(),
+            ..cfg.clone()
+        };
+        let rec = PoolRecord {
+            name: name.to_owned(),
+            kind: PoolKind::Lvm,
+            state: RecordState::Creating,
+            dir: None,
+            store: Some(store),
+            dm_name: None,
+            vg: Some(cfg.vg.clone()),
+            lv: Some(cfg.lv.clone()),
+            devices: cfg.devices.clone(),
+            autoextend_threshold: cfg.autoextend.threshold_percent,
+            autoextend_percent: cfg.autoextend.extend_percent,
+            free_space_floor: floor,
+        };
+        let lock = self.start(&rec)?;
+        match Pool::create_lvm(&self.deps, &cfg) {
+            Ok(pool) => self.finish(rec, pool, lock),
+            Err(e) => {
+                self.failed(&rec, lock);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Adopts the existing thin-pool dm device `dm_name` as pool `name`.
+    pub fn adopt(
+        &self,
+        name: &str,
+        dm_name: &str,
+        allow_foreign: bool,
+        policy: &AutoextendPolicy,
+        floor: u8,
+    ) -> Result<OpenPool> {
+        let store = self.dir_of(name).join("thinbox.db");
+        let rec = PoolRecord {
+            name: name.to_owned(),
+            kind: PoolKind::Adopted,
+            state: RecordState::Creating,
+            dir: None,
+            store: Some(store.clone()),
+            dm_name: Some(dm_name.to_owned()),
+            vg: None,
+            lv: None,
+            devices: Vec::new(),
+            autoextend_threshold: policy.threshold_percent,
+            autoextend_percent: policy.extend_percent,
+            free_space_floor: floor,
+        };
+        let lock = self.start(&rec)?;
+        match Pool::adopt(&self.deps, dm_name, &store, allow_foreign) {
+            Ok(pool) => self.finish(rec, pool, lock),
+            Err(e) => {
+                self.failed(&rec, lock);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn open_record(&self, rec: &PoolRecord) -> thinpool::Result<Pool> {
+        let missing = |what: &str| {
+            thinpool::Error::new(thinpool::ErrorKind::NotFound {
+                name: format!("{what} in the record of pool {}", rec.name),
+            })
+        };
+        match rec.kind {
+            PoolKind::Loopback => Pool::open_loopback(
+                &self.deps,
+                rec.dir.as_deref().ok_or_else(|| missing("dir"))?,
+            ),
+            PoolKind::Lvm => Pool::open_lvm(
+                &self.deps,
+                rec.store.as_deref().ok_or_else(|| missing("store"))?,
+            ),
+            PoolKind::Adopted => Pool::open_adopted(
+                &self.deps,
+                rec.store.as_deref().ok_or_else(|| missing("store"))?,
+            ),
+        }
+    }
+
+    /// Opens pool `name` for changes (activating it if needed), holding its
+    /// lock; waits while another thinbox holds it.
+    pub fn open_pool(&self, name: &str) -> Result<OpenPool> {
+        let rec = self.record(name)?;
+        let lock = self.lock(name)?;
+        let rec = self.record(name).unwrap_or(rec);
+        if rec.state == RecordState::Creating {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "pool {name:?} was left half-made by an interrupted create: run `thinbox pool destroy {name}` and create it again"
+                ),
+            ));
+        }
+        let pool = self.open_record(&rec)?;
+        Ok(OpenPool {
+            pool,
+            record: rec,
+            lock,
+        })
+    }
+
+    /// Status of pool `name`, read from the kernel without opening it.
+    pub fn status(&self, name: &str) -> Result<PoolReport> {
+        let rec = self.record(name)?;
+        let dm_name = rec.dm_name();
+        let mut report = PoolReport {
+            name: rec.name.clone(),
+            kind: rec.kind,
+            dm_name: dm_name.clone(),
+            active: false,
+            mode: "inactive".to_owned(),
+            transaction_id: None,
+            data: None,
+            metadata: None,
+            block_size: None,
+            low_water_mark: None,
+            needs_check: false,
+            no_space_policy: None,
+            autoextend_threshold: rec.autoextend_threshold,
+            autoextend_percent: rec.autoextend_percent,
+            free_space_floor: rec.free_space_floor,
+        };
+        if rec.state == RecordState::Creating {
+            report.mode = "half-made (run `thinbox pool destroy`)".to_owned();
+            return Ok(report);
+        }
+        let dm = &self.deps.dm;
+        let Some(info) = dm.info(&dm_name)? else {
+            return Ok(report);
+        };
+        if !info.live_table {
+            return Ok(report);
+        }
+        report.active = true;
+        let table = dm
+            .table(&dm_name)?
+            .first()
+            .map(PoolTable::from_target)
+            .transpose()?;
+        let block = table.as_ref().map(|t| t.block_size);
+        if let Some(t) = &table {
+            report.block_size = Some(t.block_size.bytes().0);
+            report.low_water_mark = Some(t.low_water_mark.get());
+        }
+        let status = dm
+            .status(&dm_name)?
+            .first()
+            .map(|l| l.params.parse::<PoolStatus>())
+            .transpose()?;
+        match status {
+            Some(PoolStatus::Working(u)) => {
+                let bs = block.unwrap_or(BlockSize::DEFAULT).bytes().0;
+                report.mode = u.mode.to_string();
+                report.transaction_id = Some(u.transaction_id.0);
+                report.data = Some(Space::new(u.used_data.get(), u.total_data.get(), bs));
+                report.metadata = Some(Space::new(u.used_meta.get(), u.total_meta.get(), 4096));
+                report.needs_check = u.needs_check;
+                report.no_space_policy = Some(u.no_space.to_string());
+            }
+            Some(s) => report.mode = s.to_string(),
+            None => {}
+        }
+        Ok(report)
+    }
+
+    /// Grows pool `name`'s data and/or metadata device to the given sizes.
+    pub fn extend(
+        &self,
+        name: &str,
+        data: Option<thinpool::Bytes>,
+        metadata: Option<thinpool::Bytes>,
+    ) -> Result<()> {
+        let mut p = self.open_pool(name)?;
+        if p.record.kind != PoolKind::Loopback {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "pool {name:?} is {}: extend its volume group's LV with lvextend (or run `thinbox pool monitor {name}`), thinbox extends only loopback pools to a given size",
+                    p.record.kind
+                ),
+            ));
+        }
+        if let Some(d) = data {
+            p.pool.extend_data(d)?;
+        }
+        if let Some(m) = metadata {
+            p.pool.extend_metadata(m)?;
+        }
+        Ok(())
+    }
+
+    /// Checks pool `name`'s metadata with `thin_check` on a metadata
+    /// snapshot of the live pool (so the pool keeps working meanwhile).
+    pub fn check(&self, name: &str) -> Result<()> {
+        let p = self.open_pool(name)?;
+        let dm_name = p.pool.name().to_owned();
+        let dm = &self.deps.dm;
+        if dm.message(&dm_name, "reserve_metadata_snap").is_err() {
+            // A snapshot left held (by a crash or another tool): release, retry.
+            let _ = dm.message(&dm_name, "release_metadata_snap");
+            dm.message(&dm_name, "reserve_metadata_snap")?;
+        }
+        let meta = p.pool.metadata_device().path.to_owned();
+        let out = std::process::Command::new("thin_check")
+            .args(["-q", "-m"])
+            .arg(&meta)
+            .output();
+        let released = dm.message(&dm_name, "release_metadata_snap");
+        let out = out.map_err(|e| {
+            Error::new(
+                ErrorKind::BackendUnavailable,
+                format!("cannot run thin_check: {e}: install thin-provisioning-tools"),
+            )
+        })?;
+        released?;
+        if !out.status.success() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "thin_check found damaged metadata in pool {name:?} ({}): stop using it and repair it with thin_repair",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes pool `name`: everything thinbox made for it (an adopted
+    /// pool is only forgotten: its dm device is not thinbox's to remove).
+    pub fn destroy(&self, name: &str) -> Result<()> {
+        let rec = self.record(name)?;
+        let lock = self.lock(name)?;
+        match (rec.state, rec.kind) {
+            (RecordState::Creating, _) => self.undo(&rec),
+            (_, PoolKind::Adopted) => {
+                let pool = self.open_record(&rec)?;
+                drop(pool);
+                if let Some(s) = &rec.store {
+                    for suffix in ["", "-wal", "-shm", "-journal"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", s.display()));
+                    }
+                }
+            }
+            _ => self.open_record(&rec)?.destroy()?,
+        }
+        let d = self.dir_of(name);
+        let _ = std::fs::remove_file(d.join(RECORD));
+        let _ = std::fs::remove_file(d.join("lock"));
+        drop(lock);
+        let _ = std::fs::remove_dir(&d);
+        Ok(())
+    }
+
+    /// Best-effort removal of whatever a half-made pool left.
+    fn undo(&self, rec: &PoolRecord) {
+        if let Ok(pool) = self.open_record(rec) {
+            if rec.kind == PoolKind::Adopted {
+                drop(pool);
+            } else {
+                let _ = pool.destroy();
+            }
+        }
+        let files: Vec<PathBuf> = match rec.kind {
+            PoolKind::Loopback => {
+                let dir = rec.dir.clone().unwrap_or_else(|| self.dir_of(&rec.name));
+                if let Ok(Some(info)) = self.deps.dm.info(&rec.name) {
+                    // Ours only when it sits on our files' loop devices.
+                    let ours = self.deps.loops.find(&dir.join("data")).ok().flatten();
+                    let table = self.deps.dm.table(&rec.name).ok();
+                    let on_ours = ours.zip(table).is_some_and(|(l, t)| {
+                        t.first()
+                            .and_then(|t| PoolTable::from_target(t).ok())
+                            .is_some_and(|t| t.data == thinpool::table::DevRef::Num(l.devnum))
+                    });
+                    if on_ours || !info.live_table {
+                        let _ = self.deps.dm.remove(&rec.name, false);
+                    }
+                }
+                for f in ["data", "metadata"] {
+                    if let Ok(Some(l)) = self.deps.loops.find(&dir.join(f)) {
+                        let _ = self.deps.loops.detach(&l.path);
+                    }
+                }
+                [
+                    "data",
+                    "metadata",
+                    "thinbox.db",
+                    "thinbox.db-wal",
+                    "thinbox.db-shm",
+                    "thinbox.db-journal",
+                ]
+                .iter()
+                .map(|f| dir.join(f))
+                .collect()
+            }
+            _ => rec
+                .store
+                .iter()
+                .flat_map(|s| {
+                    ["", "-wal", "-shm", "-journal"]
+                        .map(|x| PathBuf::from(format!("{}{x}", s.display())))
+                })
+                .collect(),
+        };
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
