@@ -188,6 +188,17 @@ pub enum ErrorKind {
         /// What was asked.
         what: &'static str,
     },
+    /// A pool creation was interrupted (a crash) and has been rolled back:
+    /// nothing it made is left.
+    CreationRolledBack {
+        /// The pool (`VG/LV`).
+        pool: String,
+    },
+    /// Something thinbox would remove is not something it made.
+    NotOurs {
+        /// What it is (`volume group tb`, `physical volume /dev/vdb`).
+        what: String,
+    },
     /// A fault injected by a test double (never produced by real implementations).
     Injected,
 }
@@ -309,6 +320,14 @@ impl fmt::Display for ErrorKind {
                 "the pool has transaction id {transaction_id} and {used} used data blocks, so another tool may own it: adopt it with foreign ownership allowed if it is yours"
             ),
             Unsupported { what } => write!(f, "{what} is not supported for this pool"),
+            CreationRolledBack { pool } => write!(
+                f,
+                "the creation of pool {pool} was interrupted and has been rolled back: create the pool again"
+            ),
+            NotOurs { what } => write!(
+                f,
+                "{what} was not made by thinbox, so it is left alone: remove it by hand or choose another name or device"
+            ),
             Injected => write!(f, "injected fault"),
         }
     }

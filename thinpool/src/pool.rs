@@ -29,6 +29,7 @@ use crate::dm::{check_dm_name, DmControl, DmInfo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::Filesystem;
 use crate::loopdev::{LoopControl, LoopInfo};
+use crate::lvm::LvmControl;
 use crate::metadata::{MetaDev, MetadataTools, ThinUsage};
 use crate::metadata_size::check_metadata_size;
 use crate::status::{PoolMode, PoolStatus, PoolUsage, ThinStatus};
@@ -45,6 +46,8 @@ pub struct Deps {
     pub loops: Arc<dyn LoopControl>,
     /// Offline metadata tools (thin_ls, thin_check).
     pub tools: Arc<dyn MetadataTools>,
+    /// lvm2 (and wipefs), for direct-lvm pools.
+    pub lvm: Arc<dyn LvmControl>,
 }
 
 impl Deps {
@@ -54,6 +57,7 @@ impl Deps {
             dm: Arc::new(crate::dm::RealDm::new()?),
             loops: Arc::new(crate::loopdev::RealLoop),
             tools: Arc::new(crate::metadata::ThinTools),
+            lvm: Arc::new(crate::lvm::RealLvm),
         })
     }
 }
@@ -145,6 +149,24 @@ pub struct Extended {
     pub metadata: Option<Bytes>,
 }
 
+/// Who watches a pool and extends it before it fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Monitor {
+    /// lvm2's dmeventd (its thin plugin extends the LV by the pool's profile).
+    Dmeventd,
+    /// Nothing outside thinbox: [`Pool::watch`] must run to keep the pool healthy.
+    Watch,
+}
+
+impl std::fmt::Display for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Monitor::Dmeventd => "dmeventd",
+            Monitor::Watch => "thinbox watch",
+        })
+    }
+}
+
 /// How to make a direct-lvm pool (Docker's direct-lvm, done by thinbox).
 #[derive(Debug, Clone)]
 pub struct LvmConfig {
@@ -171,6 +193,13 @@ pub struct LvmConfig {
     pub store: PathBuf,
     /// Wipe signatures found on the devices instead of refusing them.
     pub force: bool,
+    /// Fail writes at once when the pool is full (`lvchange --errorwhenfull
+    /// y`, the pool's `error_if_no_space`) instead of queueing them (default on).
+    pub error_when_full: bool,
+    /// Ask dmeventd to monitor the pool (`lvchange --monitor y`; default
+    /// on). Where dmeventd is missing, or with this off, thinbox's own
+    /// [`Pool::watch`] is the monitor; [`Pool::monitor`] says which.
+    pub monitor: bool,
 }
 
 impl LvmConfig {
@@ -194,6 +223,8 @@ impl LvmConfig {
             profile_dir: PathBuf::from("/etc/lvm/profile"),
             store: store.into(),
             force: false,
+            error_when_full: true,
+            monitor: true,
         }
     }
 }
@@ -604,7 +635,7 @@ impl Pool {
     }
 
     fn create_lvm_inner(deps: &Deps, cfg: &LvmConfig) -> Result<Pool> {
-        use crate::lvm::{profile_name, profile_path, profile_text, run, signatures};
+        use crate::lvm::{profile_name, profile_path, profile_text, LvChange, ThinPoolSpec};
         check_name(&cfg.vg)?;
         check_name(&cfg.lv)?;
         if cfg.devices.is_empty() {
@@ -612,32 +643,42 @@ impl Pool {
                 name: "a device for the volume group".to_owned(),
             }));
         }
-        if cfg.data_percent == 0
-            || cfg.metadata_percent == 0
-            || u16::from(cfg.data_percent) + u16::from(cfg.metadata_percent) > 100
-        {
-            return Err(Error::parse(
-                "lvm pool percentages",
-                &format!(
-                    "{}% data, {}% metadata",
-                    cfg.data_percent, cfg.metadata_percent
-                ),
-                "use 1..=100 each, together at most 100",
-            ));
-        }
+        // The percentages are checked again against the VG once it exists.
+        let nominal = crate::lvm::VgInfo {
+            name: cfg.vg.clone(),
+            extent_size: Bytes::mib(4),
+            extent_count: 1 << 40,
+            free_count: 1 << 40,
+        };
+        ThinPoolSpec::from_percent(
+            &nominal,
+            &cfg.lv,
+            cfg.data_percent,
+            cfg.metadata_percent,
+            cfg.chunk_size,
+            cfg.zero,
+        )?;
         if cfg.store.exists() {
-            return Err(Error::new(ErrorKind::NameTaken {
-                name: cfg.store.display().to_string(),
-            })
-            .path(&cfg.store));
+            // A creation a crash interrupted is rolled back first; any other
+            // store means the name is taken.
+            let store = Store::open(&cfg.store)?;
+            let interrupted = store.config("state")?.as_deref() == Some("creating")
+                && store.config("vg")?.as_deref() == Some(cfg.vg.as_str());
+            if !interrupted {
+                return Err(Error::new(ErrorKind::NameTaken {
+                    name: cfg.store.display().to_string(),
+                })
+                .path(&cfg.store));
+            }
+            Self::roll_back_lvm_create(deps, store)?;
         }
-        if run("vgs", &[&cfg.vg]).is_ok() {
+        if deps.lvm.vg(&cfg.vg)?.is_some() {
             return Err(Error::new(ErrorKind::NameTaken {
                 name: cfg.vg.clone(),
             }));
         }
         for d in &cfg.devices {
-            let found = signatures(d)?;
+            let found = deps.lvm.signatures(d)?;
             if !found.is_empty() && !cfg.force {
                 return Err(Error::new(ErrorKind::DeviceHasSignature {
                     device: d.display().to_string(),
@@ -646,67 +687,57 @@ impl Pool {
                 .path(d));
             }
         }
+        let full = format!("{}/{}", cfg.vg, cfg.lv);
+        let profile = profile_path(&cfg.profile_dir, &cfg.vg, &cfg.lv);
         let devs: Vec<String> = cfg
             .devices
             .iter()
             .map(|d| d.display().to_string())
             .collect();
-        let devs: Vec<&str> = devs.iter().map(String::as_str).collect();
-        let full = format!("{}/{}", cfg.vg, cfg.lv);
-        let meta_lv = format!("{}meta", cfg.lv);
-        let profile = profile_path(&cfg.profile_dir, &cfg.vg, &cfg.lv);
-        let mut made_vg = false;
-        let mut made_pvs = false;
+        // The plan is recorded before anything is made, and each step before
+        // it is taken, so a crash at any point can be rolled back.
+        let store = Store::open(&cfg.store)?;
         let r = (|| {
+            for (k, v) in [
+                ("backing", "lvm".to_owned()),
+                ("vg", cfg.vg.clone()),
+                ("lv", cfg.lv.clone()),
+                ("devices", devs.join("\n")),
+                ("profile", profile.display().to_string()),
+                ("floor_percent", "0".to_owned()),
+                ("state", "creating".to_owned()),
+                ("lvm_step", "none".to_owned()),
+                ("monitor", cfg.monitor.to_string()),
+            ] {
+                store.set_config(k, &v)?;
+            }
+            let step = |s: &str| store.set_config("lvm_step", s);
             if cfg.force {
-                for d in &devs {
-                    run("wipefs", &["-a", d])?;
+                step("wipe")?;
+                for d in &cfg.devices {
+                    deps.lvm.wipe(d)?;
                 }
             }
-            run("pvcreate", &[&["-y"], devs.as_slice()].concat())?;
-            made_pvs = true;
-            run("vgcreate", &[&[cfg.vg.as_str()], devs.as_slice()].concat())?;
-            made_vg = true;
-            run(
-                "lvcreate",
-                &[
-                    "-y",
-                    "--wipesignatures",
-                    "y",
-                    "-n",
-                    &cfg.lv,
-                    &cfg.vg,
-                    "-l",
-                    &format!("{}%VG", cfg.data_percent),
-                ],
+            step("pvcreate")?;
+            deps.lvm.pvcreate(&cfg.devices)?;
+            step("vgcreate")?;
+            deps.lvm.vgcreate(&cfg.vg, &cfg.devices)?;
+            let vg = deps.lvm.vg(&cfg.vg)?.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound {
+                    name: cfg.vg.clone(),
+                })
+            })?;
+            let spec = ThinPoolSpec::from_percent(
+                &vg,
+                &cfg.lv,
+                cfg.data_percent,
+                cfg.metadata_percent,
+                cfg.chunk_size,
+                cfg.zero,
             )?;
-            run(
-                "lvcreate",
-                &[
-                    "-y",
-                    "--wipesignatures",
-                    "y",
-                    "-n",
-                    &meta_lv,
-                    &cfg.vg,
-                    "-l",
-                    &format!("{}%VG", cfg.metadata_percent),
-                ],
-            )?;
-            run(
-                "lvconvert",
-                &[
-                    "-y",
-                    "--zero",
-                    if cfg.zero { "y" } else { "n" },
-                    "-c",
-                    &format!("{}k", cfg.chunk_size.bytes().0 >> 10),
-                    "--thinpool",
-                    &full,
-                    "--poolmetadata",
-                    &format!("{}/{meta_lv}", cfg.vg),
-                ],
-            )?;
+            step("lvcreate")?;
+            deps.lvm.create_thin_pool(&spec)?;
+            step("profile")?;
             fs::create_dir_all(&cfg.profile_dir).map_err(|e| Error::io(e, &cfg.profile_dir))?;
             fs::write(
                 &profile,
@@ -716,50 +747,100 @@ impl Pool {
                 ),
             )
             .map_err(|e| Error::io(e, &profile))?;
-            run(
-                "lvchange",
-                &["--metadataprofile", &profile_name(&cfg.vg, &cfg.lv), &full],
-            )?;
-            // dmeventd does the monitoring when it is installed; thinbox's
-            // own watcher does not depend on it.
-            let monitoring = run("lvchange", &["--monitor", "y", &full]).is_ok();
-            let store = Store::open(&cfg.store)?;
-            for (k, v) in [
-                ("backing", "lvm".to_owned()),
-                ("vg", cfg.vg.clone()),
-                ("lv", cfg.lv.clone()),
-                ("devices", devs.join("\n")),
-                ("profile", profile.display().to_string()),
-                ("monitoring", monitoring.to_string()),
-                ("floor_percent", "0".to_owned()),
-                ("state", "creating".to_owned()),
-            ] {
-                store.set_config(k, &v)?;
+            deps.lvm
+                .lvchange(&full, &LvChange::Profile(profile_name(&cfg.vg, &cfg.lv)))?;
+            deps.lvm
+                .lvchange(&full, &LvChange::ErrorWhenFull(cfg.error_when_full))?;
+            if cfg.monitor {
+                // dmeventd monitors when it is there; without it, thinbox's
+                // own watch loop is the monitor (see `Pool::monitor`).
+                if let Err(e) = deps.lvm.lvchange(&full, &LvChange::Monitor(true)) {
+                    tracing::info!("{e}: dmeventd does not monitor {full}; run Pool::watch");
+                }
+            } else {
+                deps.lvm.lvchange(&full, &LvChange::Monitor(false))?;
             }
-            drop(store);
-            Self::open_lvm(deps, &cfg.store)
+            // The creation is committed: from here an open rolls forward.
+            store.set_config("state", "made")
         })();
-        r.inspect_err(|_| {
-            if made_vg {
-                let _ = run("vgremove", &["-y", "-f", &cfg.vg]);
+        if let Err(e) = r {
+            let _ = Self::roll_back_lvm_create(deps, store);
+            return Err(e);
+        }
+        drop(store);
+        Self::open_lvm_inner(deps, &cfg.store).inspect_err(|_| {
+            if let Ok(store) = Store::open(&cfg.store) {
+                let _ = Self::roll_back_lvm_create(deps, store);
             }
-            if made_pvs {
-                let _ = run("pvremove", &[&["-y"], devs.as_slice()].concat());
-            }
-            let mut files = store_files_of(&cfg.store);
-            files.push(profile.clone());
-            let _ = remove_files(&files);
         })
+    }
+
+    /// Removes what an interrupted or failed `create_lvm` made, as far as
+    /// its recorded step shows it got: the profile, the VG (only when every
+    /// PV in it is one of the pool's devices), the PV labels (only on the
+    /// pool's devices and only when they are in no VG), and the store.
+    /// Anything else is refused as [`ErrorKind::NotOurs`]. Idempotent, so a
+    /// crash during the rollback is rolled back by the next try.
+    fn roll_back_lvm_create(deps: &Deps, store: Store) -> Result<()> {
+        const STEPS: [&str; 6] = [
+            "none", "wipe", "pvcreate", "vgcreate", "lvcreate", "profile",
+        ];
+        let get = |k: &str| -> Result<String> { Ok(store.config(k)?.unwrap_or_default()) };
+        let step = get("lvm_step")?;
+        let at = STEPS
+            .iter()
+            .position(|s| *s == step)
+            .ok_or_else(|| Error::parse("recorded lvm step", &step, "unknown step"))?;
+        let reached = |s: &str| STEPS.iter().position(|x| *x == s).is_some_and(|i| at >= i);
+        let vg = get("vg")?;
+        let devices: Vec<PathBuf> = get("devices")?
+            .split('\n')
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if reached("profile") {
+            remove_files(&[PathBuf::from(get("profile")?)])?;
+        }
+        if reached("vgcreate") && !vg.is_empty() && deps.lvm.vg(&vg)?.is_some() {
+            let foreign = deps
+                .lvm
+                .pvs()?
+                .into_iter()
+                .any(|p| p.vg.as_deref() == Some(vg.as_str()) && !devices.contains(&p.device));
+            if foreign {
+                return Err(Error::new(ErrorKind::NotOurs {
+                    what: format!("volume group {vg}"),
+                }));
+            }
+            deps.lvm.vgremove(&vg)?;
+        }
+        if reached("pvcreate") {
+            let pvs = deps.lvm.pvs()?;
+            let ours: Vec<PathBuf> = devices
+                .iter()
+                .filter(|d| pvs.iter().any(|p| &p.device == *d && p.vg.is_none()))
+                .cloned()
+                .collect();
+            if !ours.is_empty() {
+                deps.lvm.pvremove(&ours)?;
+            }
+        }
+        let files = store_files_of(store.path());
+        drop(store);
+        remove_files(&files)
     }
 
     /// Opens (activating with `lvchange -ay` if needed) a direct-lvm pool
     /// from its record store, and reconciles. Idempotent. (LVM itself runs
-    /// thin_check when it activates a pool.)
+    /// thin_check when it activates a pool.) A creation a crash interrupted
+    /// before it was committed is rolled back instead, and reported as
+    /// [`ErrorKind::CreationRolledBack`]; one interrupted after is finished.
     pub fn open_lvm(deps: &Deps, store_path: &Path) -> Result<Pool> {
         Self::open_lvm_inner(deps, store_path).map_err(|e| e.op("open lvm pool").path(store_path))
     }
 
     fn open_lvm_inner(deps: &Deps, store_path: &Path) -> Result<Pool> {
+        use crate::lvm::LvChange;
         let store = Self::existing_store(store_path)?;
         let get = |k: &str| -> Result<String> {
             store.config(k)?.ok_or_else(|| {
@@ -767,10 +848,21 @@ impl Pool {
             })
         };
         let (vg, lv) = (get("vg")?, get("lv")?);
+        if get("state")? == "creating" {
+            Self::roll_back_lvm_create(deps, store)?;
+            return Err(Error::new(ErrorKind::CreationRolledBack {
+                pool: format!("{vg}/{lv}"),
+            }));
+        }
         let devices = get("devices")?.split('\n').map(PathBuf::from).collect();
         let profile = PathBuf::from(get("profile")?);
-        crate::lvm::run("lvchange", &["-ay", &format!("{vg}/{lv}")])?;
-        let row = crate::lvm::lv(&vg, &lv)?;
+        let full = format!("{vg}/{lv}");
+        deps.lvm.lvchange(&full, &LvChange::Activate)?;
+        if store.config("monitor")?.as_deref() == Some("false") {
+            // Activation may have turned dmeventd monitoring on again.
+            deps.lvm.lvchange(&full, &LvChange::Monitor(false))?;
+        }
+        let row = crate::lvm::lv(&*deps.lvm, &vg, &lv)?;
         let name = row.dm_name().to_owned();
         let table = Self::live_pool_table(deps, &name)?;
         let tmeta = format!("{name}_tmeta");
@@ -841,8 +933,8 @@ impl Pool {
         store_path: &Path,
         allow_foreign: bool,
     ) -> Result<Pool> {
-        let row =
-            crate::lvm::lv(vg, lv).map_err(|e| e.op("adopt pool").pool(format!("{vg}/{lv}")))?;
+        let row = crate::lvm::lv(&*deps.lvm, vg, lv)
+            .map_err(|e| e.op("adopt pool").pool(format!("{vg}/{lv}")))?;
         if !row.is_thin_pool() {
             return Err(Error::new(ErrorKind::NotAThinPool {
                 device: format!("{vg}/{lv}"),
@@ -1031,6 +1123,24 @@ impl Pool {
 
     fn err(&self, e: Error, op: &'static str) -> Error {
         e.op(op).pool(&self.name)
+    }
+
+    /// Who monitors the pool: dmeventd when lvm2 reports the pool LV as
+    /// monitored, otherwise thinbox's own [`Pool::watch`] (always so for
+    /// loopback and adopted pools).
+    pub fn monitor(&self) -> Result<Monitor> {
+        match &self.backing {
+            Backing::Lvm { vg, lv, .. } => {
+                let row = crate::lvm::lv(&*self.deps.lvm, vg, lv)
+                    .map_err(|e| self.err(e, "read pool monitoring"))?;
+                Ok(if row.is_monitored() {
+                    Monitor::Dmeventd
+                } else {
+                    Monitor::Watch
+                })
+            }
+            _ => Ok(Monitor::Watch),
+        }
     }
 
     /// The pool's status.
@@ -1811,8 +1921,10 @@ impl Pool {
             if (over(u.used_data.get(), u.total_data.get()) || u.mode == PoolMode::OutOfDataSpace)
                 && cur < policy.max_data
             {
-                let pct = format!("+{}%LV", policy.extend_percent.max(1));
-                crate::lvm::run("lvextend", &["-y", "-l", &pct, &full])?;
+                self.deps.lvm.lvextend(
+                    &full,
+                    crate::lvm::LvExtend::DataPercent(policy.extend_percent.max(1)),
+                )?;
                 self.refresh_table()?;
                 let total = self.table.block_size.blocks_floor(self.table.length);
                 self.set_low_water_mark(policy.low_water_mark(total))?;
@@ -1821,10 +1933,9 @@ impl Pool {
             let meta_bytes = u.total_meta.sectors().bytes();
             if over(u.used_meta.get(), u.total_meta.get()) && meta_bytes < policy.max_metadata {
                 let mib = (percent_of(meta_bytes.0, policy.extend_percent) >> 20).max(1);
-                crate::lvm::run(
-                    "lvextend",
-                    &["-y", "--poolmetadatasize", &format!("+{mib}M"), &full],
-                )?;
+                self.deps
+                    .lvm
+                    .lvextend(&full, crate::lvm::LvExtend::Metadata(Bytes::mib(mib)))?;
                 self.refresh_table()?;
                 done.metadata = Some(Bytes(meta_bytes.0 + (mib << 20)));
             }
@@ -2005,14 +2116,14 @@ impl Pool {
             } => {
                 let full = format!("{vg}/{lv}");
                 if !destroy {
-                    crate::lvm::run("lvchange", &["-an", &full])?;
+                    self.deps
+                        .lvm
+                        .lvchange(&full, &crate::lvm::LvChange::Deactivate)?;
                     return self.store.set_config("clean", "true");
                 }
-                crate::lvm::run("lvremove", &["-y", &full])?;
-                crate::lvm::run("vgremove", &["-y", &vg])?;
-                for d in &devices {
-                    crate::lvm::run("pvremove", &["-y", &d.to_string_lossy()])?;
-                }
+                self.deps.lvm.lvremove(&full)?;
+                self.deps.lvm.vgremove(&vg)?;
+                self.deps.lvm.pvremove(&devices)?;
                 files.push(profile);
                 drop(self);
                 remove_files(&files)
@@ -2034,6 +2145,7 @@ mod tests {
     struct Env {
         dm: FakeDm,
         loops: FakeLoop,
+        lvm: crate::lvm::FakeLvm,
         deps: Deps,
         _tmp: tempfile::TempDir,
         dir: PathBuf,
@@ -2042,6 +2154,7 @@ mod tests {
     fn env() -> Env {
         let dm = FakeDm::new();
         let loops = FakeLoop::new();
+        let lvm = crate::lvm::FakeLvm::new(&dm);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         Env {
@@ -2049,9 +2162,11 @@ mod tests {
                 dm: Arc::new(dm.clone()),
                 loops: Arc::new(loops.clone()),
                 tools: Arc::new(FakeTools::new(&dm)),
+                lvm: Arc::new(lvm.clone()),
             },
             dm,
             loops,
+            lvm,
             _tmp: tmp,
             dir,
         }
@@ -2642,5 +2757,260 @@ mod tests {
         assert_eq!(p.reconciliation().removed, vec!["tp-a".to_owned()]);
         p.activate("a").unwrap();
         p.destroy().unwrap();
+    }
+
+    // ---- direct-lvm pools over the fake lvm2 ----------------------------
+
+    const DISK: &str = "/dev/fake-vda";
+
+    fn lvm_cfg(e: &Env) -> LvmConfig {
+        let mut c = LvmConfig::new(
+            vec![PathBuf::from(DISK)],
+            "vg0",
+            "pool",
+            e.dir.join("lvm.db"),
+        );
+        c.profile_dir = e.dir.join("profile");
+        c.data_percent = 50;
+        c.metadata_percent = 2;
+        c
+    }
+
+    fn lvm_env(signatures: &[&str]) -> Env {
+        let e = env();
+        fs::create_dir_all(&e.dir).unwrap();
+        e.lvm.add_disk(DISK, Bytes::gib(1), signatures);
+        e
+    }
+
+    /// Nothing of a pool is left: no VG, no PV label, no profile, no
+    /// store, no dm device.
+    fn assert_no_lvm_leftovers(e: &Env, c: &LvmConfig, what: &str) {
+        assert!(e.lvm.vg_names().is_empty(), "{what}: VG left");
+        assert!(e.lvm.pv_devices().is_empty(), "{what}: PV left");
+        assert!(
+            !e.lvm
+                .signatures(Path::new(DISK))
+                .unwrap()
+                .contains(&"LVM2_member".to_owned()),
+            "{what}: PV signature left"
+        );
+        assert!(!c.store.exists(), "{what}: store left");
+        assert!(
+            fs::read_dir(&c.profile_dir).map_or(true, |mut d| d.next().is_none()),
+            "{what}: profile left"
+        );
+        assert!(e.dm.list().unwrap().is_empty(), "{what}: dm devices left");
+    }
+
+    #[test]
+    fn lvm_pool_lifecycle() {
+        let e = lvm_env(&[]);
+        let c = lvm_cfg(&e);
+        let mut p = Pool::create_lvm(&e.deps, &c).unwrap();
+        // 1 GiB disk: 255 extents of 4 MiB; 50% data = 127 extents, 2% metadata = 5.
+        assert_eq!(p.name(), "vg0-pool");
+        assert_eq!(p.table().length, Sectors::new(127 * 8192));
+        assert_eq!(p.table().block_size.bytes(), Bytes::kib(512));
+        assert!(p.table().features.skip_block_zeroing, "zeroing off");
+        assert!(p.table().features.error_if_no_space, "--errorwhenfull y");
+        let row = crate::lvm::lv(&e.lvm, "vg0", "pool").unwrap();
+        assert_eq!(row.lv_profile, "thinbox-vg0-pool");
+        assert_eq!(row.lv_when_full, "error");
+        let profile = fs::read_to_string(c.profile_dir.join("thinbox-vg0-pool.profile")).unwrap();
+        assert!(
+            profile.contains("thin_pool_autoextend_threshold=80"),
+            "{profile}"
+        );
+        assert!(e
+            .lvm
+            .calls()
+            .iter()
+            .any(|c| c == "lvchange --monitor y vg0/pool"));
+        assert_eq!(p.monitor().unwrap(), Monitor::Dmeventd);
+        // Thin devices on it.
+        p.create_thin("a", MIB16).unwrap();
+        p.activate("a").unwrap();
+        p.snapshot("a", "s").unwrap();
+        p.resize_thin("a", Sectors::new(MIB16.get() * 2)).unwrap();
+        p.delete_thin("s").unwrap();
+        assert_eq!(kernel_ids(&e, &p), vec![0]);
+        // Autoextend through lvextend, then the low-water mark is set again.
+        let policy = AutoextendPolicy {
+            threshold_percent: 0,
+            extend_percent: 10,
+            ..AutoextendPolicy::default()
+        };
+        let grown = p.maybe_extend(&policy).unwrap();
+        assert!(e
+            .lvm
+            .calls()
+            .iter()
+            .any(|c| c == "lvextend -l +10%LV vg0/pool"));
+        assert_eq!(p.table().length, Sectors::new(140 * 8192));
+        assert_eq!(grown.data, Some(p.table().length.bytes()));
+        // Shut down and reopen: the records and the thin device survive.
+        p.shutdown().unwrap();
+        assert!(e.dm.info("vg0-pool").unwrap().is_none());
+        let p = Pool::open_lvm(&e.deps, &c.store).unwrap();
+        assert!(p.reconciliation().is_clean(), "{:?}", p.reconciliation());
+        assert_eq!(recorded_ids(&p), vec![0]);
+        p.activate("a").unwrap();
+        p.destroy().unwrap();
+        assert_no_lvm_leftovers(&e, &c, "destroy");
+    }
+
+    #[test]
+    fn lvm_refuses_signatures_unless_forced() {
+        let e = lvm_env(&["ext4", "dos"]);
+        let mut c = lvm_cfg(&e);
+        let err = Pool::create_lvm(&e.deps, &c).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::DeviceHasSignature { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("/dev/fake-vda holds ext4, dos"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("force"), "{err}");
+        assert!(!e.lvm.calls().iter().any(|c| c.starts_with("pvcreate")));
+        assert!(!c.store.exists());
+        c.force = true;
+        let p = Pool::create_lvm(&e.deps, &c).unwrap();
+        assert!(e.lvm.calls().iter().any(|c| c == "wipefs -a /dev/fake-vda"));
+        p.destroy().unwrap();
+        assert_no_lvm_leftovers(&e, &c, "destroy");
+    }
+
+    #[test]
+    fn lvm_bad_input_and_taken_names() {
+        let e = lvm_env(&[]);
+        let mut c = lvm_cfg(&e);
+        c.data_percent = 90;
+        c.metadata_percent = 10;
+        let err = Pool::create_lvm(&e.deps, &c).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("spare"), "{err}");
+        assert!(e.lvm.calls().is_empty(), "refused before any command");
+        let mut c = lvm_cfg(&e);
+        c.devices.clear();
+        assert!(Pool::create_lvm(&e.deps, &c).unwrap_err().is_not_found());
+        // A VG of that name exists already.
+        let c = lvm_cfg(&e);
+        let p = Pool::create_lvm(&e.deps, &c).unwrap();
+        let mut other = lvm_cfg(&e);
+        other.store = e.dir.join("other.db");
+        let err = Pool::create_lvm(&e.deps, &other).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::NameTaken { .. }), "{err}");
+        assert!(!other.store.exists());
+        // A failure half-way (lvcreate) rolls everything back.
+        p.destroy().unwrap();
+        e.lvm.fail_next("lvcreate");
+        let err = Pool::create_lvm(&e.deps, &c).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::ToolFailed { .. }), "{err}");
+        assert_no_lvm_leftovers(&e, &c, "failed lvcreate");
+    }
+
+    #[test]
+    fn lvm_without_dmeventd_thinbox_watches() {
+        let e = lvm_env(&[]);
+        e.lvm.set_dmeventd(false);
+        let c = lvm_cfg(&e);
+        let p = Pool::create_lvm(&e.deps, &c).unwrap();
+        assert!(
+            e.lvm
+                .calls()
+                .iter()
+                .any(|c| c == "lvchange --monitor y vg0/pool"),
+            "monitoring is attempted"
+        );
+        assert_eq!(p.monitor().unwrap(), Monitor::Watch);
+        assert_eq!(p.monitor().unwrap().to_string(), "thinbox watch");
+        p.destroy().unwrap();
+        // Turned off on request even where dmeventd runs.
+        e.lvm.set_dmeventd(true);
+        let mut c = lvm_cfg(&e);
+        c.monitor = false;
+        let p = Pool::create_lvm(&e.deps, &c).unwrap();
+        assert_eq!(p.monitor().unwrap(), Monitor::Watch);
+        p.destroy().unwrap();
+        let p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        assert_eq!(p.monitor().unwrap(), Monitor::Watch);
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn lvm_create_crash_matrix() {
+        // (pattern, when, rolled forward by open)
+        let points = [
+            ("wipefs -a", CrashWhen::Before, false),
+            ("wipefs -a", CrashWhen::After, false),
+            ("pvcreate", CrashWhen::Before, false),
+            ("pvcreate", CrashWhen::After, false),
+            ("vgcreate", CrashWhen::After, false),
+            ("lvcreate", CrashWhen::Before, false),
+            ("lvcreate", CrashWhen::After, false),
+            ("--metadataprofile", CrashWhen::Before, false),
+            ("--metadataprofile", CrashWhen::After, false),
+            ("--errorwhenfull", CrashWhen::After, false),
+            ("--monitor", CrashWhen::After, false),
+            ("lvchange -ay", CrashWhen::Before, true),
+        ];
+        for (pattern, when, forward) in points {
+            for retry_by_create in [false, true] {
+                let what = format!("{pattern} {when:?} retry_by_create={retry_by_create}");
+                let e = lvm_env(&["ext4"]);
+                let mut c = lvm_cfg(&e);
+                c.force = true;
+                e.lvm.crash_at(pattern, when);
+                let r = catch_unwind(AssertUnwindSafe(|| Pool::create_lvm(&e.deps, &c)));
+                assert!(r.is_err(), "{what}: no crash");
+                if retry_by_create && !forward {
+                    // Creating again rolls the interrupted creation back first.
+                    let p = Pool::create_lvm(&e.deps, &c).unwrap();
+                    p.destroy().unwrap();
+                    assert_no_lvm_leftovers(&e, &c, &what);
+                    continue;
+                }
+                match Pool::open_lvm(&e.deps, &c.store) {
+                    Ok(p) => {
+                        assert!(forward, "{what}: an uncommitted creation was opened");
+                        assert!(p.reconciliation().is_clean());
+                        p.destroy().unwrap();
+                        assert_no_lvm_leftovers(&e, &c, &what);
+                    }
+                    Err(err) => {
+                        assert!(!forward, "{what}: {err}");
+                        assert!(
+                            matches!(err.kind(), ErrorKind::CreationRolledBack { .. }),
+                            "{what}: {err}"
+                        );
+                        assert!(err.to_string().contains("create the pool again"), "{err}");
+                        assert_no_lvm_leftovers(&e, &c, &what);
+                        let p = Pool::create_lvm(&e.deps, &c).unwrap();
+                        p.destroy().unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lvm_rollback_leaves_what_is_not_ours() {
+        let e = lvm_env(&[]);
+        e.lvm.add_disk("/dev/fake-vdb", Bytes::gib(1), &[]);
+        let c = lvm_cfg(&e);
+        e.lvm.crash_at("vgcreate", CrashWhen::Before);
+        assert!(catch_unwind(AssertUnwindSafe(|| Pool::create_lvm(&e.deps, &c))).is_err());
+        // Someone else makes a VG of that name on another disk meanwhile.
+        let other = vec![PathBuf::from("/dev/fake-vdb")];
+        e.lvm.pvcreate(&other).unwrap();
+        e.lvm.vgcreate("vg0", &other).unwrap();
+        let err = Pool::open_lvm(&e.deps, &c.store).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::NotOurs { .. }), "{err}");
+        assert!(err.to_string().contains("volume group vg0"), "{err}");
+        assert_eq!(e.lvm.vg_names(), vec!["vg0".to_owned()], "their VG stays");
+        assert!(!e.lvm.calls().iter().any(|c| c.starts_with("vgremove")));
     }
 }

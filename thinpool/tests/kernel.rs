@@ -690,6 +690,7 @@ fn crash_child(spec: &str) -> ! {
         }),
         loops: Arc::new(RealLoop),
         tools: Arc::new(ThinTools),
+        lvm: Arc::new(thinpool::lvm::RealLvm),
     };
     let mut pool = Pool::open_loopback(&deps, Path::new(f[0])).unwrap();
     let r = match f[1] {
