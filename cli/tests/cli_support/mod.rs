@@ -1,0 +1,197 @@
+//! Shared helpers for the CLI tests: a state root in a `thinbox-test-*`
+//! temporary directory, the real `thinbox` binary run against it, and a
+//! teardown that removes whatever the embedded default made (the btrfs
+//! image's mount and loop device, or the loopback dm-thin pool).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration::fixtures::{temp_dir, try_run};
+use serde_json::Value;
+
+/// The binary under test.
+pub const THINBOX: &str = env!("CARGO_BIN_EXE_thinbox");
+
+/// A state root (the temporary directory itself, so the default pool name
+/// `thinbox-test-PID-...-pool` is one the sweep recognises) with a config
+/// file beside the state.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// What a run of the binary gave.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Root {
+    /// A root with an empty config file (the embedded default).
+    pub fn new() -> Root {
+        Root::with_config("")
+    }
+
+    /// A root with `config` as its config file.
+    pub fn with_config(config: &str) -> Root {
+        let dir = temp_dir();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        Root { dir, config: path }
+    }
+
+    /// The state root.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces the config file.
+    pub fn set_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// The command line for `args` against this root.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(THINBOX);
+        c.arg("--root")
+            .arg(self.path())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        c
+    }
+
+    /// Runs `args`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command(args).output().expect("run thinbox").into()
+    }
+
+    /// Runs `args`, which must succeed; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "thinbox {args:?} failed: {r:?}");
+        r.stdout
+    }
+
+    /// Runs `args` with `--json`, which must succeed; returns the parsed output.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("thinbox {a:?}: bad json {e}: {out}"))
+    }
+
+    /// Runs `args`, which must fail with exit `code` and exactly one line
+    /// on stderr starting `thinbox: `; returns that line.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let r = self.run(args);
+        assert_eq!(
+            r.code, code,
+            "thinbox {args:?}: expected exit {code}: {r:?}"
+        );
+        one_line(&r.stderr)
+    }
+
+    /// The recorded backend (`ROOT/backend.toml`), as text.
+    pub fn backend_record(&self) -> String {
+        std::fs::read_to_string(self.path().join("backend.toml")).unwrap_or_default()
+    }
+}
+
+/// Asserts `stderr` is one `thinbox: ...` line (no backtrace) and returns it.
+#[track_caller]
+pub fn one_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr: {stderr:?}");
+    assert!(lines[0].starts_with("thinbox: "), "{stderr:?}");
+    assert!(!stderr.contains("backtrace"), "{stderr:?}");
+    lines[0].to_owned()
+}
+
+/// Whether `path` is a mount point.
+pub fn is_mounted(path: &Path) -> bool {
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m) == want)
+}
+
+/// Loop devices whose backing file is under `dir`.
+pub fn loops_under(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let backing =
+            std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+        if name.starts_with("loop") && Path::new(backing.trim_end()).starts_with(dir) {
+            v.push(format!("/dev/{name}"));
+        }
+    }
+    v
+}
+
+/// dm devices whose name starts with `prefix`.
+pub fn dm_devices(prefix: &str) -> Vec<String> {
+    let Ok(out) = Command::new("dmsetup").args(["ls"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let root = self.dir.path().to_owned();
+        // Mounts below the root, deepest first.
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&root))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if !try_run("umount", &[&m]) {
+                try_run("umount", &["-l", &m]);
+            }
+        }
+        // The default pool's devices: thins first, then the pool.
+        let prefix = format!("{}-pool", root.file_name().unwrap().to_string_lossy());
+        if Path::new("/dev/mapper/control").exists() {
+            for _ in 0..3 {
+                let mut devs = dm_devices(&prefix);
+                devs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+                for d in devs {
+                    try_run("dmsetup", &["remove", "--force", &d]);
+                }
+            }
+        }
+        for l in loops_under(&root) {
+            try_run("losetup", &["-d", &l]);
+        }
+    }
+}

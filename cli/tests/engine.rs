@@ -1,0 +1,281 @@
+//! The embedded default and the configuration, through the real binary:
+//! loopback btrfs on the host, loopback dm-thin in the VM, the choice
+//! printed once and recorded, crash leftovers redone, config overrides and
+//! errors, usage errors, and the non-root refusal.
+
+mod cli_support;
+
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+use cli_support::{is_mounted, loops_under, one_line, Root, THINBOX};
+use integration::harness::{self, KernelTest};
+use integration::need::Need;
+
+fn main() -> ExitCode {
+    harness::main(&[
+        KernelTest::new(
+            "default_lands_on_loopback_btrfs",
+            default_lands_on_loopback_btrfs,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::Btrfs]),
+        KernelTest::new(
+            "default_is_remounted_after_reboot",
+            default_is_remounted_after_reboot,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::Btrfs]),
+        KernelTest::new("half_made_default_is_redone", half_made_default_is_redone).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::Btrfs,
+        ]),
+        KernelTest::new(
+            "config_file_overrides_the_default",
+            config_file_overrides_the_default,
+        )
+        .needs(&[Need::Root, Need::Overlay]),
+        KernelTest::new(
+            "bad_config_is_one_line_and_changes_nothing",
+            bad_config_is_one_line_and_changes_nothing,
+        )
+        .needs(&[Need::Root]),
+        KernelTest::new("usage_errors_exit_2", usage_errors_exit_2),
+        KernelTest::new("non_root_is_refused", non_root_is_refused).needs(&[Need::Root]),
+        KernelTest::new("default_lands_on_dm_thin", default_lands_on_dm_thin).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::DmThin,
+        ]),
+    ])
+}
+
+fn default_lands_on_loopback_btrfs() {
+    let root = Root::new();
+    let first = root.run(&["snapshot", "ls"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let line = one_line(&first.stderr);
+    assert!(line.contains("using the btrfs backend"), "{line}");
+    assert!(line.contains("no dm-thin"), "says why: {line}");
+    let rec = root.backend_record();
+    assert!(rec.contains("backend = \"btrfs\""), "{rec}");
+    assert!(rec.contains("btrfs-image"), "{rec}");
+    assert!(!root.path().join("backend.partial.toml").exists());
+    assert!(is_mounted(&root.path().join("btrfs")), "image mounted");
+    assert_eq!(loops_under(root.path()).len(), 1);
+    let img = std::fs::metadata(root.path().join("btrfs.img")).unwrap();
+    assert_eq!(img.len(), 20 << 30, "default image size");
+    // Sparse: far less allocated than its size.
+    use std::os::unix::fs::MetadataExt;
+    assert!(img.blocks() * 512 < 1 << 30, "sparse image");
+
+    // Later runs reuse it silently.
+    let second = root.run(&["snapshot", "ls"]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(second.stderr, "", "the choice is printed once");
+    assert_eq!(root.json(&["snapshot", "ls"]), serde_json::json!([]));
+    assert_eq!(loops_under(root.path()).len(), 1, "no second loop device");
+}
+
+fn default_is_remounted_after_reboot() {
+    let root = Root::new();
+    root.ok(&["snapshot", "prepare", "a"]);
+    root.ok(&["snapshot", "commit", "base", "a"]);
+    // A reboot: the mount and the loop device are gone, the image stays.
+    let mnt = root.path().join("btrfs");
+    integration::fixtures::run("umount", &[mnt.to_str().unwrap()]);
+    for l in loops_under(root.path()) {
+        integration::fixtures::run("losetup", &["-d", &l]);
+    }
+    assert!(!is_mounted(&mnt));
+    let r = root.run(&["--json", "snapshot", "ls"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stderr, "", "no new choice after a reboot");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["name"], "base", "{v}");
+    assert_eq!(v[0]["kind"], "committed", "{v}");
+    assert!(is_mounted(&mnt));
+}
+
+fn half_made_default_is_redone() {
+    let root = Root::new();
+    // What a run killed during mkfs leaves: the partial record and an
+    // unformatted image.
+    let img = root.path().join("btrfs.img");
+    integration::fixtures::sparse_file(&img, 1 << 30);
+    std::fs::write(
+        root.path().join("backend.partial.toml"),
+        format!(
+            "backend = \"btrfs\"\nreason = \"test\"\n[source]\nkind = \"btrfs-image\"\nimage = \"{}\"\nmountpoint = \"{}\"\n",
+            img.display(),
+            root.path().join("btrfs").display()
+        ),
+    )
+    .unwrap();
+    let r = root.run(&["snapshot", "ls"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(one_line(&r.stderr).contains("btrfs"), "{r:?}");
+    assert!(!root.path().join("backend.partial.toml").exists());
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().len(),
+        20 << 30,
+        "image made again"
+    );
+    root.ok(&["snapshot", "prepare", "k"]);
+    assert_eq!(loops_under(root.path()).len(), 1);
+}
+
+fn config_file_overrides_the_default() {
+    let root = Root::with_config("backend = \"overlay\"\n");
+    let r = root.run(&["snapshot", "prepare", "a"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        one_line(&r.stderr).contains("using the overlay backend"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("overlay") || r.stdout.contains("bind"),
+        "{r:?}"
+    );
+    assert!(root.backend_record().contains("backend = \"overlay\""));
+    assert!(!root.path().join("btrfs.img").exists(), "no btrfs made");
+
+    // The root keeps its backend: a config asking for another one is refused.
+    root.set_config("backend = \"naive\"\n");
+    let line = root.fails(&["snapshot", "ls"], 2);
+    assert!(line.contains("overlay") && line.contains("naive"), "{line}");
+
+    // --root on the command line beats `root` in the config file.
+    let other = Root::with_config("backend = \"naive\"\n");
+    other.set_config(&format!(
+        "root = \"{}\"\nbackend = \"naive\"\n",
+        root.path().join("elsewhere").display()
+    ));
+    other.ok(&["snapshot", "ls"]);
+    assert!(other.backend_record().contains("naive"));
+    assert!(!root.path().join("elsewhere").exists());
+}
+
+fn bad_config_is_one_line_and_changes_nothing() {
+    let root = Root::with_config("backend = \"btrfs\"\n[devmapper]\ndata_sise = \"1G\"\n");
+    let line = root.fails(&["snapshot", "ls"], 2);
+    assert!(line.contains("data_sise"), "names the key: {line}");
+    assert!(line.contains("config.toml"), "names the file: {line}");
+    assert!(line.contains("line 3"), "{line}");
+    assert!(!root.path().join("backend.toml").exists());
+
+    root.set_config("backend = \"lvm\"\n");
+    let line = root.fails(&["snapshot", "ls"], 2);
+    assert!(line.contains("lvm"), "{line}");
+
+    root.set_config("backend = \"zfs\"\n");
+    let line = root.fails(&["snapshot", "ls"], 2);
+    assert!(line.contains("[zfs] dataset"), "{line}");
+    assert!(!root.path().join("backend.toml").exists());
+
+    let r = std::process::Command::new(THINBOX)
+        .args([
+            "--root",
+            "/nonexistent",
+            "--config",
+            "/nonexistent/c.toml",
+            "snapshot",
+            "ls",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(3));
+    assert!(one_line(&String::from_utf8_lossy(&r.stderr)).contains("/nonexistent/c.toml"));
+}
+
+fn usage_errors_exit_2() {
+    for args in [
+        &["frobnicate"][..],
+        &["snapshot", "ls", "--bogus"],
+        &["pool", "create"],
+        &["pool", "extend"],
+        &["snapshot", "prepare"],
+    ] {
+        let out = std::process::Command::new(THINBOX)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(THINBOX)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        help.contains("Exit codes") && help.contains("5  not root"),
+        "{help}"
+    );
+}
+
+fn non_root_is_refused() {
+    let root = Root::new();
+    for args in [&["snapshot", "ls"][..], &["pool", "status"]] {
+        let out = root
+            .command(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run thinbox as nobody");
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");
+        let line = one_line(&String::from_utf8_lossy(&out.stderr));
+        assert!(line.contains("run as root"), "{line}");
+    }
+    assert!(!root.path().join("backend.toml").exists());
+}
+
+fn default_lands_on_dm_thin() {
+    // The default backend choice with smaller sizes (the guest's /tmp is a tmpfs).
+    let root = Root::with_config(
+        "[devmapper]\ndata_size = \"2G\"\nmetadata_size = \"64M\"\nbase_size = \"256M\"\n",
+    );
+    let r = root.run(&["snapshot", "ls"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = one_line(&r.stderr);
+    assert!(line.contains("using the dm-thin backend"), "{line}");
+    let rec = root.backend_record();
+    assert!(rec.contains("backend = \"dm-thin\""), "{rec}");
+    let pool = format!(
+        "{}-pool",
+        root.path().file_name().unwrap().to_string_lossy()
+    );
+    assert!(rec.contains(&pool), "{rec}");
+    assert_eq!(root.run(&["snapshot", "ls"]).stderr, "", "printed once");
+
+    // The pool is a named pool: `thinbox pool status` shows it.
+    let st = root.json(&["pool", "status", &pool]);
+    assert_eq!(st["kind"], "loopback", "{st}");
+    assert_eq!(st["mode"], "rw", "{st}");
+    assert_eq!(st["data"]["total_bytes"], 2u64 << 30, "{st}");
+    // And it cannot be destroyed under the snapshotter's feet.
+    let line = root.fails(&["pool", "destroy", &pool], 4);
+    assert!(line.contains("holds the snapshots"), "{line}");
+
+    // Snapshots work on it: block devices with ext4.
+    let mnt = root.path().join("mnt");
+    let out = root.ok(&["snapshot", "prepare", "a", "--mount", mnt.to_str().unwrap()]);
+    assert!(out.contains("mounted"), "{out}");
+    std::fs::write(mnt.join("hello"), "dm-thin").unwrap();
+    integration::fixtures::run("umount", &[mnt.to_str().unwrap()]);
+    root.ok(&["snapshot", "commit", "base", "a"]);
+    let v = root.json(&["snapshot", "view", "v", "base"]);
+    assert_eq!(v["mounts"][0]["type"], "ext4", "{v}");
+    let u = root.json(&["snapshot", "usage", "base"]);
+    assert!(u["size"].as_u64().unwrap() > 0, "{u}");
+    let tar = root.path().join("layer.tar");
+    root.ok(&["snapshot", "diff", "base", tar.to_str().unwrap()]);
+    let list = integration::fixtures::run("tar", &["-tf", tar.to_str().unwrap()]);
+    assert!(
+        list.lines().any(|l| l.trim_start_matches("./") == "hello"),
+        "{list}"
+    );
+    root.ok(&["snapshot", "rm", "v"]);
+    root.ok(&["snapshot", "rm", "base"]);
+}
