@@ -495,17 +495,29 @@ impl Images {
                     let (blob, _) = archive.open_file(&lr.path)?;
                     let decompressed = layer::decompress(blob)
                         .map_err(|e| layer_error(archive, &what, &digest, e))?;
-                    let mut hr = HashingReader::new(decompressed);
-                    layer::apply_to_snapshot(
+                    let mut hr = Watched {
+                        inner: HashingReader::new(decompressed),
+                        failed: None,
+                    };
+                    let applied = layer::apply_to_snapshot(
                         sn,
                         &key,
                         parent.as_ref(),
                         &Labels::new(),
                         &mnt,
                         &mut hr,
-                    )
-                    .map_err(|e| layer_error(archive, &what, &digest, e))?;
-                    let (diff_id, _) = hr.drain().map_err(|e| {
+                    );
+                    if let (Err(e), Some(read_err)) = (&applied, hr.failed.take()) {
+                        // The stream broke (truncated gzip, short tar), not the snapshot.
+                        return Err(Error::new(ErrorKind::InvalidImage, "import")
+                            .path(archive_top(archive))
+                            .detail(format!(
+                                "{what} ({digest}) is truncated or corrupt: {read_err}; the image is damaged, fetch it again"
+                            ))
+                            .source(io::Error::other(e.to_string())));
+                    }
+                    applied.map_err(|e| layer_error(archive, &what, &digest, e))?;
+                    let (diff_id, _) = hr.inner.drain().map_err(|e| {
                         layer_error(
                             archive,
                             &what,
@@ -866,6 +878,23 @@ impl Images {
             .map_err(store_err("commit"))?;
         tx.commit().map_err(store_err("commit"))?;
         Ok(image)
+    }
+}
+
+/// A reader that remembers the first error its source returned, to tell a
+/// broken layer stream from a failing snapshot.
+struct Watched<R> {
+    inner: R,
+    failed: Option<io::Error>,
+}
+
+impl<R: io::Read> io::Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if self.failed.is_none() {
+                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
     }
 }
 
