@@ -1,12 +1,270 @@
-//! `thinbox image ...`
+//! `thinbox image import|ls|inspect|rm`: images as committed snapshots on
+//! the engine's backend, recorded in `ROOT/images/images.db` by
+//! [`snapshotter::image::Images`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Subcommand;
+use cli::engine::Engine;
+use cli::ErrorKind;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use snapshotter::image::{Image, Images, ImportProgress};
+
+use super::{human, open_engine, print_json};
+use crate::Global;
 
 /// `thinbox image` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Imports an OCI image layout (directory or tar, as `skopeo copy ...
+    /// oci:DIR` writes) or a `docker save` tar. Every blob is checked
+    /// against its digest; layers already present are reused. Atomic: on
+    /// any error nothing of the import remains.
+    Import {
+        /// The image directory or tar file.
+        source: PathBuf,
+        /// The image's name (default: the name the source records).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lists images.
+    Ls,
+    /// Shows an image: config and layers.
+    Inspect {
+        /// Name, or manifest digest (or a unique prefix of it).
+        name: String,
+    },
+    /// Removes an image and the layers no other image uses (refused while
+    /// a container's root sits on it).
+    Rm {
+        /// Name, or manifest digest (or a unique prefix of it).
+        name: String,
+    },
+}
+
+/// The CLI's error for a snapshotter error, with the image kinds mapped to
+/// the CLI's exit codes.
+fn lib(e: snapshotter::Error) -> anyhow::Error {
+    use snapshotter::ErrorKind as S;
+    let kind = match e.kind() {
+        S::InvalidImage | S::DigestMismatch => ErrorKind::InvalidArgument,
+        S::InUse => ErrorKind::InUse,
+        k => ErrorKind::of_snapshotter(k),
+    };
+    cli::Error::new(kind, e.to_string()).with_source(e).into()
+}
+
+/// Opens the image store of `engine` (`ROOT/images`), settling any
+/// interrupted import, commit or removal. For `thinbox run` too.
+pub fn open_images(engine: &Engine) -> anyhow::Result<Images> {
+    Images::open(&engine.root().join("images"), engine.snapshotter()).map_err(lib)
+}
+
+/// `1970-01-01T00:00:00Z` from unix seconds (UTC).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn short(d: &snapshotter::image::Digest) -> String {
+    d.hex()[..12].to_owned()
+}
+
+/// An image as JSON: the library's form plus `size` and `created_at`.
+fn image_json(i: &Image) -> serde_json::Value {
+    let mut v = serde_json::to_value(i).unwrap_or_default();
+    v["size"] = json!(i.size());
+    v["created_at"] = json!(rfc3339(i.created_unix()));
+    v["top_snapshot"] = json!(i.top_snapshot().map(|n| n.to_string()));
+    v
+}
+
+/// Per-layer progress bars on stderr, when it is a terminal and not --json.
+struct Bars {
+    multi: Option<MultiProgress>,
+    current: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn new(enabled: bool) -> Bars {
+        Bars {
+            multi: enabled.then(MultiProgress::new),
+            current: None,
+        }
+    }
+
+    fn event(&mut self, p: ImportProgress<'_>) {
+        let Some(multi) = &self.multi else {
+            return;
+        };
+        match p {
+            ImportProgress::Layer {
+                index,
+                count,
+                digest,
+                size,
+            } => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_message(format!(
+                    "layer {}/{count} {} ({})",
+                    index + 1,
+                    short(digest),
+                    human(size)
+                ));
+                bar.enable_steady_tick(Duration::from_millis(100));
+                self.current = Some(bar);
+            }
+            ImportProgress::LayerDone { reused, .. } => {
+                if let Some(bar) = self.current.take() {
+                    let msg = bar.message();
+                    bar.finish_with_message(format!(
+                        "{msg}: {}",
+                        if reused { "already present" } else { "done" }
+                    ));
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(bar) = self.current.take() {
+            bar.abandon();
+        }
+    }
+}
+
+fn print_image(i: &Image) {
+    println!("name:        {}", i.name);
+    println!("manifest:    {}", i.manifest);
+    println!("created:     {}", rfc3339(i.created_unix()));
+    println!("size:        {}", human(i.size()));
+    let c = &i.config;
+    println!("entrypoint:  {:?}", c.entrypoint);
+    println!("cmd:         {:?}", c.cmd);
+    println!(
+        "working dir: {}",
+        if c.working_dir.is_empty() {
+            "/"
+        } else {
+            &c.working_dir
+        }
+    );
+    println!(
+        "user:        {}",
+        if c.user.is_empty() { "root" } else { &c.user }
+    );
+    for e in &c.env {
+        println!("env:         {e}");
+    }
+    for (n, l) in i.layers.iter().enumerate() {
+        println!(
+            "layer {n}:     {} {} (diff {}, chain {})",
+            l.digest,
+            human(l.size),
+            short(&l.diff_id),
+            short(&l.chain_id)
+        );
+    }
+}
 
 /// Runs `thinbox image ...`.
-pub fn main(_global: &crate::Global, cmd: &ImageCommand) -> anyhow::Result<()> {
-    match *cmd {}
+pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
+    let engine = open_engine(global)?;
+    let images = open_images(&engine)?;
+    let sn = engine.snapshotter();
+    match cmd {
+        ImageCommand::Import { source, name } => {
+            let mut bars = Bars::new(!global.json && std::io::stderr().is_terminal());
+            let r = images.import(sn, source, name.as_deref(), &mut |p| bars.event(p));
+            bars.clear();
+            let imported = r.map_err(lib)?;
+            if global.json {
+                return print_json(&imported.iter().map(image_json).collect::<Vec<_>>());
+            }
+            for i in &imported {
+                println!(
+                    "imported {} ({} layer{}, {}, manifest {})",
+                    i.name,
+                    i.layers.len(),
+                    if i.layers.len() == 1 { "" } else { "s" },
+                    human(i.size()),
+                    i.manifest
+                );
+            }
+            Ok(())
+        }
+        ImageCommand::Ls => {
+            let all = images.list().map_err(lib)?;
+            if global.json {
+                return print_json(&all.iter().map(image_json).collect::<Vec<_>>());
+            }
+            println!(
+                "{:<32} {:<12} {:>6} {:>8}  CREATED",
+                "NAME", "MANIFEST", "LAYERS", "SIZE"
+            );
+            for i in &all {
+                println!(
+                    "{:<32} {:<12} {:>6} {:>8}  {}",
+                    i.name,
+                    short(&i.manifest),
+                    i.layers.len(),
+                    human(i.size()),
+                    rfc3339(i.created_unix())
+                );
+            }
+            Ok(())
+        }
+        ImageCommand::Inspect { name } => {
+            let i = images.get(name).map_err(lib)?;
+            if global.json {
+                return print_json(&image_json(&i));
+            }
+            print_image(&i);
+            Ok(())
+        }
+        ImageCommand::Rm { name } => {
+            let i = images.get(name).map_err(lib)?;
+            images.remove(sn, &i.name).map_err(lib)?;
+            if global.json {
+                return print_json(&json!({ "removed": i.name, "manifest": i.manifest }));
+            }
+            println!("removed {}", i.name);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
 }

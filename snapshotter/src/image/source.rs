@@ -87,13 +87,16 @@ impl Archive {
         let mut entries = HashMap::new();
         let mut ar = tar::Archive::new(file);
         let not_tar = |e: std::io::Error| {
+            invalid(source, format!("the archive is truncated or damaged: {e}"))
+        };
+        let not_image = || {
             invalid(
                 source,
-                format!("not a tar archive or truncated ({e}); {EXPECTED}"),
+                format!("not a directory or tar archive; {EXPECTED}"),
             )
         };
-        for entry in ar.entries().map_err(not_tar)? {
-            let entry = entry.map_err(not_tar)?;
+        for (i, entry) in ar.entries().map_err(|_| not_image())?.enumerate() {
+            let entry = entry.map_err(|e| if i == 0 { not_image() } else { not_tar(e) })?;
             let raw = entry
                 .path()
                 .map_err(not_tar)?
