@@ -720,11 +720,75 @@ macro_rules! on {
     };
 }
 
+/// Set in the child of [`killed_import_rolled_back`]: the directory to
+/// import in; the child kills itself with SIGKILL after layer 2.
+const KILL_CHILD_ENV: &str = "THINBOX_TEST_IMAGE_KILL_CHILD";
+
+fn kill_child(dir: &Path) -> ! {
+    let sn = Naive::open(&dir.join("root")).expect("child: open naive");
+    let mut images = Images::open(&dir.join("images"), &sn).expect("child: open images");
+    images.set_fault_hook(|p| {
+        if p == FaultPoint::LayerCommitted(1) {
+            nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL)
+                .expect("kill self");
+        }
+        Ok(())
+    });
+    let r = images.import(&sn, &dir.join("b"), None, &mut |_| {});
+    panic!("child: the import was not killed: {r:?}");
+}
+
+/// A process killed (SIGKILL) mid-import leaves two new snapshots and the
+/// intent; the next open rolls them back and keeps the shared base layer.
+fn killed_import_rolled_back() {
+    let dir = temp_dir();
+    let a = dir.path().join("a");
+    write::oci_dir(&ImageSpec::new(config(), vec![base_layer()]).name("a"), &a).unwrap();
+    let spec =
+        ImageSpec::new(config(), vec![base_layer(), second_layer(), third_layer()]).name("b");
+    write::oci_dir(&spec, &dir.path().join("b")).unwrap();
+    let before = {
+        let sn = Naive::open(&dir.path().join("root")).unwrap();
+        let env = Env {
+            sn: &sn,
+            work: dir.path().to_owned(),
+        };
+        import(&env, &env.images(), &a, None).unwrap();
+        env.snapshots()
+    };
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(KILL_CHILD_ENV, dir.path())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "the child was killed: {status:?}");
+    let sn = Naive::open(&dir.path().join("root")).unwrap();
+    let env = Env {
+        sn: &sn,
+        work: dir.path().to_owned(),
+    };
+    // What the killed import left, seen before the image store reopens.
+    let left = env.snapshots();
+    assert_eq!(left.len(), before.len() + 2, "{left:?}");
+    let images = env.images();
+    assert_eq!(env.snapshots(), before);
+    assert_eq!(images.list().unwrap().len(), 1);
+    // And the import works afterwards.
+    import(&env, &images, &dir.path().join("b"), None).unwrap();
+    assert_eq!(env.snapshots().len(), 3);
+}
+
 fn main() -> ExitCode {
+    if let Some(dir) = std::env::var_os(KILL_CHILD_ENV) {
+        kill_child(Path::new(&dir));
+    }
     let mut tests = on!(with_naive, NAIVE, "naive_";
         oci_dir, oci_tar, docker_tar, shared_layer_stored_once, digest_mismatch, truncated,
         not_an_image, name_taken, atomic_failure, crash_rollback, rm_refused_while_container,
         commit_container, commit_crash_rolls_forward, busybox_script,
+    );
+    tests.push(
+        KernelTest::new("naive_killed_import_rolled_back", killed_import_rolled_back).needs(NAIVE),
     );
     tests.extend(on!(with_overlay, OVERLAY, "overlay_";
         oci_dir, shared_layer_stored_once, digest_mismatch, crash_rollback,
