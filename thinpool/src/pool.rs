@@ -232,7 +232,8 @@ impl LvmConfig {
 /// What reconciliation did when a pool was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciliation {
-    /// Operations the kernel had finished; their records were completed.
+    /// Operations the kernel had finished, and resizes finished now; their
+    /// records were completed.
     pub completed: Vec<OpRecord>,
     /// Operations undone (half-made devices removed) or finished (deletes).
     pub rolled_back: Vec<OpRecord>,
@@ -749,15 +750,19 @@ impl Pool {
             .map_err(|e| Error::io(e, &profile))?;
             deps.lvm
                 .lvchange(&full, &LvChange::Profile(profile_name(&cfg.vg, &cfg.lv)))?;
-            deps.lvm
-                .lvchange(&full, &LvChange::ErrorWhenFull(cfg.error_when_full))?;
+            // lvm2 refuses to set either to what it already is.
+            let row = crate::lvm::lv(&*deps.lvm, &cfg.vg, &cfg.lv)?;
+            if (row.lv_when_full == "error") != cfg.error_when_full {
+                deps.lvm
+                    .lvchange(&full, &LvChange::ErrorWhenFull(cfg.error_when_full))?;
+            }
             if cfg.monitor {
                 // dmeventd monitors when it is there; without it, thinbox's
                 // own watch loop is the monitor (see `Pool::monitor`).
                 if let Err(e) = deps.lvm.lvchange(&full, &LvChange::Monitor(true)) {
                     tracing::info!("{e}: dmeventd does not monitor {full}; run Pool::watch");
                 }
-            } else {
+            } else if row.is_monitored() {
                 deps.lvm.lvchange(&full, &LvChange::Monitor(false))?;
             }
             // The creation is committed: from here an open rolls forward.
@@ -858,11 +863,11 @@ impl Pool {
         let profile = PathBuf::from(get("profile")?);
         let full = format!("{vg}/{lv}");
         deps.lvm.lvchange(&full, &LvChange::Activate)?;
-        if store.config("monitor")?.as_deref() == Some("false") {
-            // Activation may have turned dmeventd monitoring on again.
+        let row = crate::lvm::lv(&*deps.lvm, &vg, &lv)?;
+        if store.config("monitor")?.as_deref() == Some("false") && row.is_monitored() {
+            // Activation turned dmeventd monitoring on again.
             deps.lvm.lvchange(&full, &LvChange::Monitor(false))?;
         }
-        let row = crate::lvm::lv(&*deps.lvm, &vg, &lv)?;
         let name = row.dm_name().to_owned();
         let table = Self::live_pool_table(deps, &name)?;
         let tmeta = format!("{name}_tmeta");
@@ -1472,9 +1477,12 @@ impl Pool {
     }
 
     /// Grows a thin device to `new_size` (a multiple of the block size),
-    /// live if it is active. The record gets the new size first; activation
-    /// converges a device still at the old size. Grow its filesystem with
-    /// [`Filesystem::grow`] afterwards (or use [`Pool::resize_thin_and_fs`]).
+    /// live if it is active. Crash-safe like the other mutations: intent
+    /// record → live table reloaded (when active) → `set_transaction_id` →
+    /// done record, which gives the record its new size. A resize a crash
+    /// interrupted is finished by the next open (growing is always safe), so
+    /// the record and the live table agree on one size. Grow its filesystem
+    /// with [`Filesystem::grow`] afterwards (or use [`Pool::resize_thin_and_fs`]).
     pub fn resize_thin(&mut self, name: &str, new_size: Sectors) -> Result<()> {
         self.resize_inner(name, new_size).map_err(|e| {
             self.err(e, "resize thin device")
@@ -1494,11 +1502,70 @@ impl Pool {
                 min: r.size.bytes(),
             }));
         }
-        self.store.set_thin_size(r.id, new_size)?;
-        if self.is_active(name)? {
-            self.activate_inner(name)?;
+        if new_size == r.size {
+            return Ok(());
         }
-        Ok(())
+        let u = match self.status_inner()? {
+            PoolStatus::Working(u) => *u,
+            s => {
+                return Err(Error::new(ErrorKind::PoolNotWritable {
+                    mode: s.to_string(),
+                }))
+            }
+        };
+        let txn = self.check_txn(&u)?;
+        let intent = self.new_intent(OpKind::Resize, r.id, name, new_size, r.origin, txn)?;
+        let seq = self.store.begin(&intent)?;
+        let r = self.grow_live_thin(name, r.id, new_size).and_then(|_| {
+            self.message(&format!(
+                "set_transaction_id {} {}",
+                intent.txn_from, intent.txn_to
+            ))
+        });
+        if let Err(e) = r {
+            // Finish it now the way reconciliation would; if that fails
+            // too, the intent stays for the next open.
+            if let Ok(op) = self.store.op(seq) {
+                let txn = self
+                    .status_inner()
+                    .ok()
+                    .and_then(|s| s.usage().map(|u| u.transaction_id));
+                if let Some(txn) = txn {
+                    let _ = self.resolve(op, txn);
+                }
+            }
+            return Err(e);
+        }
+        self.store.finish(seq)
+    }
+
+    /// Gives an active thin device's live table `size` (reload, suspend,
+    /// resume: always resumed); an inactive one gets it on activation.
+    fn grow_live_thin(&self, name: &str, id: ThinId, size: Sectors) -> Result<()> {
+        let dm_name = self.thin_dm_name(name);
+        match self.deps.dm.info(&dm_name)? {
+            Some(i) if i.live_table => {
+                let live = self.deps.dm.table(&dm_name)?;
+                let found = live.first().map(ThinTable::from_target).transpose()?;
+                match found {
+                    Some(t) if t.id == id && t.length == size => {
+                        if i.suspended {
+                            self.deps.dm.resume(&dm_name)?;
+                        }
+                        Ok(())
+                    }
+                    Some(t) if t.id == id => {
+                        self.reload_thin(&dm_name, &ThinTable { length: size, ..t })
+                    }
+                    other => Err(Error::new(ErrorKind::TableMismatch {
+                        device: dm_name,
+                        found: other.map(|t| t.to_string()).unwrap_or_default(),
+                        expected: format!("thin id {id}"),
+                    })),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Grows a thin device and then its filesystem (`mountpoint` is needed
@@ -1645,7 +1712,7 @@ impl Pool {
         };
         let mut txn = txn;
         for op in self.store.pending()? {
-            let done = txn == op.intent.txn_to;
+            let done = txn == op.intent.txn_to || op.intent.kind == OpKind::Resize;
             txn = self.resolve(op.clone(), txn)?;
             if done {
                 report.completed.push(op);
@@ -1724,6 +1791,14 @@ impl Pool {
                 kernel: txn.0,
                 recorded: i.txn_from.0,
             }));
+        }
+        if i.kind == OpKind::Resize {
+            // The reload may or may not have happened: growing is always
+            // safe, so finish it.
+            self.grow_live_thin(&i.name, i.thin_id, i.size)?;
+            self.message(&format!("set_transaction_id {} {}", i.txn_from, i.txn_to))?;
+            self.store.finish(op.seq)?;
+            return Ok(i.txn_to);
         }
         // The message may or may not have landed: make sure the id is gone.
         match self.message(&format!("delete {}", i.thin_id)) {
@@ -2448,6 +2523,51 @@ mod tests {
     }
 
     #[test]
+    fn resize_crash_matrix() {
+        let big = Sectors::new(MIB16.get() * 2);
+        for (active, pattern, when) in [
+            (true, "load tp-a", CrashWhen::Before),
+            (true, "load tp-a", CrashWhen::After),
+            (true, "suspend tp-a", CrashWhen::After),
+            (true, "resume tp-a", CrashWhen::Before),
+            (true, "message set_transaction_id", CrashWhen::Before),
+            (true, "message set_transaction_id", CrashWhen::After),
+            (false, "message set_transaction_id", CrashWhen::Before),
+            (false, "message set_transaction_id", CrashWhen::After),
+        ] {
+            let what = format!("active={active} {pattern} {when:?}");
+            let e = env();
+            let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+            p.create_thin("a", MIB16).unwrap();
+            if active {
+                p.activate("a").unwrap();
+            }
+            e.dm.crash_at(pattern, when);
+            let r = catch_unwind(AssertUnwindSafe(|| p.resize_thin("a", big)));
+            assert!(r.is_err(), "{what}: no crash");
+            drop(p);
+            let p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+            let rec = p.reconciliation().clone();
+            assert_eq!(rec.completed.len(), 1, "{what}: {rec:?}");
+            assert_eq!(rec.completed[0].intent.kind, OpKind::Resize);
+            assert_eq!(p.store().thin("a").unwrap().unwrap().size, big, "{what}");
+            assert!(p.store().pending().unwrap().is_empty());
+            assert_eq!(kernel_ids(&e, &p), recorded_ids(&p), "{what}");
+            assert_eq!(p.is_active("a").unwrap(), active, "{what}");
+            let dev = p.activate("a").unwrap();
+            assert!(dev.to_str().unwrap().starts_with("/dev/dm-"));
+            let t = ThinTable::from_target(&e.dm.table("tp-a").unwrap()[0]).unwrap();
+            assert_eq!(t.length, big, "{what}: live table disagrees");
+            assert!(!e.dm.info("tp-a").unwrap().unwrap().suspended, "{what}");
+            assert_eq!(
+                p.status().unwrap().usage().unwrap().transaction_id,
+                p.store().expected_txn().unwrap()
+            );
+            p.destroy().unwrap();
+        }
+    }
+
+    #[test]
     fn unknown_and_missing_ids_are_reported() {
         let e = env();
         let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
@@ -2932,7 +3052,13 @@ mod tests {
         e.lvm.set_dmeventd(true);
         let mut c = lvm_cfg(&e);
         c.monitor = false;
+        c.error_when_full = false;
         let p = Pool::create_lvm(&e.deps, &c).unwrap();
+        assert_eq!(p.monitor().unwrap(), Monitor::Watch);
+        assert!(!p.table().features.error_if_no_space, "writes queue");
+        drop(p);
+        // A reopen (lvchange -ay) keeps monitoring off.
+        let p = Pool::open_lvm(&e.deps, &c.store).unwrap();
         assert_eq!(p.monitor().unwrap(), Monitor::Watch);
         p.destroy().unwrap();
         let p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();

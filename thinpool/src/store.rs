@@ -66,6 +66,8 @@ pub enum OpKind {
     Snapshot,
     /// `delete`.
     Delete,
+    /// A thin device grown to `size` (its live table reloaded when active).
+    Resize,
 }
 
 impl OpKind {
@@ -74,6 +76,7 @@ impl OpKind {
             OpKind::Create => "create",
             OpKind::Snapshot => "snapshot",
             OpKind::Delete => "delete",
+            OpKind::Resize => "resize",
         }
     }
     fn parse(s: &str) -> Result<OpKind> {
@@ -81,10 +84,11 @@ impl OpKind {
             "create" => Ok(OpKind::Create),
             "snapshot" => Ok(OpKind::Snapshot),
             "delete" => Ok(OpKind::Delete),
+            "resize" => Ok(OpKind::Resize),
             _ => Err(Error::parse(
                 "operation kind",
                 s,
-                "expected create, snapshot or delete",
+                "expected create, snapshot, delete or resize",
             )),
         }
     }
@@ -95,11 +99,11 @@ impl OpKind {
 pub struct Intent {
     /// What.
     pub kind: OpKind,
-    /// The thin id created or deleted.
+    /// The thin id created, deleted or resized.
     pub thin_id: ThinId,
     /// The thin device's name.
     pub name: String,
-    /// Its virtual size.
+    /// Its virtual size (for a resize, the new size).
     pub size: Sectors,
     /// For snapshots, the origin.
     pub origin: Option<ThinId>,
@@ -341,6 +345,8 @@ impl Store {
                 "UPDATE thins SET state = 'deleting' WHERE id = ?1",
                 params![i.thin_id.get()],
             ),
+            // The row keeps its old size (and stays usable) until done.
+            OpKind::Resize => Ok(0),
         };
         match r {
             Err(rusqlite::Error::SqliteFailure(f, _))
@@ -361,7 +367,8 @@ impl Store {
     }
 
     /// Marks an operation done: the thin row becomes ready (or goes away for
-    /// a delete), and the expected transaction id advances.
+    /// a delete, or takes the new size for a resize), and the expected
+    /// transaction id advances.
     pub fn finish(&mut self, seq: i64) -> Result<()> {
         self.settle(seq, OpState::Done)
     }
@@ -394,7 +401,14 @@ impl Store {
                 tx.execute("DELETE FROM thins WHERE id = ?1", [id])
                     .map_err(e)?;
             }
-            (_, OpState::Intent) => {}
+            (OpKind::Resize, OpState::Done) => {
+                tx.execute(
+                    "UPDATE thins SET size = ?1 WHERE id = ?2",
+                    params![i64_of(op.intent.size.get()), id],
+                )
+                .map_err(e)?;
+            }
+            (OpKind::Resize, OpState::RolledBack) | (_, OpState::Intent) => {}
         }
         let txn = match state {
             OpState::Done => op.intent.txn_to,
@@ -529,17 +543,6 @@ impl Store {
         t.map(Self::build_thin).transpose()
     }
 
-    /// Records a thin device's new (grown) size.
-    pub fn set_thin_size(&self, id: ThinId, size: Sectors) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE thins SET size = ?1 WHERE id = ?2",
-                params![i64_of(size.get()), id.get()],
-            )
-            .map_err(|e| self.err(e, "record thin size"))?;
-        Ok(())
-    }
-
     /// The thin device with this id.
     pub fn thin_by_id(&self, id: ThinId) -> Result<Option<ThinRecord>> {
         Ok(self.thins()?.into_iter().find(|t| t.id == id))
@@ -622,6 +625,27 @@ mod tests {
         assert!(s.thins().unwrap().is_empty());
         assert_eq!(s.expected_txn().unwrap(), TransactionId(2));
         assert_eq!(s.ops().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn resize_takes_the_new_size_only_when_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.db")).unwrap();
+        let a = s.begin(&intent(OpKind::Create, 0, "a", 0)).unwrap();
+        s.finish(a).unwrap();
+        let mut grow = intent(OpKind::Resize, 0, "a", 1);
+        grow.size = Sectors::new(4096);
+        let r = s.begin(&grow).unwrap();
+        let t = s.thin("a").unwrap().unwrap();
+        assert_eq!((t.size, t.state), (Sectors::new(2048), ThinState::Ready));
+        assert_eq!(s.op(r).unwrap().intent.kind, OpKind::Resize);
+        s.roll_back(r).unwrap();
+        assert_eq!(s.thin("a").unwrap().unwrap().size, Sectors::new(2048));
+        assert_eq!(s.expected_txn().unwrap(), TransactionId(1));
+        let r = s.begin(&grow).unwrap();
+        s.finish(r).unwrap();
+        assert_eq!(s.thin("a").unwrap().unwrap().size, Sectors::new(4096));
+        assert_eq!(s.expected_txn().unwrap(), TransactionId(2));
     }
 
     #[test]

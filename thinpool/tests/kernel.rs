@@ -14,8 +14,9 @@ use integration::need::Need;
 use thinpool::dm::{DmControl, DmInfo, RealDm};
 use thinpool::fs::Filesystem;
 use thinpool::loopdev::RealLoop;
+use thinpool::lvm::{LvChange, LvExtend, LvRow, LvmControl, PvInfo, RealLvm, ThinPoolSpec, VgInfo};
 use thinpool::metadata::ThinTools;
-use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Pool};
+use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Monitor, Pool};
 use thinpool::status::{PoolMode, PoolStatus, ThinStatus};
 use thinpool::store::ThinState;
 use thinpool::table::{DevNum, PoolTable, TargetLine, ThinTable};
@@ -28,10 +29,15 @@ const DM_THIN: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
 const MIB: u64 = 1 << 20;
 const CRASH_ENV: &str = "THINPOOL_CRASH_CHILD";
 const NON_ROOT_ENV: &str = "THINPOOL_NON_ROOT_CHILD";
+const LVM_CRASH_ENV: &str = "THINPOOL_LVM_CRASH_CHILD";
+const LVM: &[Need] = &[Need::Root, Need::DmThin, Need::Lvm, Need::Disks(1)];
 
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(CRASH_ENV) {
         crash_child(&spec);
+    }
+    if let Ok(spec) = std::env::var(LVM_CRASH_ENV) {
+        lvm_crash_child(&spec);
     }
     if let Ok(file) = std::env::var(NON_ROOT_ENV) {
         non_root_child(Path::new(&file));
@@ -62,12 +68,28 @@ fn main() -> ExitCode {
             filesystems_mkfs_snapshot_resize,
         )
         .needs(DM_THIN),
-        KernelTest::new("direct_lvm_pool_lifecycle", direct_lvm_pool_lifecycle).needs(&[
-            Need::Root,
-            Need::DmThin,
-            Need::Lvm,
-            Need::Disks(1),
-        ]),
+        KernelTest::new("direct_lvm_pool_lifecycle", direct_lvm_pool_lifecycle).needs(LVM),
+        KernelTest::new(
+            "lvm_thin_ops_floor_and_enospc",
+            lvm_thin_ops_floor_and_enospc,
+        )
+        .needs(LVM),
+        KernelTest::new(
+            "lvm_filesystems_mkfs_snapshot_resize",
+            lvm_filesystems_mkfs_snapshot_resize,
+        )
+        .needs(LVM),
+        KernelTest::new(
+            "lvm_autoextend_under_write_load",
+            lvm_autoextend_under_write_load,
+        )
+        .needs(LVM),
+        KernelTest::new("sigkill_during_lvm_create", sigkill_during_lvm_create).needs(LVM),
+        KernelTest::new(
+            "sigkill_during_thin_ops_on_lvm",
+            sigkill_during_thin_ops_on_lvm,
+        )
+        .needs(LVM),
         KernelTest::new("adopt_existing_pool", adopt_existing_pool).needs(DM_THIN),
         KernelTest::new(
             "deferred_destroy_of_busy_pool",
@@ -88,6 +110,7 @@ fn main() -> ExitCode {
         KernelTest::new("sigkill_during_create", sigkill_during_create).needs(DM_THIN),
         KernelTest::new("sigkill_during_snapshot", sigkill_during_snapshot).needs(DM_THIN),
         KernelTest::new("sigkill_during_delete", sigkill_during_delete).needs(DM_THIN),
+        KernelTest::new("sigkill_during_resize", sigkill_during_resize).needs(DM_THIN),
     ])
 }
 
@@ -475,7 +498,22 @@ fn filesystems_mkfs_snapshot_resize() {
     let tmp = temp_dir();
     let cfg = small_config(tmp.path());
     let deps = deps();
-    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    let pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    filesystems_on(pool, tmp.path());
+}
+
+fn lvm_filesystems_mkfs_snapshot_resize() {
+    let tmp = temp_dir();
+    let (_disk, _vg, _guard, mut cfg) = lvm_setup(tmp.path());
+    cfg.data_percent = 10;
+    let pool = Pool::create_lvm(&deps(), &cfg).unwrap();
+    filesystems_on(pool, tmp.path());
+}
+
+/// ext4 and xfs on a pool's thin devices: mkfs once, snapshots of the
+/// mounted origin inherit it (xfs with `nouuid`), resize grows the
+/// filesystem; then the pool is destroyed.
+fn filesystems_on(mut pool: Pool, tmp: &Path) {
     for (fs, size_mib) in [(Filesystem::Ext4, 64u64), (Filesystem::Xfs, 320)] {
         let base = format!("{fs}-base");
         let snap = format!("{fs}-snap");
@@ -486,7 +524,7 @@ fn filesystems_mkfs_snapshot_resize() {
         let dev = pool.activate(&base).unwrap();
         let mnt = Mount::new(
             dev.to_str().unwrap(),
-            &tmp.path().join(&base),
+            &tmp.join(&base),
             Some(&fs.to_string()),
             pool.mount_options(&base).unwrap(),
         );
@@ -507,7 +545,7 @@ fn filesystems_mkfs_snapshot_resize() {
         {
             let smnt = Mount::new(
                 sdev.to_str().unwrap(),
-                &tmp.path().join(&snap),
+                &tmp.join(&snap),
                 Some(&fs.to_string()),
                 opts,
             );
@@ -692,15 +730,29 @@ fn crash_child(spec: &str) -> ! {
         tools: Arc::new(ThinTools),
         lvm: Arc::new(thinpool::lvm::RealLvm),
     };
-    let mut pool = Pool::open_loopback(&deps, Path::new(f[0])).unwrap();
+    let mut pool = open_any(&deps, Path::new(f[0]));
     let r = match f[1] {
         "create" => pool.create_thin("new", THIN_SIZE).map(drop),
         "snapshot" => pool.snapshot("base", "new").map(drop),
         "delete" => pool.delete_thin("victim"),
+        "resize" | "resize_inactive" => {
+            let thin = if f[1] == "resize" { "base" } else { "victim" };
+            let size = pool.store().thin(thin).unwrap().unwrap().size;
+            pool.resize_thin(thin, Sectors::new(size.get() + THIN_SIZE.get()))
+        }
         op => panic!("unknown op {op}"),
     };
     eprintln!("crash child survived: {r:?}");
     std::process::exit(3);
+}
+
+/// Opens a loopback pool (a directory) or a direct-lvm one (its `.db` store).
+fn open_any(deps: &Deps, path: &Path) -> Pool {
+    if path.extension().is_some_and(|e| e == "db") {
+        Pool::open_lvm(deps, path).unwrap()
+    } else {
+        Pool::open_loopback(deps, path).unwrap()
+    }
 }
 
 /// One crash case: runs OP in a child killed at PATTERN, then reopens and
@@ -712,6 +764,13 @@ fn crash_case(dir: &Path, name: &str, op: &str, pattern: &str, after: bool) {
         dir.display(),
         if after { "after" } else { "before" }
     );
+    let resized = if op == "resize" { "base" } else { "victim" };
+    let size_before = open_any(&deps(), dir)
+        .store()
+        .thin(resized)
+        .unwrap()
+        .unwrap()
+        .size;
     let status = Command::new(std::env::current_exe().unwrap())
         .env(CRASH_ENV, &spec)
         .status()
@@ -724,14 +783,14 @@ fn crash_case(dir: &Path, name: &str, op: &str, pattern: &str, after: bool) {
     );
 
     let deps = deps();
-    let mut pool = Pool::open_loopback(&deps, dir).unwrap();
+    let mut pool = open_any(&deps, dir);
     let rec = pool.reconciliation().clone();
     assert_eq!(
         rec.completed.len() + rec.rolled_back.len(),
         1,
         "{spec}: {rec:?}"
     );
-    let meta: PathBuf = pool.loops().unwrap().1.path.clone();
+    let meta: PathBuf = pool.metadata_device().path.to_owned();
     let kernel = kernel_thin_ids(name, &meta);
     assert_eq!(
         kernel,
@@ -752,6 +811,24 @@ fn crash_case(dir: &Path, name: &str, op: &str, pattern: &str, after: bool) {
     let finished = after && pattern.starts_with("message set_transaction_id");
     match op {
         "delete" => assert!(pool.store().thin("victim").unwrap().is_none(), "{spec}"),
+        "resize" | "resize_inactive" => {
+            // A started resize is finished: record and live table agree on the new size.
+            let want = Sectors::new(size_before.get() + THIN_SIZE.get());
+            let rec_size = pool.store().thin(resized).unwrap().unwrap().size;
+            assert_eq!(rec_size, want, "{spec}");
+            let dev = pool.activate(resized).unwrap();
+            let table = run("dmsetup", &["table", &format!("{name}-{resized}")]);
+            let t: ThinTable = table.trim().parse().unwrap();
+            assert_eq!(t.length, want, "{spec}: live table");
+            let sectors: u64 = run("blockdev", &["--getsz", dev.to_str().unwrap()])
+                .trim()
+                .parse()
+                .unwrap();
+            assert_eq!(sectors, want.get(), "{spec}: device size");
+            if op == "resize_inactive" {
+                pool.deactivate(resized, false).unwrap();
+            }
+        }
         _ => assert_eq!(
             pool.store().thin("new").unwrap().is_some(),
             finished,
@@ -811,6 +888,60 @@ fn sigkill_during_snapshot() {
     );
 }
 
+fn sigkill_during_resize() {
+    crash_suite(
+        "resize",
+        &[
+            ("load", false),
+            ("load", true),
+            ("suspend", true),
+            ("resume", false),
+            ("message set_transaction_id", false),
+            ("message set_transaction_id", true),
+        ],
+    );
+    crash_suite(
+        "resize_inactive",
+        &[
+            ("message set_transaction_id", false),
+            ("message set_transaction_id", true),
+        ],
+    );
+}
+
+/// The SIGKILL cases of every thin mutation on a direct-lvm pool (the
+/// crash protocol is the same; the pool is opened with `lvchange -ay`).
+fn sigkill_during_thin_ops_on_lvm() {
+    let tmp = temp_dir();
+    let (_disk, _vg, _guard, mut cfg) = lvm_setup(tmp.path());
+    cfg.data_percent = 10;
+    let deps = deps();
+    let mut pool = Pool::create_lvm(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    pool.create_thin("base", THIN_SIZE).unwrap();
+    let dev = pool.activate("base").unwrap();
+    write_at(&dev, 0, b"base data");
+    pool.create_thin("victim", THIN_SIZE).unwrap();
+    drop(pool);
+    for (op, pattern, after) in [
+        ("create", "message create_thin", false),
+        ("create", "message set_transaction_id", true),
+        ("snapshot", "suspend", true),
+        ("snapshot", "message create_snap", true),
+        ("snapshot", "message set_transaction_id", true),
+        ("delete", "message delete", true),
+        ("delete", "message set_transaction_id", false),
+        ("resize", "load", true),
+        ("resize", "resume", false),
+        ("resize", "message set_transaction_id", true),
+    ] {
+        crash_case(&cfg.store, &name, op, pattern, after);
+    }
+    let pool = Pool::open_lvm(&deps, &cfg.store).unwrap();
+    assert_eq!(read_at(&pool.activate("base").unwrap(), 0, 9), b"base data");
+    pool.destroy().unwrap();
+}
+
 fn sigkill_during_delete() {
     crash_suite(
         "delete",
@@ -832,6 +963,7 @@ impl Drop for VgGuard {
         try_run("vgremove", &["-f", &self.0]);
         try_run("pvremove", &["-ff", "-y", &self.1]);
         try_run("wipefs", &["-a", &self.1]);
+        let _ = fs::remove_file(format!("/etc/lvm/profile/thinbox-{}-pool.profile", self.0));
     }
 }
 
@@ -884,6 +1016,26 @@ fn direct_lvm_pool_lifecycle() {
         ],
     );
     assert!(lvs.contains(&format!("thinbox-{vg}-pool")), "{lvs}");
+    // Monitoring: lvm2 starts dmeventd where it is installed; thinbox reports
+    // which monitor is active, as lvs (read independently) sees it.
+    let lvs = run(
+        "lvs",
+        &[
+            "--reportformat",
+            "json",
+            "-o",
+            "seg_monitor",
+            &format!("{vg}/pool"),
+        ],
+    );
+    let monitored = lvs.contains("\"monitored\"");
+    assert_eq!(monitored, Path::new("/sbin/dmeventd").exists(), "{lvs}");
+    let expected = if monitored {
+        Monitor::Dmeventd
+    } else {
+        Monitor::Watch
+    };
+    assert_eq!(pool.monitor().unwrap(), expected);
 
     let size = Sectors::new(64 * MIB / 512);
     pool.create_thin("a", size).unwrap();
@@ -1106,4 +1258,362 @@ fn snapshot_cycle_sequences_work() {
     let info = f.pool.thins().unwrap();
     assert_eq!(info.len(), 1);
     f.pool.destroy().unwrap();
+}
+
+// ---- direct-lvm: thin operations, autoextend, crash during creation -------
+
+/// The first spare disk, a fresh VG name, a guard that removes the VG and
+/// wipes the disk whatever happens, and a config over them.
+fn lvm_setup(tmp: &Path) -> (String, String, VgGuard, LvmConfig) {
+    let disk = std::env::var(integration::vm::DISKS_ENV).unwrap();
+    let disk = disk.split_whitespace().next().unwrap().to_owned();
+    let vg = unique_name("vg").replace('-', "_");
+    let guard = VgGuard(vg.clone(), disk.clone());
+    let mut cfg = LvmConfig::new(vec![PathBuf::from(&disk)], &vg, "pool", tmp.join("lvm.db"));
+    cfg.force = true;
+    (disk, vg, guard, cfg)
+}
+
+/// `lvs` of one LV, read independently of thinbox: (size in bytes, row).
+fn lv_size(vg: &str) -> u64 {
+    let out = run(
+        "lvs",
+        &[
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "lv_size",
+            &format!("{vg}/pool"),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["report"][0]["lv"][0]["lv_size"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn lvm_thin_ops_floor_and_enospc() {
+    let tmp = temp_dir();
+    let (_disk, vg, _guard, mut cfg) = lvm_setup(tmp.path());
+    // 1% of an 8 GiB disk: about 80 MiB of data in 64 KiB chunks.
+    cfg.data_percent = 1;
+    cfg.metadata_percent = 1;
+    cfg.chunk_size = thinpool::BlockSize::DEFAULT;
+    let deps = deps();
+    let mut pool = Pool::create_lvm(&deps, &cfg).unwrap();
+    let name = pool.name().to_owned();
+    assert!(pool.table().features.error_if_no_space, "--errorwhenfull y");
+    let lvs = run(
+        "lvs",
+        &[
+            "--reportformat",
+            "json",
+            "-o",
+            "lv_when_full",
+            &format!("{vg}/pool"),
+        ],
+    );
+    assert!(lvs.contains("\"error\""), "{lvs}");
+    let total = pool.status().unwrap().usage().unwrap().total_data;
+    assert_eq!(total.get() * 65536, lv_size(&vg), "status agrees with lvs");
+
+    // Thin create, activate, status, usage, resize, snapshot, delete.
+    pool.create_thin("a", THIN_SIZE).unwrap();
+    let dev = pool.activate("a").unwrap();
+    write_at(&dev, 0, &vec![1u8; 4 * 65536]);
+    match pool.thin_status("a").unwrap() {
+        ThinStatus::Working { mapped, .. } => assert_eq!(mapped, Sectors::new(4 * 128)),
+        s => panic!("unexpected thin status {s:?}"),
+    }
+    pool.snapshot("a", "s").unwrap();
+    write_at(&dev, 0, &[2u8; 4096]);
+    let u = pool.usage().unwrap();
+    assert_eq!(u.len(), 2, "{u:?}");
+    assert_eq!(u[0].exclusive, DataBlocks::new(1), "{u:?}");
+    assert_eq!(u[0].shared, DataBlocks::new(3), "{u:?}");
+    let bigger = Sectors::new(THIN_SIZE.get() * 2);
+    pool.resize_thin("a", bigger).unwrap();
+    let sectors: u64 = run("blockdev", &["--getsz", dev.to_str().unwrap()])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(sectors, bigger.get());
+    assert_eq!(read_at(&dev, 4096, 4), vec![1u8; 4], "data kept");
+    pool.deactivate("a", false).unwrap();
+    pool.delete_thin("s").unwrap();
+    assert_eq!(kernel_thin_ids(&name, pool.metadata_device().path), vec![0]);
+
+    // The free-space floor: 60% used with half to be kept free is refused.
+    pool.set_free_space_floor(50).unwrap();
+    let dev = pool.activate("a").unwrap();
+    let fill = (total.get() * 65536 * 6 / 10) as usize;
+    write_at(&dev, 0, &vec![3u8; fill]);
+    let err = pool.create_thin("more", THIN_SIZE).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::BelowFreeSpaceFloor {
+                floor_percent: 50,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("extend"), "{err}");
+    pool.set_free_space_floor(0).unwrap();
+
+    // Out of space with --errorwhenfull y: writes fail fast, reported as such.
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", dev.display()),
+            "bs=1M",
+            &format!("count={}", THIN_SIZE.get() * 2 * 512 / MIB),
+            "oflag=direct",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "writes beyond the pool's space succeeded"
+    );
+    let st = pool.status().unwrap();
+    assert_eq!(st.mode(), PoolMode::OutOfDataSpace, "{st}");
+    let err = pool.create_thin("more", THIN_SIZE).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::OutOfDataSpace { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("out of data space"), "{err}");
+    pool.destroy().unwrap();
+    assert!(!try_run("vgs", &[&vg]));
+}
+
+fn lvm_autoextend_under_write_load() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = temp_dir();
+    let (_disk, vg, _guard, mut cfg) = lvm_setup(tmp.path());
+    cfg.data_percent = 1;
+    cfg.metadata_percent = 1;
+    cfg.chunk_size = thinpool::BlockSize::DEFAULT;
+    // Queue (not fail) writes for the moment an extension takes, and leave
+    // the monitoring to thinbox's watch loop.
+    cfg.error_when_full = false;
+    cfg.monitor = false;
+    let deps = deps();
+    let mut pool = Pool::create_lvm(&deps, &cfg).unwrap();
+    assert_eq!(pool.monitor().unwrap(), Monitor::Watch);
+    let before = lv_size(&vg);
+    pool.create_thin("w", Sectors::new(384 * MIB / 512))
+        .unwrap();
+    let dev = pool.activate("w").unwrap();
+    let policy = AutoextendPolicy {
+        threshold_percent: 50,
+        extend_percent: 100,
+        max_data: Bytes::mib(1024),
+        max_metadata: Bytes::mib(128),
+    };
+    let stop = AtomicBool::new(false);
+    const WRITE_MIB: u64 = 256;
+    let (extensions, written) = std::thread::scope(|s| {
+        // The watcher checks the pool after a dm event (or at start); the
+        // 2 s bound on each wait is for noticing `stop`, not a poll.
+        let watcher = s.spawn(|| pool.watch(&policy, &stop, std::time::Duration::from_secs(2)));
+        let written = (|| -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new().write(true).open(&dev)?;
+            for i in 0..WRITE_MIB {
+                f.write_all(&vec![i as u8; MIB as usize])?;
+                if i % 16 == 15 {
+                    f.sync_data()?;
+                }
+            }
+            f.sync_all()
+        })();
+        stop.store(true, Ordering::SeqCst);
+        (watcher.join().unwrap(), written)
+    });
+    written.expect("the writer never sees an error");
+    let extensions = extensions.unwrap();
+    assert!(extensions >= 1, "no extension");
+    let after = lv_size(&vg);
+    assert!(
+        after >= WRITE_MIB * MIB && after > before,
+        "the pool LV grew: {before} -> {after}"
+    );
+    let u = pool.status().unwrap().usage().unwrap().clone();
+    assert_eq!(u.mode, PoolMode::ReadWrite);
+    assert_eq!(u.total_data.get() * 65536, after, "kernel and lvs agree");
+    for i in [0u64, 100, 255] {
+        assert_eq!(read_at(&dev, i * MIB, 4096), vec![i as u8; 4096]);
+    }
+    pool.destroy().unwrap();
+}
+
+/// lvm2 that SIGKILLs its own process at a matching command (description
+/// `pvcreate`, `vgcreate`, `lvcreate`, `lvchange --metadataprofile`, ...).
+#[derive(Debug)]
+struct KillLvm {
+    inner: RealLvm,
+    pattern: String,
+    after: bool,
+}
+
+impl KillLvm {
+    fn around<T>(
+        &self,
+        desc: &str,
+        f: impl FnOnce() -> thinpool::Result<T>,
+    ) -> thinpool::Result<T> {
+        let hit = desc.starts_with(&self.pattern);
+        if hit && !self.after {
+            die();
+        }
+        let r = f();
+        if hit && self.after && r.is_ok() {
+            die();
+        }
+        r
+    }
+}
+
+impl LvmControl for KillLvm {
+    fn signatures(&self, dev: &Path) -> thinpool::Result<Vec<String>> {
+        self.inner.signatures(dev)
+    }
+    fn wipe(&self, dev: &Path) -> thinpool::Result<()> {
+        self.around("wipefs", || self.inner.wipe(dev))
+    }
+    fn pvcreate(&self, devs: &[PathBuf]) -> thinpool::Result<()> {
+        self.around("pvcreate", || self.inner.pvcreate(devs))
+    }
+    fn pvremove(&self, devs: &[PathBuf]) -> thinpool::Result<()> {
+        self.around("pvremove", || self.inner.pvremove(devs))
+    }
+    fn pvs(&self) -> thinpool::Result<Vec<PvInfo>> {
+        self.inner.pvs()
+    }
+    fn vgcreate(&self, vg: &str, devs: &[PathBuf]) -> thinpool::Result<()> {
+        self.around("vgcreate", || self.inner.vgcreate(vg, devs))
+    }
+    fn vgremove(&self, vg: &str) -> thinpool::Result<()> {
+        self.around("vgremove", || self.inner.vgremove(vg))
+    }
+    fn vg(&self, vg: &str) -> thinpool::Result<Option<VgInfo>> {
+        self.inner.vg(vg)
+    }
+    fn create_thin_pool(&self, spec: &ThinPoolSpec) -> thinpool::Result<()> {
+        self.around("lvcreate", || self.inner.create_thin_pool(spec))
+    }
+    fn lvs(&self, vg: &str) -> thinpool::Result<Vec<LvRow>> {
+        self.inner.lvs(vg)
+    }
+    fn lvchange(&self, lv: &str, change: &LvChange) -> thinpool::Result<()> {
+        let desc = format!("lvchange {}", change.args().join(" "));
+        self.around(&desc, || self.inner.lvchange(lv, change))
+    }
+    fn lvextend(&self, lv: &str, extend: LvExtend) -> thinpool::Result<()> {
+        self.around("lvextend", || self.inner.lvextend(lv, extend))
+    }
+    fn lvremove(&self, lv: &str) -> thinpool::Result<()> {
+        self.around("lvremove", || self.inner.lvremove(lv))
+    }
+}
+
+/// Child side: `DISK|VG|STORE|PROFILE_DIR|PATTERN|before|after`; creates the
+/// pool with a killing lvm2 and must die before returning.
+fn lvm_crash_child(spec: &str) -> ! {
+    let f: Vec<&str> = spec.split('|').collect();
+    let deps = Deps {
+        lvm: Arc::new(KillLvm {
+            inner: RealLvm,
+            pattern: f[4].to_owned(),
+            after: f[5] == "after",
+        }),
+        ..deps()
+    };
+    let mut cfg = LvmConfig::new(vec![PathBuf::from(f[0])], f[1], "pool", f[2]);
+    cfg.profile_dir = PathBuf::from(f[3]);
+    cfg.force = true;
+    cfg.data_percent = 10;
+    let r = Pool::create_lvm(&deps, &cfg).map(drop);
+    eprintln!("lvm crash child survived: {r:?}");
+    std::process::exit(3);
+}
+
+/// Nothing of the pool is left: no VG, no PV label on the disk, no dm
+/// device of the VG, no profile, no store.
+fn assert_no_lvm_leftovers(disk: &str, vg: &str, cfg: &LvmConfig, what: &str) {
+    assert!(!try_run("vgs", &[vg]), "{what}: VG left");
+    let pvs = run("pvs", &["--reportformat", "json", "-o", "pv_name"]);
+    assert!(!pvs.contains(disk), "{what}: PV left: {pvs}");
+    let sigs = thinpool::lvm::signatures(Path::new(disk)).unwrap();
+    assert!(!sigs.iter().any(|s| s == "LVM2_member"), "{what}: {sigs:?}");
+    let dm = run("dmsetup", &["ls"]);
+    assert!(!dm.contains(vg), "{what}: dm devices left: {dm}");
+    assert!(!cfg.store.exists(), "{what}: store left");
+    let profile = cfg.profile_dir.join(format!("thinbox-{vg}-pool.profile"));
+    assert!(!profile.exists(), "{what}: profile left");
+}
+
+fn sigkill_during_lvm_create() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = temp_dir();
+    let (disk, vg, _guard, mut cfg) = lvm_setup(tmp.path());
+    cfg.data_percent = 10;
+    let deps = deps();
+    // (pattern, after, whether a reopen finishes the creation)
+    let points = [
+        ("wipefs", true, false),
+        ("pvcreate", true, false),
+        ("vgcreate", true, false),
+        ("lvcreate", false, false),
+        ("lvcreate", true, false),
+        ("lvchange --metadataprofile", false, false),
+        ("lvchange --metadataprofile", true, false),
+        ("lvchange --monitor", true, false),
+        ("lvchange -ay", false, true),
+    ];
+    for (i, (pattern, after, forward)) in points.into_iter().enumerate() {
+        let what = format!("{pattern} {}", if after { "after" } else { "before" });
+        let spec = format!(
+            "{disk}|{vg}|{}|{}|{pattern}|{}",
+            cfg.store.display(),
+            cfg.profile_dir.display(),
+            if after { "after" } else { "before" }
+        );
+        let status = Command::new(std::env::current_exe().unwrap())
+            .env(LVM_CRASH_ENV, &spec)
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{what}: child was not killed: {status:?}"
+        );
+        if forward {
+            let pool = Pool::open_lvm(&deps, &cfg.store).unwrap();
+            assert!(pool.reconciliation().is_clean(), "{what}");
+            pool.destroy().unwrap();
+        } else if i % 2 == 0 {
+            // Retry by opening: the creation is rolled back.
+            let err = Pool::open_lvm(&deps, &cfg.store).unwrap_err();
+            assert!(
+                matches!(err.kind(), ErrorKind::CreationRolledBack { .. }),
+                "{what}: {err}"
+            );
+            assert_no_lvm_leftovers(&disk, &vg, &cfg, &what);
+        } else {
+            // Retry by creating again: rolled back first, then made anew.
+            let mut pool = Pool::create_lvm(&deps, &cfg).unwrap();
+            pool.create_thin("t", THIN_SIZE).unwrap();
+            pool.destroy().unwrap();
+        }
+        assert_no_lvm_leftovers(&disk, &vg, &cfg, &what);
+    }
 }

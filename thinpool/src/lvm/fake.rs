@@ -450,6 +450,10 @@ impl LvmControl for FakeLvm {
                     false
                 }
                 LvChange::ErrorWhenFull(on) => {
+                    if l.error_when_full == *on {
+                        // lvm2: "Error when full is already (un)set".
+                        return Err(failed(&desc, 5));
+                    }
                     l.error_when_full = *on;
                     l.active
                 }

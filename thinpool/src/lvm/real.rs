@@ -76,8 +76,6 @@ impl LvmControl for RealLvm {
             "lvcreate",
             &[
                 "-y",
-                "--wipesignatures",
-                "y",
                 "--type",
                 "thin-pool",
                 "-n",
