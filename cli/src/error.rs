@@ -62,6 +62,7 @@ impl ErrorKind {
             | T::InvalidName { .. }
             | T::MetadataTooSmall { .. }
             | T::Overflow { .. }
+            | T::NotAThinPool { .. }
             | T::Unsupported { .. } => ErrorKind::InvalidArgument,
             T::NameTaken { .. } => ErrorKind::AlreadyExists,
             T::NotFound { .. } => ErrorKind::NotFound,
@@ -80,8 +81,7 @@ impl ErrorKind {
             | T::TransactionMismatch { .. }
             | T::TableMismatch { .. }
             | T::PoolNotWritable { .. }
-            | T::Parse { .. }
-            | T::NotAThinPool { .. } => ErrorKind::Corrupt,
+            | T::Parse { .. } => ErrorKind::Corrupt,
             _ => ErrorKind::Io,
         }
     }

@@ -1,2 +1,394 @@
-//! placeholder
-fn main() {}
+//! `thinbox pool ...` through the real binary, in the VM (dm-thin, LVM):
+//! loopback create/status/extend/check/monitor/destroy, bad sizes (one
+//! line, non-zero, nothing left), direct-lvm on a virtio disk, adopting a
+//! pool made with dmsetup, and the ZFS backend running snapshot commands.
+
+mod cli_support;
+
+use std::process::ExitCode;
+
+use cli_support::{dm_devices, loops_under, Root};
+use integration::fixtures::{run, sparse_file, try_run, unique_name, LoopDevice, ZfsPool};
+use integration::harness::{self, KernelTest};
+use integration::need::Need;
+
+const MIB: u64 = 1 << 20;
+
+fn main() -> ExitCode {
+    harness::main(&[
+        KernelTest::new("loopback_pool_lifecycle", loopback_pool_lifecycle).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::DmThin,
+        ]),
+        KernelTest::new("bad_pool_sizes_leave_nothing", bad_pool_sizes_leave_nothing).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::DmThin,
+        ]),
+        KernelTest::new(
+            "monitor_grows_the_default_pool",
+            monitor_grows_the_default_pool,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        KernelTest::new("lvm_pool_on_a_virtio_disk", lvm_pool_on_a_virtio_disk).needs(&[
+            Need::Root,
+            Need::Lvm,
+            Need::Disks(1),
+        ]),
+        KernelTest::new("adopt_a_dmsetup_pool", adopt_a_dmsetup_pool).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::DmThin,
+        ]),
+        KernelTest::new(
+            "zfs_backend_runs_snapshot_commands",
+            zfs_backend_runs_snapshot_commands,
+        )
+        .needs(&[Need::Root, Need::Zfs]),
+    ])
+}
+
+fn dm_exists(name: &str) -> bool {
+    try_run("dmsetup", &["info", name])
+}
+
+/// Nothing of pool `name` is left under `root` or in the kernel.
+#[track_caller]
+fn nothing_left(root: &Root, name: &str) {
+    assert!(!dm_exists(name), "dm device {name} left");
+    assert!(dm_devices(name).is_empty(), "{:?}", dm_devices(name));
+    assert!(
+        !root.path().join("pools").join(name).exists(),
+        "pool dir left"
+    );
+    assert!(
+        loops_under(root.path()).is_empty(),
+        "{:?}",
+        loops_under(root.path())
+    );
+}
+
+fn loopback_pool_lifecycle() {
+    let root = Root::new();
+    let name = unique_name("pool");
+    let r = root.json(&[
+        "pool",
+        "create",
+        "--name",
+        &name,
+        "--data-size",
+        "256M",
+        "--metadata-size",
+        "64M",
+        "--skip-block-zeroing",
+        "--free-space-floor",
+        "5",
+    ]);
+    assert_eq!(r["name"], name.as_str(), "{r}");
+    assert_eq!(r["kind"], "loopback", "{r}");
+    assert_eq!(r["mode"], "rw", "{r}");
+    assert_eq!(r["active"], true, "{r}");
+    assert_eq!(r["data"]["total_bytes"], 256 * MIB, "{r}");
+    assert_eq!(r["data"]["total_blocks"], 256 * MIB / 65536, "{r}");
+    assert_eq!(r["metadata"]["total_bytes"], 64 * MIB, "{r}");
+    assert_eq!(r["block_size"], 65536, "{r}");
+    assert_eq!(r["no_space_policy"], "error_if_no_space", "{r}");
+    assert_eq!(r["autoextend_threshold"], 80, "{r}");
+    assert_eq!(r["free_space_floor"], 5, "{r}");
+    // Low-water mark from the threshold: 20% of the blocks free.
+    assert_eq!(r["low_water_mark"], 4096 / 5, "{r}");
+    let table = run("dmsetup", &["table", &name]);
+    assert!(table.contains("skip_block_zeroing"), "{table}");
+    assert!(root
+        .path()
+        .join("pools")
+        .join(&name)
+        .join("pool.toml")
+        .exists());
+
+    // The same name again is refused and the pool is untouched.
+    let line = root.fails(
+        &[
+            "pool",
+            "create",
+            "--name",
+            &name,
+            "--data-size",
+            "128M",
+            "--metadata-size",
+            "64M",
+        ],
+        4,
+    );
+    assert!(line.contains("already exists"), "{line}");
+    assert!(dm_exists(&name));
+
+    let all = root.json(&["pool", "status"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let human = root.ok(&["pool", "status", &name]);
+    assert!(
+        human.contains("low-water mark") && human.contains("free-space floor"),
+        "{human}"
+    );
+
+    // Extend data and metadata.
+    let r = root.json(&["pool", "extend", &name, "--data", "512M"]);
+    assert_eq!(r["data"]["total_bytes"], 512 * MIB, "{r}");
+    let r = root.json(&["pool", "extend", &name, "--metadata", "96M"]);
+    assert_eq!(r["metadata"]["total_bytes"], 96 * MIB, "{r}");
+    let line = root.fails(&["pool", "extend", &name, "--data", "600008K"], 2);
+    assert!(line.contains("multiple"), "{line}");
+    let line = root.fails(&["pool", "extend", &name, "--data", "128M"], 2);
+    assert!(
+        line.contains("cannot shrink") || line.contains("too small"),
+        "{line}"
+    );
+    root.fails(&["pool", "extend", &name], 2);
+    assert_eq!(
+        root.json(&["pool", "status", &name])["data"]["total_bytes"],
+        512 * MIB
+    );
+
+    // Check on a metadata snapshot of the live pool.
+    let c = root.json(&["pool", "check", &name]);
+    assert_eq!(c["metadata"], "ok", "{c}");
+
+    // Monitor once: nothing to grow at 0% used.
+    let out = root.ok(&["--json", "pool", "monitor", &name, "--once"]);
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(m["extended_data_to"], serde_json::Value::Null, "{m}");
+
+    // Unknown pools.
+    root.fails(&["pool", "status", "thinbox-test-nope"], 3);
+    root.fails(&["pool", "check", "thinbox-test-nope"], 3);
+    root.fails(&["pool", "destroy", "thinbox-test-nope"], 3);
+
+    let d = root.json(&["pool", "destroy", &name]);
+    assert_eq!(d["destroyed"], true, "{d}");
+    nothing_left(&root, &name);
+    root.fails(&["pool", "status", &name], 3);
+}
+
+fn bad_pool_sizes_leave_nothing() {
+    let root = Root::new();
+    let name = unique_name("pool");
+    for (args, code, says) in [
+        (
+            &["--data-size", "1000K"][..],
+            2,
+            "multiple of the block size",
+        ),
+        (&["--block-size", "32K"], 2, "block size"),
+        (&["--block-size", "96K"], 2, "multiple of 64 KiB"),
+        (&["--block-size", "2G"], 2, "1 GiB"),
+        (
+            &["--data-size", "100G", "--metadata-size", "1M"],
+            2,
+            "too small",
+        ),
+        (&["--data-size", "0"], 2, "too small"),
+        (&["--data-size", "12X"], 2, "12X"),
+    ] {
+        let mut a = vec!["pool", "create", "--name", &name];
+        a.extend_from_slice(args);
+        if !args.contains(&"--metadata-size") {
+            a.extend(["--metadata-size", "16M"]);
+        }
+        let r = root.run(&a);
+        assert_eq!(r.code, code, "{a:?}: {r:?}");
+        let first = r.stderr.lines().next().unwrap_or_default();
+        assert!(r.stderr.contains(says), "{a:?}: {r:?}");
+        if first.starts_with("thinbox: ") {
+            assert_eq!(r.stderr.lines().count(), 1, "{a:?}: {r:?}");
+        }
+        nothing_left(&root, &name);
+    }
+    let line = root.fails(
+        &["pool", "create", "--name", "bad/name", "--data-size", "64M"],
+        2,
+    );
+    assert!(line.contains("bad/name"), "{line}");
+}
+
+fn monitor_grows_the_default_pool() {
+    // The default dm-thin backend, with a threshold its base filesystem crosses.
+    let root = Root::with_config(
+        "[devmapper]\ndata_size = \"256M\"\nmetadata_size = \"64M\"\nbase_size = \"128M\"\nautoextend_threshold = 1\nautoextend_percent = 50\n",
+    );
+    root.ok(&["snapshot", "ls"]);
+    let pool = format!(
+        "{}-pool",
+        root.path().file_name().unwrap().to_string_lossy()
+    );
+    let before = root.json(&["pool", "status", &pool]);
+    assert!(
+        before["data"]["used_blocks"].as_u64().unwrap() > 0,
+        "{before}"
+    );
+    assert_eq!(before["autoextend_threshold"], 1, "{before}");
+    let out = root.ok(&["--json", "pool", "monitor", &pool, "--once"]);
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(m["extended_data_to"], 384 * MIB, "{m}");
+    assert_eq!(m["status"]["data"]["total_bytes"], 384 * MIB, "{m}");
+    // The snapshotter still works on the grown pool.
+    root.ok(&["snapshot", "prepare", "a"]);
+    root.ok(&["snapshot", "rm", "a"]);
+}
+
+/// Removes a test VG and wipes its disk on drop.
+struct VgGuard(String, String);
+
+impl Drop for VgGuard {
+    fn drop(&mut self) {
+        try_run("vgremove", &["-f", &self.0]);
+        try_run("pvremove", &["-ff", "-y", &self.1]);
+        try_run("wipefs", &["-a", &self.1]);
+    }
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn lvm_pool_on_a_virtio_disk() {
+    let disk = std::env::var(integration::vm::DISKS_ENV).unwrap();
+    let disk = disk.split_whitespace().next().unwrap().to_owned();
+    let root = Root::new();
+    let name = unique_name("lvm");
+    let vg = unique_name("vg").replace('-', "_");
+    let _guard = VgGuard(vg.clone(), disk.clone());
+    let create = |force: bool| {
+        let mut a = vec![
+            "pool",
+            "create",
+            "--name",
+            &name,
+            "--lvm",
+            &disk,
+            "--vg",
+            &vg,
+            "--data-percent",
+            "50",
+            "--metadata-percent",
+            "2",
+        ];
+        if force {
+            a.push("--force");
+        }
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+
+    // A disk holding a filesystem is refused, naming it; nothing is made.
+    run("mkfs.ext4", &["-q", "-F", &disk]);
+    let line = root.fails(&args(&create(false)), 4);
+    assert!(line.contains("ext4") && line.contains("force"), "{line}");
+    assert!(!try_run("vgs", &[&vg]));
+    assert!(!root.path().join("pools").join(&name).exists());
+
+    let r = root.json(&args(&create(true)));
+    assert_eq!(r["kind"], "lvm", "{r}");
+    assert_eq!(r["mode"], "rw", "{r}");
+    assert_eq!(r["block_size"], 512 * 1024, "{r}");
+    assert!(try_run("vgs", &[&vg]));
+    let st = root.json(&["pool", "status", &name]);
+    assert_eq!(st["active"], true, "{st}");
+    assert_eq!(root.json(&["pool", "check", &name])["metadata"], "ok");
+    // Extending to a size is for loopback pools.
+    let line = root.fails(&["pool", "extend", &name, "--data", "1G"], 2);
+    assert!(line.contains("lvextend"), "{line}");
+    root.ok(&["pool", "destroy", &name]);
+    assert!(!try_run("vgs", &[&vg]), "volume group removed");
+    assert!(!root.path().join("pools").join(&name).exists());
+}
+
+fn adopt_a_dmsetup_pool() {
+    let root = Root::new();
+    let (meta_file, data_file) = (root.path().join("meta"), root.path().join("data"));
+    sparse_file(&meta_file, 16 * MIB);
+    sparse_file(&data_file, 256 * MIB);
+    let meta = LoopDevice::attach(&meta_file);
+    let data = LoopDevice::attach(&data_file);
+    let dm_name = unique_name("foreign");
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            try_run("dmsetup", &["remove", "--force", &self.0]);
+        }
+    }
+    let table = format!(
+        "0 {} thin-pool {} {} 128 0 0",
+        256 * MIB / 512,
+        meta.as_str(),
+        data.as_str()
+    );
+    run("dmsetup", &["create", &dm_name, "--table", &table]);
+    let _remove = Remove(dm_name.clone());
+
+    // Someone else's (transaction id moved) is refused unless allowed.
+    run(
+        "dmsetup",
+        &["message", &dm_name, "0", "set_transaction_id 0 3"],
+    );
+    let line = root.fails(&["pool", "create", "--adopt", &dm_name], 4);
+    assert!(line.contains("transaction id 3"), "{line}");
+    assert!(!root.path().join("pools").join(&dm_name).exists());
+    let r = root.json(&["pool", "create", "--adopt", &dm_name, "--allow-foreign"]);
+    assert_eq!(r["kind"], "adopted", "{r}");
+    assert_eq!(r["dm_name"], dm_name.as_str(), "{r}");
+    assert_eq!(r["transaction_id"], 3, "{r}");
+    assert_eq!(r["data"]["total_bytes"], 256 * MIB, "{r}");
+    // Not a thin-pool.
+    let linear = unique_name("linear");
+    run(
+        "dmsetup",
+        &[
+            "create",
+            &linear,
+            "--table",
+            &format!("0 2048 linear {} 0", meta.as_str()),
+        ],
+    );
+    let _remove_linear = Remove(linear.clone());
+    let line = root.fails(&["pool", "create", "--adopt", &linear], 2);
+    assert!(line.contains("not a thin-pool"), "{line}");
+    assert!(!root.path().join("pools").join(&linear).exists());
+    // Destroying an adopted pool forgets it and leaves the pool.
+    root.ok(&["pool", "destroy", &dm_name]);
+    assert!(dm_exists(&dm_name), "not ours to remove");
+    root.fails(&["pool", "status", &dm_name], 3);
+}
+
+fn zfs_backend_runs_snapshot_commands() {
+    let zpool = ZfsPool::create(512 * MIB);
+    let dataset = format!("{}/thinbox", zpool.name);
+    run("zfs", &["create", &dataset]);
+    let root = Root::with_config(&format!(
+        "backend = \"zfs\"\n[zfs]\ndataset = \"{dataset}\"\n"
+    ));
+    let r = root.run(&["snapshot", "prepare", "a"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("using the zfs backend"), "{r:?}");
+    assert!(root.backend_record().contains("zfs-dataset"));
+    let mnt = root.path().join("mnt");
+    root.ok(&["snapshot", "mounts", "a", "--mount", mnt.to_str().unwrap()]);
+    std::fs::write(mnt.join("f"), "zfs").unwrap();
+    run("umount", &[mnt.to_str().unwrap()]);
+    let c = root.json(&["snapshot", "commit", "base", "a"]);
+    assert_eq!(c["kind"], "committed", "{c}");
+    root.ok(&["snapshot", "prepare", "b", "base"]);
+    let all = root.json(&["snapshot", "ls"]);
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    root.fails(&["snapshot", "rm", "base"], 4);
+    let u = root.json(&["snapshot", "usage", "base"]);
+    assert!(u["size"].as_u64().unwrap() > 0, "{u}");
+    let tar = root.path().join("l.tar");
+    root.ok(&["snapshot", "diff", "base", tar.to_str().unwrap()]);
+    let list = run("tar", &["-tf", tar.to_str().unwrap()]);
+    assert!(
+        list.lines().any(|l| l.trim_start_matches("./") == "f"),
+        "{list}"
+    );
+    root.ok(&["snapshot", "rm", "b"]);
+    root.ok(&["snapshot", "rm", "base"]);
+}
