@@ -41,6 +41,21 @@ fn main() -> ExitCode {
         .needs(&[Need::Root]),
         KernelTest::new("usage_errors_exit_2", usage_errors_exit_2),
         KernelTest::new("non_root_is_refused", non_root_is_refused).needs(&[Need::Root]),
+        KernelTest::new(
+            "half_made_dm_thin_default_is_redone",
+            half_made_dm_thin_default_is_redone,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        KernelTest::new("configured_btrfs_directory", configured_btrfs_directory).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::Btrfs,
+        ]),
+        KernelTest::new(
+            "systemd_unit_runs_a_valid_command",
+            systemd_unit_runs_a_valid_command,
+        )
+        .needs(&[Need::Root]),
         KernelTest::new("default_lands_on_dm_thin", default_lands_on_dm_thin).needs(&[
             Need::Root,
             Need::Loop,
@@ -279,4 +294,113 @@ fn default_lands_on_dm_thin() {
     );
     root.ok(&["snapshot", "rm", "v"]);
     root.ok(&["snapshot", "rm", "base"]);
+}
+
+fn half_made_dm_thin_default_is_redone() {
+    let config = "[devmapper]\ndata_size = \"1G\"\nmetadata_size = \"64M\"\nbase_size = \"256M\"\n";
+    let root = Root::with_config(config);
+    let pool = format!(
+        "{}-pool",
+        root.path().file_name().unwrap().to_string_lossy()
+    );
+    // What a run killed after making the pool but before recording the
+    // backend leaves: the pool (here of another size) and the partial record.
+    root.ok(&[
+        "pool",
+        "create",
+        "--name",
+        &pool,
+        "--data-size",
+        "2G",
+        "--metadata-size",
+        "64M",
+    ]);
+    std::fs::write(
+        root.path().join("backend.partial.toml"),
+        format!(
+            "backend = \"dm-thin\"\nreason = \"test\"\n[source]\nkind = \"loopback-pool\"\npool = \"{pool}\"\nbase_size = \"256M\"\nfs = \"ext4\"\n"
+        ),
+    )
+    .unwrap();
+    let r = root.run(&["snapshot", "ls"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(one_line(&r.stderr).contains("dm-thin"), "{r:?}");
+    assert!(!root.path().join("backend.partial.toml").exists());
+    let st = root.json(&["pool", "status", &pool]);
+    assert_eq!(
+        st["data"]["total_bytes"],
+        1u64 << 30,
+        "made again from the config: {st}"
+    );
+    root.ok(&["snapshot", "prepare", "a"]);
+    root.ok(&["snapshot", "rm", "a"]);
+}
+
+fn configured_btrfs_directory() {
+    use integration::fixtures::{run, sparse_file, LoopDevice, Mount};
+    let fs = integration::fixtures::temp_dir();
+    let img = fs.path().join("img");
+    sparse_file(&img, 512 << 20);
+    let dev = LoopDevice::attach(&img);
+    run("mkfs.btrfs", &["-q", "-f", dev.as_str()]);
+    let mnt = Mount::new(dev.as_str(), &fs.path().join("mnt"), Some("btrfs"), "");
+    let dir = mnt.target.join("thinbox");
+
+    let root = Root::with_config(&format!(
+        "backend = \"btrfs\"\n[btrfs]\npath = \"{}\"\n",
+        dir.display()
+    ));
+    let r = root.run(&["snapshot", "prepare", "a"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        one_line(&r.stderr).contains(&dir.display().to_string()),
+        "{r:?}"
+    );
+    assert!(root.backend_record().contains("btrfs-dir"));
+    assert!(!root.path().join("btrfs.img").exists(), "no image made");
+    root.ok(&["snapshot", "commit", "base", "a"]);
+    assert!(
+        dir.join("snapshots").exists(),
+        "snapshots kept in the directory"
+    );
+    root.ok(&["snapshot", "rm", "base"]);
+
+    // A directory that is not on btrfs: one line, exit 6, nothing recorded.
+    let other = Root::with_config(&format!(
+        "backend = \"btrfs\"\n[btrfs]\npath = \"{}\"\n",
+        fs.path().join("plain").display()
+    ));
+    let line = other.fails(&["snapshot", "ls"], 6);
+    assert!(line.contains("not on btrfs"), "{line}");
+    assert!(!other.path().join("backend.toml").exists());
+    assert!(!other.path().join("backend.partial.toml").exists());
+    drop(root);
+    drop(mnt);
+}
+
+fn systemd_unit_runs_a_valid_command() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/thinbox-monitor@.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(words[0], "/usr/local/bin/thinbox", "{exec}");
+    let root = Root::new();
+    let pool = integration::fixtures::unique_name("pool");
+    let args: Vec<String> = words[1..].iter().map(|w| w.replace("%i", &pool)).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = root.run(&args);
+    // The arguments parse (not a usage error); the pool does not exist, or
+    // this kernel has no device-mapper.
+    assert!(r.code == 3 || r.code == 6, "{r:?}");
+    let line = one_line(&r.stderr);
+    assert!(
+        line.contains(&pool) || line.contains("device-mapper"),
+        "{line}"
+    );
 }
