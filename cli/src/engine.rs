@@ -24,7 +24,8 @@
 //! found on open (a run killed during mkfs, say) is undone first: the
 //! loopback pool destroyed or the image unmounted, detached and deleted;
 //! then the choice is made again. After a reboot the btrfs image is
-//! re-attached and re-mounted, and a loopback pool re-activated, on open.
+//! re-attached and re-mounted, and a loopback pool re-activated (and grown
+//! past its autoextend threshold, as `thinbox pool monitor` would), on open.
 //!
 //! Kernel: device-mapper with `thin-pool` (dm-thin), or btrfs and loop
 //! devices, or ZFS, or overlayfs. Everything needs root.
@@ -569,7 +570,14 @@ fn open_backend(
                 pools.open_pool(pool)?
             };
             spinner.set(format!("making the base {fs} filesystem"));
-            let (p, _rec, lock) = open.into_parts();
+            let (mut p, rec, lock) = open.into_parts();
+            if !fresh {
+                // Autoextend on use, as the monitor would (a status ioctl
+                // when nothing needs growing).
+                if let Err(e) = p.maybe_extend(&rec.policy()) {
+                    tracing::warn!("pool {pool}: autoextend failed: {e}");
+                }
+            }
             let cfg = DevmapperConfig {
                 base_size: sectors("devmapper.base_size", *base_size)?,
                 fs: fs.parse()?,
