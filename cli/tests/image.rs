@@ -20,11 +20,18 @@ use snapshotter::image::write::{self, Compression, Entry, ImageSpec};
 use snapshotter::image::{chain_ids, Digest, ImageConfig};
 
 const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
+const DM_THIN: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
 
 fn main() -> ExitCode {
     harness::main(&[
         KernelTest::new("image_commands_happy_path", image_commands_happy_path).needs(BTRFS),
         KernelTest::new("image_bad_input", image_bad_input).needs(BTRFS),
+        // In the VM the embedded default is a loopback dm-thin pool.
+        KernelTest::new(
+            "vm_dmthin_image_commands_happy_path",
+            image_commands_happy_path,
+        )
+        .needs(DM_THIN),
     ])
 }
 

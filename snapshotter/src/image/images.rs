@@ -459,11 +459,15 @@ impl Images {
             let mut layers = Vec::new();
             for (i, lr) in f.layers.iter().enumerate() {
                 let shown = lr.digest.unwrap_or(f.diff_ids[i]);
+                let size = match lr.size {
+                    Some(s) => s,
+                    None => archive.open_file(&lr.path)?.1,
+                };
                 progress(ImportProgress::Layer {
                     index: i,
                     count: f.layers.len(),
                     digest: &shown,
-                    size: lr.size.unwrap_or(0),
+                    size,
                 });
                 let what = format!("layer {} of {}", i + 1, f.layers.len());
                 // The blob itself, before anything is applied.

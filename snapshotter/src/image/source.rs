@@ -598,7 +598,108 @@ pub(crate) fn read(a: &Archive) -> Result<Vec<Found>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::write::{self, Compression, Entry, ImageSpec};
     use super::*;
+
+    fn spec(name: &str) -> ImageSpec {
+        let l1 = write::layer_tar(&[Entry::file("a", b"a", 0o644)]).unwrap();
+        let l2 = write::layer_tar(&[Entry::file("b", b"b", 0o644)]).unwrap();
+        let config = ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            env: vec!["A=1".into()],
+            ..ImageConfig::default()
+        };
+        ImageSpec::new(config, vec![l1, l2]).name(name)
+    }
+
+    fn check(found: &[Found], w: &write::Written, name: &str) {
+        assert_eq!(found.len(), 1);
+        let f = &found[0];
+        assert_eq!(f.names, [name]);
+        assert_eq!(f.manifest, w.manifest);
+        assert_eq!(f.config.cmd, ["/bin/sh"]);
+        let diff_ids: Vec<Digest> = w.layers.iter().map(|l| l.diff_id).collect();
+        assert_eq!(f.diff_ids, diff_ids);
+        assert_eq!(f.layers.len(), 2);
+    }
+
+    #[test]
+    fn reads_every_format_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = write::oci_dir(&spec("d"), &dir.path().join("oci")).unwrap();
+        let a = Archive::open(&dir.path().join("oci")).unwrap();
+        check(&read(&a).unwrap(), &w, "d");
+        assert_eq!(
+            a.hash_file(&w.layers[0].digest_path()).unwrap().0,
+            w.layers[0].digest
+        );
+
+        let tar = dir.path().join("oci.tar");
+        let w = write::oci_tar(&spec("t").compression(Compression::Zstd), &tar).unwrap();
+        let a = Archive::open(&tar).unwrap();
+        check(&read(&a).unwrap(), &w, "t");
+        assert_eq!(
+            a.hash_file(&w.layers[1].digest_path()).unwrap().0,
+            w.layers[1].digest
+        );
+
+        let tar = dir.path().join("docker.tar");
+        let w = write::docker_tar(&spec("k:1"), &tar).unwrap();
+        let found = read(&Archive::open(&tar).unwrap()).unwrap();
+        check(&found, &w, "k:1");
+        assert_eq!(
+            found[0].layers[0].digest, None,
+            "<id>/layer.tar has no blob digest"
+        );
+    }
+
+    /// A multi-platform index (as `skopeo copy --all` writes): the host's
+    /// manifest is picked, other platforms' blobs are never read.
+    #[test]
+    fn nested_index_picks_the_host_platform() {
+        let dir = tempfile::tempdir().unwrap();
+        let oci = dir.path().join("oci");
+        let w = write::oci_dir(&spec("multi"), &oci).unwrap();
+        let (os, arch) = host_platform();
+        let other = Digest::sha256(b"a manifest that is not there");
+        let manifest_size = std::fs::metadata(oci.join(blob_path(&w.manifest)))
+            .unwrap()
+            .len();
+        let nested = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": super::super::MEDIA_INDEX,
+            "manifests": [
+                {"mediaType": super::super::MEDIA_MANIFEST, "digest": other.to_string(), "size": 10,
+                 "platform": {"os": "linux", "architecture": "s390x"}},
+                {"mediaType": super::super::MEDIA_MANIFEST, "digest": w.manifest.to_string(),
+                 "size": manifest_size, "platform": {"os": os, "architecture": arch}},
+            ]
+        });
+        let bytes = serde_json::to_vec(&nested).unwrap();
+        let nd = Digest::sha256(&bytes);
+        std::fs::write(oci.join(blob_path(&nd)), &bytes).unwrap();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": super::super::MEDIA_INDEX, "digest": nd.to_string(),
+                           "size": bytes.len(), "annotations": {REF_NAME: "multi"}}]
+        });
+        std::fs::write(oci.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        check(&read(&Archive::open(&oci).unwrap()).unwrap(), &w, "multi");
+    }
+
+    #[test]
+    fn corrupt_config_is_a_digest_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let oci = dir.path().join("oci");
+        let w = write::oci_dir(&spec("c"), &oci).unwrap();
+        let p = oci.join(blob_path(&w.config));
+        let mut b = std::fs::read(&p).unwrap();
+        b[0] = b' ';
+        std::fs::write(&p, b).unwrap();
+        let e = read(&Archive::open(&oci).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DigestMismatch, "{e}");
+        assert!(e.to_string().contains(&w.config.to_string()), "{e}");
+    }
 
     #[test]
     fn normalize_drops_dots_and_refuses_escapes() {

@@ -126,6 +126,13 @@ pub struct WrittenLayer {
     pub size: u64,
 }
 
+impl WrittenLayer {
+    /// The blob's path in an OCI layout (`blobs/sha256/<hex>`).
+    pub fn digest_path(&self) -> String {
+        format!("blobs/sha256/{}", self.digest.hex())
+    }
+}
+
 /// What was written, to find and corrupt blobs in tests.
 #[derive(Debug, Clone)]
 pub struct Written {
