@@ -74,6 +74,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
     if g.debug {
+        // Errors made from here on capture a backtrace, printed below.
+        std::env::set_var("RUST_LIB_BACKTRACE", "1");
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))

@@ -179,6 +179,11 @@ fn snapshot_bad_input() {
     let out = root.path().join("no.tar");
     root.fails(&["snapshot", "diff", "nope", out.to_str().unwrap()], 3);
     assert!(!out.exists());
+    // --debug shows the whole chain (and a backtrace).
+    let r = root.run(&["--debug", "snapshot", "inspect", "nope"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.lines().count() > 1, "{r:?}");
+    assert!(r.stderr.contains("Caused by"), "{r:?}");
     // None of it changed anything.
     let all = root.json(&["snapshot", "ls"]);
     assert_eq!(names(&all), ["active", "base", "v"], "{all}");

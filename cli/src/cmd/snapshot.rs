@@ -116,6 +116,28 @@ fn mounts_json(m: &[MountSpec]) -> Value {
     )
 }
 
+/// A snapshotter error with the fix for the common cases appended.
+fn sn_err(e: snapshotter::Error) -> cli::Error {
+    use snapshotter::ErrorKind as K;
+    let fix = match e.kind() {
+        K::NotFound => "list snapshots with `thinbox snapshot ls`",
+        K::AlreadyExists => "choose another key, or remove the existing one with `thinbox snapshot rm`",
+        K::ParentNotCommitted => "give a committed snapshot as the parent (`thinbox snapshot ls --filter kind==committed`)",
+        K::CommitOfView => "only active snapshots (made by `prepare`) can be committed",
+        K::NotActive => "only active snapshots (made by `prepare`) can be committed",
+        K::HasChildren => "remove its children first",
+        _ => "",
+    };
+    let msg = e.to_string();
+    // Only where the snapshotter gave no detail of its own.
+    let bare = msg.ends_with(&e.kind().to_string());
+    let mut err = cli::Error::from(e);
+    if !fix.is_empty() && bare {
+        err.message = format!("{msg}: {fix}");
+    }
+    err
+}
+
 fn labels(v: &[String]) -> anyhow::Result<Labels> {
     let mut l = Labels::new();
     for s in v {
@@ -131,11 +153,11 @@ fn labels(v: &[String]) -> anyhow::Result<Labels> {
 }
 
 fn key(s: &str) -> anyhow::Result<Key> {
-    Ok(Key::new(s).map_err(cli::Error::from)?)
+    Ok(Key::new(s).map_err(sn_err)?)
 }
 
 fn name(s: &str) -> anyhow::Result<Name> {
-    Ok(Name::new(s).map_err(cli::Error::from)?)
+    Ok(Name::new(s).map_err(sn_err)?)
 }
 
 /// Mounts `m` on `dir` (or prints the mounts) and reports.
@@ -143,7 +165,7 @@ fn show_mounts(g: &Global, k: &str, m: &[MountSpec], dir: Option<&Path>) -> anyh
     if let Some(d) = dir {
         std::fs::create_dir_all(d)
             .map_err(|e| cli::Error::io("cannot create mount point", d, e))?;
-        snapshotter::mount_all(m, d).map_err(cli::Error::from)?;
+        snapshotter::mount_all(m, d).map_err(sn_err)?;
     }
     if g.json {
         return print_json(&json!({
@@ -172,14 +194,14 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
             SnapshotCommand::Ls { filter } => {
                 let filters = filter
                     .iter()
-                    .map(|f| f.parse::<Filter>().map_err(cli::Error::from))
+                    .map(|f| f.parse::<Filter>().map_err(sn_err))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut all = Vec::new();
                 sn.walk(&filters, &mut |i| {
                     all.push(i.clone());
                     Ok(())
                 })
-                .map_err(cli::Error::from)?;
+                .map_err(sn_err)?;
                 all.sort_by(|a, b| a.name.cmp(&b.name));
                 if g.json {
                     return print_json(&Value::Array(all.iter().map(info_json).collect()));
@@ -196,7 +218,7 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             SnapshotCommand::Inspect { key: k } => {
-                let i = sn.stat(&key(k)?).map_err(cli::Error::from)?;
+                let i = sn.stat(&key(k)?).map_err(sn_err)?;
                 if g.json {
                     return print_json(&info_json(&i));
                 }
@@ -219,7 +241,7 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 let parent = parent.as_deref().map(name).transpose()?;
                 let m = sn
                     .prepare(&key(k)?, parent.as_ref(), &labels(label)?)
-                    .map_err(cli::Error::from)?;
+                    .map_err(sn_err)?;
                 show_mounts(g, k, &m, mount.as_deref())
             }
             SnapshotCommand::View {
@@ -230,11 +252,11 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
             } => {
                 let m = sn
                     .view(&key(k)?, Some(&name(parent)?), &labels(label)?)
-                    .map_err(cli::Error::from)?;
+                    .map_err(sn_err)?;
                 show_mounts(g, k, &m, mount.as_deref())
             }
             SnapshotCommand::Mounts { key: k, mount } => {
-                let m = sn.mounts(&key(k)?).map_err(cli::Error::from)?;
+                let m = sn.mounts(&key(k)?).map_err(sn_err)?;
                 show_mounts(g, k, &m, mount.as_deref())
             }
             SnapshotCommand::Commit {
@@ -243,15 +265,15 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 label,
             } => {
                 sn.commit(&name(n)?, &key(k)?, &labels(label)?)
-                    .map_err(cli::Error::from)?;
+                    .map_err(sn_err)?;
                 if g.json {
-                    return print_json(&info_json(&sn.stat(&key(n)?).map_err(cli::Error::from)?));
+                    return print_json(&info_json(&sn.stat(&key(n)?).map_err(sn_err)?));
                 }
                 println!("committed {k} as {n}");
                 Ok(())
             }
             SnapshotCommand::Rm { key: k } => {
-                sn.remove(&key(k)?).map_err(cli::Error::from)?;
+                sn.remove(&key(k)?).map_err(sn_err)?;
                 if g.json {
                     return print_json(&json!({ "removed": k }));
                 }
@@ -259,7 +281,7 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             SnapshotCommand::Usage { key: k } => {
-                let u = sn.usage(&key(k)?).map_err(cli::Error::from)?;
+                let u = sn.usage(&key(k)?).map_err(sn_err)?;
                 if g.json {
                     return print_json(&json!({ "key": k, "size": u.size.0, "inodes": u.inodes }));
                 }
@@ -286,7 +308,7 @@ fn diff(g: &Global, engine: &cli::Engine, k: &str, out: &Path) -> anyhow::Result
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
         let s = snapshotter::layer::diff_snapshot(sn, &key, scratch.path(), &mut lock)
-            .map_err(cli::Error::from)?;
+            .map_err(sn_err)?;
         lock.flush()?;
         s
     } else {
@@ -300,7 +322,7 @@ fn diff(g: &Global, engine: &cli::Engine, k: &str, out: &Path) -> anyhow::Result
             .tempfile_in(dir)
             .map_err(|e| cli::Error::io("cannot create a file in", dir, e))?;
         let s = snapshotter::layer::diff_snapshot(sn, &key, scratch.path(), tmp.as_file_mut())
-            .map_err(cli::Error::from)?;
+            .map_err(sn_err)?;
         tmp.as_file().sync_all()?;
         tmp.persist(out)
             .map_err(|e| cli::Error::io("cannot write", out, e.error))?;
