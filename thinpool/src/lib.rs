@@ -15,10 +15,10 @@
 //! Layers, bottom up:
 //! - [`units`], [`table`], [`status`], [`metadata_size`]: typed units and ids,
 //!   every kernel string as a type that parses and prints (no root needed);
-//! - [`dm`], [`loopdev`], [`metadata`]: trait seams over device-mapper
-//!   control, loop control and the offline metadata tools (`thin_ls`,
-//!   `thin_check`), each with a real implementation and a fake, passed in by
-//!   the caller through [`pool::Deps`];
+//! - [`dm`], [`loopdev`], [`metadata`], [`lvm`]: trait seams over
+//!   device-mapper control, loop control, the offline metadata tools
+//!   (`thin_ls`, `thin_check`) and lvm2, each with a real implementation and
+//!   a fake, passed in by the caller through [`pool::Deps`];
 //! - [`store`]: the crash-safe record store (SQLite; intent before each
 //!   kernel mutation, done after it, tied together by the pool's transaction id);
 //! - [`pool`]: loopback pools, direct-lvm pools ([`lvm`]) and adopted pools,
@@ -28,10 +28,13 @@
 //!
 //! Lifecycle: `Pool::create_loopback` / `create_lvm` / `adopt` → `create_thin`,
 //! `snapshot`, `activate`, `deactivate`, `resize_thin`, `delete_thin` →
-//! `watch` (autoextend) → `shutdown` (keep) or `destroy` / `destroy_deferred`
+//! `watch` (autoextend; `Pool::monitor` says whether dmeventd or this loop
+//! watches an LVM pool) → `shutdown` (keep) or `destroy` / `destroy_deferred`
 //! (remove). `open_loopback` / `open_lvm` / `open_adopted` re-activate
 //! idempotently and reconcile: half-made thin devices are rolled back,
-//! finished ones completed, unknown thin ids reported, missing ones marked.
+//! finished ones completed (an interrupted delete or resize is finished),
+//! unknown thin ids reported, missing ones marked; a direct-lvm creation
+//! interrupted before it committed is rolled back.
 //!
 //! Tools used on the host: thin-provisioning-tools (`thin_ls`, `thin_check`),
 //! lvm2 and util-linux `wipefs` for direct-lvm, e2fsprogs/xfsprogs for `fs`.

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         )
         .needs(LVM),
         KernelTest::new("sigkill_during_lvm_create", sigkill_during_lvm_create).needs(LVM),
+        KernelTest::new("adopt_lvm_pool", adopt_lvm_pool).needs(LVM),
         KernelTest::new(
             "sigkill_during_thin_ops_on_lvm",
             sigkill_during_thin_ops_on_lvm,
@@ -1616,4 +1617,65 @@ fn sigkill_during_lvm_create() {
         }
         assert_no_lvm_leftovers(&disk, &vg, &cfg, &what);
     }
+}
+
+/// A thin-pool LV someone else made with lvcreate: adopted by its LVM name
+/// (a linear LV and a missing LV are refused), used, released and reopened.
+fn adopt_lvm_pool() {
+    let tmp = temp_dir();
+    let (disk, vg, _guard, _) = lvm_setup(tmp.path());
+    run("pvcreate", &["-y", &disk]);
+    run("vgcreate", &[&vg, &disk]);
+    run("lvcreate", &["-y", "-n", "lin", "-L", "16m", &vg]);
+    run(
+        "lvcreate",
+        &["-y", "--type", "thin-pool", "-n", "pool", "-L", "256m", &vg],
+    );
+    let deps = deps();
+    let x = tmp.path().join("x.db");
+    let err = Pool::adopt_lvm(&deps, &vg, "lin", &x, false).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::NotAThinPool { .. }),
+        "{err}"
+    );
+    let err = Pool::adopt_lvm(&deps, &vg, "nope", &x, false).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(!x.exists());
+
+    let store = tmp.path().join("a.db");
+    let mut pool = Pool::adopt_lvm(&deps, &vg, "pool", &store, false).unwrap();
+    assert_eq!(pool.name(), format!("{vg}-pool"));
+    assert_eq!(
+        pool.monitor().unwrap(),
+        Monitor::Watch,
+        "adopted: thinbox watches"
+    );
+    pool.create_thin("mine", THIN_SIZE).unwrap();
+    let dev = pool.activate("mine").unwrap();
+    write_at(&dev, 0, b"adopted lvm");
+    pool.snapshot("mine", "snap").unwrap();
+    pool.shutdown().unwrap();
+    assert!(dm_exists(&format!("{vg}-pool")), "the adopted pool stays");
+    assert!(!dm_exists(&format!("{vg}-pool-mine")));
+
+    let pool = Pool::open_adopted(&deps, &store).unwrap();
+    assert!(
+        pool.reconciliation().is_clean(),
+        "{:?}",
+        pool.reconciliation()
+    );
+    assert_eq!(
+        kernel_thin_ids(pool.name(), pool.metadata_device().path),
+        vec![0, 1]
+    );
+    let err = pool.destroy().unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Unsupported { .. }), "{err}");
+    let mut pool = Pool::open_adopted(&deps, &store).unwrap();
+    assert_eq!(
+        read_at(&pool.activate("snap").unwrap(), 0, 11),
+        b"adopted lvm"
+    );
+    pool.delete_thin("snap").unwrap();
+    pool.delete_thin("mine").unwrap();
+    pool.shutdown().unwrap();
 }
