@@ -27,11 +27,7 @@ fn main() -> ExitCode {
         KernelTest::new("image_commands_happy_path", image_commands_happy_path).needs(BTRFS),
         KernelTest::new("image_bad_input", image_bad_input).needs(BTRFS),
         // In the VM the embedded default is a loopback dm-thin pool.
-        KernelTest::new(
-            "vm_dmthin_image_commands_happy_path",
-            image_commands_happy_path,
-        )
-        .needs(DM_THIN),
+        KernelTest::new("vm_dmthin_image_commands_happy_path", vm_dmthin_happy_path).needs(DM_THIN),
     ])
 }
 
@@ -96,6 +92,15 @@ fn assert_no_scratch(root: &Root) {
 }
 
 fn image_commands_happy_path() {
+    happy_path("backend = \"btrfs\"");
+}
+
+fn vm_dmthin_happy_path() {
+    happy_path("backend = \"dm-thin\"");
+}
+
+/// The happy path; `backend` is a line the backend record must hold.
+fn happy_path(backend: &str) {
     let root = Root::new();
     let work = root.path().join("work");
     fs::create_dir_all(&work).unwrap();
@@ -112,6 +117,8 @@ fn image_commands_happy_path() {
 
     // OCI directory, --json.
     let a = root.json(&["image", "import", oci_dir.to_str().unwrap()]);
+    let rec = root.backend_record();
+    assert!(rec.contains(backend), "{rec}");
     let a = &a.as_array().unwrap()[0];
     assert_eq!(a["name"], "a:1", "{a}");
     assert_eq!(a["manifest"], wa.manifest.to_string(), "{a}");
