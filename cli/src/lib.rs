@@ -3,6 +3,8 @@
 //! call that the binary parses for and prints.
 //!
 //! - [`config`]: `/etc/thinbox/config.toml` and flags, merged;
+//! - [`containers`]: `thinbox run`, `ps`, `rm`: container records, their
+//!   snapshots and mounts, runs through the `runner` crate, `--commit`;
 //! - [`engine`]: opens the state root and the backend (a loopback dm-thin
 //!   pool when the kernel has dm-thin, else a loopback btrfs filesystem, or
 //!   a configured btrfs/ZFS root) and the snapshotter on it;
@@ -16,6 +18,7 @@
 //! `engine.close()`, which releases the root for the next thinbox process.
 
 pub mod config;
+pub mod containers;
 pub mod engine;
 pub mod error;
 pub mod pools;

@@ -1,0 +1,909 @@
+//! Containers: `thinbox run`, `ps` and `rm` as library calls.
+//!
+//! A container is a record in `ROOT/containers.db`, a writable snapshot
+//! (key `container/NAME`) prepared on its image's top layer, and that
+//! snapshot mounted at `ROOT/containers/NAME/rootfs` while it runs. The
+//! record is written before anything is made (state `preparing`) and moves
+//! through `created`, `running`, `exited`; [`Containers::reconcile`] undoes
+//! what a killed `thinbox run` left: a `preparing` record loses its
+//! snapshot and row, a `running` one whose process is gone becomes
+//! `exited` (reason unknown) and its root is unmounted.
+//!
+//! The snapshotter's root lock is released while the container runs (so
+//! `thinbox ps`, `rm` and other `run`s can work) and taken again to unmount,
+//! commit and remove.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use snapshotter::image::{Image, Images};
+use snapshotter::{Key, Labels, Name, Snapshotter};
+
+use crate::engine::{Engine, EngineOptions};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Label on a container's snapshot naming its container.
+pub const CONTAINER_LABEL: &str = "thinbox.io/container";
+
+/// A container name: 1 to 64 of `[A-Za-z0-9_.-]`, starting with a letter
+/// or digit (it becomes part of a snapshot key, a directory and a cgroup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerName(String);
+
+impl ContainerName {
+    /// Validates `s` as a container name.
+    pub fn new(s: &str) -> Result<ContainerName> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if s.is_empty() || s.len() > 64 || !first_ok || !s.chars().all(ok_char) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "invalid container name {s:?}: use 1 to 64 letters, digits, '_', '.' or '-', \
+                     starting with a letter or digit"
+                ),
+            ));
+        }
+        Ok(ContainerName(s.to_owned()))
+    }
+
+    /// A fresh random name (`c-` and 12 hex digits).
+    pub fn random() -> ContainerName {
+        let mut bytes = [0u8; 6];
+        let filled = fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+        if filled.is_err() {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            bytes.copy_from_slice(
+                &(nanos as u64 ^ u64::from(std::process::id())).to_le_bytes()[..6],
+            );
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        ContainerName(format!("c-{hex}"))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key of the container's writable snapshot.
+    pub fn snapshot_key(&self) -> Key {
+        Key::new(format!("container/{}", self.0)).expect("a container name makes a valid key")
+    }
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Its record exists; its snapshot is being made (a crash here rolls back).
+    Preparing,
+    /// Its snapshot exists and is mounted; the process is not started yet.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process ended; its snapshot stays until `rm` (or was committed).
+    Exited,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Preparing => "preparing",
+            State::Created => "created",
+            State::Running => "running",
+            State::Exited => "exited",
+        }
+    }
+
+    fn parse(s: &str) -> Result<State> {
+        Ok(match s {
+            "preparing" => State::Preparing,
+            "created" => State::Created,
+            "running" => State::Running,
+            "exited" => State::Exited,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("containers.db holds an unknown state {other:?}"),
+                ))
+            }
+        })
+    }
+}
+
+/// A container's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerRecord {
+    /// Its name.
+    pub name: String,
+    /// The image it was started from.
+    pub image: String,
+    /// Its state.
+    pub state: State,
+    /// The host pid of its first process while it runs.
+    pub pid: Option<i32>,
+    /// The pid of the `thinbox run` that made it and waits for it.
+    pub owner: i32,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// How it ended (absent while running, or when `thinbox run` itself
+    /// was killed).
+    pub report: Option<runner::ExitReport>,
+    /// The image its changes were committed as (`run --commit`); its
+    /// snapshot became that image's top layer.
+    pub committed: Option<String>,
+}
+
+/// The container records (`ROOT/containers.db`).
+#[derive(Debug)]
+pub struct Containers {
+    conn: Connection,
+    root: PathBuf,
+}
+
+fn db_error(what: &str, e: rusqlite::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("containers.db: {what}: {e}"))
+}
+
+impl Containers {
+    /// Opens (creating) the records under `root`.
+    pub fn open(root: &Path) -> Result<Containers> {
+        let path = root.join("containers.db");
+        let conn = Connection::open(&path).map_err(|e| db_error("open", e))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(|e| db_error("busy timeout", e))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS containers (
+                name TEXT PRIMARY KEY,
+                image TEXT NOT NULL,
+                state TEXT NOT NULL,
+                pid INTEGER,
+                owner INTEGER NOT NULL,
+                created INTEGER NOT NULL,
+                report TEXT,
+                committed TEXT
+            );",
+        )
+        .map_err(|e| db_error("create table", e))?;
+        Ok(Containers {
+            conn,
+            root: root.to_owned(),
+        })
+    }
+
+    /// The directory the container's root is mounted on.
+    pub fn rootfs_dir(&self, name: &ContainerName) -> PathBuf {
+        self.root
+            .join("containers")
+            .join(name.as_str())
+            .join("rootfs")
+    }
+
+    /// Records a new container as `preparing`; a name in use is refused.
+    pub fn begin(&self, name: &ContainerName, image: &str) -> Result<()> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let r = self.conn.execute(
+            "INSERT INTO containers (name, image, state, owner, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name.as_str(),
+                image,
+                State::Preparing.as_str(),
+                std::process::id(),
+                now as i64
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "container name {:?} is already in use: pick another --name or `thinbox rm {}`",
+                        name.as_str(),
+                        name.as_str()
+                    ),
+                ))
+            }
+            Err(e) => Err(db_error("insert", e)),
+        }
+    }
+
+    fn set(&self, name: &ContainerName, state: State, pid: Option<i32>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE containers SET state = ?2, pid = ?3 WHERE name = ?1",
+                params![name.as_str(), state.as_str(), pid],
+            )
+            .map_err(|e| db_error("update", e))?;
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        name: &ContainerName,
+        report: Option<&runner::ExitReport>,
+        committed: Option<&str>,
+    ) -> Result<()> {
+        let report = report.map(|r| r.to_json());
+        self.conn
+            .execute(
+                "UPDATE containers SET state = 'exited', pid = NULL, report = ?2, committed = ?3 \
+                 WHERE name = ?1",
+                params![name.as_str(), report, committed],
+            )
+            .map_err(|e| db_error("update", e))?;
+        Ok(())
+    }
+
+    fn delete(&self, name: &ContainerName) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM containers WHERE name = ?1",
+                params![name.as_str()],
+            )
+            .map_err(|e| db_error("delete", e))?;
+        Ok(())
+    }
+
+    /// Every container, oldest first.
+    pub fn list(&self) -> Result<Vec<ContainerRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, image, state, pid, owner, created, report, committed FROM containers \
+                 ORDER BY created, name",
+            )
+            .map_err(|e| db_error("select", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i32>>(3)?,
+                    r.get::<_, i32>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                ))
+            })
+            .map_err(|e| db_error("select", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, image, state, pid, owner, created, report, committed) =
+                row.map_err(|e| db_error("select", e))?;
+            out.push(ContainerRecord {
+                name,
+                image,
+                state: State::parse(&state)?,
+                pid,
+                owner,
+                created: created.max(0) as u64,
+                report: report.and_then(|r| serde_json::from_str(&r).ok()),
+                committed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The record of `name`.
+    pub fn get(&self, name: &ContainerName) -> Result<ContainerRecord> {
+        let found = self
+            .conn
+            .query_row(
+                "SELECT name FROM containers WHERE name = ?1",
+                params![name.as_str()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| db_error("select", e))?;
+        if found.is_none() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no container named {:?}: `thinbox ps -a` lists them",
+                    name.as_str()
+                ),
+            ));
+        }
+        self.list()?
+            .into_iter()
+            .find(|c| c.name == name.as_str())
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "container vanished"))
+    }
+
+    /// Undoes what killed runs left behind (see the module docs); returns
+    /// the names it touched.
+    pub fn reconcile(&self, sn: &dyn Snapshotter) -> Result<Vec<String>> {
+        let mut touched = Vec::new();
+        for c in self.list()? {
+            let name = ContainerName::new(&c.name)?;
+            // Its `thinbox run` is still at work on it: leave it alone.
+            if c.state != State::Exited && owner_alive(c.owner) {
+                continue;
+            }
+            match c.state {
+                State::Preparing | State::Created => {
+                    // Created but never started (or half-made): roll back.
+                    self.teardown(sn, &name, c.committed.is_none())?;
+                    self.delete(&name)?;
+                    touched.push(c.name);
+                }
+                State::Running => {
+                    unmount_if_mounted(&self.rootfs_dir(&name))?;
+                    self.finish(&name, None, None)?;
+                    touched.push(c.name);
+                }
+                _ => {}
+            }
+        }
+        Ok(touched)
+    }
+
+    /// Unmounts the root and (when `remove_snapshot`) removes the snapshot;
+    /// absent pieces are fine.
+    fn teardown(
+        &self,
+        sn: &dyn Snapshotter,
+        name: &ContainerName,
+        remove_snapshot: bool,
+    ) -> Result<()> {
+        let rootfs = self.rootfs_dir(name);
+        unmount_if_mounted(&rootfs)?;
+        if remove_snapshot {
+            match sn.remove(&name.snapshot_key()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == snapshotter::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(dir) = rootfs.parent() {
+            let _ = fs::remove_dir(&rootfs);
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Whether `pid` is a live thinbox process (not a reused pid, not a zombie).
+fn owner_alive(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // `PID (COMM) STATE ...`; COMM may hold spaces and parentheses.
+    let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
+        return false;
+    };
+    comm.starts_with("thinbox") && !rest.starts_with('Z')
+}
+
+/// Whether `dir` is a mount point (listed in /proc/self/mountinfo).
+fn is_mount_point(dir: &Path) -> Result<bool> {
+    Ok(mount_source(dir)?.is_some())
+}
+
+/// The mount source of the mount at `dir` (the last one stacked there),
+/// from /proc/self/mountinfo.
+fn mount_source(dir: &Path) -> Result<Option<String>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::new(ErrorKind::Io, format!("read /proc/self/mountinfo: {e}")))?;
+    let want = dir.to_string_lossy().into_owned();
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(mount_point) = fields.get(4) else {
+            continue;
+        };
+        if unescape_mountinfo(mount_point) != want {
+            continue;
+        }
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        found = fields.get(sep + 2).map(|s| unescape_mountinfo(s));
+    }
+    Ok(found)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let oct: String = chars.by_ref().take(3).collect();
+            if let Ok(v) = u8::from_str_radix(&oct, 8) {
+                out.push(v as char);
+                continue;
+            }
+            out.push(c);
+            out.push_str(&oct);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unmount_if_mounted(dir: &Path) -> Result<()> {
+    while is_mount_point(dir)? {
+        snapshotter::unmount(dir)?;
+    }
+    Ok(())
+}
+
+/// The block device behind the filesystem mounted at `dir`, when it is
+/// one (dm-thin devices, loop devices; not ZFS datasets or binds of
+/// directories on overlay).
+pub fn root_device(dir: &Path) -> Result<Option<runner::cgroup::DeviceNumber>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some(source) = mount_source(dir)? else {
+        return Ok(None);
+    };
+    let Ok(meta) = fs::metadata(&source) else {
+        return Ok(None);
+    };
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let rdev = meta.rdev();
+    Ok(Some(runner::cgroup::DeviceNumber::new(
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    )))
+}
+
+/// What `thinbox run` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The image to run (name or digest).
+    pub image: String,
+    /// The container's name (random when absent).
+    pub name: Option<String>,
+    /// The command; the image's entrypoint + cmd when empty.
+    pub args: Vec<String>,
+    /// Extra environment (`KEY=VALUE`), after the image's.
+    pub env: Vec<String>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (0.5 = half a CPU).
+    pub cpus: Option<f64>,
+    /// Limit on the number of processes.
+    pub pids: Option<u64>,
+    /// Read bandwidth limit on the root device, bytes per second.
+    pub io_read_bps: Option<u64>,
+    /// Write bandwidth limit on the root device, bytes per second.
+    pub io_write_bps: Option<u64>,
+    /// Mount the root read-only.
+    pub read_only: bool,
+    /// Remove the container (its record and snapshot) when it exits.
+    pub remove: bool,
+    /// Commit the container's changes as a new image with this name.
+    pub commit: Option<String>,
+    /// Kill the container after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What `thinbox run` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    /// The container's name.
+    pub name: String,
+    /// How it ended.
+    pub report: runner::ExitReport,
+    /// The image committed from its changes (`--commit`).
+    pub committed: Option<Image>,
+    /// Whether its record and snapshot were removed (`--rm`).
+    pub removed: bool,
+}
+
+/// Opens the engine; `Engine::open` waits for the engine lock while
+/// another thinbox process holds it (a `run` holds it only while preparing
+/// and cleaning up).
+fn open_engine(opts: &EngineOptions) -> Result<Engine> {
+    Engine::open(opts)
+}
+
+fn images_of(engine: &Engine) -> Result<Images> {
+    Ok(Images::open(
+        &engine.root().join("images"),
+        engine.snapshotter(),
+    )?)
+}
+
+fn parse_user(user: &str, rootfs: &Path) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| {
+                let id = f.get(2)?.parse().ok()?;
+                let gid = f.get(3).and_then(|g| g.parse().ok()).unwrap_or(id);
+                Some((id, gid))
+            })?
+        })
+    };
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("the image's user {user:?} is not a uid or a name in the image's /etc/passwd"),
+        )
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => lookup("etc/passwd", u).ok_or_else(bad)?,
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup("etc/group", g).map(|(id, _)| id).ok_or_else(bad)?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn container_config(
+    run: &RunOptions,
+    image: &Image,
+    name: &ContainerName,
+    rootfs: &Path,
+) -> Result<runner::ContainerConfig> {
+    use runner::cgroup::{Bytes, ThrottleKind};
+    let cfg = &image.config;
+    let args: Vec<String> = if run.args.is_empty() {
+        cfg.entrypoint
+            .iter()
+            .chain(cfg.cmd.iter())
+            .cloned()
+            .collect()
+    } else if cfg.entrypoint.is_empty() {
+        run.args.clone()
+    } else {
+        // Like `docker run IMAGE ARGS`: the arguments replace Cmd only.
+        cfg.entrypoint
+            .iter()
+            .chain(run.args.iter())
+            .cloned()
+            .collect()
+    };
+    if args.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "image {:?} has no Entrypoint or Cmd: give the command after `--`",
+                image.name
+            ),
+        ));
+    }
+    let (uid, gid) = parse_user(&cfg.user, rootfs)?;
+    let mut b = runner::ContainerConfig::builder(rootfs)
+        .id(name.as_str())
+        .hostname(name.as_str())
+        .args(args)
+        .user(uid, gid)
+        .readonly_root(run.read_only);
+    if !cfg.working_dir.is_empty() {
+        b = b.cwd(&cfg.working_dir);
+    }
+    for kv in cfg.env.iter().chain(run.env.iter()) {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("environment entry {kv:?} is not KEY=VALUE"),
+            ));
+        };
+        b = b.env(k, v);
+    }
+    if let Some(m) = run.memory {
+        b = b.memory_limit(Bytes(m));
+    }
+    if let Some(p) = run.pids {
+        b = b.pids_limit(p);
+    }
+    if let Some(c) = run.cpus {
+        if !(c > 0.0 && c.is_finite()) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("--cpus {c} must be a positive number of CPUs, e.g. 0.5"),
+            ));
+        }
+        let period = 100_000u64;
+        b = b.cpu_quota(((c * period as f64).round() as u64).max(1000), period);
+    }
+    if let Some(t) = run.timeout {
+        b = b.timeout(t);
+    }
+    if run.io_read_bps.is_some() || run.io_write_bps.is_some() {
+        let dev = root_device(rootfs)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                "--io-read-bps/--io-write-bps need a root on a block device (dm-thin or the \
+                 loopback btrfs default); this backend's root is not one",
+            )
+        })?;
+        b = b.root_device(dev);
+        if let Some(r) = run.io_read_bps {
+            b = b.root_throttle(ThrottleKind::ReadBps, r);
+        }
+        if let Some(w) = run.io_write_bps {
+            b = b.root_throttle(ThrottleKind::WriteBps, w);
+        }
+    }
+    Ok(b.build()?)
+}
+
+/// `thinbox run`: prepares a writable snapshot of the image, runs the
+/// container in it with its limits, and reports how it ended; commits its
+/// changes as a new image with `commit`, removes it with `remove`.
+/// `started` is called with the container's name once it runs.
+pub fn run(
+    opts: &EngineOptions,
+    run: &RunOptions,
+    started: &mut dyn FnMut(&str),
+) -> Result<RunOutcome> {
+    let name = match &run.name {
+        Some(n) => ContainerName::new(n)?,
+        None => ContainerName::random(),
+    };
+    if let Some(c) = &run.commit {
+        Name::new(c.clone())?;
+    }
+    let engine = open_engine(opts)?;
+    let containers = Containers::open(engine.root())?;
+    containers.reconcile(engine.snapshotter())?;
+    let images = images_of(&engine)?;
+    let image = images.get(&run.image)?;
+    if let Some(c) = &run.commit {
+        if images.get(c).is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("image name {c:?} for --commit is taken: pick another or `thinbox image rm {c}`"),
+            ));
+        }
+    }
+    let top = image.top_snapshot().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("image {:?} has no layers to run", image.name),
+        )
+    })?;
+    containers.begin(&name, &image.name)?;
+    let rootfs = containers.rootfs_dir(&name);
+    let made = (|| -> Result<runner::ContainerConfig> {
+        let mut labels = Labels::new();
+        labels.insert(CONTAINER_LABEL.to_owned(), name.as_str().to_owned());
+        let specs = engine
+            .snapshotter()
+            .prepare(&name.snapshot_key(), Some(&top), &labels)?;
+        fs::create_dir_all(&rootfs)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("create {}: {e}", rootfs.display())))?;
+        snapshotter::mount_all(&specs, &rootfs)?;
+        containers.set(&name, State::Created, None)?;
+        container_config(run, &image, &name, &rootfs)
+    })();
+    let config = match made {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = containers.teardown(engine.snapshotter(), &name, true);
+            let _ = containers.delete(&name);
+            return Err(e);
+        }
+    };
+    // The run holds no lock: other thinbox commands may work meanwhile.
+    drop(images);
+    engine.close()?;
+    let report = run_container(&containers, &name, &config, &rootfs, started);
+    let engine = open_engine(opts)?;
+    let sn = engine.snapshotter();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = containers.teardown(sn, &name, true);
+            let _ = containers.delete(&name);
+            return Err(e);
+        }
+    };
+    unmount_if_mounted(&rootfs)?;
+    let committed = match &run.commit {
+        Some(new_name) => {
+            let made = images_of(&engine).and_then(|images| {
+                Ok(images.commit_container(sn, &image, &name.snapshot_key(), new_name)?)
+            });
+            match made {
+                Ok(img) => Some(img),
+                Err(e) => {
+                    // The container ran: keep its record and report, so
+                    // `thinbox ps -a` shows how it ended; its snapshot stays.
+                    containers.finish(&name, Some(&report), None)?;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    if run.remove {
+        containers.teardown(sn, &name, committed.is_none())?;
+        containers.delete(&name)?;
+    } else {
+        containers.finish(
+            &name,
+            Some(&report),
+            committed.as_ref().map(|i| i.name.as_str()),
+        )?;
+    }
+    engine.close()?;
+    Ok(RunOutcome {
+        name: name.as_str().to_owned(),
+        report,
+        committed,
+        removed: run.remove,
+    })
+}
+
+fn run_container(
+    containers: &Containers,
+    name: &ContainerName,
+    config: &runner::ContainerConfig,
+    rootfs: &Path,
+    started: &mut dyn FnMut(&str),
+) -> Result<runner::ExitReport> {
+    let runtime = runner::Runtime::detect()?;
+    let container = runtime.start(config)?.forward_signals(true);
+    containers.set(name, State::Running, Some(container.pid().as_raw()))?;
+    started(name.as_str());
+    let probe = runner::FilesystemFull::new(rootfs);
+    Ok(container.wait_with_probe(Some(&probe))?)
+}
+
+/// `thinbox ps`: every container's record (finishing what killed runs left).
+pub fn ps(opts: &EngineOptions) -> Result<Vec<ContainerRecord>> {
+    let engine = open_engine(opts)?;
+    let containers = Containers::open(engine.root())?;
+    containers.reconcile(engine.snapshotter())?;
+    let list = containers.list()?;
+    engine.close()?;
+    Ok(list)
+}
+
+/// `thinbox rm`: removes stopped containers (their snapshot and record);
+/// a running one is refused unless `force`, which kills it first.
+pub fn rm(opts: &EngineOptions, names: &[String], force: bool) -> Result<Vec<String>> {
+    let names = names
+        .iter()
+        .map(|n| ContainerName::new(n))
+        .collect::<Result<Vec<_>>>()?;
+    let engine = open_engine(opts)?;
+    let containers = Containers::open(engine.root())?;
+    containers.reconcile(engine.snapshotter())?;
+    let mut removed = Vec::new();
+    for name in &names {
+        let c = containers.get(name)?;
+        if c.state != State::Exited && owner_alive(c.owner) {
+            let pid = c.pid.filter(|p| pid_alive(*p));
+            let Some(pid) = pid.filter(|_| force) else {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    format!(
+                        "container {:?} is {}: stop it, or `thinbox rm --force {}`",
+                        name.as_str(),
+                        if c.state == State::Running {
+                            "running"
+                        } else {
+                            "starting"
+                        },
+                        name.as_str()
+                    ),
+                ));
+            };
+            // Killing the first process ends its pid namespace; its
+            // `thinbox run` then reports the exit and waits for this
+            // command's lock to finish its own cleanup (which finds
+            // nothing left to do).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        containers.teardown(engine.snapshotter(), name, c.committed.is_none())?;
+        containers.delete(name)?;
+        removed.push(name.as_str().to_owned());
+    }
+    engine.close()?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_validated() {
+        assert!(ContainerName::new("web-1").is_ok());
+        assert!(ContainerName::new("a.b_c").is_ok());
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(65), ".."] {
+            let e = ContainerName::new(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{bad:?}");
+            assert!(e.message.contains("letters, digits"), "{e}");
+        }
+        let r = ContainerName::random();
+        assert!(ContainerName::new(r.as_str()).is_ok());
+        assert_ne!(r, ContainerName::random());
+        assert_eq!(
+            ContainerName::new("web").unwrap().snapshot_key().as_str(),
+            "container/web"
+        );
+    }
+
+    #[test]
+    fn records_move_through_states_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Containers::open(dir.path()).unwrap();
+        let n = ContainerName::new("one").unwrap();
+        c.begin(&n, "busybox:latest").unwrap();
+        let e = c.begin(&n, "other").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+        assert!(e.message.contains("thinbox rm one"), "{e}");
+        assert_eq!(c.get(&n).unwrap().state, State::Preparing);
+        c.set(&n, State::Running, Some(1)).unwrap();
+        let r = c.get(&n).unwrap();
+        assert_eq!((r.state, r.pid), (State::Running, Some(1)));
+        c.finish(&n, None, Some("img2")).unwrap();
+        let r = c.get(&n).unwrap();
+        assert_eq!(r.state, State::Exited);
+        assert_eq!(r.committed.as_deref(), Some("img2"));
+        c.delete(&n).unwrap();
+        assert_eq!(c.get(&n).unwrap_err().kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn users_resolve_from_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(parse_user("", dir.path()).unwrap(), (0, 0));
+        assert_eq!(parse_user("1000", dir.path()).unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1000:5", dir.path()).unwrap(), (1000, 5));
+        assert_eq!(parse_user("www", dir.path()).unwrap(), (33, 34));
+        assert_eq!(parse_user("www:staff", dir.path()).unwrap(), (33, 50));
+        let e = parse_user("nobody", dir.path()).unwrap_err();
+        assert!(e.message.contains("\"nobody\""), "{e}");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}
