@@ -358,8 +358,10 @@ fn running_container_and_its_image_are_not_removed() {
 
 /// Starts `thinbox run --name NAME bb:1 -- sleep 600` in the background
 /// and waits until `ps` shows it running.
+// The child is returned to the caller, which waits for it.
+#[allow(clippy::zombie_processes)]
 fn start_sleeper(root: &Root, name: &str) -> std::process::Child {
-    let child = root
+    let mut child = root
         .command(&["run", "--name", name, "bb:1", "--", "sleep", "600"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -376,7 +378,11 @@ fn start_sleeper(root: &Root, name: &str) -> std::process::Child {
         if running {
             return child;
         }
-        assert!(Instant::now() < deadline, "container never ran: {ps}");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("container never ran: {ps}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
