@@ -89,6 +89,9 @@ pub struct Images {
     dir: PathBuf,
     _lock: Flock<File>,
     fault: Option<FaultHook>,
+    /// Serialises imports, commits and removals within this process (the
+    /// flock on `DIR/lock` does so between processes).
+    op: Mutex<()>,
 }
 
 impl fmt::Debug for Images {
@@ -215,6 +218,7 @@ impl Images {
             dir: dir.to_owned(),
             _lock: lock,
             fault: None,
+            op: Mutex::new(()),
         };
         images.recover(sn)?;
         Ok(images)
@@ -235,6 +239,10 @@ impl Images {
             Some(f) => f(p),
             None => Ok(()),
         }
+    }
+
+    fn serialise(&self) -> MutexGuard<'_, ()> {
+        self.op.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -393,6 +401,7 @@ impl Images {
         name: Option<&str>,
         progress: &mut dyn FnMut(ImportProgress<'_>),
     ) -> Result<Vec<Image>> {
+        let _op = self.serialise();
         let archive = Archive::open(source)?;
         let mut found = source::read(&archive)?;
         match name {
@@ -687,6 +696,7 @@ impl Images {
     /// container's root, a view) is a child of its top layer or of a layer
     /// that would be removed.
     pub fn remove(&self, sn: &dyn Snapshotter, name: &str) -> Result<()> {
+        let _op = self.serialise();
         let image = self.get(name)?;
         let (removable, _) = self.removable(&image.name)?;
         let all_layers = self.all_chain_ids()?;
@@ -782,6 +792,7 @@ impl Images {
         key: &Key,
         new_name: &str,
     ) -> Result<Image> {
+        let _op = self.serialise();
         validate_name(new_name)?;
         if self.name_used(new_name)? {
             return Err(name_taken(new_name));

@@ -486,6 +486,13 @@ fn oci_manifest(
     })
 }
 
+/// Docker's familiar form of a full reference: `docker.io/library/x:1` →
+/// `x:1`, `docker.io/u/x:1` → `u/x:1`; other registries are kept.
+fn familiar(name: &str) -> String {
+    let n = name.strip_prefix("docker.io/").unwrap_or(name);
+    n.strip_prefix("library/").unwrap_or(n).to_owned()
+}
+
 fn oci(a: &Archive) -> Result<Vec<Found>> {
     let top = a.top();
     if !a.has("oci-layout") {
@@ -502,8 +509,8 @@ fn oci(a: &Archive) -> Result<Vec<Found>> {
         let ann = d.annotations.clone().unwrap_or_default();
         let names: Vec<String> = ann
             .get(CONTAINERD_NAME)
-            .or_else(|| ann.get(REF_NAME))
-            .cloned()
+            .map(|n| familiar(n))
+            .or_else(|| ann.get(REF_NAME).cloned())
             .into_iter()
             .collect();
         candidates.push((names, d));
@@ -699,6 +706,16 @@ mod tests {
         let e = read(&Archive::open(&oci).unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::DigestMismatch, "{e}");
         assert!(e.to_string().contains(&w.config.to_string()), "{e}");
+    }
+
+    #[test]
+    fn familiar_names() {
+        assert_eq!(
+            familiar("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
+        assert_eq!(familiar("docker.io/me/tool:1"), "me/tool:1");
+        assert_eq!(familiar("quay.io/x/y:2"), "quay.io/x/y:2");
     }
 
     #[test]
