@@ -708,6 +708,22 @@ mod tests {
         assert!(e.to_string().contains(&w.config.to_string()), "{e}");
     }
 
+    /// A docker-save directory whose manifest points outside it, by `..`
+    /// or by a symlink, is refused before anything is read.
+    #[test]
+    fn paths_outside_the_source_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        std::fs::create_dir_all(img.join("l")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"outside").unwrap();
+        std::os::unix::fs::symlink("../../secret", img.join("l/layer.tar")).unwrap();
+        let a = Archive::open(&img).unwrap();
+        for rel in ["../secret", "l/layer.tar", "/etc/passwd"] {
+            let e = a.open_file(rel).map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidImage, "{rel}: {e}");
+        }
+    }
+
     #[test]
     fn familiar_names() {
         assert_eq!(
