@@ -1056,9 +1056,14 @@ fn direct_lvm_pool_lifecycle() {
         extend_percent: 10,
         ..AutoextendPolicy::default()
     };
+    let meta_before = pool.status().unwrap().usage().unwrap().total_meta;
     let grown = pool.maybe_extend(&policy).unwrap();
     assert!(grown.data.is_some());
     assert!(pool.table().length > before);
+    // At a 0% threshold the metadata LV grows too (lvextend --poolmetadatasize).
+    assert!(grown.metadata.is_some());
+    let meta_after = pool.status().unwrap().usage().unwrap().total_meta;
+    assert!(meta_after > meta_before, "{meta_before} -> {meta_after}");
     let table_text = run("dmsetup", &["table", &name]);
     assert_eq!(table_text.trim(), pool.table().to_string());
 
@@ -1322,6 +1327,22 @@ fn lvm_thin_ops_floor_and_enospc() {
     assert!(lvs.contains("\"error\""), "{lvs}");
     let total = pool.status().unwrap().usage().unwrap().total_data;
     assert_eq!(total.get() * 65536, lv_size(&vg), "status agrees with lvs");
+    // The table and status lvm2 loaded parse, and print back the same.
+    let table_text = run("dmsetup", &["table", &name]);
+    let t: PoolTable = table_text.trim().parse().unwrap();
+    assert_eq!(t.to_string(), table_text.trim());
+    assert_eq!(&t, pool.table());
+    let status_text = run("dmsetup", &["status", &name]);
+    let line: TargetLine = status_text.trim().parse().unwrap();
+    let st: PoolStatus = line.params.parse().unwrap();
+    assert_eq!(st.to_string(), line.params);
+    // The VG name is taken now: refused, nothing made, nothing of ours touched.
+    let mut other = cfg.clone();
+    other.store = tmp.path().join("other.db");
+    let err = Pool::create_lvm(&deps, &other).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::NameTaken { .. }), "{err}");
+    assert!(!other.store.exists());
+    assert!(dm_exists(&name));
 
     // Thin create, activate, status, usage, resize, snapshot, delete.
     pool.create_thin("a", THIN_SIZE).unwrap();
