@@ -11,7 +11,7 @@
 //! `skopeo copy ... oci:DIR` writes; nested indexes resolved to this
 //! host's platform) or a `docker save` tar, checks every blob against its
 //! digest (and every uncompressed layer against its diff id), and applies
-//! each missing layer onto its parent through the [`Snapshotter`]. Import is
+//! each missing layer onto its parent through the [`crate::Snapshotter`]. Import is
 //! atomic: before each snapshot is created the import's intent records it
 //! in `images.db`; a failure removes what the import created (never a
 //! snapshot that existed before) and a crash is rolled back by the next
@@ -20,7 +20,7 @@
 //! [`Images::commit_container`] turns a container's active snapshot into a
 //! new layer and image; [`Images::remove`] drops an image and the layers no
 //! other image uses, refusing while a container's root sits on them.
-//! [`write`] writes images (OCI directory, OCI tar, docker-save tar) for
+//! [`mod@write`] writes images (OCI directory, OCI tar, docker-save tar) for
 //! tests and tools.
 //!
 //! Kernel: only what the snapshotter's backend and [`crate::layer::apply`]
