@@ -1516,12 +1516,19 @@ impl Pool {
         let txn = self.check_txn(&u)?;
         let intent = self.new_intent(OpKind::Resize, r.id, name, new_size, r.origin, txn)?;
         let seq = self.store.begin(&intent)?;
-        let r = self.grow_live_thin(name, r.id, new_size).and_then(|_| {
-            self.message(&format!(
-                "set_transaction_id {} {}",
-                intent.txn_from, intent.txn_to
-            ))
-        });
+        let grown = self.grow_live_thin(name, r.id, new_size);
+        if grown.is_err() && self.live_thin_length(name).ok().flatten() != Some(new_size) {
+            // The kernel refused before the new table went live: nothing
+            // changed, so the intent is rolled back.
+            self.store.roll_back(seq)?;
+            return grown;
+        }
+        // (When the new table is live despite an error, say a failed
+        // resume, the size is committed and the error reported after.)
+        let r = self.message(&format!(
+            "set_transaction_id {} {}",
+            intent.txn_from, intent.txn_to
+        ));
         if let Err(e) = r {
             // Finish it now the way reconciliation would; if that fails
             // too, the intent stays for the next open.
@@ -1536,7 +1543,17 @@ impl Pool {
             }
             return Err(e);
         }
-        self.store.finish(seq)
+        self.store.finish(seq)?;
+        grown
+    }
+
+    /// The length of a thin device's live table, if it is active.
+    fn live_thin_length(&self, name: &str) -> Result<Option<Sectors>> {
+        let dm_name = self.thin_dm_name(name);
+        match self.deps.dm.info(&dm_name)? {
+            Some(i) if i.live_table => Ok(self.deps.dm.table(&dm_name)?.first().map(|t| t.length)),
+            _ => Ok(None),
+        }
     }
 
     /// Gives an active thin device's live table `size` (reload, suspend,
@@ -2023,7 +2040,11 @@ impl Pool {
     /// from the policy, then sleeps on dm events (not a polling loop: the
     /// control device wakes it when the pool crosses its low-water mark or
     /// changes mode) and extends when needed. `tick` bounds each wait so
-    /// `stop` is noticed. Returns how many extensions it made.
+    /// `stop` is noticed. Returns how many extensions it made. On an LVM
+    /// pool that dmeventd monitors ([`Pool::monitor`] says
+    /// [`Monitor::Dmeventd`]) dmeventd also extends it by the pool's
+    /// profile; make the pool with [`LvmConfig::monitor`] off to leave it to
+    /// this loop alone.
     pub fn watch(
         &mut self,
         policy: &AutoextendPolicy,
@@ -2520,6 +2541,36 @@ mod tests {
         // Mid-snapshot, with the origin suspended.
         crash_case("snapshot", "suspend tp-base", CrashWhen::After);
         crash_case("snapshot", "resume tp-base", CrashWhen::Before);
+    }
+
+    #[test]
+    fn failed_resize_changes_nothing() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        p.create_thin("a", MIB16).unwrap();
+        p.activate("a").unwrap();
+        let big = Sectors::new(MIB16.get() * 2);
+        let txn = p.store().expected_txn().unwrap();
+        e.dm.fail_next("load tp-a", ErrorKind::Injected);
+        let err = p.resize_thin("a", big).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::Injected);
+        assert_eq!(p.store().thin("a").unwrap().unwrap().size, MIB16);
+        assert!(p.store().pending().unwrap().is_empty());
+        assert_eq!(p.store().expected_txn().unwrap(), txn);
+        let live = ThinTable::from_target(&e.dm.table("tp-a").unwrap()[0]).unwrap();
+        assert_eq!(live.length, MIB16);
+        // A failed resume: the new table never went live, so neither does
+        // the size; the next resize resumes the device with it.
+        e.dm.fail_next("resume tp-a", ErrorKind::Injected);
+        assert!(p.resize_thin("a", big).is_err());
+        assert_eq!(p.store().thin("a").unwrap().unwrap().size, MIB16);
+        assert!(p.store().pending().unwrap().is_empty());
+        p.resize_thin("a", big).unwrap();
+        assert_eq!(p.store().thin("a").unwrap().unwrap().size, big);
+        let live = ThinTable::from_target(&e.dm.table("tp-a").unwrap()[0]).unwrap();
+        assert_eq!(live.length, big);
+        assert!(!e.dm.info("tp-a").unwrap().unwrap().suspended);
+        p.destroy().unwrap();
     }
 
     #[test]
