@@ -35,8 +35,9 @@ if [ -e "$out" ] && [ ! -e "$out/oci-layout" ] && [ -n "$(ls -A "$out" 2>/dev/nu
     die "$out exists and is not an OCI image layout; refusing to replace it"
 fi
 
+next=""
 work=$(mktemp -d "${TMPDIR:-/tmp}/make-busybox-image.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" ${next:+"$next"}' EXIT
 
 # 1. The package.
 if [ -n "${BUSYBOX_DEB:-}" ]; then
@@ -114,8 +115,12 @@ printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"
     "$manifest" "$manifest_size" "$arch" "$name" >"$stage/index.json"
 printf '{"imageLayoutVersion":"1.0.0"}' >"$stage/oci-layout"
 
-# 5. Replace OUT_DIR as a whole.
-rm -rf "$out"
+# 5. Replace OUT_DIR as a whole: copy beside it, then swap, so an
+#    interrupted run leaves the old layout or the new one, never a mix.
 mkdir -p "$(dirname "$out")"
-cp -r "$stage" "$out"
+next="$out.new.$$"
+rm -rf "$next"
+cp -r "$stage" "$next"
+rm -rf "$out"
+mv "$next" "$out"
 echo "wrote $out: $name (busybox-static $version, $arch), manifest sha256:$manifest"
