@@ -97,8 +97,10 @@ impl ErrorKind {
             | S::NotActive
             | S::InvalidArgument
             | S::UnsafeLayerEntry
-            | S::InvalidLayer => ErrorKind::InvalidArgument,
-            S::HasChildren | S::Busy => ErrorKind::InUse,
+            | S::InvalidLayer
+            | S::InvalidImage
+            | S::DigestMismatch => ErrorKind::InvalidArgument,
+            S::HasChildren | S::Busy | S::InUse => ErrorKind::InUse,
             S::BackendUnavailable => ErrorKind::BackendUnavailable,
             S::Store => ErrorKind::Corrupt,
             _ => ErrorKind::Io,
