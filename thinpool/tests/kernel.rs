@@ -1232,6 +1232,10 @@ fn non_root_child(file: &Path) -> ! {
     assert!(dm.to_string().contains("run as root"), "{dm}");
     let lo = RealLoop.attach(file, true).unwrap_err();
     assert_eq!(lo.kind(), &ErrorKind::NotRoot, "{lo}");
+    let lvm = RealLvm.vg("thinbox-test-vg").unwrap_err();
+    assert_eq!(lvm.kind(), &ErrorKind::NotRoot, "{lvm}");
+    let wipefs = RealLvm.signatures(file).unwrap_err();
+    assert_eq!(wipefs.kind(), &ErrorKind::NotRoot, "{wipefs}");
     std::process::exit(0);
 }
 

@@ -22,8 +22,13 @@ use serde::Deserialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::units::{BlockSize, Bytes};
 
-/// Runs a tool; returns stdout, or a [`ErrorKind::ToolFailed`] error.
+/// Runs a tool; returns stdout, or a [`ErrorKind::ToolFailed`] error
+/// ([`ErrorKind::NotRoot`] without running it for a non-root caller: lvm2
+/// and wipefs on block devices need root).
 pub(crate) fn run(tool: &str, args: &[&str]) -> Result<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::new(ErrorKind::NotRoot).op("run lvm2"));
+    }
     let out = Command::new(tool)
         .args(args)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
