@@ -160,6 +160,17 @@ pub struct BackendRecord {
     pub source: Source,
 }
 
+/// Test hook: when the environment variable `THINBOX_CRASH_AT` names
+/// `step`, the process kills itself there with SIGKILL, so
+/// tests can prove that every step of making a backend or a pool is
+/// recovered by the next run. Steps: `btrfs-image`, `btrfs-mkfs`,
+/// `btrfs-mount`, `backend-opened`, `pool-created`.
+pub fn crash_point(step: &str) {
+    if std::env::var_os("THINBOX_CRASH_AT").is_some_and(|v| v == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 const RECORD: &str = "backend.toml";
 const PARTIAL: &str = "backend.partial.toml";
 
@@ -466,6 +477,7 @@ fn make_btrfs_image(image: &Path, mnt: &Path, size: Size, progress: bool) -> Res
     f.set_len(size.0)
         .map_err(|e| Error::io("cannot size", image, e))?;
     drop(f);
+    crash_point("btrfs-image");
     let out = std::process::Command::new("mkfs.btrfs")
         .args(["-q", "-f"])
         .arg(image)
@@ -486,8 +498,11 @@ fn make_btrfs_image(image: &Path, mnt: &Path, size: Size, progress: bool) -> Res
             ),
         ));
     }
+    crash_point("btrfs-mkfs");
     spinner.set(format!("mounting {}", mnt.display()));
-    ensure_btrfs_mounted(image, mnt)
+    ensure_btrfs_mounted(image, mnt)?;
+    crash_point("btrfs-mount");
+    Ok(())
 }
 
 /// Best-effort removal of a half-made backend.
@@ -652,6 +667,7 @@ impl Engine {
             write_toml(&partial_path, &record)?;
             match open_backend(&root, &config, &record, true, opts.progress) {
                 Ok(opened) => {
+                    crash_point("backend-opened");
                     std::fs::rename(&partial_path, &record_path)
                         .map_err(|e| Error::io("cannot write", &record_path, e))?;
                     (record, opened, true)

@@ -374,6 +374,7 @@ impl Pools {
     }
 
     fn finish(&self, mut rec: PoolRecord, pool: Pool, lock: Flock<File>) -> Result<OpenPool> {
+        crate::engine::crash_point("pool-created");
         let mut pool = pool;
         pool.set_free_space_floor(rec.free_space_floor)?;
         rec.dm_name = Some(pool.name().to_owned());

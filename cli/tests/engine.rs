@@ -39,6 +39,16 @@ fn main() -> ExitCode {
             bad_config_is_one_line_and_changes_nothing,
         )
         .needs(&[Need::Root]),
+        KernelTest::new(
+            "killed_at_each_step_of_the_btrfs_default",
+            killed_at_each_step_of_the_btrfs_default,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::Btrfs]),
+        KernelTest::new(
+            "killed_at_each_step_of_the_dm_thin_default",
+            killed_at_each_step_of_the_dm_thin_default,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
         KernelTest::new("usage_errors_exit_2", usage_errors_exit_2),
         KernelTest::new("non_root_is_refused", non_root_is_refused).needs(&[Need::Root]),
         KernelTest::new(
@@ -403,4 +413,70 @@ fn systemd_unit_runs_a_valid_command() {
         line.contains(&pool) || line.contains("device-mapper"),
         "{line}"
     );
+}
+
+/// Runs `args` with `THINBOX_CRASH_AT=step`; the binary must die by SIGKILL.
+#[track_caller]
+fn killed_at(root: &Root, step: &str, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = root
+        .command(args)
+        .env("THINBOX_CRASH_AT", step)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{step}: {out:?}");
+}
+
+fn killed_at_each_step_of_the_btrfs_default() {
+    for step in ["btrfs-image", "btrfs-mkfs", "btrfs-mount", "backend-opened"] {
+        let root = Root::new();
+        killed_at(&root, step, &["snapshot", "ls"]);
+        assert!(!root.path().join("backend.toml").exists(), "{step}");
+        assert!(root.path().join("backend.partial.toml").exists(), "{step}");
+        let r = root.run(&["snapshot", "prepare", "a"]);
+        assert_eq!(r.code, 0, "{step}: {r:?}");
+        assert!(
+            one_line(&r.stderr).contains("using the btrfs backend"),
+            "{step}: {r:?}"
+        );
+        assert!(!root.path().join("backend.partial.toml").exists(), "{step}");
+        assert_eq!(loops_under(root.path()).len(), 1, "{step}: one loop device");
+        let btrfs = root.path().join("btrfs");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let n = mounts
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(btrfs.to_str().unwrap()))
+            .count();
+        assert_eq!(n, 1, "{step}: mounted once");
+        root.ok(&["snapshot", "commit", "base", "a"]);
+    }
+}
+
+fn killed_at_each_step_of_the_dm_thin_default() {
+    let config = "[devmapper]\ndata_size = \"1G\"\nmetadata_size = \"64M\"\nbase_size = \"256M\"\n";
+    for step in ["pool-created", "backend-opened"] {
+        let root = Root::with_config(config);
+        let pool = format!(
+            "{}-pool",
+            root.path().file_name().unwrap().to_string_lossy()
+        );
+        killed_at(&root, step, &["snapshot", "ls"]);
+        assert!(!root.path().join("backend.toml").exists(), "{step}");
+        let r = root.run(&["snapshot", "prepare", "a"]);
+        assert_eq!(r.code, 0, "{step}: {r:?}");
+        assert!(
+            one_line(&r.stderr).contains("using the dm-thin backend"),
+            "{step}: {r:?}"
+        );
+        assert!(!root.path().join("backend.partial.toml").exists(), "{step}");
+        assert_eq!(
+            loops_under(root.path()).len(),
+            2,
+            "{step}: data and metadata loops"
+        );
+        let st = root.json(&["pool", "status", &pool]);
+        assert_eq!(st["mode"], "rw", "{step}: {st}");
+        root.ok(&["snapshot", "commit", "base", "a"]);
+        root.ok(&["snapshot", "rm", "base"]);
+    }
 }

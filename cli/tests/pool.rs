@@ -27,6 +27,11 @@ fn main() -> ExitCode {
             Need::DmThin,
         ]),
         KernelTest::new(
+            "create_killed_midway_is_undone",
+            create_killed_midway_is_undone,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        KernelTest::new(
             "monitor_grows_the_default_pool",
             monitor_grows_the_default_pool,
         )
@@ -394,4 +399,44 @@ fn zfs_backend_runs_snapshot_commands() {
     );
     root.ok(&["snapshot", "rm", "b"]);
     root.ok(&["snapshot", "rm", "base"]);
+}
+
+fn create_killed_midway_is_undone() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = Root::new();
+    let name = unique_name("pool");
+    let create = [
+        "pool",
+        "create",
+        "--name",
+        &name,
+        "--data-size",
+        "256M",
+        "--metadata-size",
+        "64M",
+    ];
+    let killed = |root: &Root| {
+        let out = root
+            .command(&create)
+            .env("THINBOX_CRASH_AT", "pool-created")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    };
+    // Killed after thinpool made the pool, before the record says so.
+    killed(&root);
+    let st = root.json(&["pool", "status", &name]);
+    assert!(st["mode"].as_str().unwrap().contains("half-made"), "{st}");
+    let line = root.fails(&["pool", "check", &name], 1);
+    assert!(line.contains("thinbox pool destroy"), "{line}");
+    // Creating it again finishes the job.
+    let r = root.json(&create);
+    assert_eq!(r["mode"], "rw", "{r}");
+    assert_eq!(loops_under(root.path()).len(), 2);
+    root.ok(&["pool", "destroy", &name]);
+    nothing_left(&root, &name);
+    // Killed again, then destroyed instead.
+    killed(&root);
+    root.ok(&["pool", "destroy", &name]);
+    nothing_left(&root, &name);
 }
