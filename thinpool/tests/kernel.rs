@@ -1314,9 +1314,13 @@ fn lvm_thin_ops_floor_and_enospc() {
     cfg.data_percent = 1;
     cfg.metadata_percent = 1;
     cfg.chunk_size = thinpool::BlockSize::DEFAULT;
+    // No dmeventd: it would extend the pool (by its profile) while the test
+    // fills it, at a moment nothing here controls.
+    cfg.monitor = false;
     let deps = deps();
     let mut pool = Pool::create_lvm(&deps, &cfg).unwrap();
     let name = pool.name().to_owned();
+    assert_eq!(pool.monitor().unwrap(), Monitor::Watch);
     assert!(pool.table().features.error_if_no_space, "--errorwhenfull y");
     let lvs = run(
         "lvs",
