@@ -263,7 +263,8 @@ pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
     })
 }
 
-/// Takes an exclusive lock on `path`, waiting for other holders.
+/// Takes an exclusive lock on `path`, waiting for other holders (and
+/// saying so on a terminal).
 pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>> {
     let f = File::options()
         .create(true)
@@ -271,6 +272,22 @@ pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>> {
         .write(true)
         .open(path)
         .map_err(|e| Error::io("cannot open lock", path, e))?;
+    let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => return Ok(l),
+        Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
+        Err((_, e)) => {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot lock {}: {e}", path.display()),
+            ))
+        }
+    };
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "thinbox: waiting for another thinbox process holding {}",
+            path.display()
+        );
+    }
     Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| {
         Error::new(
             ErrorKind::Io,

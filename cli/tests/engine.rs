@@ -49,6 +49,11 @@ fn main() -> ExitCode {
             killed_at_each_step_of_the_dm_thin_default,
         )
         .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        KernelTest::new(
+            "a_second_thinbox_waits_for_the_first",
+            a_second_thinbox_waits_for_the_first,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::Btrfs]),
         KernelTest::new("usage_errors_exit_2", usage_errors_exit_2),
         KernelTest::new("non_root_is_refused", non_root_is_refused).needs(&[Need::Root]),
         KernelTest::new(
@@ -479,4 +484,44 @@ fn killed_at_each_step_of_the_dm_thin_default() {
         root.ok(&["snapshot", "commit", "base", "a"]);
         root.ok(&["snapshot", "rm", "base"]);
     }
+}
+
+fn a_second_thinbox_waits_for_the_first() {
+    use nix::fcntl::{Flock, FlockArg};
+    let root = Root::new();
+    root.ok(&["snapshot", "ls"]);
+    // Hold the engine lock as a running thinbox would.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(root.path().join("engine.lock"))
+        .unwrap();
+    let held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
+    let mut child = root
+        .command(&["--json", "snapshot", "prepare", "k"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "waits instead of failing"
+    );
+    assert!(
+        !root
+            .path()
+            .join("btrfs/active")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "nothing done while waiting"
+    );
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "not a terminal: no waiting note: {out:?}"
+    );
+    root.json(&["snapshot", "inspect", "k"]);
 }
