@@ -43,7 +43,7 @@ else a loopback btrfs filesystem in ROOT/btrfs.img. The config file
 
 /// thinbox: dm thin-pools, copy-on-write snapshots and containers.
 #[derive(Debug, Parser)]
-#[command(name = "thinbox", version, about, after_long_help = EXIT_CODES)]
+#[command(name = "thinbox", version, after_long_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     global: Global,
