@@ -16,6 +16,11 @@ const MIB: u64 = 1 << 20;
 
 fn main() -> ExitCode {
     harness::main(&[
+        KernelTest::new(
+            "monitor_follows_dm_events_and_stops_on_sigterm",
+            monitor_follows_dm_events_and_stops_on_sigterm,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
         KernelTest::new("loopback_pool_lifecycle", loopback_pool_lifecycle).needs(&[
             Need::Root,
             Need::Loop,
@@ -439,4 +444,76 @@ fn create_killed_midway_is_undone() {
     killed(&root);
     root.ok(&["pool", "destroy", &name]);
     nothing_left(&root, &name);
+}
+
+fn monitor_follows_dm_events_and_stops_on_sigterm() {
+    let root = Root::with_config(
+        "[devmapper]\ndata_size = \"256M\"\nmetadata_size = \"64M\"\nbase_size = \"1G\"\nautoextend_threshold = 50\nautoextend_percent = 50\n",
+    );
+    root.ok(&["snapshot", "ls"]);
+    let pool = format!(
+        "{}-pool",
+        root.path().file_name().unwrap().to_string_lossy()
+    );
+    let monitor = root
+        .command(&["--json", "pool", "monitor", &pool, "--interval", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..600 {
+            let st = root.json(&["pool", "status", &pool]);
+            if f(&st) {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "{what} never happened: {}",
+            root.json(&["pool", "status", &pool])
+        );
+    };
+    // The monitor sets the low-water mark from the threshold (half the pool).
+    wait_for("low-water mark set", &|st| st["low_water_mark"] == 2048);
+    // Write past it: the kernel's event wakes the monitor (its interval is
+    // a minute), which grows the pool by half.
+    let mnt = root.path().join("mnt");
+    root.ok(&["snapshot", "prepare", "a", "--mount", mnt.to_str().unwrap()]);
+    let file = mnt.join("fill");
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", file.display()),
+            "bs=1M",
+            "count=160",
+            "conv=fsync",
+        ],
+    );
+    let st = wait_for("autoextend", &|st| {
+        st["data"]["total_bytes"].as_u64() >= Some(384 * MIB)
+    });
+    assert_eq!(st["mode"], "rw", "{st}");
+    run("umount", &[mnt.to_str().unwrap()]);
+    // SIGTERM ends it cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = monitor.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|g| g["extended_data_to"].as_u64() >= Some(384 * MIB)),
+        "{text}"
+    );
+    root.ok(&["snapshot", "rm", "a"]);
 }
