@@ -387,9 +387,18 @@ fn monitor(g: &Global, name: &str, once: bool, interval: u64) -> anyhow::Result<
         if once || stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        dm.wait_events(Duration::from_secs(interval.max(1)))?;
-        if stop.load(Ordering::SeqCst) {
-            return Ok(());
+        // Sleep until a dm event (the control device stays readable from
+        // the event until the next arm), the interval, or a signal, looking
+        // at the stop flag every second.
+        let until = std::time::Instant::now() + Duration::from_secs(interval.max(1));
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || dm.wait_events(left.min(Duration::from_secs(1)))? {
+                break;
+            }
         }
     }
 }
