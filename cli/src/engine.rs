@@ -125,6 +125,17 @@ pub enum Source {
         /// Filesystem on the base device.
         fs: String,
     },
+    /// A pool made beforehand with `thinbox pool create` (loopback,
+    /// direct-lvm or adopted) and named by `[devmapper] pool_name`; the root
+    /// uses it but does not own it.
+    NamedPool {
+        /// The pool's name under `ROOT/pools`.
+        pool: String,
+        /// Virtual size of every snapshot.
+        base_size: Size,
+        /// Filesystem on the base device.
+        fs: String,
+    },
     /// A btrfs filesystem in a sparse file on a loop device.
     BtrfsImage {
         /// The image file.
@@ -282,18 +293,36 @@ pub fn default_pool_name(root: &Path) -> String {
 }
 
 fn choose(config: &Config, root: &Path) -> Result<BackendRecord> {
-    let dm_record = |reason: String| BackendRecord {
-        backend: BackendKind::DmThin,
-        reason,
-        source: Source::LoopbackPool {
-            pool: config
-                .devmapper
-                .pool_name
-                .clone()
-                .unwrap_or_else(|| default_pool_name(root)),
-            base_size: config.devmapper.base_size,
-            fs: config.devmapper.fs.clone(),
-        },
+    let dm_record = |reason: String| {
+        let pool = config
+            .devmapper
+            .pool_name
+            .clone()
+            .unwrap_or_else(|| default_pool_name(root));
+        let (base_size, fs) = (config.devmapper.base_size, config.devmapper.fs.clone());
+        let existing = config.devmapper.pool_name.is_some()
+            && root.join("pools").join(&pool).join("pool.toml").exists();
+        if existing {
+            BackendRecord {
+                backend: BackendKind::DmThin,
+                reason: format!("{reason}, on the existing pool {pool}"),
+                source: Source::NamedPool {
+                    pool,
+                    base_size,
+                    fs,
+                },
+            }
+        } else {
+            BackendRecord {
+                backend: BackendKind::DmThin,
+                reason,
+                source: Source::LoopbackPool {
+                    pool,
+                    base_size,
+                    fs,
+                },
+            }
+        }
     };
     let image_record = |reason: String| BackendRecord {
         backend: BackendKind::Btrfs,
@@ -514,6 +543,10 @@ fn undo(root: &Path, rec: &BackendRecord) {
             }
             let _ = std::fs::remove_dir_all(root.join("snapshots"));
         }
+        Source::NamedPool { .. } => {
+            // Not ours to remove; a base device left in it is reused.
+            let _ = std::fs::remove_dir_all(root.join("snapshots"));
+        }
         Source::BtrfsImage { image, mountpoint } => {
             if is_mountpoint(mountpoint) {
                 let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
@@ -565,16 +598,22 @@ fn open_backend(
             pool,
             base_size,
             fs,
+        }
+        | Source::NamedPool {
+            pool,
+            base_size,
+            fs,
         } => {
+            let make = fresh && matches!(rec.source, Source::LoopbackPool { .. });
             let pools = Pools::open(root)?;
             let spinner = Spinner::start(
-                progress && fresh,
+                progress && make,
                 format!(
                     "making loopback thin-pool {pool} in {}",
                     pools.dir_of(pool).display()
                 ),
             );
-            let open = if fresh {
+            let open = if make {
                 let d = &config.devmapper;
                 let mut cfg = LoopbackConfig::new(pool.clone(), pools.dir_of(pool));
                 cfg.data_size = d.data_size.bytes();
@@ -586,7 +625,7 @@ fn open_backend(
             };
             spinner.set(format!("making the base {fs} filesystem"));
             let (mut p, rec, lock) = open.into_parts();
-            if !fresh {
+            if !make {
                 // Autoextend on use, as the monitor would (a status ioctl
                 // when nothing needs growing).
                 if let Err(e) = p.maybe_extend(&rec.policy()) {
@@ -831,6 +870,11 @@ mod tests {
             },
             Source::ZfsDataset {
                 dataset: "tank/x".into(),
+            },
+            Source::NamedPool {
+                pool: "lvm".into(),
+                base_size: Size::gib(1),
+                fs: "xfs".into(),
             },
         ] {
             let rec = BackendRecord {

@@ -310,6 +310,27 @@ fn lvm_pool_on_a_virtio_disk() {
     // Extending to a size is for loopback pools.
     let line = root.fails(&["pool", "extend", &name, "--data", "1G"], 2);
     assert!(line.contains("lvextend"), "{line}");
+
+    // The root's snapshotter on the direct-lvm pool.
+    root.set_config(&format!(
+        "backend = \"devmapper\"\n[devmapper]\npool_name = \"{name}\"\nbase_size = \"256M\"\n"
+    ));
+    let mnt = root.path().join("mnt");
+    let r = root.run(&["snapshot", "prepare", "a", "--mount", mnt.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("existing pool"), "{r:?}");
+    assert!(root.backend_record().contains("named-pool"));
+    std::fs::write(mnt.join("f"), "on lvm").unwrap();
+    run("umount", &[mnt.to_str().unwrap()]);
+    root.ok(&["snapshot", "commit", "base", "a"]);
+    let v = root.json(&["snapshot", "view", "v", "base"]);
+    assert_eq!(v["mounts"][0]["type"], "ext4", "{v}");
+    root.ok(&["snapshot", "rm", "v"]);
+    let line = root.fails(&["pool", "destroy", &name], 4);
+    assert!(line.contains("holds the snapshots"), "{line}");
+    // Forget the root's backend; the pool and everything on it then goes.
+    std::fs::remove_file(root.path().join("backend.toml")).unwrap();
+
     root.ok(&["pool", "destroy", &name]);
     assert!(!try_run("vgs", &[&vg]), "volume group removed");
     assert!(!root.path().join("pools").join(&name).exists());

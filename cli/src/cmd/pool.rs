@@ -469,7 +469,9 @@ fn refuse_engine_pool(root: &std::path::Path, name: &str) -> anyhow::Result<()> 
     let Ok(rec) = toml::from_str::<cli::engine::BackendRecord>(&text) else {
         return Ok(());
     };
-    if let cli::engine::Source::LoopbackPool { pool, .. } = &rec.source {
+    if let cli::engine::Source::LoopbackPool { pool, .. }
+    | cli::engine::Source::NamedPool { pool, .. } = &rec.source
+    {
         if pool == name {
             return Err(Error::new(
                 ErrorKind::InUse,
