@@ -38,6 +38,8 @@ step "building an OCI image of Debian's busybox-static in $layout"
 scripts/make-busybox-image.sh "$layout" "$image"
 
 step "importing $image"
+# The first command on a fresh root chooses the backend and says which and why.
+thinbox image ls >/dev/null
 if thinbox image inspect "$image" >/dev/null 2>&1; then
     echo "$image is already imported"
 else
@@ -64,5 +66,4 @@ set -e
 echo "thinbox run exited with $code (128 + SIGKILL)"
 [ "$code" = 137 ] || { echo "main: expected the OOM kill (137), got $code" >&2; exit 1; }
 
-step "done"
-thinbox ps -a
+step "done: $image stays imported; thinbox image ls / thinbox run / thinbox ps -a"
