@@ -20,7 +20,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::filter::{matches_any, Filter};
 use crate::mount::MountSpec;
 use crate::store::{Record, SnapshotId, State, Store};
-use crate::types::{validate_labels, Capabilities, Info, Key, Kind, Labels, Name, Usage};
+use crate::types::{
+    max_size, validate_labels, Capabilities, Info, Key, Kind, Labels, Name, Usage, MAX_SIZE_LABEL,
+};
 
 /// containerd's snapshotter interface.
 ///
@@ -67,6 +69,11 @@ pub trait Snapshotter: Send + Sync + fmt::Debug {
     fn upper_dir(&self, _key: &Key) -> Result<Option<PathBuf>> {
         Ok(None)
     }
+    /// See [`Backend::changed_paths`]; `None` when the backend cannot say
+    /// more cheaply than a tree comparison.
+    fn changed_paths(&self, _key: &Key) -> Result<Option<Vec<PathBuf>>> {
+        Ok(None)
+    }
 }
 
 /// A backend object as the backend is told about it.
@@ -85,9 +92,13 @@ pub struct Object<'a> {
 pub trait Backend: Send + fmt::Debug {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
-    /// Creates the object of a new active snapshot or view. On failure it
-    /// may leave a partial object behind; [`Backend::remove`] deletes it.
-    fn create(&mut self, obj: &Object<'_>) -> Result<()>;
+    /// Creates the object of a new active snapshot or view, with the
+    /// labels given to `prepare`/`view` (a backend with
+    /// [`Capabilities::max_size_label`] reads [`crate::types::MAX_SIZE_LABEL`];
+    /// [`Snapshots`] refuses that label before calling a backend without
+    /// it). On failure it may leave a partial object behind;
+    /// [`Backend::remove`] deletes it.
+    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()>;
     /// Makes active `obj` committed (read-only from now on). Calling it again
     /// when it is done or half-done completes it.
     fn commit(&mut self, obj: &Object<'_>) -> Result<()>;
@@ -105,6 +116,14 @@ pub trait Backend: Send + fmt::Debug {
     /// a diff skip comparing whole trees.
     fn upper_dir(&self, _obj: &Object<'_>) -> Option<PathBuf> {
         None
+    }
+    /// The paths (relative to the snapshot's root) that may differ from
+    /// its parent, when the backend can list them more cheaply than by
+    /// comparing trees (`zfs diff`); every differing path must be listed,
+    /// extra ones are harmless. Called while `obj` is mounted (as
+    /// `layer::diff_snapshot` does). `None`: compare the trees.
+    fn changed_paths(&self, _obj: &Object<'_>) -> Result<Option<Vec<PathBuf>>> {
+        Ok(None)
     }
 }
 
@@ -236,6 +255,14 @@ impl<B: Backend> Snapshots<B> {
         labels: &Labels,
     ) -> Result<Vec<MountSpec>> {
         validate_labels(labels)?;
+        if max_size(labels)?.is_some() && !self.caps.max_size_label {
+            return Err(Error::new(ErrorKind::InvalidArgument, op)
+                .key(key)
+                .detail(format!(
+                    "label {MAX_SIZE_LABEL}: this backend cannot size snapshots; \
+                     use the devmapper backend or drop the label"
+                )));
+        }
         let mut g = self.guard();
         let (store, backend) = Self::parts(&mut g, op)?;
         let rec = store.begin_create(
@@ -252,7 +279,9 @@ impl<B: Backend> Snapshots<B> {
             kind,
             parents: &parents,
         };
-        let made = backend.create(&obj).and_then(|()| backend.mounts(&obj));
+        let made = backend
+            .create(&obj, labels)
+            .and_then(|()| backend.mounts(&obj));
         match made {
             Ok(mounts) => {
                 store.finish(op, rec.id)?;
@@ -412,6 +441,10 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
 
     fn upper_dir(&self, key: &Key) -> Result<Option<PathBuf>> {
         self.with_object("diff", key, |b, obj| Ok(b.upper_dir(obj)))
+    }
+
+    fn changed_paths(&self, key: &Key) -> Result<Option<Vec<PathBuf>>> {
+        self.with_object("diff", key, |b, obj| b.changed_paths(obj))
     }
 
     fn close(&self) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::core::Snapshotter;
 use crate::error::ErrorKind;
 use crate::filter::Filter;
 use crate::mount::{MountGuard, MountSpec};
-use crate::types::{Capabilities, Info, Key, Kind, Labels, Name};
+use crate::types::{Capabilities, Info, Key, Kind, Labels, Name, MAX_SIZE_LABEL};
 
 /// Opens a snapshotter on a root directory.
 pub type Factory<'a> = &'a dyn Fn(&Path) -> Box<dyn Snapshotter>;
@@ -67,6 +67,7 @@ cases! {
     Layers128Mount => "layers_128_mount", check_128_layers;
     Errors => "errors", check_errors;
     UsageExcludesParent => "usage_excludes_parent", check_usage;
+    MaxSizeLabel => "max_size_label", check_max_size_label;
 }
 
 /// Runs `case` with a fresh root (`base/root`) and work area (`base/work`).
@@ -988,4 +989,107 @@ fn check_usage(sn: &dyn Snapshotter, work: &Path) {
     );
     assert!(u.size.0 < 1 << 20, "child usage {u:?} counts the parent");
     assert!(!caps.counts_inodes || u.inodes >= 1, "{u:?}");
+}
+
+/// Total size of the filesystem mounted at `path` (what `df` shows).
+fn fs_size(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    st.blocks() * st.fragment_size()
+}
+
+/// The [`MAX_SIZE_LABEL`] label: with [`Capabilities::max_size_label`] it
+/// grows a new snapshot's filesystem (and children inherit the size), a
+/// size below the parent's and a view with the label are refused naming
+/// the value, leaving nothing; without it the label is refused.
+fn check_max_size_label(sn: &dyn Snapshotter, work: &Path) {
+    let caps = sn.capabilities();
+    let (base, g) = prepare_mount(sn, work, "base", None);
+    fs::write(base.join("foo"), "foo\n").expect("write");
+    g.unmount().expect("unmount");
+    let parent = n(p(&work.join("parent")));
+    sn.commit(&parent, &k(p(&base)), &gc_labels())
+        .expect("commit");
+    let count = || {
+        let mut c = 0;
+        sn.walk(&[], &mut |_| {
+            c += 1;
+            Ok(())
+        })
+        .expect("walk");
+        c
+    };
+    let before = count();
+    let refused = |key: &str, parent: Option<&Name>, value: &str, view: bool| {
+        let l = labels(&[(MAX_SIZE_LABEL, value)]);
+        let r = if view {
+            sn.view(&k(key), parent, &l)
+        } else {
+            sn.prepare(&k(key), parent, &l)
+        };
+        let e = r.expect_err("the max-size label must be refused here");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(MAX_SIZE_LABEL), "{msg}");
+        assert_eq!(
+            sn.stat(&k(key)).unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "a refused {key} left a snapshot"
+        );
+        msg
+    };
+    // A malformed value is refused everywhere, naming it.
+    let msg = refused("bad", Some(&parent), "12 parsecs", false);
+    assert!(msg.contains("\"12 parsecs\""), "{msg}");
+    if !caps.max_size_label {
+        refused("big", Some(&parent), "1G", false);
+        assert_eq!(count(), before);
+        return;
+    }
+    let plain_size = {
+        let (_, g) = prepare_mount(sn, work, "plain", Some(&parent));
+        let size = fs_size(g.target());
+        g.unmount().expect("unmount");
+        size
+    };
+    // Twice what the parent's filesystem offers, in MiB.
+    let want = format!("{}M", (plain_size * 2).div_ceil(1 << 20));
+    let big = work.join("big");
+    let m = sn
+        .prepare(
+            &k(p(&big)),
+            Some(&parent),
+            &labels(&[(MAX_SIZE_LABEL, &want)]),
+        )
+        .expect("prepare with max-size");
+    let g = mount(&m, &big);
+    let grown = fs_size(&big);
+    assert!(
+        grown > plain_size * 3 / 2,
+        "{MAX_SIZE_LABEL}={want}: filesystem is {grown} bytes, the parent's {plain_size}"
+    );
+    assert_eq!(fs::read_to_string(big.join("foo")).expect("read"), "foo\n");
+    fs::write(big.join("bar"), "bar\n").expect("write");
+    g.unmount().expect("unmount");
+    let big_parent = n(p(&work.join("big-parent")));
+    sn.commit(&big_parent, &k(p(&big)), &gc_labels())
+        .expect("commit");
+    let (child, g) = prepare_mount(sn, work, "child", Some(&big_parent));
+    let inherited = fs_size(&child);
+    assert!(
+        inherited > plain_size * 3 / 2,
+        "a child of a grown snapshot has {inherited} bytes, not its parent's size"
+    );
+    assert_eq!(
+        fs::read_to_string(child.join("bar")).expect("read"),
+        "bar\n"
+    );
+    g.unmount().expect("unmount");
+    let before = count();
+    // Smaller than the parent: refused naming the value, nothing left.
+    let msg = refused("small", Some(&big_parent), "1M", false);
+    assert!(msg.contains("\"1M\""), "{msg}");
+    assert!(msg.contains("smaller than the parent"), "{msg}");
+    // Views are never written, so never grown.
+    refused("big-view", Some(&parent), &want, true);
+    assert_eq!(count(), before);
 }

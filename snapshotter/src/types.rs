@@ -169,6 +169,56 @@ pub fn validate_labels(labels: &Labels) -> Result<()> {
     Ok(())
 }
 
+/// The label that asks for a snapshot bigger than its parent: its value is
+/// the new snapshot's size in bytes, either a plain number or one with a
+/// binary suffix (`K`, `M`, `G`, `T`, optionally followed by `iB`), for
+/// example `536870912` or `512M`. Backends whose
+/// [`Capabilities::max_size_label`] is set grow the snapshot's device and
+/// filesystem to that size when it is prepared (rounded up to the backend's
+/// allocation unit); a size smaller than the parent's is refused. Other
+/// backends refuse the label. containerd's devmapper snapshotter has only a
+/// snapshotter-wide `base_image_size`; this label is the per-snapshot form.
+pub const MAX_SIZE_LABEL: &str = "thinbox.io/max-size";
+
+/// Parses a size as [`MAX_SIZE_LABEL`] takes it.
+pub fn parse_size(value: &str) -> Result<Bytes> {
+    let bad = |why: &str| {
+        Err(Error::new(ErrorKind::InvalidArgument, "label")
+            .key(MAX_SIZE_LABEL)
+            .detail(format!(
+                "{MAX_SIZE_LABEL}={value:?}: {why}; give bytes, e.g. 536870912 or 512M"
+            )))
+    };
+    let digits = value.len() - value.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return bad("not a size");
+    }
+    let shift = match &value[digits..] {
+        "" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return bad("unknown suffix"),
+    };
+    let Ok(n) = value[..digits].parse::<u64>() else {
+        return bad("too large");
+    };
+    match n.checked_mul(1 << shift) {
+        Some(0) => bad("must not be zero"),
+        Some(b) => Ok(Bytes(b)),
+        None => bad("too large"),
+    }
+}
+
+/// The size [`MAX_SIZE_LABEL`] asks for, if the label is there.
+pub fn max_size(labels: &Labels) -> Result<Option<Bytes>> {
+    labels
+        .get(MAX_SIZE_LABEL)
+        .map(|v| parse_size(v))
+        .transpose()
+}
+
 /// What `stat` and `walk` report about a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
@@ -222,7 +272,8 @@ pub struct Capabilities {
     /// `usage` is exact (from the filesystem or pool) rather than estimated
     /// by walking and comparing trees.
     pub exact_usage: bool,
-    /// The `max-size` label grows a snapshot's device and filesystem.
+    /// The [`MAX_SIZE_LABEL`] label on `prepare` grows the new snapshot's
+    /// device and filesystem; without this, the label is refused.
     pub max_size_label: bool,
     /// A directory that came from a parent layer can be renamed with
     /// rename(2) in a child (false for overlayfs without `redirect_dir`,
@@ -232,4 +283,38 @@ pub struct Capabilities {
     pub cheap_commit: bool,
     /// `usage` counts inodes (zfs reports bytes only).
     pub counts_inodes: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("536870912").unwrap(), Bytes(512 << 20));
+        assert_eq!(parse_size("512M").unwrap(), Bytes(512 << 20));
+        assert_eq!(parse_size("512MiB").unwrap(), Bytes(512 << 20));
+        assert_eq!(parse_size("1G").unwrap(), Bytes(1 << 30));
+        assert_eq!(parse_size("2T").unwrap(), Bytes(2 << 40));
+        assert_eq!(parse_size("4K").unwrap(), Bytes(4096));
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "12 M",
+            "1g",
+            "0",
+            "99999999999999999999",
+            "20000000T",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        let mut l = Labels::new();
+        assert_eq!(max_size(&l).unwrap(), None);
+        l.insert(MAX_SIZE_LABEL.into(), "1G".into());
+        assert_eq!(max_size(&l).unwrap(), Some(Bytes(1 << 30)));
+    }
 }

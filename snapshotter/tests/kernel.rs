@@ -243,6 +243,7 @@ macro_rules! all_cases {
             Layers128Mount => "layers_128_mount",
             Errors => "errors",
             UsageExcludesParent => "usage_excludes_parent",
+            MaxSizeLabel => "max_size_label",
         )
     };
 }
@@ -363,6 +364,10 @@ fn main() -> ExitCode {
         })
         .needs(ZFS),
         KernelTest::new("devmapper_xfs_basic", || devmapper_xfs(Case::Basic)).needs(DEVMAPPER),
+        KernelTest::new("devmapper_xfs_max_size_label", || {
+            devmapper_xfs(Case::MaxSizeLabel)
+        })
+        .needs(DEVMAPPER),
         KernelTest::new("devmapper_xfs_view_readonly", || {
             devmapper_xfs(Case::ViewReadonly)
         })

@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::usage_against;
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Bytes, Capabilities, Kind, Usage};
+use crate::types::{Bytes, Capabilities, Kind, Labels, Usage};
 
 use super::naive::ids_in;
 
@@ -130,7 +130,7 @@ impl Backend for Btrfs {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let path = self.path(obj.kind, obj.id);
         match obj.parents.first() {
             None => {

@@ -8,14 +8,16 @@
 //! type: read-write for active snapshots, read-only for views, `nouuid` for
 //! xfs snapshots. Usage is the device's exclusive blocks in the pool
 //! (`thin_ls` on a metadata snapshot), so it excludes what it shares with
-//! its parent.
+//! its parent. The [`MAX_SIZE_LABEL`] label on `prepare` makes the new
+//! device bigger than its parent's and grows its filesystem (online, on a
+//! temporary mount); children of a grown snapshot inherit its size.
 //!
 //! Kernel features: device-mapper with the `thin-pool` and `thin` targets;
 //! tools: thin-provisioning-tools (`thin_ls`), e2fsprogs or xfsprogs. The
 //! pool (loopback, direct-lvm or adopted) is made and opened by the caller
 //! and handed over; its kernel interfaces are `thinpool`'s seams.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use thinpool::fs::Filesystem;
 use thinpool::pool::Pool;
@@ -25,7 +27,7 @@ use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mount::{MountGuard, MountSpec};
 use crate::store::SnapshotId;
-use crate::types::{Bytes, Capabilities, Kind, Usage};
+use crate::types::{max_size, Bytes, Capabilities, Kind, Labels, Usage, MAX_SIZE_LABEL};
 
 /// The base thin device's name in the pool.
 pub const BASE: &str = "base";
@@ -56,6 +58,7 @@ impl Default for DevmapperConfig {
 pub struct Devmapper {
     pool: Pool,
     fs: Filesystem,
+    root: PathBuf,
 }
 
 fn dm_err(op: &'static str, name: &str, e: thinpool::Error) -> Error {
@@ -117,7 +120,11 @@ impl Devmapper {
         };
         pool.deactivate(BASE, false)
             .map_err(|e| dm_err("open", BASE, e))?;
-        Ok(Devmapper { pool, fs })
+        Ok(Devmapper {
+            pool,
+            fs,
+            root: root.to_owned(),
+        })
     }
 
     /// The pool underneath.
@@ -128,6 +135,86 @@ impl Devmapper {
     /// The filesystem on every snapshot.
     pub fn filesystem(&self) -> Filesystem {
         self.fs
+    }
+
+    /// The size [`MAX_SIZE_LABEL`] asks for, rounded up to the pool's block
+    /// size, when it is larger than `origin`'s; refused (naming the value)
+    /// when smaller, and on views, which are never written.
+    fn wanted_size(
+        &self,
+        obj: &Object<'_>,
+        origin: &str,
+        labels: &Labels,
+    ) -> Result<Option<Sectors>> {
+        let Some(bytes) = max_size(labels)? else {
+            return Ok(None);
+        };
+        let value = labels.get(MAX_SIZE_LABEL).map_or("", String::as_str);
+        let refuse = |why: String| {
+            Err(Error::new(ErrorKind::InvalidArgument, "create")
+                .key(thin_name(obj.id))
+                .detail(format!("{MAX_SIZE_LABEL}={value:?}: {why}")))
+        };
+        if obj.kind == Kind::View {
+            return refuse("views are read-only and cannot be grown; prepare instead".into());
+        }
+        let block = self.pool.table().block_size.sectors().get();
+        let sectors = bytes.0.div_ceil(512).div_ceil(block).saturating_mul(block);
+        let current = self.record(origin)?.size;
+        if sectors < current.get() {
+            return refuse(format!(
+                "{} bytes is smaller than the parent's {} bytes; snapshots can only grow",
+                bytes.0,
+                current.bytes().0
+            ));
+        }
+        Ok((sectors > current.get()).then_some(Sectors::new(sectors)))
+    }
+
+    /// Grows thin device `name` (active at `dev`) to `size`, then its
+    /// filesystem, mounted for the moment on `ROOT/grow-ID` (xfs grows only
+    /// when mounted; ext4 grows online, which needs no prior fsck).
+    fn grow(&mut self, name: &str, dev: &Path, size: Sectors, id: SnapshotId) -> Result<()> {
+        if self.record(name)?.size >= size {
+            return Ok(());
+        }
+        let target = self.root.join(format!("grow-{id}"));
+        std::fs::create_dir_all(&target).map_err(|e| Error::io("create", &target, e))?;
+        let mut options = vec!["rw".to_owned()];
+        options.extend(
+            self.fs
+                .mount_options(true)
+                .split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+        );
+        let spec = MountSpec {
+            fstype: self.fs.to_string(),
+            source: dev.display().to_string(),
+            options,
+        };
+        let guard = MountGuard::new(&[spec], &target)?;
+        let grown = self
+            .pool
+            .resize_thin_and_fs(name, size, Some(&target))
+            .map_err(|e| dm_err("create", name, e));
+        let unmounted = guard.unmount();
+        grown?;
+        unmounted?;
+        std::fs::remove_dir(&target).map_err(|e| Error::io("create", &target, e))
+    }
+
+    fn record(&self, name: &str) -> Result<thinpool::store::ThinRecord> {
+        self.pool
+            .thins()
+            .map_err(|e| dm_err("list", name, e))?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, "list")
+                    .key(name)
+                    .detail("no thin device")
+            })
     }
 
     fn exists(pool: &Pool, name: &str) -> Result<bool> {
@@ -144,27 +231,33 @@ impl Backend for Devmapper {
         Capabilities {
             block_level: true,
             exact_usage: true,
-            max_size_label: false,
+            max_size_label: true,
             rename_lower_dirs: true,
             cheap_commit: true,
             counts_inodes: false,
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
         let name = thin_name(obj.id);
+        let origin = obj
+            .parents
+            .first()
+            .map_or(BASE.to_owned(), |p| thin_name(*p));
+        // Checked before anything is made, so a refused size leaves nothing.
+        let grow = self.wanted_size(obj, &origin, labels)?;
         if !Self::exists(&self.pool, &name)? {
-            let origin = obj
-                .parents
-                .first()
-                .map_or(BASE.to_owned(), |p| thin_name(*p));
             self.pool
                 .snapshot(&origin, &name)
                 .map_err(|e| dm_err("create", &name, e))?;
         }
-        self.pool
+        let dev = self
+            .pool
             .activate(&name)
             .map_err(|e| dm_err("create", &name, e))?;
+        if let Some(size) = grow {
+            self.grow(&name, &dev, size, obj.id)?;
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::core::{Backend, Object};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Capabilities, Kind, Usage};
+use crate::types::{Capabilities, Kind, Labels, Usage};
 
 /// Where a fake operation should fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let (id, kind) = (obj.id, obj.kind);
         self.step("create", |m| {
             m.insert(id, kind);

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{copy_tree, usage_against};
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Capabilities, Kind, Usage};
+use crate::types::{Capabilities, Kind, Labels, Usage};
 
 /// The naive backend.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl Backend for Naive {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let path = self.path(obj.id);
         mkdir_0755(&path)?;
         if let Some(parent) = obj.parents.first() {

@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::disk_usage;
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Capabilities, Kind, Usage};
+use crate::types::{Capabilities, Kind, Labels, Usage};
 
 use super::naive::{ids_in, mkdir_0755, remove_tree};
 
@@ -84,7 +84,7 @@ impl Backend for Overlay {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let path = self.path(obj.id);
         fs::create_dir(&path).map_err(|e| Error::io("mkdir", &path, e))?;
         mkdir_0755(&path.join("fs"))?;

@@ -16,7 +16,7 @@ use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Bytes, Capabilities, Kind, Usage};
+use crate::types::{Bytes, Capabilities, Kind, Labels, Usage};
 
 /// Runs `zfs` subcommands.
 pub trait ZfsCli: Send + std::fmt::Debug {
@@ -134,7 +134,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let name = self.name(obj.id);
         let mut args = vec!["-o", "mountpoint=legacy"];
         if obj.kind == Kind::View {
@@ -287,11 +287,14 @@ mod tests {
         fake.names.lock().unwrap().insert("tank/sn".into());
         let mut z = Zfs::new("tank/sn", fake.clone()).unwrap();
         let (a, b) = (SnapshotId(1), SnapshotId(2));
-        z.create(&Object {
-            id: a,
-            kind: Kind::Active,
-            parents: &[],
-        })
+        z.create(
+            &Object {
+                id: a,
+                kind: Kind::Active,
+                parents: &[],
+            },
+            &Labels::new(),
+        )
         .unwrap();
         z.commit(&Object {
             id: a,
@@ -306,11 +309,14 @@ mod tests {
             parents: &[],
         })
         .unwrap();
-        z.create(&Object {
-            id: b,
-            kind: Kind::View,
-            parents: &[a],
-        })
+        z.create(
+            &Object {
+                id: b,
+                kind: Kind::View,
+                parents: &[a],
+            },
+            &Labels::new(),
+        )
         .unwrap();
         let m = z
             .mounts(&Object {

@@ -52,11 +52,14 @@ pub fn recovery<B: Backend>(base: &Path, make: impl Fn(&Path) -> B) {
         )
         .unwrap();
     backend
-        .create(&Object {
-            id: half,
-            kind: Kind::Active,
-            parents: &[base_id],
-        })
+        .create(
+            &Object {
+                id: half,
+                kind: Kind::Active,
+                parents: &[base_id],
+            },
+            &Labels::new(),
+        )
         .unwrap();
     // Crash after the prepare intent, before the backend did anything.
     store
@@ -77,11 +80,14 @@ pub fn recovery<B: Backend>(base: &Path, make: impl Fn(&Path) -> B) {
     // An object whose record never got written (or was lost).
     let orphan = SnapshotId(1_000_000);
     backend
-        .create(&Object {
-            id: orphan,
-            kind: Kind::Active,
-            parents: &[],
-        })
+        .create(
+            &Object {
+                id: orphan,
+                kind: Kind::Active,
+                parents: &[],
+            },
+            &Labels::new(),
+        )
         .unwrap();
     drop(store);
     drop(backend);
