@@ -13,7 +13,7 @@ mod apply;
 mod diff;
 
 pub use apply::{apply, apply_to_snapshot, decompress, ApplyStats};
-pub use diff::{diff, diff_snapshot, DiffStats};
+pub use diff::{diff, diff_snapshot, diff_snapshot_by_tree_compare, DiffStats};
 
 /// The prefix of a whiteout entry's base name.
 pub const WHITEOUT_PREFIX: &str = ".wh.";

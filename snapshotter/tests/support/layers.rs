@@ -6,9 +6,33 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use integration::fixtures::temp_dir;
-use snapshotter::layer::{self, apply, apply_to_snapshot, diff_snapshot};
+use snapshotter::layer::{
+    self, apply, apply_to_snapshot, diff_snapshot, diff_snapshot_by_tree_compare, DiffStats,
+};
 use snapshotter::testsuite::assert_same_tree;
 use snapshotter::{ErrorKind, Key, Labels, MountGuard, Name, Snapshotter};
+
+/// Diffs `key` the fastest way the backend allows and, unless the backend
+/// keeps an overlayfs upper directory (whose layers legitimately differ:
+/// opaque markers instead of whiteouts), checks that comparing the whole
+/// trees writes the very same bytes.
+fn diff_checked(
+    sn: &dyn Snapshotter,
+    key: &Key,
+    scratch: &std::path::Path,
+    out: &mut Vec<u8>,
+) -> snapshotter::Result<DiffStats> {
+    let st = diff_snapshot(sn, key, &scratch.join("fast"), &mut *out)?;
+    if sn.upper_dir(key)?.is_none() {
+        let mut slow = Vec::new();
+        diff_snapshot_by_tree_compare(sn, key, &scratch.join("slow"), &mut slow)?;
+        assert!(
+            slow == *out,
+            "{key}: the diff from the backend's changed paths differs from the tree comparison"
+        );
+    }
+    Ok(st)
+}
 
 /// Builds layer tars with raw (unchecked) names, as a hostile producer could.
 pub struct LayerBuilder {
@@ -310,9 +334,9 @@ pub fn round_trip(sn: &dyn Snapshotter) {
 
     // Diff each layer and apply the diffs to fresh snapshots.
     let mut d1 = Vec::new();
-    diff_snapshot(sn, &k("l1"), &dir.path().join("d1"), &mut d1).expect("diff l1");
+    diff_checked(sn, &k("l1"), &dir.path().join("d1"), &mut d1).expect("diff l1");
     let mut d2 = Vec::new();
-    let st = diff_snapshot(sn, &k("l2"), &dir.path().join("d2"), &mut d2).expect("diff l2");
+    let st = diff_checked(sn, &k("l2"), &dir.path().join("d2"), &mut d2).expect("diff l2");
     assert!(
         st.whiteouts >= 3,
         "expected whiteouts for shadow and the opaque dir's entries: {st:?}"
@@ -351,7 +375,7 @@ pub fn round_trip(sn: &dyn Snapshotter) {
     // A diff of an unchanged child is empty.
     sn.prepare(&k("same"), Some(&n("l2")), &l).unwrap();
     let mut d = Vec::new();
-    let st = diff_snapshot(sn, &k("same"), &dir.path().join("d3"), &mut d).unwrap();
+    let st = diff_checked(sn, &k("same"), &dir.path().join("d3"), &mut d).unwrap();
     assert_eq!(st.entries, 0, "unchanged snapshot produced entries");
 }
 
@@ -704,8 +728,8 @@ pub fn real_tree_round_trip(sn: &dyn Snapshotter) {
     sn.commit(&n("z2"), &k("z2-a"), &l).unwrap();
 
     let (mut d1, mut d2) = (Vec::new(), Vec::new());
-    diff_snapshot(sn, &k("z1"), &d.join("d1"), &mut d1).unwrap();
-    diff_snapshot(sn, &k("z2"), &d.join("d2"), &mut d2).unwrap();
+    diff_checked(sn, &k("z1"), &d.join("d1"), &mut d1).unwrap();
+    diff_checked(sn, &k("z2"), &d.join("d2"), &mut d2).unwrap();
     apply_to_snapshot(sn, &k("y1-a"), None, &l, &scratch, d1.as_slice()).expect("apply diff 1");
     check("y1-a", &src);
     sn.commit(&n("y1"), &k("y1-a"), &l).unwrap();
