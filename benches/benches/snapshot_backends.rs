@@ -21,7 +21,8 @@
 //!
 //! Backends run where their kernel support is (naive, overlay and btrfs on
 //! a loop device on the host; btrfs, zfs and devmapper in the VM);
-//! `THINBOX_BENCH_BACKENDS=btrfs,zfs` narrows the list. Setup (pools,
+//! `THINBOX_BENCH_BACKENDS=btrfs,zfs` narrows the list and
+//! `THINBOX_BENCH_SCALE=10,100` the scaling points. Setup (pools,
 //! filesystems, parents, the existing snapshots of the scaling group)
 //! happens outside the timed region. Needs root; docs/benchmarks.md says how
 //! to run it in the VM.
@@ -41,8 +42,19 @@ use thinpool::pool::{Deps, LoopbackConfig, Pool};
 
 /// Samples per benchmark (criterion's minimum; runs are slow under TCG).
 const SAMPLES: usize = 10;
-/// Numbers of existing snapshots for the scaling group.
+/// Numbers of existing snapshots for the scaling group, unless
+/// `THINBOX_BENCH_SCALE` (comma-separated, ascending) says otherwise.
 const SCALE: [usize; 3] = [10, 100, 1000];
+
+fn scale() -> Vec<usize> {
+    match std::env::var("THINBOX_BENCH_SCALE") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().expect("THINBOX_BENCH_SCALE: numbers"))
+            .collect(),
+        Err(_) => SCALE.to_vec(),
+    }
+}
 
 /// Runs a program, panicking with its stderr when it fails.
 fn sh(program: &str, args: &[&str]) {
@@ -528,7 +540,7 @@ fn scaling_group(c: &mut Criterion, s: &Setup) -> Vec<(usize, f64)> {
     let mut results = Vec::new();
     let mut g = c.benchmark_group(format!("snapshot_prepare_scaling/{}", s.name));
     g.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
-    for n in SCALE {
+    for n in scale() {
         let t = Instant::now();
         while existing < n {
             let key = Key::new(format!("existing-{existing}")).unwrap();
