@@ -13,7 +13,7 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cli_support::Root;
+use cli_support::{snapshots, Root};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
 use snapshotter::image::write::{self, Compression, Entry, ImageSpec};
@@ -62,16 +62,6 @@ fn top(tag: &str) -> Vec<u8> {
 
 fn spec(name: &str, tag: &str) -> ImageSpec {
     ImageSpec::new(config(), vec![base(), top(tag)]).name(name)
-}
-
-/// Names of every snapshot.
-fn snapshots(root: &Root) -> BTreeSet<String> {
-    root.json(&["snapshot", "ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn image_names(root: &Root) -> Vec<String> {

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_support::{one_line, Root};
+use cli_support::{one_line, snapshots, Root};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
 use snapshotter::image::write::{self, Entry, ImageSpec};
@@ -94,16 +94,6 @@ fn busybox_image(root: &Root, name: &str) {
     )
     .unwrap();
     root.ok(&["image", "import", dir.to_str().unwrap()]);
-}
-
-/// Names of every snapshot.
-fn snapshots(root: &Root) -> BTreeSet<String> {
-    root.json(&["snapshot", "ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn containers(root: &Root) -> Vec<serde_json::Value> {

@@ -115,6 +115,16 @@ impl Root {
     }
 }
 
+/// Names of every snapshot under `root` (`thinbox snapshot ls`).
+pub fn snapshots(root: &Root) -> std::collections::BTreeSet<String> {
+    root.json(&["snapshot", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Asserts `stderr` is one `thinbox: ...` line (no backtrace) and returns it.
 #[track_caller]
 pub fn one_line(stderr: &str) -> String {
