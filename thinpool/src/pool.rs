@@ -1382,14 +1382,7 @@ impl Pool {
     fn delete_inner(&mut self, name: &str) -> Result<()> {
         let r = self.record(name)?;
         self.deactivate_inner(name, false)?;
-        let u = match self.status_inner()? {
-            PoolStatus::Working(u) => *u,
-            s => {
-                return Err(Error::new(ErrorKind::PoolNotWritable {
-                    mode: s.to_string(),
-                }))
-            }
-        };
+        let u = self.status_inner()?.into_usage()?;
         let txn = self.check_txn(&u)?;
         let intent = self.new_intent(OpKind::Delete, r.id, name, r.size, r.origin, txn)?;
         self.mutate(intent, &format!("delete {}", r.id), |_| Ok(None))?;
@@ -1505,14 +1498,7 @@ impl Pool {
         if new_size == r.size {
             return Ok(());
         }
-        let u = match self.status_inner()? {
-            PoolStatus::Working(u) => *u,
-            s => {
-                return Err(Error::new(ErrorKind::PoolNotWritable {
-                    mode: s.to_string(),
-                }))
-            }
-        };
+        let u = self.status_inner()?.into_usage()?;
         let txn = self.check_txn(&u)?;
         let intent = self.new_intent(OpKind::Resize, r.id, name, new_size, r.origin, txn)?;
         let seq = self.store.begin(&intent)?;
@@ -1923,17 +1909,10 @@ impl Pool {
     /// threshold (or the pool is out of data space). Returns what grew.
     pub fn maybe_extend(&mut self, policy: &AutoextendPolicy) -> Result<Extended> {
         let mut done = Extended::default();
-        let u = match self.status()? {
-            PoolStatus::Working(u) => *u,
-            s => {
-                return Err(self.err(
-                    Error::new(ErrorKind::PoolNotWritable {
-                        mode: s.to_string(),
-                    }),
-                    "autoextend pool",
-                ))
-            }
-        };
+        let u = self
+            .status()?
+            .into_usage()
+            .map_err(|e| self.err(e, "autoextend pool"))?;
         let over = |used: u64, total: u64| {
             u128::from(used) * 100 >= u128::from(total) * u128::from(policy.threshold_percent)
         };

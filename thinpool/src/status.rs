@@ -151,6 +151,17 @@ impl PoolStatus {
             _ => None,
         }
     }
+
+    /// The usage, or a `PoolNotWritable` error naming the state when the
+    /// pool has failed (what every mutation checks first).
+    pub fn into_usage(self) -> Result<PoolUsage> {
+        match self {
+            PoolStatus::Working(u) => Ok(*u),
+            s => Err(Error::new(crate::error::ErrorKind::PoolNotWritable {
+                mode: s.to_string(),
+            })),
+        }
+    }
 }
 
 impl fmt::Display for PoolStatus {
