@@ -3,7 +3,17 @@
 //! same prepared busybox rootfs, reported as ratios (thinbox / peer, lower
 //! is better). Needs root, busybox-static, runc and (optionally) crun.
 //!
-//! Setup (rootfs, OCI bundles, the thinbox config, probing whether each peer
+//! thinbox is measured two ways:
+//! - `thinbox-process`: this binary re-executes itself with
+//!   `THINBOX_BENCH_CHILD=<bundle>`; the child loads the same OCI bundle the
+//!   peers run (`ContainerConfig::from_bundle`), runs it with
+//!   `Runtime::run` and exits with the container's code. The timed region
+//!   is spawn-to-wait of that process, as for `runc run`/`crun run`: this
+//!   is the apples-to-apples number.
+//! - `thinbox-in-process`: `Runtime::run` called in this process (no exec
+//!   of a runtime binary), for reference.
+//!
+//! Setup (rootfs, OCI bundle, the thinbox config, probing whether each peer
 //! works here) happens outside the timed region. crun refuses hybrid cgroup
 //! hosts; when a peer fails its probe run the benchmark says so and compares
 //! against the others instead of failing. docs/benchmarks.md says how to run
@@ -11,14 +21,18 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, Criterion};
+use criterion::{criterion_group, Criterion, SamplingMode};
+use runner::config::default_cgroup_path;
 use runner::{ContainerConfig, Runtime};
 
-/// A busybox rootfs plus one OCI bundle directory per peer runtime.
+/// Set in the re-executed child: the bundle directory it runs.
+const CHILD_ENV: &str = "THINBOX_BENCH_CHILD";
+
+/// A busybox rootfs inside one OCI bundle directory, shared by every runtime.
 struct Fixture {
     _dir: tempfile::TempDir,
     rootfs: PathBuf,
@@ -51,7 +65,8 @@ impl Fixture {
         fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
 
-        // `runc spec` writes the default bundle config; crun reads the same.
+        // `runc spec` writes the default bundle config; crun and thinbox
+        // (the process variant) read the same.
         run(Command::new("runc").arg("spec").current_dir(&bundle));
         let path = bundle.join("config.json");
         let mut spec: serde_json::Value =
@@ -92,6 +107,25 @@ impl Fixture {
             ))
         }
     }
+
+    /// One run of the bundle by this binary re-executed as a thinbox
+    /// runtime process (see [`child`]); Err with its output on failure.
+    fn thinbox_process(&self, exe: &Path) -> Result<(), String> {
+        let out = Command::new(exe)
+            .env(CHILD_ENV, &self.bundle)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", exe.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "thinbox child: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
 }
 
 fn run(cmd: &mut Command) {
@@ -104,17 +138,68 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Samples per benchmark (criterion's minimum; runs are slow under TCG).
-const SAMPLES: usize = 10;
+/// The re-executed child: what a thinbox runtime process does with a
+/// bundle (load it, detect the cgroup layout, start, wait, remove the
+/// cgroup), with a cgroup of its own. Exits with the container's code, or
+/// 125 with the error on stderr.
+fn child(bundle: &Path) -> ExitCode {
+    let ran = (|| -> runner::Result<runner::ExitReport> {
+        let mut config = ContainerConfig::from_bundle(bundle)?;
+        config.cgroup_path =
+            default_cgroup_path(&format!("thinbox-test-{}-bench", std::process::id()))?;
+        Runtime::detect()?.run(&config)
+    })();
+    match ran {
+        Ok(report) if report.cgroup_removed => {
+            ExitCode::from(u8::try_from(report.exit_code).unwrap_or(125))
+        }
+        Ok(report) => {
+            eprintln!("the cgroup was left behind: {report:?}");
+            ExitCode::from(125)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(125)
+        }
+    }
+}
 
-fn thinbox_once(rt: &Runtime, config: &ContainerConfig) {
-    let report = rt.run(config).expect("thinbox run");
-    assert_eq!(report.exit_code, 0, "{report:?}");
-    assert!(report.cgroup_removed, "{report:?}");
+/// Samples per benchmark (flat sampling: with short measurement times
+/// under TCG each sample is one run).
+const SAMPLES: usize = 20;
+
+fn thinbox_once(rt: &Runtime, config: &ContainerConfig) -> Result<(), String> {
+    let report = rt.run(config).map_err(|e| e.to_string())?;
+    if report.exit_code == 0 && report.cgroup_removed {
+        Ok(())
+    } else {
+        Err(format!("{report:?}"))
+    }
+}
+
+/// One contender: its criterion name, one run of `/bin/true`, and every
+/// timed batch as (elapsed, iterations). Criterion calls the routine for
+/// its warm-up first, then once per sample, so ratios are taken over the
+/// last SAMPLES batches only.
+struct Contender<'a> {
+    name: &'static str,
+    once: Box<dyn Fn() -> Result<(), String> + 'a>,
+    batches: Vec<(Duration, u64)>,
+}
+
+impl Contender<'_> {
+    /// Mean seconds per run over the measured samples.
+    fn per_run(&self) -> f64 {
+        let measured = &self.batches[self.batches.len().saturating_sub(SAMPLES)..];
+        let d: Duration = measured.iter().map(|b| b.0).sum();
+        let n: u64 = measured.iter().map(|b| b.1).sum();
+        d.as_secs_f64() / n.max(1) as f64
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let f = Fixture::new();
+    let exe = std::env::current_exe().expect("the benchmark's own path");
     let rt = Runtime::detect().expect("detect cgroup hierarchies");
     let config = ContainerConfig::builder(&f.rootfs)
         .id(format!("{}-thinbox", f.id))
@@ -124,74 +209,88 @@ fn bench(c: &mut Criterion) {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("thinbox config");
-    thinbox_once(&rt, &config);
 
-    // Probe each peer once, outside the timed region.
-    let mut peers: Vec<&str> = Vec::new();
+    let mut ours: Vec<Contender<'_>> = vec![
+        Contender {
+            name: "thinbox-process",
+            once: Box::new(|| f.thinbox_process(&exe)),
+            batches: Vec::new(),
+        },
+        Contender {
+            name: "thinbox-in-process",
+            once: Box::new(|| thinbox_once(&rt, &config)),
+            batches: Vec::new(),
+        },
+    ];
+    // Every thinbox variant must work; probe them outside the timed region.
+    for t in &ours {
+        if let Err(e) = (t.once)() {
+            panic!("container_start: {} does not work: {e}", t.name);
+        }
+    }
+    // Probe each peer once; one that does not work here is left out.
+    let mut peers: Vec<Contender<'_>> = Vec::new();
+    let fixture = &f;
     for name in ["runc", "crun"] {
         match f.peer(name) {
-            Ok(()) => peers.push(name),
+            Ok(()) => peers.push(Contender {
+                name,
+                once: Box::new(move || fixture.peer(name)),
+                batches: Vec::new(),
+            }),
             Err(e) => println!("container_start: skipping {name}, it does not work here: {e}"),
         }
     }
 
-    // Every timed batch as (elapsed, iterations); criterion calls the
-    // routine for its warm-up first, then once per sample, so the ratio is
-    // taken over the last SAMPLES batches only.
-    let mut thinbox: Vec<(Duration, u64)> = Vec::new();
-    let mut peer_batches: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); peers.len()];
     let mut g = c.benchmark_group("container_start");
-    g.sample_size(SAMPLES);
-    g.bench_function("thinbox", |b| {
-        b.iter_custom(|n| {
-            let t = Instant::now();
-            for _ in 0..n {
-                thinbox_once(&rt, &config);
-            }
-            let d = t.elapsed();
-            thinbox.push((d, n));
-            d
-        })
-    });
-    for (name, total) in peers.iter().zip(peer_batches.iter_mut()) {
+    g.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
+    for t in ours.iter_mut().chain(peers.iter_mut()) {
+        let Contender {
+            name,
+            once,
+            batches,
+        } = t;
         g.bench_function(*name, |b| {
             b.iter_custom(|n| {
                 let t = Instant::now();
                 for _ in 0..n {
-                    f.peer(name).unwrap();
+                    once().unwrap_or_else(|e| panic!("{name}: {e}"));
                 }
                 let d = t.elapsed();
-                total.push((d, n));
+                batches.push((d, n));
                 d
             })
         });
     }
     g.finish();
 
-    let per = |batches: &[(Duration, u64)]| {
-        let measured = &batches[batches.len().saturating_sub(SAMPLES)..];
-        let d: Duration = measured.iter().map(|b| b.0).sum();
-        let n: u64 = measured.iter().map(|b| b.1).sum();
-        d.as_secs_f64() / n.max(1) as f64
-    };
-    let ours = per(&thinbox);
-    for (name, batches) in peers.iter().zip(&peer_batches) {
-        let theirs = per(batches);
-        println!(
-            "container_start ratio thinbox/{name} = {:.3}x ({:.2} ms vs {:.2} ms per /bin/true)",
-            ours / theirs,
-            ours * 1e3,
-            theirs * 1e3
-        );
+    for t in &ours {
+        let mine = t.per_run();
+        for p in &peers {
+            let theirs = p.per_run();
+            println!(
+                "container_start ratio {}/{} = {:.3}x ({:.2} ms vs {:.2} ms per /bin/true)",
+                t.name,
+                p.name,
+                mine / theirs,
+                mine * 1e3,
+                theirs * 1e3
+            );
+        }
     }
-    if !peers.contains(&"crun") {
+    if !peers.iter().any(|p| p.name == "crun") {
         println!("container_start: no thinbox/crun ratio on this host (crun skipped above)");
     }
 }
 
 criterion_group!(benches, bench);
 
-fn main() {
+fn main() -> ExitCode {
+    // First of all: the re-executed child runs one container and exits.
+    if let Some(bundle) = std::env::var_os(CHILD_ENV) {
+        return child(Path::new(&bundle));
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
+    ExitCode::SUCCESS
 }
