@@ -207,9 +207,7 @@ impl Images {
         let db = dir.join("images.db");
         let conn = Connection::open(&db).map_err(|e| Error::store("open images", e).path(&db))?;
         (|| {
-            conn.pragma_update(None, "foreign_keys", "ON")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.busy_timeout(Duration::from_secs(5))?;
+            crate::store::configure(&conn)?;
             conn.execute_batch(SCHEMA)
         })()
         .map_err(|e| Error::store("open images", e).path(&db))?;
