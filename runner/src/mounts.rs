@@ -40,92 +40,97 @@ impl MountOptions {
         };
         let mut data = vec![];
         for o in options {
-            let (set, clear, prop) = match o.as_str() {
-                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
-                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
-                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
-                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
-                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
-                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
-                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
-                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
-                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
-                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
-                "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
-                "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty(), MsFlags::empty()),
-                "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK, MsFlags::empty()),
-                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
-                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
-                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
-                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
-                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
-                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
-                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
-                "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
-                "bind" => (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty()),
-                "rbind" => (
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    MsFlags::empty(),
-                    MsFlags::empty(),
-                ),
-                "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-                "rprivate" => (
-                    MsFlags::empty(),
-                    MsFlags::empty(),
-                    MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-                ),
-                "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-                "rshared" => (
-                    MsFlags::empty(),
-                    MsFlags::empty(),
-                    MsFlags::MS_SHARED | MsFlags::MS_REC,
-                ),
-                "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-                "rslave" => (
-                    MsFlags::empty(),
-                    MsFlags::empty(),
-                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
-                ),
-                "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-                "runbindable" => (
-                    MsFlags::empty(),
-                    MsFlags::empty(),
-                    MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-                ),
-                other => {
-                    data.push(other.to_owned());
-                    continue;
-                }
-            };
-            out.flags.insert(set);
-            out.flags.remove(clear);
-            out.propagation.insert(prop);
+            match OptionEffect::of(o) {
+                Some(OptionEffect::Set(f)) => out.flags.insert(f),
+                Some(OptionEffect::Clear(f)) => out.flags.remove(f),
+                Some(OptionEffect::Propagate(f)) => out.propagation.insert(f),
+                None => data.push(o.as_str()),
+            }
         }
         out.data = data.join(",");
         out
     }
 }
 
+/// What one OCI mount option does; anything else is filesystem data.
+enum OptionEffect {
+    Set(MsFlags),
+    Clear(MsFlags),
+    Propagate(MsFlags),
+}
+
+/// Options that set a flag, and the option that clears it again.
+const FLAG_OPTIONS: [(&str, Option<&str>, MsFlags); 14] = [
+    ("ro", Some("rw"), MsFlags::MS_RDONLY),
+    ("nosuid", Some("suid"), MsFlags::MS_NOSUID),
+    ("nodev", Some("dev"), MsFlags::MS_NODEV),
+    ("noexec", Some("exec"), MsFlags::MS_NOEXEC),
+    ("sync", Some("async"), MsFlags::MS_SYNCHRONOUS),
+    ("dirsync", None, MsFlags::MS_DIRSYNC),
+    ("remount", None, MsFlags::MS_REMOUNT),
+    ("mand", Some("nomand"), MsFlags::MS_MANDLOCK),
+    ("noatime", Some("atime"), MsFlags::MS_NOATIME),
+    ("nodiratime", Some("diratime"), MsFlags::MS_NODIRATIME),
+    ("relatime", Some("norelatime"), MsFlags::MS_RELATIME),
+    (
+        "strictatime",
+        Some("nostrictatime"),
+        MsFlags::MS_STRICTATIME,
+    ),
+    ("bind", None, MsFlags::MS_BIND),
+    ("rbind", None, MsFlags::MS_BIND.union(MsFlags::MS_REC)),
+];
+
+impl OptionEffect {
+    fn of(option: &str) -> Option<OptionEffect> {
+        if let Some(p) = propagation(option) {
+            return Some(OptionEffect::Propagate(p));
+        }
+        FLAG_OPTIONS.iter().find_map(|&(set, clear, flag)| {
+            if option == set {
+                Some(OptionEffect::Set(flag))
+            } else if Some(option) == clear {
+                Some(OptionEffect::Clear(flag))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// The propagation an OCI name stands for: `private`, `shared`, `slave`,
+/// `unbindable`, each recursive with an `r` in front.
+fn propagation(name: &str) -> Option<MsFlags> {
+    let (rec, base) = match name.strip_prefix('r') {
+        Some(base) => (MsFlags::MS_REC, base),
+        None => (MsFlags::empty(), name),
+    };
+    let flag = match base {
+        "private" => MsFlags::MS_PRIVATE,
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        _ => return None,
+    };
+    Some(flag | rec)
+}
+
 /// The propagation named by OCI `rootfsPropagation` (default `rprivate`).
 pub fn root_propagation(name: Option<&str>) -> Result<MsFlags> {
-    Ok(match name.unwrap_or("rprivate") {
-        "" | "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        "private" => MsFlags::MS_PRIVATE,
-        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        "slave" => MsFlags::MS_SLAVE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        other => {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "rootfsPropagation {other:?} is not supported: use rprivate, rslave or runbindable \
-                     (shared propagation would leak mounts to the host)"
-                ),
-            ))
-        }
-    })
+    match name.unwrap_or("") {
+        "" => Ok(MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+        other => propagation(other)
+            .filter(|p| !p.contains(MsFlags::MS_SHARED))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "rootfsPropagation {other:?} is not supported: use rprivate, rslave or runbindable \
+                         (shared propagation would leak mounts to the host)"
+                    ),
+                )
+            }),
+    }
 }
 
 /// `dest` inside `root`, refusing `..` and absolute components after the
