@@ -160,6 +160,9 @@ impl Containers {
         let conn = Connection::open(&path).map_err(|e| db_error("open", e))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| db_error("busy timeout", e))?;
+        // As every thinbox store: a write-ahead log, durable at each commit.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+            .map_err(|e| db_error("journal mode", e))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS containers (
                 name TEXT PRIMARY KEY,
