@@ -270,6 +270,12 @@ impl Cgroup for V1Cgroup {
                 return wait_empty(&procs);
             }
         }
+        // Nothing left (the usual case: the pid namespace died with its pid
+        // 1) and nothing inside to fork: no freeze needed, which costs two
+        // freezer state changes per container.
+        if read_procs(&procs)?.is_empty() {
+            return Ok(());
+        }
         // Freeze so nothing forks while we kill, SIGKILL each, thaw to let them die.
         let state = self
             .dir(Controller::Freezer)

@@ -201,8 +201,9 @@ impl Cgroup for V2Cgroup {
         let kill = self.file("cgroup.kill");
         if kill.exists() {
             write_file(&kill, 1)?;
-        } else {
-            // Before 5.14: freeze, kill each process, thaw so SIGKILL is delivered.
+        } else if !self.procs()?.is_empty() {
+            // Before 5.14: freeze, kill each process, thaw so SIGKILL is
+            // delivered (an empty cgroup has nothing inside to fork).
             write_file(&self.file("cgroup.freeze"), 1)?;
             for pid in self.procs()? {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
