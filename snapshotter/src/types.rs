@@ -283,6 +283,10 @@ pub struct Capabilities {
     pub cheap_commit: bool,
     /// `usage` counts inodes (zfs reports bytes only).
     pub counts_inodes: bool,
+    /// [`crate::Snapshotter::changed_paths`] lists what changed against the
+    /// parent (btrfs send), so a diff visits only that instead of
+    /// comparing whole trees.
+    pub lists_changes: bool,
 }
 
 #[cfg(test)]

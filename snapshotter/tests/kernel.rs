@@ -244,6 +244,7 @@ macro_rules! all_cases {
             Errors => "errors",
             UsageExcludesParent => "usage_excludes_parent",
             MaxSizeLabel => "max_size_label",
+            DiffChangedPaths => "diff_changed_paths",
         )
     };
 }

@@ -235,6 +235,7 @@ impl Backend for Devmapper {
             rename_lower_dirs: true,
             cheap_commit: true,
             counts_inodes: false,
+            lists_changes: false,
         }
     }
 

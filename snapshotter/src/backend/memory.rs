@@ -69,6 +69,7 @@ impl Backend for MemoryBackend {
             rename_lower_dirs: true,
             cheap_commit: true,
             counts_inodes: true,
+            lists_changes: false,
         }
     }
 

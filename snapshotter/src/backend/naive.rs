@@ -76,6 +76,7 @@ impl Backend for Naive {
             rename_lower_dirs: true,
             cheap_commit: true,
             counts_inodes: true,
+            lists_changes: false,
         }
     }
 

@@ -81,6 +81,7 @@ impl Backend for Overlay {
             rename_lower_dirs: self.redirect_dir,
             cheap_commit: true,
             counts_inodes: true,
+            lists_changes: false,
         }
     }
 

@@ -131,6 +131,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
             rename_lower_dirs: true,
             cheap_commit: false,
             counts_inodes: false,
+            lists_changes: false,
         }
     }
 

@@ -183,7 +183,9 @@ impl Walker<'_> {
         }
         for name in upper_names {
             let r = rel.join(&name);
-            if !self.wanted(&r) {
+            // Below a directory the lower tree lacks, everything is new and
+            // emitted: a list of changed paths need not name it all.
+            if lower_root.is_some() && !self.wanted(&r) {
                 continue;
             }
             let up = self.upper.join(&r);
@@ -538,6 +540,21 @@ mod tests {
         let mut fast = Vec::new();
         let st = diff_only(Some(&lo), &up, Some(&only), &mut fast).unwrap();
         assert_eq!(st.whiteouts, 1);
+        assert_eq!(full, fast);
+        // A new directory's contents need not be listed.
+        fs::create_dir_all(up.join("new/deep")).unwrap();
+        fs::write(up.join("new/deep/f"), "n").unwrap();
+        let mut full = Vec::new();
+        diff(Some(&lo), &up, &mut full).unwrap();
+        let only = with_ancestors(&[
+            PathBuf::from("a/b/f"),
+            PathBuf::from("gone"),
+            PathBuf::from("added"),
+            PathBuf::from("new"),
+        ]);
+        let mut fast = Vec::new();
+        let st = diff_only(Some(&lo), &up, Some(&only), &mut fast).unwrap();
+        assert_eq!(st.entries, 8, "{st:?}");
         assert_eq!(full, fast);
         // A list missing a change would lose it: the list is trusted.
         let mut partial = Vec::new();
