@@ -2,8 +2,10 @@
 //!
 //! [`Runtime::start`] checks the config and the limits against the host,
 //! makes the cgroup, then clones a child into new mount, pid, uts, ipc,
-//! network (and user) namespaces. The parent moves the child into the
-//! cgroup and writes its id maps, then lets it go on; the child enters a
+//! network (and user) namespaces; on a pure v2 host the child starts inside
+//! its cgroup (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7), elsewhere the
+//! parent moves it there. The parent writes its id maps, then lets it go
+//! on; the child enters a
 //! new cgroup namespace, sets the hostname, brings `lo` up, builds the root
 //! (see [`crate::mounts`]), drops to the configured user, capabilities,
 //! `no_new_privs` and seccomp filter, and execs. A failure in the child is
@@ -329,9 +331,27 @@ impl Runtime {
                 flags |= f;
             }
         }
-        let pid = match sys::clone_process(flags).map_err(|e| start_err("clone", e))? {
+        // On a pure cgroup2 host the child starts inside its cgroup; without
+        // clone3 (before 5.3, or refused by a seccomp profile) or without
+        // CLONE_INTO_CGROUP (before 5.7) it is cloned, then moved there.
+        let cgroup_dir = cg
+            .clone_into_dir()
+            .and_then(|d| std::fs::File::open(d).ok());
+        let cloned_into =
+            cgroup_dir
+                .as_ref()
+                .and_then(|dir| match sys::clone_into_cgroup(flags, dir.as_fd()) {
+                    Err(nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => None,
+                    cloned => Some(cloned),
+                });
+        let in_cgroup = cloned_into.is_some();
+        let cloned = match cloned_into {
+            Some(cloned) => cloned,
+            None => sys::clone_process(flags),
+        };
+        let pid = match cloned.map_err(|e| start_err("clone", e))? {
             CloneResult::Child => {
-                drop((go_w, err_r, status_r));
+                drop((go_w, err_r, status_r, cgroup_dir));
                 let slave = pty.map(|(master, slave)| {
                     drop(master);
                     slave
@@ -346,7 +366,9 @@ impl Runtime {
             master
         });
         let prepared = (|| {
-            cg.add_process(pid)?;
+            if !in_cgroup {
+                cg.add_process(pid)?;
+            }
             if config.has_namespace(LinuxNamespaceType::User) {
                 write_id_maps(pid, config)?;
             }

@@ -72,7 +72,8 @@
 //! allocator's or stdio's locks at that moment (a CLI, a test process, or a
 //! dedicated helper process in a threaded daemon).
 //!
-//! Needs Linux 5.3 (pidfd) and root; cgroup2 `cgroup.kill` is used from 5.14.
+//! Needs Linux 5.3 (pidfd) and root; cgroup2 `cgroup.kill` is used from 5.14,
+//! `clone3` with `CLONE_INTO_CGROUP` (pure v2) from 5.7.
 
 pub mod cgroup;
 pub mod config;

@@ -614,6 +614,12 @@ pub trait Cgroup: fmt::Debug + Send {
     fn apply(&self, resources: &Resources) -> Result<()>;
     /// Moves a process into the cgroup.
     fn add_process(&self, pid: Pid) -> Result<()>;
+    /// The one directory a new process can be started in directly
+    /// (`clone3` with `CLONE_INTO_CGROUP`) instead of [`Cgroup::add_process`]:
+    /// the cgroup2 directory when that is the cgroup's only hierarchy.
+    fn clone_into_dir(&self) -> Option<PathBuf> {
+        None
+    }
     /// The processes in the cgroup.
     fn procs(&self) -> Result<Vec<Pid>>;
     /// OOM and pids counters.

@@ -220,4 +220,8 @@ impl Cgroup for V2Cgroup {
     fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir()]
     }
+
+    fn clone_into_dir(&self) -> Option<PathBuf> {
+        Some(self.dir())
+    }
 }
