@@ -18,8 +18,8 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::Capability;
 use runner::cgroup::{Bytes, CpuList, DeviceNumber, Max, ThrottleKind};
 use runner::{
-    ContainerBuilder, ContainerConfig, ErrorKind, ExitReason, ExitReport, Runtime, SeccompMode,
-    Termination,
+    Container, ContainerBuilder, ContainerConfig, ErrorKind, ExitReason, ExitReport, Runtime,
+    SeccompMode, Termination,
 };
 
 /// The tests, each registered once per cgroup layout.
@@ -79,62 +79,70 @@ const TESTS: &[(&str, fn())] = &[
     ),
 ];
 
+/// Every cgroup layout a test can be registered for, with its name suffix.
+const LAYOUTS: [(&str, CgroupLayout); 3] = [
+    ("hybrid", CgroupLayout::Hybrid),
+    ("v2", CgroupLayout::V2),
+    ("v1", CgroupLayout::V1),
+];
+
+/// Registers `body` once per layout as `<name>_<suffix>`, needing `needs`
+/// and that layout.
+fn per_layout(
+    tests: &mut Vec<KernelTest>,
+    name: &str,
+    body: fn(),
+    needs: &[Need],
+    layouts: &[(&str, CgroupLayout)],
+) {
+    for &(suffix, layout) in layouts {
+        let name: &'static str = Box::leak(format!("{name}_{suffix}").into_boxed_str());
+        let needs: &'static [Need] = Box::leak(
+            needs
+                .iter()
+                .copied()
+                .chain([Need::CgroupLayout(layout)])
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        tests.push(KernelTest::new(name, body).needs(needs));
+    }
+}
+
 fn main() -> ExitCode {
-    let layouts = [
-        ("hybrid", CgroupLayout::Hybrid),
-        ("v2", CgroupLayout::V2),
-        ("v1", CgroupLayout::V1),
-    ];
+    let (all, hybrid, v2, vm) = (&LAYOUTS[..], &LAYOUTS[..1], &LAYOUTS[1..2], &LAYOUTS[1..]);
     let mut tests = vec![];
-    for (suffix, layout) in layouts {
-        for (name, f) in TESTS {
-            let name: &'static str = Box::leak(format!("{name}_{suffix}").into_boxed_str());
-            let needs: &'static [Need] =
-                Box::leak(Box::new([Need::Root, Need::CgroupLayout(layout)]));
-            tests.push(KernelTest::new(name, *f).needs(needs));
+    for layout in all {
+        for (name, body) in TESTS {
+            per_layout(&mut tests, name, *body, &[Need::Root], &[*layout]);
         }
     }
     // The VM's root is entered with switch_root (a chroot over the
     // initramfs), where the kernel refuses new user namespaces even to root
     // (`unshare -U` fails there too): user-namespace tests run on the host.
-    tests.push(
-        KernelTest::new("user_namespace_maps_root_hybrid", user_namespace_maps_root)
-            .needs(&[Need::Root, Need::CgroupLayout(CgroupLayout::Hybrid)]),
+    per_layout(
+        &mut tests,
+        "user_namespace_maps_root",
+        user_namespace_maps_root,
+        &[Need::Root],
+        hybrid,
     );
-    for (suffix, layout) in layouts {
-        let name: &'static str =
-            Box::leak(format!("full_root_device_is_the_exit_reason_{suffix}").into_boxed_str());
-        let needs: &'static [Need] = Box::leak(Box::new([
-            Need::Root,
-            Need::Loop,
-            Need::CgroupLayout(layout),
-        ]));
-        tests.push(KernelTest::new(name, full_root_device_is_the_exit_reason).needs(needs));
-    }
+    let root_loop = &[Need::Root, Need::Loop];
+    per_layout(
+        &mut tests,
+        "full_root_device_is_the_exit_reason",
+        full_root_device_is_the_exit_reason,
+        root_loop,
+        all,
+    );
     // Device filtering: the v1 devices controller, or on v2 an eBPF program.
-    for (name, layout) in [
-        (
-            "host_devices_are_denied_by_the_devices_cgroup_hybrid",
-            CgroupLayout::Hybrid,
-        ),
-        (
-            "host_devices_are_denied_by_the_devices_cgroup_v1",
-            CgroupLayout::V1,
-        ),
-        (
-            "host_devices_are_denied_by_the_devices_cgroup_v2",
-            CgroupLayout::V2,
-        ),
-    ] {
-        let needs: &'static [Need] = Box::leak(Box::new([
-            Need::Root,
-            Need::Loop,
-            Need::CgroupLayout(layout),
-        ]));
-        tests.push(
-            KernelTest::new(name, host_devices_are_denied_by_the_devices_cgroup).needs(needs),
-        );
-    }
+    per_layout(
+        &mut tests,
+        "host_devices_are_denied_by_the_devices_cgroup",
+        host_devices_are_denied_by_the_devices_cgroup,
+        root_loop,
+        all,
+    );
     // Containers on the snapshot kinds thinbox manages, made here with the
     // system tools (the thinpool and snapshotter crates are not used yet).
     tests.push(
@@ -149,49 +157,26 @@ fn main() -> ExitCode {
             Need::CgroupLayout(CgroupLayout::Hybrid),
         ]),
     );
-    for (name, layout) in [
-        ("container_on_a_dm_thin_snapshot_v2", CgroupLayout::V2),
-        ("container_on_a_dm_thin_snapshot_v1", CgroupLayout::V1),
-    ] {
-        let needs: &'static [Need] = Box::leak(Box::new([
-            Need::Root,
-            Need::Loop,
-            Need::DmThin,
-            Need::CgroupLayout(layout),
-        ]));
-        tests.push(KernelTest::new(name, container_on_a_dm_thin_snapshot).needs(needs));
-    }
-    tests.push(
-        KernelTest::new("container_on_a_zfs_clone_v2", container_on_a_zfs_clone).needs(&[
-            Need::Root,
-            Need::Zfs,
-            Need::CgroupLayout(CgroupLayout::V2),
-        ]),
+    per_layout(
+        &mut tests,
+        "container_on_a_dm_thin_snapshot",
+        container_on_a_dm_thin_snapshot,
+        &[Need::Root, Need::Loop, Need::DmThin],
+        vm,
     );
-    tests.push(
-        KernelTest::new(
-            "direct_io_is_throttled_on_the_root_device_hybrid",
-            direct_io_is_throttled_on_the_root_device,
-        )
-        .needs(&[
-            Need::Root,
-            Need::Loop,
-            Need::CgroupLayout(CgroupLayout::Hybrid),
-        ]),
+    per_layout(
+        &mut tests,
+        "container_on_a_zfs_clone",
+        container_on_a_zfs_clone,
+        &[Need::Root, Need::Zfs],
+        v2,
     );
-    tests.push(
-        KernelTest::new(
-            "direct_io_is_throttled_on_the_root_device_v2",
-            direct_io_is_throttled_on_the_root_device,
-        )
-        .needs(&[Need::Root, Need::Loop, Need::CgroupLayout(CgroupLayout::V2)]),
-    );
-    tests.push(
-        KernelTest::new(
-            "direct_io_is_throttled_on_the_root_device_v1",
-            direct_io_is_throttled_on_the_root_device,
-        )
-        .needs(&[Need::Root, Need::Loop, Need::CgroupLayout(CgroupLayout::V1)]),
+    per_layout(
+        &mut tests,
+        "direct_io_is_throttled_on_the_root_device",
+        direct_io_is_throttled_on_the_root_device,
+        root_loop,
+        all,
     );
     harness::main(&tests)
 }
@@ -237,10 +222,7 @@ impl Rootfs {
     }
 
     fn builder(&self) -> ContainerBuilder {
-        ContainerConfig::builder(&self.path)
-            .id(unique_name("ctr"))
-            .env("PATH", "/bin")
-            .timeout(Duration::from_secs(60))
+        builder_on(&self.path, "ctr")
     }
 
     /// Runs `script` under `sh -c`, its stdout and stderr into /out/log.
@@ -254,6 +236,24 @@ impl Rootfs {
         let log = fs::read_to_string(self.path.join("out/log")).unwrap_or_default();
         (report, log)
     }
+}
+
+/// A container on `root` with PATH=/bin, a 60 s timeout and a unique id
+/// made from `name`.
+fn builder_on(root: &std::path::Path, name: &str) -> ContainerBuilder {
+    ContainerConfig::builder(root)
+        .id(unique_name(name))
+        .env("PATH", "/bin")
+        .timeout(Duration::from_secs(60))
+}
+
+/// Starts `args` with `builder`'s settings.
+fn start(builder: ContainerBuilder, args: &[&str]) -> Container {
+    let config = builder
+        .args(args.iter().copied())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    Runtime::detect().unwrap().start(&config).unwrap()
 }
 
 fn assert_clean(report: &ExitReport) {
@@ -364,18 +364,15 @@ fn root_cannot_be_escaped() {
 
 fn memory_hog_is_oom_killed_and_reported() {
     let root = Rootfs::new();
-    let config = root
-        .builder()
-        .memory_limit(Bytes::mib(32))
-        .memory_swap(Max::Limit(Bytes::mib(32)))
+    let report = start(
+        root.builder()
+            .memory_limit(Bytes::mib(32))
+            .memory_swap(Max::Limit(Bytes::mib(32))),
         // `tail` keeps the "last line" of an endless stream without newlines.
-        .args(["/bin/tail", "/dev/zero"])
-        .build();
-    let config = match config {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
-    let report = Runtime::detect().unwrap().run(&config).unwrap();
+        &["/bin/tail", "/dev/zero"],
+    )
+    .wait()
+    .unwrap();
     assert_eq!(report.reason, ExitReason::OomKilled, "{report:?}");
     assert_eq!(report.termination, Termination::Signaled { signal: 9 });
     assert_eq!(report.exit_code, 137);
@@ -414,8 +411,7 @@ fn exit_codes_and_signals() {
     let (report, _) = root.sh(root.builder(), "sh -c 'kill -TERM $$'; exit $?");
     assert_eq!(report.exit_code, 143, "{report:?}");
     // SIGKILL from outside kills pid 1: the report says signalled, 137.
-    let config = root.builder().args(["/bin/sleep", "1000"]).build().unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let container = start(root.builder(), &["/bin/sleep", "1000"]);
     container.signal(Signal::SIGKILL).unwrap();
     let report = container.wait().unwrap();
     assert_eq!(report.reason, ExitReason::Signaled, "{report:?}");
@@ -449,13 +445,7 @@ fn init_reaps_zombies_and_forwards_signals() {
     );
     assert_eq!(report.exit_code, 143);
     // A signal sent to the container reaches the process through init.
-    let config = root
-        .builder()
-        .init(true)
-        .args(["/bin/sleep", "1000"])
-        .build()
-        .unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let container = start(root.builder().init(true), &["/bin/sleep", "1000"]);
     std::thread::sleep(Duration::from_millis(300));
     container.signal(Signal::SIGTERM).unwrap();
     let report = container.wait().unwrap();
@@ -470,17 +460,14 @@ fn init_reaps_zombies_and_forwards_signals() {
 
 fn timeout_kills_the_whole_cgroup() {
     let root = Rootfs::new();
-    let config = root
-        .builder()
-        .timeout(Duration::from_secs(2))
-        .args([
+    let container = start(
+        root.builder().timeout(Duration::from_secs(2)),
+        &[
             "/bin/sh",
             "-c",
             "sleep 1000 & sleep 1000 & while true; do :; done",
-        ])
-        .build()
-        .unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+        ],
+    );
     let dirs = container.cgroup_dirs();
     assert!(dirs.iter().all(|d| d.exists()));
     let report = container.wait().unwrap();
@@ -495,17 +482,15 @@ fn timeout_kills_the_whole_cgroup() {
 fn limits_land_in_the_cgroup() {
     let root = Rootfs::new();
     let layout = Runtime::detect().unwrap().hierarchies().layout();
-    let config = root
-        .builder()
-        .memory_limit(Bytes::mib(48))
-        .pids_limit(50)
-        .cpu_quota(50_000, 100_000)
-        .cpu_shares(512)
-        .cpuset_cpus("0".parse().unwrap())
-        .args(["/bin/sleep", "1000"])
-        .build()
-        .unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let container = start(
+        root.builder()
+            .memory_limit(Bytes::mib(48))
+            .pids_limit(50)
+            .cpu_quota(50_000, 100_000)
+            .cpu_shares(512)
+            .cpuset_cpus("0".parse().unwrap()),
+        &["/bin/sleep", "1000"],
+    );
     let dirs = container.cgroup_dirs();
     let find = |file: &str| -> String {
         let d = dirs
@@ -721,13 +706,10 @@ fn cpu_stat(dirs: &[std::path::PathBuf], key: &str) -> u64 {
 fn cpu_quota_throttles_a_busy_loop() {
     let root = Rootfs::new();
     // 10 ms of CPU per 100 ms period: a busy loop is throttled every period.
-    let config = root
-        .builder()
-        .cpu_quota(10_000, 100_000)
-        .args(["/bin/sh", "-c", "while true; do :; done"])
-        .build()
-        .unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let container = start(
+        root.builder().cpu_quota(10_000, 100_000),
+        &["/bin/sh", "-c", "while true; do :; done"],
+    );
     let dirs = container.cgroup_dirs();
     // Wait (without asserting on time) until several periods have passed.
     let mut throttled = 0;
@@ -750,40 +732,15 @@ fn cpu_quota_throttles_a_busy_loop() {
 }
 
 /// The root on its own block device (ext4 on a loop device), with a write
-/// throttle on that device: direct writes are held to the limit.
+/// throttle on that device: direct writes are held to the limit (see
+/// [`container_on`]), and all 3 MiB land on the device.
 fn direct_io_is_throttled_on_the_root_device() {
     let (_dir, _dev, mnt, device) = loop_rootfs(64 << 20);
-    let rate = 1u64 << 20; // 1 MiB/s
-    let config = ContainerConfig::builder(&mnt.target)
-        .id(unique_name("io"))
-        .env("PATH", "/bin")
-        .timeout(Duration::from_secs(60))
-        .root_device(device)
-        .root_throttle(ThrottleKind::WriteBps, rate)
-        .args([
-            "/bin/sh",
-            "-c",
-            "dd if=/dev/zero of=/data bs=64k count=48 oflag=direct 2>/out/log",
-        ])
-        .build()
-        .unwrap();
-    let start = std::time::Instant::now();
-    let report = Runtime::detect().unwrap().run(&config).unwrap();
-    let took = start.elapsed();
-    let log = fs::read_to_string(mnt.target.join("out/log")).unwrap_or_default();
-    assert_eq!(report.exit_code, 0, "{report:?} {log}");
+    container_on(&mnt.target, Some(device));
     assert_eq!(
         fs::metadata(mnt.target.join("data")).unwrap().len(),
         3 << 20
     );
-    // 3 MiB at 1 MiB/s: the throttle makes this take at least ~2 s (the
-    // first second's budget is granted at once). A lower bound the kernel
-    // enforces, not a speed measurement.
-    assert!(
-        took >= Duration::from_millis(1500),
-        "3 MiB of direct writes took {took:?} under a 1 MiB/s throttle"
-    );
-    assert_clean(&report);
 }
 
 /// A bundle made by `runc spec` (read-only root, runc's mounts, masked
@@ -831,22 +788,12 @@ fn runc_spec_bundle_runs() {
 /// SIGTERM delivered to the waiting thread reaches the container's process.
 fn signals_are_forwarded_while_waiting() {
     let root = Rootfs::new();
-    let config = root
-        .builder()
-        .init(true)
-        .args(["/bin/sleep", "1000"])
-        .build()
-        .unwrap();
     // Blocked from the start, so an early signal waits for the signalfd
     // instead of killing the test process.
     let mut usr1 = nix::sys::signal::SigSet::empty();
     usr1.add(Signal::SIGUSR1);
     usr1.thread_block().unwrap();
-    let container = Runtime::detect()
-        .unwrap()
-        .start(&config)
-        .unwrap()
-        .forward_signals(true);
+    let container = start(root.builder().init(true), &["/bin/sleep", "1000"]).forward_signals(true);
     let waiter = nix::sys::pthread::pthread_self();
     let sender = std::thread::spawn(move || {
         // Thread-directed, so it lands on the waiting thread, which reads it
@@ -873,17 +820,14 @@ fn signals_are_forwarded_while_waiting() {
 
 fn terminal_gives_the_process_a_pty() {
     let root = Rootfs::new();
-    let config = root
-        .builder()
-        .terminal(true)
-        .args([
+    let mut container = start(
+        root.builder().terminal(true),
+        &[
             "/bin/sh",
             "-c",
             "test -t 0 && test -t 1 && echo STDIO_IS_A_TTY; read line; echo got:$line",
-        ])
-        .build()
-        .unwrap();
-    let mut container = Runtime::detect().unwrap().start(&config).unwrap();
+        ],
+    );
     let master = std::fs::File::from(container.take_terminal().expect("a pty master"));
     let mut writer = master.try_clone().unwrap();
     use std::io::{Read, Write};
@@ -918,27 +862,14 @@ fn loop_rootfs(
     DeviceNumber,
 ) {
     use integration::fixtures::{run, sparse_file, LoopDevice, Mount};
-    use std::os::unix::fs::MetadataExt;
     let dir = temp_dir();
     let image = dir.path().join("root.img");
     sparse_file(&image, size);
     let dev = LoopDevice::attach(&image);
     run("mkfs.ext4", &["-q", dev.as_str()]);
     let mnt = Mount::new(dev.as_str(), &dir.path().join("root"), Some("ext4"), "");
-    let tree = Rootfs::new();
-    run(
-        "cp",
-        &[
-            "-a",
-            &format!("{}/.", tree.path.display()),
-            mnt.target.to_str().unwrap(),
-        ],
-    );
-    let rdev = fs::metadata(&dev.path).unwrap().rdev();
-    let device = DeviceNumber::new(
-        nix::sys::stat::major(rdev) as u32,
-        nix::sys::stat::minor(rdev) as u32,
-    );
+    fill_with_busybox(&mnt.target);
+    let device = device_number(&dev.path);
     (dir, dev, mnt, device)
 }
 
@@ -946,21 +877,17 @@ fn loop_rootfs(
 /// `RootDeviceFull`, and the host's filesystems are untouched.
 fn full_root_device_is_the_exit_reason() {
     let (_dir, _dev, mnt, _) = loop_rootfs(32 << 20);
-    let config = ContainerConfig::builder(&mnt.target)
-        .id(unique_name("full"))
-        .env("PATH", "/bin")
-        .timeout(Duration::from_secs(60))
-        .args([
+    let probe = runner::FilesystemFull::new(&mnt.target);
+    let container = start(
+        builder_on(&mnt.target, "full"),
+        &[
             "/bin/sh",
             "-c",
             // The log gets its block before the disk fills: dd's error
             // message is appended into it and needs no new block.
             "echo start >/out/log; dd if=/dev/zero of=/fill bs=1M 2>>/out/log; exit $?",
-        ])
-        .build()
-        .unwrap();
-    let probe = runner::FilesystemFull::new(&mnt.target);
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+        ],
+    );
     let report = container.wait_with_probe(Some(&probe)).unwrap();
     let log = fs::read_to_string(mnt.target.join("out/log")).unwrap_or_default();
     assert_eq!(
@@ -985,13 +912,11 @@ fn stale_cgroups_are_swept_and_live_ones_kept() {
     let cg = h.open(&stale);
     cg.create().unwrap();
     let root = Rootfs::new();
-    let config = root
-        .builder()
-        .cgroup_path(CgroupPath::new(parent.as_path().join("alive")).unwrap())
-        .args(["/bin/sleep", "1000"])
-        .build()
-        .unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let container = start(
+        root.builder()
+            .cgroup_path(CgroupPath::new(parent.as_path().join("alive")).unwrap()),
+        &["/bin/sleep", "1000"],
+    );
     // Young cgroups are left alone (one may be starting right now).
     assert!(h
         .remove_stale(&parent, Duration::from_secs(3600))
@@ -1013,13 +938,11 @@ fn stale_cgroups_are_swept_and_live_ones_kept() {
 /// Even with CAP_MKNOD, a node made for a host block device cannot be opened.
 fn host_devices_are_denied_by_the_devices_cgroup() {
     use integration::fixtures::{sparse_file, LoopDevice};
-    use std::os::unix::fs::MetadataExt;
     let dir = temp_dir();
     let image = dir.path().join("disk.img");
     sparse_file(&image, 1 << 20);
     let dev = LoopDevice::attach(&image);
-    let rdev = fs::metadata(&dev.path).unwrap().rdev();
-    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let DeviceNumber { major, minor } = device_number(&dev.path);
     let root = Rootfs::new();
     let caps: std::collections::HashSet<Capability> =
         [Capability::Mknod, Capability::Kill, Capability::AuditWrite].into();
@@ -1058,10 +981,7 @@ fn fill_with_busybox(dir: &std::path::Path) {
 /// of direct writes under a 1 MiB/s throttle take at least 1.5 s (a lower
 /// bound the kernel enforces) and the throttle is in the cgroup.
 fn container_on(root: &std::path::Path, device: Option<DeviceNumber>) -> String {
-    let mut b = ContainerConfig::builder(root)
-        .id(unique_name("snap"))
-        .env("PATH", "/bin")
-        .timeout(Duration::from_secs(120));
+    let mut b = builder_on(root, "snap").timeout(Duration::from_secs(120));
     if let Some(d) = device {
         b = b
             .root_device(d)
@@ -1072,8 +992,7 @@ fn container_on(root: &std::path::Path, device: Option<DeviceNumber>) -> String 
                     dd if=/dev/zero of=/data bs=64k count=48 oflag=direct 2>>/out/log; echo dd=$? >>/out/log",
         None => "echo pid=$$ >/out/log; echo in-container > /written",
     };
-    let config = b.args(["/bin/sh", "-c", script]).build().unwrap();
-    let container = Runtime::detect().unwrap().start(&config).unwrap();
+    let container = start(b, &["/bin/sh", "-c", script]);
     if let Some(d) = device {
         let dirs = container.cgroup_dirs();
         let throttle = dirs
