@@ -119,9 +119,12 @@ pub trait Backend: Send + fmt::Debug {
     }
     /// The paths (relative to the snapshot's root) that may differ from
     /// its parent, when the backend can list them more cheaply than by
-    /// comparing trees (`zfs diff`); every differing path must be listed,
-    /// extra ones are harmless. Called while `obj` is mounted (as
-    /// `layer::diff_snapshot` does). `None`: compare the trees.
+    /// comparing trees (`btrfs send`, `zfs diff`); every differing path must
+    /// be listed, except below a directory the parent lacks (all of which
+    /// is new), extra ones are harmless. Called while `obj` is mounted (as
+    /// `layer::diff_snapshot` does). `None`: compare the trees (a backend
+    /// with [`Capabilities::lists_changes`] says so only when its tool
+    /// fails or surprises it).
     fn changed_paths(&self, _obj: &Object<'_>) -> Result<Option<Vec<PathBuf>>> {
         Ok(None)
     }

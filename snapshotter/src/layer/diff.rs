@@ -17,10 +17,11 @@
 //! and entries are read through the snapshot's mount.
 //!
 //! When the backend can list what changed more cheaply
-//! ([`Snapshotter::changed_paths`]; no backend implements it yet — `zfs
-//! diff` needs the origin's dataset mounted too), the tree comparison
-//! only visits those paths and their ancestors; everything else is known to
-//! be equal, so the layer is byte-for-byte what the full comparison writes
+//! ([`Snapshotter::changed_paths`], [`crate::Capabilities::lists_changes`]:
+//! btrfs from `btrfs send --no-data -p`, zfs from `zfs diff`), the tree
+//! comparison only visits those paths, their ancestors and everything
+//! below a directory the lower tree lacks; everything else is known to be
+//! equal, so the layer is byte-for-byte what the full comparison writes
 //! ([`diff_snapshot_by_tree_compare`] forces the full comparison).
 
 use std::collections::{BTreeSet, HashMap};
