@@ -270,6 +270,72 @@ fn btrfs_qgroups_usage() {
     );
 }
 
+/// A read-only snapshot left in ROOT/diff by a crash during a diff is
+/// replaced by the next diff, removed with its snapshot, and reclaimed by
+/// cleanup when its snapshot is gone.
+fn btrfs_diff_leftovers_are_reclaimed() {
+    use snapshotter::{Key, Labels, Name};
+    let fs = btrfs_fs();
+    let root = fs.mount.target.join("root");
+    let sn = Btrfs::open(&root).expect("open btrfs");
+    let l = Labels::new();
+    let k = |s: &str| Key::new(s).unwrap();
+    sn.prepare(&k("base"), None, &l).unwrap();
+    sn.commit(&Name::new("parent").unwrap(), &k("base"), &l)
+        .unwrap();
+    sn.prepare(&k("child"), Some(&Name::new("parent").unwrap()), &l)
+        .unwrap();
+    let id = std::fs::read_dir(root.join("active"))
+        .unwrap()
+        .next()
+        .expect("the child's subvolume")
+        .unwrap()
+        .file_name();
+    let leftover = root.join("diff").join(&id);
+    let snapshot = |dst: &Path| {
+        run(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                "-r",
+                root.join("active").join(&id).to_str().unwrap(),
+                dst.to_str().unwrap(),
+            ],
+        )
+    };
+    snapshot(&leftover);
+    let listed = sn.changed_paths(&k("child")).expect("changed paths");
+    assert_eq!(listed, Some(vec![]), "an unchanged child lists nothing");
+    assert!(!leftover.exists(), "the diff's snapshot was left behind");
+    snapshot(&leftover);
+    sn.remove(&k("child")).unwrap();
+    assert!(!leftover.exists(), "removal left the diff snapshot");
+    let orphan = root.join("diff").join("999");
+    snapshot_from(&root.join("snapshots"), &orphan);
+    sn.cleanup().unwrap();
+    assert!(!orphan.exists(), "cleanup left an orphaned diff snapshot");
+}
+
+fn snapshot_from(src: &Path, dst: &Path) {
+    let sub = std::fs::read_dir(src)
+        .unwrap()
+        .next()
+        .expect("a committed subvolume")
+        .unwrap()
+        .path();
+    run(
+        "btrfs",
+        &[
+            "subvolume",
+            "snapshot",
+            "-r",
+            sub.to_str().unwrap(),
+            dst.to_str().unwrap(),
+        ],
+    );
+}
+
 fn btrfs_refuses_a_root_not_on_btrfs() {
     let dir = temp_dir();
     let e = Btrfs::open(dir.path()).expect_err("a root on ext4/tmpfs must be refused");
@@ -334,6 +400,11 @@ fn main() -> ExitCode {
         })
         .needs(OVERLAY),
         KernelTest::new("btrfs_qgroups_usage", btrfs_qgroups_usage).needs(BTRFS),
+        KernelTest::new(
+            "btrfs_diff_leftovers_are_reclaimed",
+            btrfs_diff_leftovers_are_reclaimed,
+        )
+        .needs(BTRFS),
         KernelTest::new("vm_btrfs_qgroups_usage", btrfs_qgroups_usage).needs(BTRFS_VM),
         KernelTest::new("zfs_layers_round_trip", || with_zfs(layers::round_trip)).needs(ZFS),
         KernelTest::new("naive_real_tree_round_trip", || {

@@ -128,6 +128,37 @@ impl Btrfs {
         self.root.join("diff").join(id.to_string())
     }
 
+    /// [`Backend::changed_paths`], failing on errors.
+    fn list_changes(&self, obj: &Object<'_>) -> Result<Option<Vec<PathBuf>>> {
+        let Some(parent) = obj.parents.first() else {
+            return Ok(None);
+        };
+        let parent = self.path(Kind::Committed, *parent);
+        if !libbtrfsutil::is_subvolume(&parent).unwrap_or(false) {
+            tracing::debug!(
+                "btrfs: parent {} is not a subvolume; comparing trees",
+                parent.display()
+            );
+            return Ok(None);
+        }
+        let _temp;
+        let source = match obj.kind {
+            Kind::Active => {
+                let t =
+                    TempSnapshot::take(&self.path(Kind::Active, obj.id), self.diff_path(obj.id))?;
+                let p = t.path.clone();
+                _temp = t;
+                p
+            }
+            kind => self.path(kind, obj.id),
+        };
+        let paths = match send_dump(&parent, &source)? {
+            Some(p) => p,
+            None => return Ok(None),
+        };
+        Ok(with_hard_links(&source, paths)?.map(|p| p.into_iter().collect()))
+    }
+
     fn path(&self, kind: Kind, id: SnapshotId) -> PathBuf {
         let dir = match kind {
             Kind::Active => "active",
@@ -245,33 +276,14 @@ impl Backend for Btrfs {
     }
 
     fn changed_paths(&self, obj: &Object<'_>) -> Result<Option<Vec<PathBuf>>> {
-        let Some(parent) = obj.parents.first() else {
-            return Ok(None);
-        };
-        let parent = self.path(Kind::Committed, *parent);
-        if !libbtrfsutil::is_subvolume(&parent).unwrap_or(false) {
+        // Only an optimisation: whatever goes wrong, the diff compares trees.
+        Ok(self.list_changes(obj).unwrap_or_else(|e| {
             tracing::debug!(
-                "btrfs: parent {} is not a subvolume; comparing trees",
-                parent.display()
+                "btrfs: cannot list changes of {}: {e}; comparing trees",
+                obj.id
             );
-            return Ok(None);
-        }
-        let _temp;
-        let source = match obj.kind {
-            Kind::Active => {
-                let t =
-                    TempSnapshot::take(&self.path(Kind::Active, obj.id), self.diff_path(obj.id))?;
-                let p = t.path.clone();
-                _temp = t;
-                p
-            }
-            kind => self.path(kind, obj.id),
-        };
-        let paths = match send_dump(&parent, &source)? {
-            Some(p) => p,
-            None => return Ok(None),
-        };
-        Ok(with_hard_links(&source, paths)?.map(|p| p.into_iter().collect()))
+            None
+        }))
     }
 }
 

@@ -248,6 +248,20 @@ impl<C: ZfsCli> Backend for Zfs<C> {
     }
 
     fn changed_paths(&self, obj: &Object<'_>) -> Result<Option<Vec<PathBuf>>> {
+        // Only an optimisation: whatever goes wrong, the diff compares trees.
+        Ok(self.list_changes(obj).unwrap_or_else(|e| {
+            tracing::debug!(
+                "zfs: cannot list changes of {}: {e}; comparing trees",
+                obj.id
+            );
+            None
+        }))
+    }
+}
+
+impl<C: ZfsCli> Zfs<C> {
+    /// [`Backend::changed_paths`], failing on errors.
+    fn list_changes(&self, obj: &Object<'_>) -> Result<Option<Vec<PathBuf>>> {
         let Some(parent) = obj.parents.first() else {
             return Ok(None);
         };
@@ -276,9 +290,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         }
         result
     }
-}
 
-impl<C: ZfsCli> Zfs<C> {
     /// Runs `zfs diff ORIGIN TO` with both datasets mounted (mounting
     /// what nobody has mounted) and reads it.
     fn diff_mounted(
