@@ -1247,8 +1247,12 @@ fn check_diff_changed_paths(sn: &dyn Snapshotter, work: &Path) {
             );
         }
         let mut fast = Vec::new();
-        diff_snapshot(sn, key, &work.join(format!("dcp-fast-{label}")), &mut fast)
+        let st = diff_snapshot(sn, key, &work.join(format!("dcp-fast-{label}")), &mut fast)
             .unwrap_or_else(|e| panic!("{label}: diff: {e}"));
+        assert_eq!(
+            st.from_changed_paths, caps.lists_changes,
+            "{label}: the diff did not use the backend's changed paths as its capability says"
+        );
         let mut slow = Vec::new();
         diff_snapshot_by_tree_compare(sn, key, &work.join(format!("dcp-slow-{label}")), &mut slow)
             .unwrap_or_else(|e| panic!("{label}: diff by tree comparison: {e}"));

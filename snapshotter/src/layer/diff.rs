@@ -46,6 +46,9 @@ pub struct DiffStats {
     pub entries: u64,
     /// Whiteouts written.
     pub whiteouts: u64,
+    /// The tree comparison visited only the paths the backend listed as
+    /// changed ([`Snapshotter::changed_paths`]).
+    pub from_changed_paths: bool,
 }
 
 enum Item {
@@ -488,7 +491,10 @@ fn diff_snapshot_with(
             }
             None => None,
         };
-        diff_only(lower, &upper_dir, only.as_ref(), out)
+        let listed = only.is_some();
+        let mut stats = diff_only(lower, &upper_dir, only.as_ref(), out)?;
+        stats.from_changed_paths = listed;
+        Ok(stats)
     })();
     for v in views {
         if let Err(e) = sn.remove(&v) {

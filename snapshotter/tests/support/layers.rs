@@ -23,6 +23,12 @@ fn diff_checked(
     out: &mut Vec<u8>,
 ) -> snapshotter::Result<DiffStats> {
     let st = diff_snapshot(sn, key, &scratch.join("fast"), &mut *out)?;
+    let has_parent = sn.stat(key)?.parent.is_some();
+    assert_eq!(
+        st.from_changed_paths,
+        has_parent && sn.capabilities().lists_changes,
+        "{key}: the backend's changed paths were (not) used against its capability"
+    );
     if sn.upper_dir(key)?.is_none() {
         let mut slow = Vec::new();
         diff_snapshot_by_tree_compare(sn, key, &scratch.join("slow"), &mut slow)?;
