@@ -332,8 +332,10 @@ impl Runtime {
             }
         }
         // On a pure cgroup2 host the child starts inside its cgroup; without
-        // clone3 (before 5.3, or refused by a seccomp profile) or without
-        // CLONE_INTO_CGROUP (before 5.7) it is cloned, then moved there.
+        // clone3 (before 5.3, or refused by a seccomp profile: ENOSYS, or
+        // EPERM from older profiles) or without CLONE_INTO_CGROUP (before
+        // 5.7: E2BIG) it is cloned, then moved there. An error that is not
+        // about clone3 comes back from the plain clone as well.
         let cgroup_dir = cg
             .clone_into_dir()
             .and_then(|d| std::fs::File::open(d).ok());
@@ -341,7 +343,12 @@ impl Runtime {
             cgroup_dir
                 .as_ref()
                 .and_then(|dir| match sys::clone_into_cgroup(flags, dir.as_fd()) {
-                    Err(nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => None,
+                    Err(
+                        nix::Error::ENOSYS
+                        | nix::Error::E2BIG
+                        | nix::Error::EINVAL
+                        | nix::Error::EPERM,
+                    ) => None,
                     cloned => Some(cloned),
                 });
         let in_cgroup = cloned_into.is_some();
