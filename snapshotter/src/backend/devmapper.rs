@@ -11,6 +11,10 @@
 //! its parent. The [`MAX_SIZE_LABEL`] label on `prepare` makes the new
 //! device bigger than its parent's and grows its filesystem (online, on a
 //! temporary mount); children of a grown snapshot inherit its size.
+//! Diffs compare trees ([`crate::Capabilities::lists_changes`] is off):
+//! `thin_delta` lists the data blocks two thin devices do not share, which
+//! says nothing about which files they belong to without reading the
+//! filesystem's own metadata.
 //!
 //! Kernel features: device-mapper with the `thin-pool` and `thin` targets;
 //! tools: thin-provisioning-tools (`thin_ls`), e2fsprogs or xfsprogs. The
