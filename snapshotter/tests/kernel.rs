@@ -317,6 +317,96 @@ fn btrfs_diff_leftovers_are_reclaimed() {
     assert!(!orphan.exists(), "cleanup left an orphaned diff snapshot");
 }
 
+/// A temporary diff mount left by a process that died during a diff is
+/// unmounted when the zfs backend is next opened (it would keep the
+/// dataset busy); a live process's diff mount is left alone.
+fn zfs_diff_leftover_mounts_are_unmounted() {
+    use snapshotter::{Key, Labels, Name};
+    let pool = zfs_pool();
+    let root = pool.zpool.dir.path().join("root");
+    let l = Labels::new();
+    let k = |s: &str| Key::new(s).unwrap();
+    let sn = Zfs::open(&root, &pool.dataset).expect("open zfs");
+    sn.prepare(&k("base"), None, &l).unwrap();
+    sn.commit(&Name::new("parent").unwrap(), &k("base"), &l)
+        .unwrap();
+    sn.prepare(&k("child"), Some(&Name::new("parent").unwrap()), &l)
+        .unwrap();
+    drop(sn);
+    let datasets = run(
+        "zfs",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name",
+            "-t",
+            "filesystem",
+            "-r",
+            "-d",
+            "1",
+            &pool.dataset,
+        ],
+    );
+    // The parent was made first, so it has the lower id.
+    let mut ids: Vec<u64> = datasets
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids.len(), 2, "{datasets}");
+    let parent_ds = format!("{}/{}", pool.dataset, ids[0]);
+    let parent_ds = parent_ds.as_str();
+    let child_id = ids[1];
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
+    };
+    let tmp = std::env::temp_dir();
+    let stale = tmp.join(format!("thinbox-zfs-diff-{dead}-{child_id}"));
+    let live = tmp.join(format!(
+        "thinbox-zfs-diff-{}-{child_id}",
+        std::process::id()
+    ));
+    for (dir, ds) in [(&stale, parent_ds), (&live, parent_ds)] {
+        std::fs::create_dir_all(dir.join("from")).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "zfs",
+                "-o",
+                "ro",
+                ds,
+                dir.join("from").to_str().unwrap(),
+            ],
+        );
+    }
+    let is_mounted = |p: &Path| {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(p.to_str().unwrap()))
+    };
+    assert!(is_mounted(&stale.join("from")) && is_mounted(&live.join("from")));
+    let sn = Zfs::open(&root, &pool.dataset).expect("reopen zfs");
+    assert!(
+        !is_mounted(&stale.join("from")),
+        "the dead diff's mount is still there"
+    );
+    assert!(!stale.exists(), "the dead diff's directory is still there");
+    assert!(
+        is_mounted(&live.join("from")),
+        "a live diff's mount was taken away"
+    );
+    run("umount", &[live.join("from").to_str().unwrap()]);
+    std::fs::remove_dir_all(&live).unwrap();
+    sn.remove(&k("child")).unwrap();
+    sn.remove(&k("parent")).unwrap();
+}
+
 fn snapshot_from(src: &Path, dst: &Path) {
     let sub = std::fs::read_dir(src)
         .unwrap()
@@ -422,6 +512,11 @@ fn main() -> ExitCode {
         KernelTest::new("zfs_real_tree_round_trip", || {
             with_zfs(layers::real_tree_round_trip)
         })
+        .needs(ZFS),
+        KernelTest::new(
+            "zfs_diff_leftover_mounts_are_unmounted",
+            zfs_diff_leftover_mounts_are_unmounted,
+        )
         .needs(ZFS),
         KernelTest::new("zfs_failed_apply_leaves_nothing", || {
             with_zfs(layers::failed_apply_leaves_nothing)

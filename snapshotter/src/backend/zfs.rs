@@ -17,7 +17,9 @@
 //! with the dataset after a crash). `zfs diff` reads both through the
 //! `.zfs` directories of mounted datasets, so the parent's dataset and, if
 //! nobody has it mounted, the snapshot's own are mounted under
-//! `$TMPDIR/thinbox-zfs-diff-PID-ID` for the duration. It names one path
+//! `$TMPDIR/thinbox-zfs-diff-PID-ID` for the duration (mounts a process
+//! that died there left are unmounted when the backend is next opened).
+//! It names one path
 //! per changed file, so when a changed file has several links, its other
 //! names are found by a walk of the mounted snapshot that only stats.
 
@@ -115,6 +117,7 @@ impl<C: ZfsCli> Zfs<C> {
                 .key(dataset)
                 .detail("zfs: dataset does not exist; create it first"));
         }
+        unmount_stale_diff_mounts(dataset);
         Ok(Zfs {
             dataset: dataset.to_owned(),
             cli,
@@ -303,7 +306,8 @@ impl<C: ZfsCli> Zfs<C> {
         let name = self.name(obj.id);
         let from_ds = self.name(parent);
         let scratch = std::env::temp_dir().join(format!(
-            "thinbox-zfs-diff-{}-{}",
+            "{}{}-{}",
+            diff::DIFF_MOUNT_PREFIX,
             std::process::id(),
             obj.id
         ));
@@ -360,6 +364,32 @@ impl<C: ZfsCli> Zfs<C> {
         let _ = std::fs::remove_dir(scratch.join("to"));
         let _ = std::fs::remove_dir(&scratch);
         result
+    }
+}
+
+/// Unmounts (and removes the directories of) the temporary diff mounts a
+/// process that died during a diff left of `dataset`'s datasets: they
+/// would keep the datasets busy, so their removal would fail. Best effort:
+/// what cannot be undone is logged and left for the next open.
+fn unmount_stale_diff_mounts(dataset: &str) {
+    let Ok(mounts) = std::fs::read("/proc/self/mounts") else {
+        return;
+    };
+    let tmp = std::env::temp_dir();
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    for target in diff::stale_diff_mounts(&mounts, dataset, &tmp, alive) {
+        match crate::mount::unmount(&target) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir(&target);
+                if let Some(scratch) = target.parent() {
+                    let _ = std::fs::remove_dir(scratch);
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot unmount {} (left by a diff that did not finish): {e}",
+                target.display()
+            ),
+        }
     }
 }
 

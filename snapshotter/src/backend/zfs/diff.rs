@@ -88,6 +88,51 @@ pub fn mount_targets(mounts: &[u8], dataset: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The directory prefix of the temporary mounts a diff makes:
+/// `TMP/thinbox-zfs-diff-PID-ID/{from,to}`.
+pub const DIFF_MOUNT_PREFIX: &str = "thinbox-zfs-diff-";
+
+/// Diff mounts a dead process left: zfs mounts of a dataset under
+/// `dataset` on `tmp/thinbox-zfs-diff-PID-ID/{from,to}` whose PID is not
+/// `alive`, from `/proc/self/mounts` text. A live PID's mounts are its
+/// own diff in progress and are left alone.
+pub fn stale_diff_mounts(
+    mounts: &[u8],
+    dataset: &str,
+    tmp: &Path,
+    alive: impl Fn(u32) -> bool,
+) -> Vec<PathBuf> {
+    let under = format!("{dataset}/");
+    mounts
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let mut f = l.split(|&b| b == b' ');
+            let (src, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            if fstype != b"zfs" || !unescape_mounts(src).starts_with(under.as_bytes()) {
+                return None;
+            }
+            let target = PathBuf::from(OsStr::from_bytes(&unescape_mounts(target)));
+            let scratch = target.parent()?;
+            if scratch.parent()? != tmp
+                || !matches!(target.file_name()?.as_bytes(), b"from" | b"to")
+            {
+                return None;
+            }
+            let rest = scratch
+                .file_name()?
+                .as_bytes()
+                .strip_prefix(DIFF_MOUNT_PREFIX.as_bytes())?;
+            let pid = std::str::from_utf8(rest)
+                .ok()?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            (!alive(pid)).then_some(target)
+        })
+        .collect()
+}
+
 fn is_link_delta(s: &[u8]) -> bool {
     match s.strip_prefix(b"(").and_then(|s| s.strip_suffix(b")")) {
         Some([b'+' | b'-', digits @ ..]) => {
@@ -157,6 +202,28 @@ pub fn parse(out: &[u8], mountpoints: &[Vec<u8>]) -> Result<BTreeSet<PathBuf>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_diff_mounts_are_dead_pids_diff_mounts_of_our_datasets() {
+        let mounts = b"tank/s/7 /tmp/thinbox-zfs-diff-100-7/to zfs rw 0 0
+tank/s/3 /tmp/thinbox-zfs-diff-100-7/from zfs ro 0 0
+tank/s/3 /tmp/thinbox-zfs-diff-200-9/from zfs ro 0 0
+tank/other/3 /tmp/thinbox-zfs-diff-100-7/from zfs ro 0 0
+tank/s/3 /mnt/thinbox-zfs-diff-100-7/from zfs ro 0 0
+tank/s/3 /tmp/thinbox-zfs-diff-100-7/elsewhere zfs ro 0 0
+tank/s/3 /tmp/other-100-7/from zfs ro 0 0
+tank/s/3 /tmp/thinbox-zfs-diff-x-7/from zfs ro 0 0
+/dev/loop0 /tmp/thinbox-zfs-diff-100-7/from ext4 ro 0 0
+";
+        let got = stale_diff_mounts(mounts, "tank/s", Path::new("/tmp"), |pid| pid == 200);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/tmp/thinbox-zfs-diff-100-7/to"),
+                PathBuf::from("/tmp/thinbox-zfs-diff-100-7/from"),
+            ]
+        );
+    }
 
     /// Captured with OpenZFS on Debian 12's 6.1 kernel: `zfs diff -H -F
     /// tzp/s/1@committed tzp/s/2@committed`, tzp/s/2 a clone mounted on
