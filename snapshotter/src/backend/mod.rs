@@ -13,3 +13,21 @@ pub mod memory;
 pub mod naive;
 pub mod overlay;
 pub mod zfs;
+
+/// A line of a tool's change listing (`btrfs receive --dump`, `zfs diff`)
+/// that its parser does not understand; the diff then compares trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Surprise {
+    /// The listing: `"btrfs receive --dump"` or `"zfs diff"`.
+    pub tool: &'static str,
+    /// 1-based line number.
+    pub line: usize,
+    /// What was wrong.
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for Surprise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} line {}: {}", self.tool, self.line, self.what)
+    }
+}

@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -56,20 +55,7 @@ const PATH_COMMANDS: &[&str] = &[
     "enable_verity",
 ];
 
-/// A dump line this parser does not understand.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Surprise {
-    /// 1-based line number.
-    pub line: usize,
-    /// What was wrong.
-    pub what: &'static str,
-}
-
-impl fmt::Display for Surprise {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "btrfs receive --dump line {}: {}", self.line, self.what)
-    }
-}
+pub use crate::backend::Surprise;
 
 /// Undoes `print_path_escaped`; None on a malformed escape.
 pub fn unescape(s: &[u8]) -> Option<Vec<u8>> {
@@ -151,6 +137,7 @@ impl DumpPaths {
 
     fn surprise(&self, what: &'static str) -> Surprise {
         Surprise {
+            tool: "btrfs receive --dump",
             line: self.lines,
             what,
         }

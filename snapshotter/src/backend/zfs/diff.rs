@@ -12,24 +12,10 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// A `zfs diff` line this parser does not understand.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Surprise {
-    /// 1-based line number.
-    pub line: usize,
-    /// What was wrong.
-    pub what: &'static str,
-}
-
-impl fmt::Display for Surprise {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "zfs diff line {}: {}", self.line, self.what)
-    }
-}
+pub use crate::backend::Surprise;
 
 /// Undoes `stream_bytes` (`\0NNN`); None on a malformed escape.
 pub fn unescape(s: &[u8]) -> Option<Vec<u8>> {
@@ -153,7 +139,11 @@ pub fn parse(out: &[u8], mountpoints: &[Vec<u8>]) -> Result<BTreeSet<PathBuf>, S
         return Ok(paths);
     }
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        let surprise = |what| Surprise { line: i + 1, what };
+        let surprise = |what| Surprise {
+            tool: "zfs diff",
+            line: i + 1,
+            what,
+        };
         let f: Vec<&[u8]> = line.split(|&b| b == b'\t').collect();
         let names = match (f.first().copied(), f.len()) {
             (Some(b"-" | b"+" | b"M"), 3) => &f[2..],
