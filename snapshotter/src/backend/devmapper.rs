@@ -96,6 +96,24 @@ fn thin_name(id: SnapshotId) -> String {
 }
 
 impl Devmapper {
+    /// How to mount thin device `dev`: read-write or read-only, plus the
+    /// filesystem's own options for a snapshot (xfs: `nouuid`).
+    fn mount_spec(&self, dev: &Path, writable: bool) -> MountSpec {
+        let mut options = vec![if writable { "rw" } else { "ro" }.to_owned()];
+        options.extend(
+            self.fs
+                .mount_options(true)
+                .split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+        );
+        MountSpec {
+            fstype: self.fs.to_string(),
+            source: dev.display().to_string(),
+            options,
+        }
+    }
+
     /// Opens a devmapper snapshotter with metadata at `root` over `pool`.
     pub fn open(root: &Path, pool: Pool, cfg: DevmapperConfig) -> Result<Snapshots<Devmapper>> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
@@ -184,20 +202,7 @@ impl Devmapper {
         }
         let target = self.root.join(format!("grow-{id}"));
         std::fs::create_dir_all(&target).map_err(|e| Error::io("create", &target, e))?;
-        let mut options = vec!["rw".to_owned()];
-        options.extend(
-            self.fs
-                .mount_options(true)
-                .split(',')
-                .filter(|o| !o.is_empty())
-                .map(str::to_owned),
-        );
-        let spec = MountSpec {
-            fstype: self.fs.to_string(),
-            source: dev.display().to_string(),
-            options,
-        };
-        let guard = MountGuard::new(&[spec], &target)?;
+        let guard = MountGuard::new(&[self.mount_spec(dev, true)], &target)?;
         let grown = self
             .pool
             .resize_thin_and_fs(name, size, Some(&target))
@@ -289,19 +294,7 @@ impl Backend for Devmapper {
             .pool
             .activate(&name)
             .map_err(|e| dm_err("mounts", &name, e))?;
-        let mut options = vec![if obj.kind == Kind::View { "ro" } else { "rw" }.to_owned()];
-        options.extend(
-            self.fs
-                .mount_options(true)
-                .split(',')
-                .filter(|o| !o.is_empty())
-                .map(str::to_owned),
-        );
-        Ok(vec![MountSpec {
-            fstype: self.fs.to_string(),
-            source: dev.display().to_string(),
-            options,
-        }])
+        Ok(vec![self.mount_spec(&dev, obj.kind != Kind::View)])
     }
 
     fn usage(&self, obj: &Object<'_>) -> Result<Usage> {
