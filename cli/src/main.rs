@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod exit;
+mod progress;
 
 /// Options every subcommand takes.
 #[derive(Debug, clap::Args)]
@@ -15,7 +17,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub root: Option<PathBuf>,
     /// Configuration file.
-    #[arg(long, global = true, default_value = cli::config::DEFAULT_CONFIG)]
+    #[arg(long, global = true, default_value = engine::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Machine-readable output (JSON) and no progress bars.
     #[arg(long, global = true)]
@@ -92,13 +94,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let kind = cli::error::classify(e.as_ref());
+            let kind = engine::error::classify(e.as_ref());
             if g.debug {
                 eprintln!("thinbox: {e:?}");
             } else {
                 eprintln!("thinbox: {}", e.to_string().replace('\n', " "));
             }
-            ExitCode::from(kind.exit_code())
+            ExitCode::from(exit::code(kind))
         }
     }
 }

@@ -76,6 +76,9 @@ pub trait MetadataTools: Send + Sync + fmt::Debug {
     fn list(&self, meta: MetaDev<'_>, snapshot: bool) -> Result<Vec<ThinUsage>>;
     /// Checks the metadata of an inactive pool.
     fn check(&self, meta: MetaDev<'_>) -> Result<()>;
+    /// Checks the held metadata snapshot of a live pool (`thin_check -m`;
+    /// the caller reserves and releases it).
+    fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()>;
 }
 
 impl<T: MetadataTools + ?Sized> MetadataTools for std::sync::Arc<T> {
@@ -84,6 +87,9 @@ impl<T: MetadataTools + ?Sized> MetadataTools for std::sync::Arc<T> {
     }
     fn check(&self, meta: MetaDev<'_>) -> Result<()> {
         (**self).check(meta)
+    }
+    fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()> {
+        (**self).check_snapshot(meta)
     }
 }
 
@@ -136,19 +142,28 @@ impl MetadataTools for ThinTools {
     }
 
     fn check(&self, meta: MetaDev<'_>) -> Result<()> {
-        let status = Command::new("thin_check")
-            .arg("-q")
-            .arg(meta.path)
-            .status()
-            .map_err(|e| tool_err("thin_check", e, meta.path))?;
-        if !status.success() {
-            return Err(Error::new(ErrorKind::MetadataCheckFailed {
-                device: meta.path.display().to_string(),
-            })
-            .path(meta.path));
-        }
-        Ok(())
+        thin_check(meta, &[])
     }
+
+    fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()> {
+        thin_check(meta, &["-m"])
+    }
+}
+
+fn thin_check(meta: MetaDev<'_>, args: &[&str]) -> Result<()> {
+    let status = Command::new("thin_check")
+        .arg("-q")
+        .args(args)
+        .arg(meta.path)
+        .status()
+        .map_err(|e| tool_err("thin_check", e, meta.path))?;
+    if !status.success() {
+        return Err(Error::new(ErrorKind::MetadataCheckFailed {
+            device: meta.path.display().to_string(),
+        })
+        .path(meta.path));
+    }
+    Ok(())
 }
 
 /// Metadata tools reading a [`FakeDm`]'s simulated metadata.
@@ -197,6 +212,10 @@ impl MetadataTools for FakeTools {
             }));
         }
         Ok(())
+    }
+
+    fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()> {
+        self.check(meta)
     }
 }
 

@@ -149,6 +149,29 @@ pub struct Extended {
     pub metadata: Option<Bytes>,
 }
 
+/// How [`Pool::watch`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// The longest single wait, so `stop` is looked at this often.
+    pub tick: std::time::Duration,
+    /// Also check this long after the last check without a dm event
+    /// (`None`: only on events).
+    pub interval: Option<std::time::Duration>,
+    /// One check, then return.
+    pub once: bool,
+}
+
+impl WatchOptions {
+    /// Checks on dm events only, looking at `stop` every `tick`.
+    pub fn on_events(tick: std::time::Duration) -> WatchOptions {
+        WatchOptions {
+            tick,
+            interval: None,
+            once: false,
+        }
+    }
+}
+
 /// Who watches a pool and extends it before it fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Monitor {
@@ -2018,17 +2041,19 @@ impl Pool {
     /// Keeps the pool healthy until `stop` is set: sets the low-water mark
     /// from the policy, then sleeps on dm events (not a polling loop: the
     /// control device wakes it when the pool crosses its low-water mark or
-    /// changes mode) and extends when needed. `tick` bounds each wait so
-    /// `stop` is noticed. Returns how many extensions it made. On an LVM
-    /// pool that dmeventd monitors ([`Pool::monitor`] says
-    /// [`Monitor::Dmeventd`]) dmeventd also extends it by the pool's
-    /// profile; make the pool with [`LvmConfig::monitor`] off to leave it to
-    /// this loop alone.
+    /// changes mode) and extends when needed, telling `checked` what each
+    /// check grew. [`WatchOptions`] bound each wait so `stop` is noticed,
+    /// add a check every interval without events, or make it one check.
+    /// Returns how many extensions it made. On an LVM pool that dmeventd
+    /// monitors ([`Pool::monitor`] says [`Monitor::Dmeventd`]) dmeventd
+    /// also extends it by the pool's profile; make the pool with
+    /// [`LvmConfig::monitor`] off to leave it to this loop alone.
     pub fn watch(
         &mut self,
         policy: &AutoextendPolicy,
         stop: &std::sync::atomic::AtomicBool,
-        tick: std::time::Duration,
+        opts: WatchOptions,
+        checked: &mut dyn FnMut(&Extended),
     ) -> Result<usize> {
         use std::sync::atomic::Ordering;
         let total = self.table.block_size.blocks_floor(self.table.length);
@@ -2038,21 +2063,38 @@ impl Pool {
                 .map_err(|e| self.err(e, "set low-water mark"))?;
         }
         let mut extensions = 0;
-        let mut event = true;
+        let mut due = true;
+        let mut next = std::time::Instant::now();
         while !stop.load(Ordering::SeqCst) {
             self.deps
                 .dm
                 .arm_events()
                 .map_err(|e| self.err(e, "watch pool"))?;
-            if event {
+            if due {
                 let d = self.maybe_extend(policy)?;
                 extensions += usize::from(d.data.is_some()) + usize::from(d.metadata.is_some());
+                checked(&d);
+                if opts.once {
+                    break;
+                }
+                next = opts
+                    .interval
+                    .map_or(next, |i| std::time::Instant::now() + i);
             }
-            event = self
+            let wait = match opts.interval {
+                Some(_) => next
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(opts.tick),
+                None => opts.tick,
+            };
+            due = self
                 .deps
                 .dm
-                .wait_events(tick)
-                .map_err(|e| self.err(e, "watch pool"))?;
+                .wait_events(wait)
+                .map_err(|e| self.err(e, "watch pool"))?
+                || opts
+                    .interval
+                    .is_some_and(|_| std::time::Instant::now() >= next);
         }
         Ok(extensions)
     }
@@ -2065,12 +2107,25 @@ impl Pool {
     }
 
     fn usage_inner(&self) -> Result<Vec<ThinUsage>> {
+        self.with_metadata_snapshot(|meta| self.deps.tools.list(meta, true))
+    }
+
+    /// Checks the live pool's metadata with `thin_check` on a metadata
+    /// snapshot, so the pool keeps working meanwhile.
+    pub fn check_live(&self) -> Result<()> {
+        self.with_metadata_snapshot(|meta| self.deps.tools.check_snapshot(meta))
+            .map_err(|e| self.err(e, "check metadata"))
+    }
+
+    /// Runs `f` while the pool holds a metadata snapshot, releasing it
+    /// afterwards (also when `f` fails).
+    fn with_metadata_snapshot<T>(&self, f: impl FnOnce(MetaDev<'_>) -> Result<T>) -> Result<T> {
         if self.message("reserve_metadata_snap").is_err() {
             // A snapshot left held (by a crash, or another tool): release and retry.
             let _ = self.message("release_metadata_snap");
             self.message("reserve_metadata_snap")?;
         }
-        let r = self.deps.tools.list(self.metadata_device(), true);
+        let r = f(self.metadata_device());
         let released = self.message("release_metadata_snap");
         let v = r?;
         released?;
@@ -2651,6 +2706,56 @@ mod tests {
     }
 
     #[test]
+    fn check_live_checks_a_metadata_snapshot_and_releases_it() {
+        let e = env();
+        let tools = FakeTools::new(&e.dm);
+        let deps = Deps {
+            tools: Arc::new(tools.clone()),
+            ..e.deps.clone()
+        };
+        let p = Pool::create_loopback(&deps, &cfg(&e)).unwrap();
+        p.check_live().unwrap();
+        assert_eq!(
+            e.dm.calls().last().unwrap(),
+            "message release_metadata_snap"
+        );
+        tools.set_corrupt(true);
+        let err = p.check_live().unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::MetadataCheckFailed { .. }),
+            "{err}"
+        );
+        let calls = e.dm.calls();
+        assert_eq!(calls.last().unwrap(), "message release_metadata_snap");
+        assert_eq!(
+            calls[calls.len() - 2],
+            "message reserve_metadata_snap",
+            "checked while holding the snapshot: {calls:?}"
+        );
+        tools.set_corrupt(false);
+        p.destroy().unwrap();
+    }
+
+    #[test]
+    fn watch_once_reports_one_check() {
+        let e = env();
+        let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut checks = 0;
+        let opts = WatchOptions {
+            once: true,
+            ..WatchOptions::on_events(std::time::Duration::from_millis(5))
+        };
+        let n = p
+            .watch(&AutoextendPolicy::default(), &stop, opts, &mut |_| {
+                checks += 1
+            })
+            .unwrap();
+        assert_eq!((n, checks), (0, 1));
+        p.destroy().unwrap();
+    }
+
+    #[test]
     fn unclean_shutdown_runs_thin_check() {
         let e = env();
         let tools = FakeTools::new(&e.dm);
@@ -2731,7 +2836,14 @@ mod tests {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let dm = e.dm.clone();
         let stopper = std::thread::scope(|s| {
-            let h = s.spawn(|| p.watch(&policy, &stop, std::time::Duration::from_millis(5)));
+            let h = s.spawn(|| {
+                p.watch(
+                    &policy,
+                    &stop,
+                    WatchOptions::on_events(std::time::Duration::from_millis(5)),
+                    &mut |_| {},
+                )
+            });
             while fs::metadata(e.dir.join("data")).unwrap().len() < 256 << 20 {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -2877,6 +2989,9 @@ mod tests {
                 }))
             }
             fn check(&self, _: MetaDev<'_>) -> Result<()> {
+                Ok(())
+            }
+            fn check_snapshot(&self, _: MetaDev<'_>) -> Result<()> {
                 Ok(())
             }
         }

@@ -16,7 +16,9 @@ use thinpool::fs::Filesystem;
 use thinpool::loopdev::RealLoop;
 use thinpool::lvm::{LvChange, LvExtend, LvRow, LvmControl, PvInfo, RealLvm, ThinPoolSpec, VgInfo};
 use thinpool::metadata::ThinTools;
-use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Monitor, Pool};
+use thinpool::pool::{
+    AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Monitor, Pool, WatchOptions,
+};
 use thinpool::status::{PoolMode, PoolStatus, ThinStatus};
 use thinpool::store::ThinState;
 use thinpool::table::{DevNum, PoolTable, TargetLine, ThinTable};
@@ -444,7 +446,14 @@ fn autoextend_under_write_load() {
     let (extensions, written) = std::thread::scope(|s| {
         // The watcher only checks the pool after a dm event (or at start):
         // the 2 s bound on each wait is for noticing `stop`, not a poll.
-        let watcher = s.spawn(|| pool.watch(&policy, &stop, std::time::Duration::from_secs(2)));
+        let watcher = s.spawn(|| {
+            pool.watch(
+                &policy,
+                &stop,
+                WatchOptions::on_events(std::time::Duration::from_secs(2)),
+                &mut |_| {},
+            )
+        });
         let written = (|| -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new().write(true).open(&dev)?;
             for i in 0..WRITE_MIB {
@@ -1454,7 +1463,14 @@ fn lvm_autoextend_under_write_load() {
     let (extensions, written) = std::thread::scope(|s| {
         // The watcher checks the pool after a dm event (or at start); the
         // 2 s bound on each wait is for noticing `stop`, not a poll.
-        let watcher = s.spawn(|| pool.watch(&policy, &stop, std::time::Duration::from_secs(2)));
+        let watcher = s.spawn(|| {
+            pool.watch(
+                &policy,
+                &stop,
+                WatchOptions::on_events(std::time::Duration::from_secs(2)),
+                &mut |_| {},
+            )
+        });
         let written = (|| -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new().write(true).open(&dev)?;
             for i in 0..WRITE_MIB {

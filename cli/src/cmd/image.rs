@@ -1,17 +1,12 @@
 //! `thinbox image import|ls|inspect|rm`: images as committed snapshots on
 //! the engine's backend, recorded in `ROOT/images/images.db` by
-//! [`snapshotter::image::Images`].
+//! [`snapshotter::image::Images`], opened by [`engine::Engine::images`].
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Subcommand;
-use cli::engine::Engine;
-use cli::ErrorKind;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
-use snapshotter::image::{Image, Images, ImportProgress};
+use snapshotter::image::Image;
 
 use super::{human, open_engine, print_json};
 use crate::Global;
@@ -43,24 +38,6 @@ pub enum ImageCommand {
         /// Name, or manifest digest (or a unique prefix of it).
         name: String,
     },
-}
-
-/// The CLI's error for a snapshotter error, with the image kinds mapped to
-/// the CLI's exit codes.
-fn lib(e: snapshotter::Error) -> anyhow::Error {
-    use snapshotter::ErrorKind as S;
-    let kind = match e.kind() {
-        S::InvalidImage | S::DigestMismatch => ErrorKind::InvalidArgument,
-        S::InUse => ErrorKind::InUse,
-        k => ErrorKind::of_snapshotter(k),
-    };
-    cli::Error::new(kind, e.to_string()).with_source(e).into()
-}
-
-/// Opens the image store of `engine` (`ROOT/images`), settling any
-/// interrupted import, commit or removal. For `thinbox run` too.
-pub fn open_images(engine: &Engine) -> anyhow::Result<Images> {
-    Images::open(&engine.root().join("images"), engine.snapshotter()).map_err(lib)
 }
 
 /// `1970-01-01T00:00:00Z` from unix seconds (UTC).
@@ -96,64 +73,6 @@ fn image_json(i: &Image) -> serde_json::Value {
     v["created_at"] = json!(rfc3339(i.created_unix()));
     v["top_snapshot"] = json!(i.top_snapshot().map(|n| n.to_string()));
     v
-}
-
-/// Per-layer progress bars on stderr, when it is a terminal and not --json.
-struct Bars {
-    multi: Option<MultiProgress>,
-    current: Option<ProgressBar>,
-}
-
-impl Bars {
-    fn new(enabled: bool) -> Bars {
-        Bars {
-            multi: enabled.then(MultiProgress::new),
-            current: None,
-        }
-    }
-
-    fn event(&mut self, p: ImportProgress<'_>) {
-        let Some(multi) = &self.multi else {
-            return;
-        };
-        match p {
-            ImportProgress::Layer {
-                index,
-                count,
-                digest,
-                size,
-            } => {
-                let bar = multi.add(ProgressBar::new_spinner());
-                bar.set_style(
-                    ProgressStyle::with_template("{spinner} {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                bar.set_message(format!(
-                    "layer {}/{count} {} ({})",
-                    index + 1,
-                    short(digest),
-                    human(size)
-                ));
-                bar.enable_steady_tick(Duration::from_millis(100));
-                self.current = Some(bar);
-            }
-            ImportProgress::LayerDone { reused, .. } => {
-                if let Some(bar) = self.current.take() {
-                    let msg = bar.message();
-                    bar.finish_with_message(format!(
-                        "{msg}: {}",
-                        if reused { "already present" } else { "done" }
-                    ));
-                }
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        if let Some(bar) = self.current.take() {
-            bar.abandon();
-        }
-    }
 }
 
 fn print_image(i: &Image) {
@@ -193,14 +112,11 @@ fn print_image(i: &Image) {
 /// Runs `thinbox image ...`.
 pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
     let engine = open_engine(global)?;
-    let images = open_images(&engine)?;
+    let images = engine.images()?;
     let sn = engine.snapshotter();
     match cmd {
         ImageCommand::Import { source, name } => {
-            let mut bars = Bars::new(!global.json && std::io::stderr().is_terminal());
-            let r = images.import(sn, source, name.as_deref(), &mut |p| bars.event(p));
-            bars.clear();
-            let imported = r.map_err(lib)?;
+            let imported = engine.import_image(&images, source, name.as_deref())?;
             if global.json {
                 return print_json(&imported.iter().map(image_json).collect::<Vec<_>>());
             }
@@ -217,7 +133,7 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Ls => {
-            let all = images.list().map_err(lib)?;
+            let all = images.list()?;
             if global.json {
                 return print_json(&all.iter().map(image_json).collect::<Vec<_>>());
             }
@@ -238,7 +154,7 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Inspect { name } => {
-            let i = images.get(name).map_err(lib)?;
+            let i = images.get(name)?;
             if global.json {
                 return print_json(&image_json(&i));
             }
@@ -246,8 +162,8 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Rm { name } => {
-            let i = images.get(name).map_err(lib)?;
-            images.remove(sn, &i.name).map_err(lib)?;
+            let i = images.get(name)?;
+            images.remove(sn, &i.name)?;
             if global.json {
                 return print_json(&json!({ "removed": i.name, "manifest": i.manifest }));
             }

@@ -6,41 +6,23 @@ pub mod pool;
 pub mod run;
 pub mod snapshot;
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use cli::config::{Config, DEFAULT_ROOT};
-use cli::engine::{Engine, EngineOptions};
+use engine::{Engine, EngineOptions};
 
+use crate::progress::Progress;
 use crate::Global;
 
-/// Engine options from the global flags: progress spinners only without `--json`.
+/// Engine options from the global flags, on the real kernel: progress
+/// bars only without `--json`.
 pub fn engine_options(g: &Global) -> EngineOptions {
-    EngineOptions {
-        root: g.root.clone(),
-        config: g.config.clone(),
-        announce: true,
-        progress: !g.json,
-    }
+    EngineOptions::new(g.root.clone(), g.config.clone())
+        .observed_by(Arc::new(Progress::new(!g.json)))
 }
 
 /// Opens the engine (state root and snapshotter) from the global flags.
 pub fn open_engine(g: &Global) -> anyhow::Result<Engine> {
     Ok(Engine::open(&engine_options(g))?)
-}
-
-/// The state root and configuration, without opening the backend (for
-/// commands that do not need the snapshotter, like `thinbox pool`).
-pub fn state_root(g: &Global) -> anyhow::Result<(PathBuf, Config)> {
-    let config = Config::load(&g.config)?;
-    let root = g
-        .root
-        .clone()
-        .or_else(|| config.root.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
-    if !nix::unistd::geteuid().is_root() {
-        return Err(cli::Error::not_root("thinbox").into());
-    }
-    Ok((root, config))
 }
 
 /// Prints `value` as pretty JSON on stdout.

@@ -1,4 +1,4 @@
-//! `thinbox pool ...`: named thin-pools under `ROOT/pools` (see `cli::pools`).
+//! `thinbox pool ...`: named thin-pools under `ROOT/pools` (see `engine::pools`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cli::config::Size;
-use cli::pools::{PoolKind, PoolReport, Pools};
-use cli::progress::Spinner;
-use cli::{Error, ErrorKind};
+use engine::config::Size;
+use engine::pools::{MonitorCheck, PoolKind, PoolReport};
+use engine::{Error, ErrorKind};
 use thinpool::pool::{AutoextendPolicy, LoopbackConfig, LvmConfig};
 use thinpool::table::PoolFeatures;
 use thinpool::{BlockSize, DataBlocks};
 
-use super::{human, print_json, state_root};
+use super::{engine_options, human, print_json};
+use crate::progress::Progress;
 use crate::Global;
 
 /// `thinbox pool` subcommands.
@@ -151,12 +151,11 @@ pub struct CreateArgs {
 }
 
 fn block_size(s: Size) -> anyhow::Result<BlockSize> {
-    Ok(BlockSize::from_bytes(s.bytes()).map_err(cli::Error::from)?)
+    Ok(BlockSize::from_bytes(s.bytes()).map_err(engine::Error::from)?)
 }
 
 fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
-    let (root, _) = state_root(g)?;
-    let pools = Pools::open(&root)?;
+    let pools = engine_options(g).pools()?;
     let policy = AutoextendPolicy {
         threshold_percent: a.autoextend_threshold,
         extend_percent: a.autoextend_percent,
@@ -177,7 +176,8 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
             cfg.force = a.force;
             cfg.autoextend = policy;
             cfg.profile_dir = a.profile_dir.clone();
-            let _s = Spinner::start(!g.json, format!("making lvm thin-pool {name}"));
+            let progress = Progress::new(!g.json);
+            let _s = progress.spinner(format!("making lvm thin-pool {name}"));
             pools.create_lvm(&name, &cfg, a.free_space_floor)?
         } else {
             let dir = a.dir.clone().unwrap_or_else(|| pools.dir_of(&name));
@@ -204,7 +204,8 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
             };
             cfg.max_thins = a.max_thins;
             cfg.direct_io = !a.no_direct_io;
-            let _s = Spinner::start(!g.json, format!("making loopback thin-pool {name}"));
+            let progress = Progress::new(!g.json);
+            let _s = progress.spinner(format!("making loopback thin-pool {name}"));
             pools.create_loopback(&cfg, &policy, a.free_space_floor)?
         }
     };
@@ -220,7 +221,7 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
     }
 }
 
-fn space(s: Option<cli::pools::Space>) -> String {
+fn space(s: Option<engine::pools::Space>) -> String {
     match s {
         Some(s) => format!(
             "{}/{} ({}%)",
@@ -258,8 +259,7 @@ fn print_report(r: &PoolReport) {
 }
 
 fn status(g: &Global, name: Option<&str>) -> anyhow::Result<()> {
-    let (root, _) = state_root(g)?;
-    let pools = Pools::open(&root)?;
+    let pools = engine_options(g).pools()?;
     match name {
         Some(n) => {
             let r = pools.status(n)?;
@@ -275,7 +275,7 @@ fn status(g: &Global, name: Option<&str>) -> anyhow::Result<()> {
                 .names()?
                 .iter()
                 .map(|n| pools.status(n))
-                .collect::<cli::Result<Vec<_>>>()?;
+                .collect::<engine::Result<Vec<_>>>()?;
             if g.json {
                 return print_json(&all);
             }
@@ -315,92 +315,61 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+fn print_check(g: &Global, name: &str, once: bool, c: &MonitorCheck) {
+    if c.grew() || once {
+        if g.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "pool": name,
+                    "extended_data_to": c.extended_data_to,
+                    "extended_metadata_to": c.extended_metadata_to,
+                    "status": c.status,
+                })
+            );
+        } else {
+            if let Some(d) = c.extended_data_to {
+                println!("pool {name}: grew data to {}", human(d));
+            }
+            if let Some(m) = c.extended_metadata_to {
+                println!("pool {name}: grew metadata to {}", human(m));
+            }
+            println!(
+                "pool {name}: {} data {} metadata {}",
+                c.status.mode,
+                space(c.status.data),
+                space(c.status.metadata)
+            );
+        }
+    }
+    if c.needs_attention() {
+        eprintln!(
+            "thinbox: pool {name} is in mode {}{}: run `thinbox pool check {name}`",
+            c.status.mode,
+            if c.status.needs_check {
+                " and needs a check"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 fn monitor(g: &Global, name: &str, once: bool, interval: u64) -> anyhow::Result<()> {
-    let (root, _) = state_root(g)?;
-    let pools = Pools::open(&root)?;
+    let pools = engine_options(g).pools()?;
     let stop = stop_on_signals()?;
-    // Holds the pool's lock only while opening (reconciliation); growing
-    // the pool afterwards only reloads its table, which other thinbox
-    // processes tolerate.
-    let (mut pool, rec) = pools.open_pool(name)?.unlock();
-    if rec.kind == PoolKind::Adopted {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("pool {name:?} is adopted: thinbox does not grow pools it did not make; monitor it with its owner's tools"),
-        )
-        .into());
-    }
-    let policy = rec.policy();
-    let total = pool.table().block_size.blocks_floor(pool.table().length);
-    let lwm = policy.low_water_mark(total);
-    if lwm != pool.table().low_water_mark {
-        pool.set_low_water_mark(lwm)?;
-    }
-    let dm = Arc::clone(&pools.deps().dm);
-    if !g.json {
+    let rec = pools.record(name)?;
+    if !g.json && rec.kind != PoolKind::Adopted {
+        let policy = rec.policy();
         println!(
             "monitoring pool {name}: growing data and metadata by {}% at {}% used",
             policy.extend_percent, policy.threshold_percent
         );
     }
-    loop {
-        dm.arm_events()?;
-        let grew = pool.maybe_extend(&policy)?;
-        let report = pools.status(name)?;
-        if grew.data.is_some() || grew.metadata.is_some() || once {
-            if g.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "pool": name,
-                        "extended_data_to": grew.data.map(|b| b.0),
-                        "extended_metadata_to": grew.metadata.map(|b| b.0),
-                        "status": report,
-                    })
-                );
-            } else {
-                if let Some(d) = grew.data {
-                    println!("pool {name}: grew data to {}", human(d.0));
-                }
-                if let Some(m) = grew.metadata {
-                    println!("pool {name}: grew metadata to {}", human(m.0));
-                }
-                println!(
-                    "pool {name}: {} data {} metadata {}",
-                    report.mode,
-                    space(report.data),
-                    space(report.metadata)
-                );
-            }
-        }
-        if report.needs_check || report.mode != "rw" {
-            eprintln!(
-                "thinbox: pool {name} is in mode {}{}: run `thinbox pool check {name}`",
-                report.mode,
-                if report.needs_check {
-                    " and needs a check"
-                } else {
-                    ""
-                }
-            );
-        }
-        if once || stop.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        // Sleep until a dm event (the control device stays readable from
-        // the event until the next arm), the interval, or a signal, looking
-        // at the stop flag every second.
-        let until = std::time::Instant::now() + Duration::from_secs(interval.max(1));
-        loop {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || dm.wait_events(left.min(Duration::from_secs(1)))? {
-                break;
-            }
-        }
-    }
+    pools.monitor(name, &stop, Duration::from_secs(interval), once, &mut |c| {
+        print_check(g, name, once, &c)
+    })?;
+    Ok(())
 }
 
 /// Runs `thinbox pool ...`.
@@ -420,8 +389,7 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            let (root, _) = state_root(g)?;
-            let pools = Pools::open(&root)?;
+            let pools = engine_options(g).pools()?;
             pools.extend(name, data.map(Size::bytes), metadata.map(Size::bytes))?;
             let r = pools.status(name)?;
             if g.json {
@@ -433,8 +401,7 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             }
         }
         PoolCommand::Check { name } => {
-            let (root, _) = state_root(g)?;
-            Pools::open(&root)?.check(name)?;
+            engine_options(g).pools()?.check(name)?;
             if g.json {
                 print_json(&serde_json::json!({ "pool": name, "metadata": "ok" }))
             } else {
@@ -443,9 +410,7 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             }
         }
         PoolCommand::Destroy { name } => {
-            let (root, _) = state_root(g)?;
-            refuse_engine_pool(&root, name)?;
-            Pools::open(&root)?.destroy(name)?;
+            engine_options(g).pools()?.destroy(name)?;
             if g.json {
                 print_json(&serde_json::json!({ "pool": name, "destroyed": true }))
             } else {
@@ -459,29 +424,4 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             interval,
         } => monitor(g, name, *once, *interval),
     }
-}
-
-/// Refuses to destroy the pool under the root's own snapshotter.
-fn refuse_engine_pool(root: &std::path::Path, name: &str) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(root.join("backend.toml")) else {
-        return Ok(());
-    };
-    let Ok(rec) = toml::from_str::<cli::engine::BackendRecord>(&text) else {
-        return Ok(());
-    };
-    if let cli::engine::Source::LoopbackPool { pool, .. }
-    | cli::engine::Source::NamedPool { pool, .. } = &rec.source
-    {
-        if pool == name {
-            return Err(Error::new(
-                ErrorKind::InUse,
-                format!(
-                    "pool {name:?} holds the snapshots of {}: remove that state root instead of its pool",
-                    root.display()
-                ),
-            )
-            .into());
-        }
-    }
-    Ok(())
 }

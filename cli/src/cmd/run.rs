@@ -1,11 +1,11 @@
 //! `thinbox run`, `thinbox ps`, `thinbox rm`: parse, call
-//! [`cli::containers`], print.
+//! [`engine::containers`], print.
 
 use std::time::Duration;
 
 use clap::Args;
-use cli::config::Size;
-use cli::containers::{self, ContainerRecord, RunOptions};
+use engine::config::Size;
+use engine::containers::{self, ContainerRecord, RunOptions};
 
 use super::engine_options;
 

@@ -2,7 +2,6 @@
 //! engine's backend. Keys name active snapshots and views, names committed
 //! snapshots; parents must be committed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -10,7 +9,10 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use snapshotter::{Filter, Info, Key, Labels, MountSpec, Name};
 
+use engine::snapshots::DiffTarget;
+
 use super::{open_engine, print_json};
+use crate::progress::Progress;
 use crate::Global;
 
 /// `thinbox snapshot` subcommands.
@@ -117,7 +119,7 @@ fn mounts_json(m: &[MountSpec]) -> Value {
 }
 
 /// A snapshotter error with the fix for the common cases appended.
-fn sn_err(e: snapshotter::Error) -> cli::Error {
+fn sn_err(e: snapshotter::Error) -> engine::Error {
     use snapshotter::ErrorKind as K;
     let fix = match e.kind() {
         K::NotFound => "list snapshots with `thinbox snapshot ls`",
@@ -131,7 +133,7 @@ fn sn_err(e: snapshotter::Error) -> cli::Error {
     let msg = e.to_string();
     // Only where the snapshotter gave no detail of its own.
     let bare = msg.ends_with(&e.kind().to_string());
-    let mut err = cli::Error::from(e);
+    let mut err = engine::Error::from(e);
     if !fix.is_empty() && bare {
         err.message = format!("{msg}: {fix}");
     }
@@ -142,8 +144,8 @@ fn labels(v: &[String]) -> anyhow::Result<Labels> {
     let mut l = Labels::new();
     for s in v {
         let (k, val) = s.split_once('=').ok_or_else(|| {
-            cli::Error::new(
-                cli::ErrorKind::InvalidArgument,
+            engine::Error::new(
+                engine::ErrorKind::InvalidArgument,
                 format!("label {s:?} has no `=`: write NAME=VALUE"),
             )
         })?;
@@ -163,9 +165,7 @@ fn name(s: &str) -> anyhow::Result<Name> {
 /// Mounts `m` on `dir` (or prints the mounts) and reports.
 fn show_mounts(g: &Global, k: &str, m: &[MountSpec], dir: Option<&Path>) -> anyhow::Result<()> {
     if let Some(d) = dir {
-        std::fs::create_dir_all(d)
-            .map_err(|e| cli::Error::io("cannot create mount point", d, e))?;
-        snapshotter::mount_all(m, d).map_err(sn_err)?;
+        engine::snapshots::mount_on(m, d)?;
     }
     if g.json {
         return print_json(&json!({
@@ -296,38 +296,18 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
     Ok(closed?)
 }
 
-fn diff(g: &Global, engine: &cli::Engine, k: &str, out: &Path) -> anyhow::Result<()> {
+fn diff(g: &Global, engine: &engine::Engine, k: &str, out: &Path) -> anyhow::Result<()> {
     let key = key(k)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("diff-")
-        .tempdir_in(engine.scratch_dir()?)
-        .map_err(|e| cli::Error::io("cannot create scratch directory in", engine.root(), e))?;
-    let _s = cli::progress::Spinner::start(!g.json, format!("diffing {k}"));
-    let sn = engine.snapshotter();
+    let progress = Progress::new(!g.json);
+    let spinner = progress.spinner(format!("diffing {k}"));
     let stats = if out == Path::new("-") {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
-        let s = snapshotter::layer::diff_snapshot(sn, &key, scratch.path(), &mut lock)
-            .map_err(sn_err)?;
-        lock.flush()?;
-        s
+        engine.diff_snapshot(&key, DiffTarget::Stream(&mut lock))?
     } else {
-        // Written beside OUT and renamed into place: no half-written layer.
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".thinbox-diff-")
-            .tempfile_in(dir)
-            .map_err(|e| cli::Error::io("cannot create a file in", dir, e))?;
-        let s = snapshotter::layer::diff_snapshot(sn, &key, scratch.path(), tmp.as_file_mut())
-            .map_err(sn_err)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(out)
-            .map_err(|e| cli::Error::io("cannot write", out, e.error))?;
-        s
+        engine.diff_snapshot(&key, DiffTarget::File(out))?
     };
+    drop(spinner);
     if out != Path::new("-") {
         if g.json {
             print_json(&json!({

@@ -464,6 +464,53 @@ impl MountInfo {
             .map(str::parse)
             .collect()
     }
+
+    /// Reads and parses `/proc/self/mountinfo`.
+    pub fn read_self() -> Result<Vec<MountInfo>, Error> {
+        let path = "/proc/self/mountinfo";
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(crate::error::ErrorKind::Io, "read the mount table")
+                .with_path(path)
+                .with_source(e)
+        })?;
+        MountInfo::parse_all(&text)
+    }
+
+    /// The mount point as a path, with the kernel's octal escapes
+    /// (`\040` for a space) undone.
+    pub fn mount_point_path(&self) -> std::path::PathBuf {
+        unescape_octal(&self.mount_point)
+    }
+
+    /// The mount source, with the kernel's octal escapes undone.
+    pub fn source_path(&self) -> std::path::PathBuf {
+        unescape_octal(&self.source)
+    }
+}
+
+/// Undoes the octal escapes (`\040`, `\011`, `\012`, `\134`) the kernel
+/// writes in mountinfo and mounts fields; a backslash not followed by three
+/// octal digits is kept.
+pub fn unescape_octal(s: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let n = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok());
+            if let Some(n) = n {
+                out.push(n);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::ffi::OsString::from_vec(out).into()
 }
 
 impl fmt::Display for MountInfo {
@@ -525,6 +572,24 @@ mod tests {
         let v: T = s.parse().unwrap();
         assert_eq!(v.to_string(), s);
         assert_eq!(v.to_string().parse::<T>().unwrap(), v);
+    }
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        use std::path::Path;
+        assert_eq!(unescape_octal(r"/a\040b"), Path::new("/a b"));
+        assert_eq!(unescape_octal("/plain"), Path::new("/plain"));
+        assert_eq!(unescape_octal("/x\\"), Path::new("/x\\"));
+        assert_eq!(unescape_octal(r"/t\011ab\134"), Path::new("/t\tab\\"));
+        let m: MountInfo = r"36 35 98:0 / /mnt/a\040b rw - ext4 /dev/x\040y rw"
+            .parse()
+            .unwrap();
+        assert_eq!(m.mount_point_path(), Path::new("/mnt/a b"));
+        assert_eq!(m.source_path(), Path::new("/dev/x y"));
+        assert_eq!(
+            m.to_string(),
+            r"36 35 98:0 / /mnt/a\040b rw - ext4 /dev/x\040y rw"
+        );
     }
 
     #[test]

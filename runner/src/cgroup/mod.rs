@@ -34,7 +34,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 pub use files::{
-    Bytes, CpuList, CpuMax, DeviceNumber, DeviceRate, DeviceRule, FlatKeyed, IoMax, Max, MountInfo,
+    unescape_octal, Bytes, CpuList, CpuMax, DeviceNumber, DeviceRate, DeviceRule, FlatKeyed, IoMax,
+    Max, MountInfo,
 };
 pub use v1::V1Cgroup;
 pub use v2::V2Cgroup;

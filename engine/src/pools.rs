@@ -14,8 +14,9 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Pool};
 use thinpool::status::PoolStatus;
@@ -23,6 +24,8 @@ use thinpool::table::PoolTable;
 use thinpool::BlockSize;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::observer::{Observer, Silent};
+use crate::state::{crash_point, lock_file, read_toml, write_toml};
 
 /// What kind of pool a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,89 +215,38 @@ impl OpenPool {
     }
 }
 
+/// One check of [`Pools::monitor`]: what grew, and the pool's state after.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorCheck {
+    /// The new data size in bytes, when data grew.
+    pub extended_data_to: Option<u64>,
+    /// The new metadata size in bytes, when metadata grew.
+    pub extended_metadata_to: Option<u64>,
+    /// The pool's status after the check.
+    pub status: PoolReport,
+}
+
+impl MonitorCheck {
+    /// Whether data or metadata grew.
+    pub fn grew(&self) -> bool {
+        self.extended_data_to.is_some() || self.extended_metadata_to.is_some()
+    }
+
+    /// Whether the pool needs its owner: not read-write, or needing a check.
+    pub fn needs_attention(&self) -> bool {
+        self.status.needs_check || self.status.mode != "rw"
+    }
+}
+
 /// The pools under one state root.
 #[derive(Debug)]
 pub struct Pools {
     dir: PathBuf,
     deps: Deps,
+    observer: Arc<dyn Observer>,
 }
 
 const RECORD: &str = "pool.toml";
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let f = File::create(&tmp).map_err(|e| Error::io("cannot write", &tmp, e))?;
-    use std::io::Write;
-    (&f).write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io("cannot write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot write", path, e))?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// Writes `value` as TOML to `path` atomically (temp file, fsync, rename).
-pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = toml::to_string(value).map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            format!("cannot encode {}: {e}", path.display()),
-        )
-    })?;
-    write_atomic(path, &text)
-}
-
-/// Reads a TOML record.
-pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
-    toml::from_str(&text).map_err(|e| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "record {} is damaged ({}): restore it or remove the state it describes",
-                path.display(),
-                e.message()
-            ),
-        )
-    })
-}
-
-/// Takes an exclusive lock on `path`, waiting for other holders (and
-/// saying so on a terminal).
-pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>> {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("cannot open lock", path, e))?;
-    let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => return Ok(l),
-        Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
-        Err((_, e)) => {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot lock {}: {e}", path.display()),
-            ))
-        }
-    };
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!(
-            "thinbox: waiting for another thinbox process holding {}",
-            path.display()
-        );
-    }
-    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| {
-        Error::new(
-            ErrorKind::Io,
-            format!("cannot lock {}: {e}", path.display()),
-        )
-    })
-}
 
 fn not_found(name: &str) -> Error {
     Error::new(
@@ -315,7 +267,16 @@ impl Pools {
         Pools {
             dir: root.join("pools"),
             deps,
+            observer: Arc::new(Silent),
         }
+    }
+
+    /// The pools under `root` through the engine's seams, reporting lock
+    /// waits to the engine's observer.
+    pub fn for_engine(root: &Path, opts: &crate::EngineOptions) -> Result<Pools> {
+        let mut pools = Pools::with_deps(root, opts.deps.pool_deps()?);
+        pools.observer = Arc::clone(&opts.observer);
+        Ok(pools)
     }
 
     /// The kernel interfaces.
@@ -359,7 +320,7 @@ impl Pools {
     fn lock(&self, name: &str) -> Result<Flock<File>> {
         let d = self.dir_of(name);
         std::fs::create_dir_all(&d).map_err(|e| Error::io("cannot create", &d, e))?;
-        lock_file(&d.join("lock"))
+        lock_file(&d.join("lock"), self.observer.as_ref())
     }
 
     fn save(&self, rec: &PoolRecord) -> Result<()> {
@@ -391,7 +352,7 @@ impl Pools {
     }
 
     fn finish(&self, mut rec: PoolRecord, pool: Pool, lock: Flock<File>) -> Result<OpenPool> {
-        crate::engine::crash_point("pool-created");
+        crash_point("pool-created");
         let mut pool = pool;
         pool.set_free_space_floor(rec.free_space_floor)?;
         rec.dm_name = Some(pool.name().to_owned());
@@ -647,41 +608,89 @@ impl Pools {
     /// snapshot of the live pool (so the pool keeps working meanwhile).
     pub fn check(&self, name: &str) -> Result<()> {
         let p = self.open_pool(name)?;
-        let dm_name = p.pool.name().to_owned();
-        let dm = &self.deps.dm;
-        if dm.message(&dm_name, "reserve_metadata_snap").is_err() {
-            // A snapshot left held (by a crash or another tool): release, retry.
-            let _ = dm.message(&dm_name, "release_metadata_snap");
-            dm.message(&dm_name, "reserve_metadata_snap")?;
-        }
-        let meta = p.pool.metadata_device().path.to_owned();
-        let out = std::process::Command::new("thin_check")
-            .args(["-q", "-m"])
-            .arg(&meta)
-            .output();
-        let released = dm.message(&dm_name, "release_metadata_snap");
-        let out = out.map_err(|e| {
-            Error::new(
-                ErrorKind::BackendUnavailable,
-                format!("cannot run thin_check: {e}: install thin-provisioning-tools"),
-            )
-        })?;
-        released?;
-        if !out.status.success() {
+        p.pool.check_live().map_err(|e| {
+            let damaged = matches!(e.kind(), thinpool::ErrorKind::MetadataCheckFailed { .. });
+            let err = Error::from(e);
+            if damaged {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "thin_check found damaged metadata in pool {name:?}: stop using it and repair it with thin_repair"
+                    ),
+                )
+                .with_source(err)
+            } else {
+                err
+            }
+        })
+    }
+
+    /// Keeps pool `name` healthy until `stop` is set (or after one check
+    /// with `once`): waits for its dm events, and at least every
+    /// `interval`, grows data and metadata past the autoextend threshold,
+    /// and tells `report` after each check. Holds the pool's lock only
+    /// while opening (reconciliation); growing the pool afterwards only
+    /// reloads its table, which other thinbox processes tolerate.
+    pub fn monitor(
+        &self,
+        name: &str,
+        stop: &std::sync::atomic::AtomicBool,
+        interval: std::time::Duration,
+        once: bool,
+        report: &mut dyn FnMut(MonitorCheck),
+    ) -> Result<usize> {
+        if self.record(name)?.kind == PoolKind::Adopted {
             return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "thin_check found damaged metadata in pool {name:?} ({}): stop using it and repair it with thin_repair",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
+                ErrorKind::InvalidArgument,
+                format!("pool {name:?} is adopted: thinbox does not grow pools it did not make; monitor it with its owner's tools"),
             ));
         }
-        Ok(())
+        let (mut pool, rec) = self.open_pool(name)?.unlock();
+        let opts = thinpool::pool::WatchOptions {
+            tick: std::time::Duration::from_secs(1),
+            interval: Some(interval.max(std::time::Duration::from_secs(1))),
+            once,
+        };
+        let mut failed = None;
+        let n = pool.watch(
+            &rec.policy(),
+            stop,
+            opts,
+            &mut |grew| match self.status(name) {
+                Ok(status) => report(MonitorCheck {
+                    extended_data_to: grew.data.map(|b| b.0),
+                    extended_metadata_to: grew.metadata.map(|b| b.0),
+                    status,
+                }),
+                Err(e) => failed = Some(e),
+            },
+        )?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
     /// Removes pool `name`: everything thinbox made for it (an adopted
     /// pool is only forgotten: its dm device is not thinbox's to remove).
+    /// Refused for the pool under the root's own snapshotter.
     pub fn destroy(&self, name: &str) -> Result<()> {
+        if let Some(root) = self.dir.parent() {
+            if crate::backend::engine_pool(root).as_deref() == Some(name) {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    format!(
+                        "pool {name:?} holds the snapshots of {}: remove that state root instead of its pool",
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        self.destroy_any(name)
+    }
+
+    /// Removes pool `name`, also the engine's own (when its backend is undone).
+    pub(crate) fn destroy_any(&self, name: &str) -> Result<()> {
         let rec = self.record(name)?;
         let lock = self.lock(name)?;
         match (rec.state, rec.kind) {

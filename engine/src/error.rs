@@ -37,20 +37,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The process exit code for this kind (documented in `thinbox --help`
-    /// and docs/design.md). 2 is also what clap uses for usage errors.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            ErrorKind::InvalidArgument => 2,
-            ErrorKind::NotFound => 3,
-            ErrorKind::AlreadyExists | ErrorKind::InUse => 4,
-            ErrorKind::NotRoot => 5,
-            ErrorKind::BackendUnavailable => 6,
-            ErrorKind::NoSpace => 7,
-            ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::Failed => 1,
-        }
-    }
-
     /// Classifies a thinpool error.
     pub fn of_thinpool(k: &thinpool::ErrorKind) -> ErrorKind {
         use thinpool::ErrorKind as T;
@@ -247,24 +233,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn library_errors_map_to_kinds_and_exit_codes() {
+    fn library_errors_map_to_kinds() {
         let e: Error =
             thinpool::Error::new(thinpool::ErrorKind::InvalidBlockSize { bytes: 4096 }).into();
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
-        assert_eq!(e.kind.exit_code(), 2);
         assert!(e.message.contains("4096"), "{}", e.message);
 
         let e: Error = thinpool::Error::new(thinpool::ErrorKind::NotRoot).into();
-        assert_eq!(e.kind.exit_code(), 5);
+        assert_eq!(e.kind, ErrorKind::NotRoot);
         let e: Error = thinpool::Error::new(thinpool::ErrorKind::DmThinUnsupported).into();
         assert_eq!(e.kind, ErrorKind::BackendUnavailable);
-        assert_eq!(e.kind.exit_code(), 6);
         let e: Error =
             thinpool::Error::new(thinpool::ErrorKind::NameTaken { name: "p".into() }).into();
-        assert_eq!(e.kind.exit_code(), 4);
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
 
         let e: Error = snapshotter::Error::new(snapshotter::ErrorKind::NotFound, "stat").into();
-        assert_eq!(e.kind.exit_code(), 3);
+        assert_eq!(e.kind, ErrorKind::NotFound);
         let e: Error =
             snapshotter::Error::new(snapshotter::ErrorKind::HasChildren, "remove").into();
         assert_eq!(e.kind, ErrorKind::InUse);
@@ -285,28 +269,6 @@ mod tests {
         assert_eq!(
             classify(&Error::new(ErrorKind::NotFound, "x")),
             ErrorKind::NotFound
-        );
-    }
-
-    #[test]
-    fn exit_codes_are_distinct_per_family() {
-        let codes = [
-            ErrorKind::Failed,
-            ErrorKind::InvalidArgument,
-            ErrorKind::NotFound,
-            ErrorKind::AlreadyExists,
-            ErrorKind::NotRoot,
-            ErrorKind::BackendUnavailable,
-            ErrorKind::NoSpace,
-        ]
-        .map(ErrorKind::exit_code);
-        let mut sorted = codes.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), codes.len(), "{codes:?}");
-        assert_eq!(
-            ErrorKind::InUse.exit_code(),
-            ErrorKind::AlreadyExists.exit_code()
         );
     }
 }

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use snapshotter::image::{Image, Images};
+use snapshotter::image::Image;
 use snapshotter::{Key, Labels, Name, Snapshotter};
 
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, ErrorKind, Result};
+use crate::mounts;
 
 /// Label on a container's snapshot naming its container.
 pub const CONTAINER_LABEL: &str = "thinbox.io/container";
@@ -398,49 +399,7 @@ fn owner_alive(pid: i32) -> bool {
 
 /// Whether `dir` is a mount point (listed in /proc/self/mountinfo).
 fn is_mount_point(dir: &Path) -> Result<bool> {
-    Ok(mount_source(dir)?.is_some())
-}
-
-/// The mount source of the mount at `dir` (the last one stacked there),
-/// from /proc/self/mountinfo.
-fn mount_source(dir: &Path) -> Result<Option<String>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| Error::new(ErrorKind::Io, format!("read /proc/self/mountinfo: {e}")))?;
-    let want = dir.to_string_lossy().into_owned();
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(mount_point) = fields.get(4) else {
-            continue;
-        };
-        if unescape_mountinfo(mount_point) != want {
-            continue;
-        }
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        found = fields.get(sep + 2).map(|s| unescape_mountinfo(s));
-    }
-    Ok(found)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let oct: String = chars.by_ref().take(3).collect();
-            if let Ok(v) = u8::from_str_radix(&oct, 8) {
-                out.push(v as char);
-                continue;
-            }
-            out.push(c);
-            out.push_str(&oct);
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    Ok(mounts::mount_at(dir)?.is_some())
 }
 
 fn unmount_if_mounted(dir: &Path) -> Result<()> {
@@ -455,7 +414,7 @@ fn unmount_if_mounted(dir: &Path) -> Result<()> {
 /// directories on overlay).
 pub fn root_device(dir: &Path) -> Result<Option<runner::cgroup::DeviceNumber>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let Some(source) = mount_source(dir)? else {
+    let Some(source) = mounts::mount_at(dir)?.map(|m| m.source_path()) else {
         return Ok(None);
     };
     let Ok(meta) = fs::metadata(&source) else {
@@ -520,13 +479,6 @@ pub struct RunOutcome {
 /// and cleaning up).
 fn open_engine(opts: &EngineOptions) -> Result<Engine> {
     Engine::open(opts)
-}
-
-fn images_of(engine: &Engine) -> Result<Images> {
-    Ok(Images::open(
-        &engine.root().join("images"),
-        engine.snapshotter(),
-    )?)
 }
 
 fn parse_user(user: &str, rootfs: &Path) -> Result<(u32, u32)> {
@@ -677,7 +629,7 @@ pub fn run(
     let engine = open_engine(opts)?;
     let containers = Containers::open(engine.root())?;
     containers.reconcile(engine.snapshotter())?;
-    let images = images_of(&engine)?;
+    let images = engine.images()?;
     let image = images.get(&run.image)?;
     if let Some(c) = &run.commit {
         if images.get(c).is_ok() {
@@ -732,7 +684,7 @@ pub fn run(
     unmount_if_mounted(&rootfs)?;
     let committed = match &run.commit {
         Some(new_name) => {
-            let made = images_of(&engine).and_then(|images| {
+            let made = engine.images().and_then(|images| {
                 Ok(images.commit_container(sn, &image, &name.snapshot_key(), new_name)?)
             });
             match made {
@@ -902,11 +854,5 @@ mod tests {
         assert_eq!(parse_user("www:staff", dir.path()).unwrap(), (33, 50));
         let e = parse_user("nobody", dir.path()).unwrap_err();
         assert!(e.message.contains("\"nobody\""), "{e}");
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

@@ -1,0 +1,336 @@
+//! The state root and the backend behind every command.
+//!
+//! [`Engine::open`] reads the configuration, takes `ROOT/engine.lock`
+//! (waiting while another thinbox process holds it), and opens the
+//! snapshotter on the backend recorded in `ROOT/backend.toml`. On first use
+//! of a root there is no record yet, so it picks one the way Docker did, but
+//! safely:
+//!
+//! 1. `backend = "auto"` (the default): a loopback dm-thin pool (sparse
+//!    files under `ROOT/pools/NAME`, the devmapper snapshotter) when the
+//!    kernel has device-mapper and the `thin-pool` target (loaded with
+//!    `modprobe dm-thin-pool` when needed); else a btrfs filesystem in the
+//!    sparse file `ROOT/btrfs.img` on a loop device mounted at `ROOT/btrfs`;
+//!    else overlayfs directories; else it fails saying what to configure;
+//! 2. a configured backend: `devmapper`, `btrfs` (an existing btrfs
+//!    directory in `[btrfs] path`, or the loopback image), `zfs` (`[zfs]
+//!    dataset`), `overlay` or `naive`.
+//!
+//! The choice and the reason are printed once, on the run that made it.
+//!
+//! Crash safety: before making anything the chosen record is written as
+//! `ROOT/backend.partial.toml`; only when the backend is complete and its
+//! snapshotter opened is it renamed to `ROOT/backend.toml`. A partial record
+//! found on open (a run killed during mkfs, say) is undone first: the
+//! loopback pool destroyed or the image unmounted, detached and deleted;
+//! then the choice is made again. After a reboot the btrfs image is
+//! re-attached and re-mounted, and a loopback pool re-activated (and grown
+//! past its autoextend threshold, as `thinbox pool monitor` would), on open.
+//!
+//! Kernel: device-mapper with `thin-pool` (dm-thin), or btrfs and loop
+//! devices, or ZFS, or overlayfs. Everything needs root.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::Flock;
+use snapshotter::image::{Image, Images, ImportProgress};
+use snapshotter::Snapshotter;
+use thinpool::dm::DmControl;
+use thinpool::status::PoolStatus;
+
+use crate::backend::{check_agrees, choose, open_backend, undo, PARTIAL, RECORD};
+pub use crate::backend::{BackendKind, BackendRecord, Source};
+use crate::config::{Config, DEFAULT_CONFIG, DEFAULT_ROOT};
+use crate::deps::Deps;
+use crate::error::{Error, ErrorKind, Result};
+use crate::observer::{Event, Observer, Silent};
+use crate::pools::Pools;
+use crate::state::{crash_point, lock_file, read_toml, write_toml};
+
+/// How to open the engine: where, with which configuration, through which
+/// kernel seams, and who hears about long work.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// `--root`: overrides `root` in the configuration.
+    pub root: Option<PathBuf>,
+    /// The configuration file (`--config`).
+    pub config: PathBuf,
+    /// The kernel seams.
+    pub deps: Deps,
+    /// Receives progress events (pool and filesystem making, lock waits,
+    /// layers applied).
+    pub observer: Arc<dyn Observer>,
+}
+
+impl fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("root", &self.root)
+            .field("config", &self.config)
+            .field("deps", &self.deps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineOptions {
+    /// Options for `root` and `config` on the real kernel, reporting to nobody.
+    pub fn new(root: Option<PathBuf>, config: impl Into<PathBuf>) -> EngineOptions {
+        EngineOptions {
+            root,
+            config: config.into(),
+            deps: Deps::real(),
+            observer: Arc::new(Silent),
+        }
+    }
+
+    /// The same options reporting to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> EngineOptions {
+        self.observer = observer;
+        self
+    }
+
+    /// The same options through other kernel seams.
+    pub fn with_deps(mut self, deps: Deps) -> EngineOptions {
+        self.deps = deps;
+        self
+    }
+
+    /// The state root these options name: `--root`, else `root` in the
+    /// configuration, else `/var/lib/thinbox`.
+    pub fn root_in(&self, config: &Config) -> PathBuf {
+        self.root
+            .clone()
+            .or_else(|| config.root.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
+}
+
+impl EngineOptions {
+    /// The configuration and the state root, without opening the backend
+    /// (for `thinbox pool`, which works on pools beside it). Needs root.
+    pub fn state_root(&self) -> Result<(PathBuf, Config)> {
+        let config = Config::load(&self.config)?;
+        let root = self.root_in(&config);
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::not_root("thinbox"));
+        }
+        Ok((root, config))
+    }
+
+    /// The named pools beside the state root, through these options'
+    /// seams (for `thinbox pool`).
+    pub fn pools(&self) -> Result<Pools> {
+        let (root, _) = self.state_root()?;
+        Pools::for_engine(&root, self)
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions::new(None, DEFAULT_CONFIG)
+    }
+}
+/// The state root and its open snapshotter.
+pub struct Engine {
+    root: PathBuf,
+    config: Config,
+    record: BackendRecord,
+    snapshotter: Box<dyn Snapshotter>,
+    pool_name: Option<String>,
+    dm: Option<Arc<dyn DmControl>>,
+    pool_lock: Option<Flock<File>>,
+    lock: Option<Flock<File>>,
+    chosen: bool,
+    options: EngineOptions,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("root", &self.root)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the state root, choosing and making the backend on first use.
+    pub fn open(opts: &EngineOptions) -> Result<Engine> {
+        let config = Config::load(&opts.config)?;
+        let root = opts.root_in(&config);
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::not_root("thinbox"));
+        }
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
+        let root = std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?;
+        let lock = lock_file(&root.join("engine.lock"), opts.observer.as_ref())?;
+        let record_path = root.join(RECORD);
+        let partial_path = root.join(PARTIAL);
+        let (record, opened, chosen) = if record_path.exists() {
+            let record: BackendRecord = read_toml(&record_path)?;
+            check_agrees(&config, &record, &root)?;
+            let opened = open_backend(&root, &config, opts, &record, false)?;
+            (record, opened, false)
+        } else {
+            if partial_path.exists() {
+                if let Ok(old) = read_toml::<BackendRecord>(&partial_path) {
+                    undo(&root, opts, &old);
+                }
+                let _ = std::fs::remove_file(&partial_path);
+            }
+            let record = choose(&config, &root, opts.deps.probe.as_ref())?;
+            write_toml(&partial_path, &record)?;
+            match open_backend(&root, &config, opts, &record, true) {
+                Ok(opened) => {
+                    crash_point("backend-opened");
+                    std::fs::rename(&partial_path, &record_path)
+                        .map_err(|e| Error::io("cannot write", &record_path, e))?;
+                    (record, opened, true)
+                }
+                Err(e) => {
+                    undo(&root, opts, &record);
+                    let _ = std::fs::remove_file(&partial_path);
+                    return Err(e);
+                }
+            }
+        };
+        if chosen {
+            opts.observer.event(&Event::BackendChosen {
+                backend: record.backend.to_string(),
+                root: root.clone(),
+                reason: record.reason.clone(),
+                record: record_path.clone(),
+                config: opts.config.clone(),
+            });
+        }
+        Ok(Engine {
+            root,
+            config,
+            record,
+            snapshotter: opened.snapshotter,
+            pool_name: opened.pool_name,
+            dm: opened.dm,
+            pool_lock: opened.pool_lock,
+            lock: Some(lock),
+            chosen,
+            options: opts.clone(),
+        })
+    }
+
+    /// The options the engine was opened with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Where the backend record lives (`ROOT/backend.toml`).
+    pub fn record_path(&self) -> PathBuf {
+        self.root.join(RECORD)
+    }
+
+    /// The state directory (default `/var/lib/thinbox`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The backend record (`ROOT/backend.toml`).
+    pub fn record(&self) -> &BackendRecord {
+        &self.record
+    }
+
+    /// Whether this open chose (and made) the backend.
+    pub fn chose_backend(&self) -> bool {
+        self.chosen
+    }
+
+    /// The snapshotter on the backend.
+    pub fn snapshotter(&self) -> &dyn Snapshotter {
+        self.snapshotter.as_ref()
+    }
+
+    /// The backend's kind.
+    pub fn backend(&self) -> BackendKind {
+        self.record.backend
+    }
+
+    /// A scratch directory under the root for temporary mounts (made on demand).
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let d = self.root.join("tmp");
+        std::fs::create_dir_all(&d).map_err(|e| Error::io("cannot create", &d, e))?;
+        Ok(d)
+    }
+
+    /// The name of the dm-thin pool under the snapshotter (see `thinbox
+    /// pool status NAME`), for the dm-thin backend.
+    pub fn pool_name(&self) -> Option<&str> {
+        self.pool_name.as_deref()
+    }
+
+    /// The kernel's status of the dm-thin pool, for the dm-thin backend.
+    /// (The pool itself belongs to the devmapper snapshotter while the
+    /// engine is open.)
+    pub fn pool_status(&self) -> Option<Result<PoolStatus>> {
+        let (name, dm) = (self.pool_name.as_ref()?, self.dm.as_ref()?);
+        Some((|| {
+            let lines = dm.status(name)?;
+            let line = lines.first().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("pool {name} has no status line"),
+                )
+            })?;
+            Ok(line.params.parse::<PoolStatus>()?)
+        })())
+    }
+
+    /// Opens the image store (`ROOT/images`), settling any interrupted
+    /// import, commit or removal.
+    pub fn images(&self) -> Result<Images> {
+        Ok(Images::open(&self.root.join("images"), self.snapshotter())?)
+    }
+
+    /// Imports an OCI image layout (directory or tar) or a `docker save`
+    /// tar from `source` into `images`, under `name` or the name the source
+    /// records, reporting each layer to the observer. Atomic: on any error
+    /// nothing of the import remains.
+    pub fn import_image(
+        &self,
+        images: &Images,
+        source: &Path,
+        name: Option<&str>,
+    ) -> Result<Vec<Image>> {
+        let observer = self.options.observer.as_ref();
+        Ok(images.import(self.snapshotter(), source, name, &mut |p| {
+            observer.event(&match p {
+                ImportProgress::Layer {
+                    index,
+                    count,
+                    digest,
+                    size,
+                } => Event::Layer {
+                    index,
+                    count,
+                    digest: digest.to_string(),
+                    size,
+                },
+                ImportProgress::LayerDone { reused, .. } => Event::LayerDone { reused },
+            })
+        })?)
+    }
+
+    /// Closes the snapshotter and releases the root so another thinbox
+    /// process can work.
+    pub fn close(mut self) -> Result<()> {
+        let r = self.snapshotter.close();
+        self.pool_lock = None;
+        self.lock = None;
+        Ok(r?)
+    }
+}

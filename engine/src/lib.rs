@@ -1,0 +1,47 @@
+//! thinbox's engine: what every front end (the `thinbox` CLI, the coming
+//! `thinbox serve` daemon, tests) shares. State under one root directory,
+//! the embedded default backend, named pools, images and containers; each
+//! operation one library call. It prints nothing: long work reports
+//! through an [`Observer`] the caller passes in, and the kernel is reached
+//! through [`Deps`] the caller passes in too.
+//!
+//! - [`config`]: `/etc/thinbox/config.toml` and flags, merged;
+//! - [`engine`]: opens the state root (its lock, the backend record
+//!   `ROOT/backend.toml`) and the snapshotter on the backend (a loopback
+//!   dm-thin pool when the kernel has dm-thin, else a loopback btrfs
+//!   filesystem, or a configured btrfs/ZFS root), and the image store on it;
+//! - [`containers`]: `thinbox run`, `ps`, `rm`: container records, their
+//!   snapshots and mounts, runs through the `runner` crate, `--commit`;
+//! - [`pools`]: named thin-pools under `ROOT/pools` (loopback, direct-lvm,
+//!   adopted) for `thinbox pool ...`;
+//! - [`deps`]: the kernel seams (probes, thin-pool seams, loop devices,
+//!   mkfs and mount), real or fake;
+//! - [`observer`]: progress events;
+//! - [`state`]: atomic TOML records, locks, the test crash hook;
+//! - [`snapshots`]: mounting a snapshot, writing its diff as a layer tar;
+//! - [`mounts`]: the mount table, through runner's mountinfo parser;
+//! - [`error`]: the crate's error with a kind a front end maps to an exit code.
+//!
+//! Life cycle: `Engine::open` (choosing and making the backend on first
+//! use; `Engine::chose_backend` says so) → `engine.snapshotter()` and
+//! `engine.images()` calls → `engine.close()`, which releases the root for
+//! the next thinbox process.
+//!
+//! Kernel: whatever the chosen backend needs (see [`engine`]); root.
+
+pub mod backend;
+pub mod config;
+pub mod containers;
+pub mod deps;
+pub mod engine;
+pub mod error;
+pub mod mounts;
+pub mod observer;
+pub mod pools;
+pub mod snapshots;
+pub mod state;
+
+pub use deps::Deps;
+pub use engine::{BackendKind, Engine, EngineOptions};
+pub use error::{Error, ErrorKind, Result};
+pub use observer::{Event, Observer};
