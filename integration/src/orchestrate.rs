@@ -336,9 +336,28 @@ fn run_plain(binary: &TestBinary, filter: Option<&str>, failures: &mut Vec<Strin
     tally
 }
 
+/// The packages among `packages` that have a library, whose doc tests
+/// cargo can run (a binary-only package, like `cli`, has none). Packages
+/// live in the workspace directory of their name.
+fn with_library(packages: &[String]) -> Vec<String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    packages
+        .iter()
+        .filter(|p| workspace.join(p).join("src/lib.rs").exists())
+        .cloned()
+        .collect()
+}
+
 fn run_doc_tests(packages: &[String], failures: &mut Vec<String>) -> Tally {
     println!("\n== doc tests (host)");
-    let selection = cargo_selection(packages);
+    let libraries = with_library(packages);
+    if !packages.is_empty() && libraries.is_empty() {
+        println!("no library among {}: no doc tests", packages.join(", "));
+        return Tally::default();
+    }
+    let selection = cargo_selection(&libraries);
     let child = cargo()
         .arg("test")
         .args(&selection)
@@ -546,6 +565,15 @@ fn run_kernel_in_vm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doc_tests_only_for_packages_with_a_library() {
+        let all: Vec<String> = ["thinpool", "cli", "engine", "no-such"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(with_library(&all), ["thinpool", "engine"]);
+        assert!(with_library(&[]).is_empty());
+    }
 
     #[test]
     fn package_names_from_both_id_formats() {
