@@ -18,6 +18,7 @@
 //! hosts; when a peer fails its probe run the benchmark says so and compares
 //! against the others instead of failing. docs/benchmarks.md says how to run
 //! it in the VM with pure cgroup v1 and v2.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -26,6 +26,7 @@
 //! filesystems, parents, the existing snapshots of the scaling group)
 //! happens outside the timed region. Needs root; docs/benchmarks.md says how
 //! to run it in the VM.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,3 +4,4 @@
 //!
 //! The benchmark targets arrive with the thinpool, snapshotter and runner
 //! issues; this crate holds what they will share.
+#![forbid(unsafe_code)]

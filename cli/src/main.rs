@@ -1,5 +1,6 @@
 //! The `thinbox` binary: parses, calls one library function, prints (human
 //! or `--json`), and maps errors to exit codes.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

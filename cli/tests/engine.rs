@@ -2,6 +2,7 @@
 //! loopback btrfs on the host, loopback dm-thin in the VM, the choice
 //! printed once and recorded, crash leftovers redone, config overrides and
 //! errors, usage errors, and the non-root refusal.
+#![forbid(unsafe_code)]
 
 mod cli_support;
 

@@ -5,6 +5,7 @@
 //! mismatch, truncated layer, name in use, rm while a container's root
 //! sits on the image), each one line on stderr, a non-zero exit and
 //! nothing left behind. Images are written by `snapshotter::image::write`.
+#![forbid(unsafe_code)]
 
 mod cli_support;
 

@@ -2,6 +2,7 @@
 //! loopback create/status/extend/check/monitor/destroy, bad sizes (one
 //! line, non-zero, nothing left), direct-lvm on a virtio disk, adopting a
 //! pool made with dmsetup, and the ZFS backend running snapshot commands.
+#![forbid(unsafe_code)]
 
 mod cli_support;
 

@@ -6,6 +6,7 @@
 //! the container's changes, `--rm`, and bad input (unknown image, bad or
 //! taken name, missing executable, removing a running container or its
 //! image) failing with one line and leaving nothing behind.
+#![forbid(unsafe_code)]
 
 mod cli_support;
 

@@ -2,6 +2,7 @@
 //! default (loopback btrfs): every command's happy path with `--json`
 //! parsed, and bad input (unknown key, parent not committed, rm of a
 //! parent, duplicate key, commit of a view, bad labels and filters).
+#![forbid(unsafe_code)]
 
 mod cli_support;
 

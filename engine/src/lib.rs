@@ -28,6 +28,7 @@
 //! the next thinbox process.
 //!
 //! Kernel: whatever the chosen backend needs (see [`engine`]); root.
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod config;

@@ -85,10 +85,12 @@ pub fn sparse_file(path: &Path, size: u64) {
 /// A loop device over a file, detached on drop.
 #[derive(Debug)]
 pub struct LoopDevice {
+    /// The device node (`/dev/loopN`).
     pub path: PathBuf,
 }
 
 impl LoopDevice {
+    /// Attaches `file` to a free loop device; panics (failing the test) if it cannot.
     pub fn attach(file: &Path) -> LoopDevice {
         let file = file.to_str().expect("utf-8 path");
         // losetup retries internally when another attach races for the same free device.
@@ -98,6 +100,7 @@ impl LoopDevice {
         }
     }
 
+    /// The device node as a string.
     pub fn as_str(&self) -> &str {
         self.path.to_str().unwrap_or_default()
     }
@@ -112,10 +115,12 @@ impl Drop for LoopDevice {
 /// A mount, unmounted on drop (lazily if still busy).
 #[derive(Debug)]
 pub struct Mount {
+    /// Where it is mounted.
     pub target: PathBuf,
 }
 
 impl Mount {
+    /// Mounts `source` on `target` (made if missing); panics if it cannot.
     pub fn new(source: &str, target: &Path, fstype: Option<&str>, options: &str) -> Mount {
         std::fs::create_dir_all(target).expect("create mount point");
         let target_str = target.to_str().expect("utf-8 path");
@@ -148,12 +153,14 @@ impl Drop for Mount {
 /// destroyed on drop, before its directory goes.
 #[derive(Debug)]
 pub struct ZfsPool {
+    /// The pool's name (unique per test run).
     pub name: String,
     /// Holds the vdev; free for the test's mount points too.
     pub dir: tempfile::TempDir,
 }
 
 impl ZfsPool {
+    /// Makes a pool on a sparse file vdev of `vdev_size` bytes; panics if it cannot.
     pub fn create(vdev_size: u64) -> ZfsPool {
         let dir = temp_dir();
         let vdev = dir.path().join("vdev");

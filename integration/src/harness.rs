@@ -30,13 +30,18 @@ pub const RESULTS_ENV: &str = "THINBOX_RESULTS";
 /// One real-kernel test.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelTest {
+    /// The test's name.
     pub name: &'static str,
+    /// What it needs from the kernel and host.
     pub needs: &'static [Need],
+    /// How long it may run.
     pub timeout: Duration,
+    /// The test body; it fails by panicking.
     pub body: fn(),
 }
 
 impl KernelTest {
+    /// A test needing nothing, with the default timeout.
     pub const fn new(name: &'static str, body: fn()) -> KernelTest {
         KernelTest {
             name,
@@ -46,11 +51,13 @@ impl KernelTest {
         }
     }
 
+    /// The same test with these needs.
     pub const fn needs(mut self, needs: &'static [Need]) -> KernelTest {
         self.needs = needs;
         self
     }
 
+    /// The same test with this timeout.
     pub const fn timeout(mut self, timeout: Duration) -> KernelTest {
         self.timeout = timeout;
         self
@@ -60,8 +67,11 @@ impl KernelTest {
 /// A test as the orchestrator sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestListing {
+    /// The test's name.
     pub name: String,
+    /// What it needs.
     pub needs: Vec<Need>,
+    /// Its timeout in seconds.
     pub timeout_secs: u64,
 }
 
@@ -69,18 +79,24 @@ pub struct TestListing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// It passed.
     Passed,
+    /// It failed.
     Failed,
+    /// It did not run (its environment is missing, outside CI).
     Skipped,
 }
 
 /// One test's result, as written to [`RESULTS_ENV`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestOutcome {
+    /// The test's name.
     pub name: String,
+    /// How it went.
     pub verdict: Verdict,
     /// Why it failed or was skipped.
     pub reason: String,
+    /// How long it took.
     pub seconds: f64,
 }
 

@@ -133,17 +133,27 @@ impl FromStr for Need {
 /// What the running kernel and userland provide, probed once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
+    /// Running as root.
     pub root: bool,
+    /// Loop devices (`/dev/loop-control`).
     pub loop_devices: bool,
+    /// btrfs in the kernel and btrfs-progs.
     pub btrfs: bool,
+    /// overlayfs in the kernel.
     pub overlay: bool,
+    /// device-mapper with the thin-pool target.
     pub dm_thin: bool,
+    /// lvm2.
     pub lvm: bool,
+    /// ZFS (module and tools).
     pub zfs: bool,
+    /// The cgroup layout, when cgroups are mounted.
     pub cgroup_layout: Option<CgroupLayout>,
     /// cgroup2 has controllers to delegate (false on a hybrid host, where v1 owns them all).
     pub cgroup_v2_controllers: bool,
+    /// Spare block devices for tests (virtio disks in the VM).
     pub disks: Vec<String>,
+    /// Inside the test VM.
     pub in_vm: bool,
     /// QEMU and a prepared guest image are here.
     pub vm_harness: bool,

@@ -18,7 +18,9 @@ use crate::vm::{self, DiskSize, GuestImage, VmConfig, GUEST_SHARE};
 pub struct Options {
     /// Only tests whose name contains this.
     pub filter: Option<String>,
+    /// Run only the host tests.
     pub host_only: bool,
+    /// Run only the VM tests.
     pub vm_only: bool,
     /// Size of each spare disk given to VM tests that need disks.
     pub disk_size: Option<DiskSize>,
@@ -74,6 +76,7 @@ struct KernelCase {
     listing: TestListing,
 }
 
+/// Builds the test binaries, runs every test where its needs are met (host or VM), prints the summary lines and returns the exit code.
 pub fn main(options: &Options) -> ExitCode {
     let started = Instant::now();
     let binaries = match build_test_binaries(&options.packages) {

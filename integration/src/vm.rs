@@ -38,29 +38,61 @@ const GUEST_INIT: &str = include_str!("../guest/guest-init.sh");
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VmError {
+    /// The guest kernel, modules and initramfs are not in the cache.
     #[error("no guest kernel is prepared in {cache}: run scripts/setup.sh (as root) first")]
-    NotPrepared { cache: PathBuf },
+    NotPrepared {
+        /// The cache directory.
+        cache: PathBuf,
+    },
+    /// The cache is under a directory the guest mounts over.
     #[error("the guest cache {cache} is hidden inside the VM, which mounts its own /tmp, /var/tmp, /run and /dev: set THINBOX_CACHE to a directory such as /var/cache/thinbox and run scripts/setup.sh")]
-    HiddenCache { cache: PathBuf },
+    HiddenCache {
+        /// The cache directory.
+        cache: PathBuf,
+    },
+    /// The initramfs predates the current init script.
     #[error("the guest initramfs in {dir} was built from an older init script: run scripts/setup.sh again")]
-    StaleInitramfs { dir: PathBuf },
+    StaleInitramfs {
+        /// The prepared kernel's directory.
+        dir: PathBuf,
+    },
+    /// A program (qemu) could not be started.
     #[error("cannot start {program}: {source}; install it with scripts/setup.sh")]
     Spawn {
+        /// The program.
         program: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// File I/O on the host side failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// What was being done.
         op: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The guest ran past its time limit.
     #[error("the guest did not finish within {timeout:?} and was killed; console:\n{console}")]
-    Timeout { timeout: Duration, console: String },
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+        /// The guest's console output.
+        console: String,
+    },
+    /// The guest stopped before reporting the command's result.
     #[error("the guest stopped without running the command ({reason}); console:\n{console}")]
-    NoResult { reason: String, console: String },
+    NoResult {
+        /// Why, as far as the host can tell.
+        reason: String,
+        /// The guest's console output.
+        console: String,
+    },
+    /// A VM option is invalid.
     #[error("bad VM option: {0}")]
     BadOption(String),
 }
@@ -76,7 +108,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 /// The cached guest kernel, modules and initramfs for one kernel version.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
+    /// The kernel ABI (`6.1.0-57-amd64`).
     pub kernel_version: String,
+    /// Its directory in the cache.
     pub dir: PathBuf,
 }
 
@@ -118,14 +152,17 @@ impl GuestImage {
         })
     }
 
+    /// The kernel image.
     pub fn kernel(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
 
+    /// The initramfs.
     pub fn initramfs(&self) -> PathBuf {
         self.dir.join("initrd.cpio")
     }
 
+    /// The modules directory.
     pub fn modules(&self) -> PathBuf {
         self.dir.join("lib/modules").join(&self.kernel_version)
     }
@@ -141,7 +178,9 @@ impl GuestImage {
 pub enum Accel {
     /// KVM if a probe boot under KVM succeeds on this host (cached), else TCG.
     Auto,
+    /// Hardware virtualisation.
     Kvm,
+    /// qemu's emulation (TCG).
     Tcg,
 }
 
@@ -201,13 +240,17 @@ impl fmt::Display for DiskSize {
 /// How to boot one guest.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// The guest's cgroup layout.
     pub cgroup: CgroupLayout,
+    /// The guest's memory in MiB.
     pub memory_mib: u32,
+    /// The guest's CPUs.
     pub cpus: u8,
     /// Extra sparse virtio disks, `/dev/vda`, `/dev/vdb`, ... in the guest.
     pub disks: Vec<DiskSize>,
     /// The whole boot, command included, is killed after this long.
     pub timeout: Duration,
+    /// The accelerator.
     pub accel: Accel,
     /// Extra environment for the command in the guest.
     pub env: Vec<(String, String)>,
@@ -245,16 +288,22 @@ impl Default for VmConfig {
 pub struct VmOutput {
     /// The command's exit status (128+N when killed by signal N).
     pub status: i32,
+    /// The command's standard output.
     pub stdout: String,
+    /// The command's standard error.
     pub stderr: String,
     /// The serial console: kernel messages and init's complaints.
     pub console: String,
+    /// The guest kernel's log.
     pub dmesg: String,
+    /// The accelerator.
     pub accel: Accel,
+    /// How long the guest ran.
     pub elapsed: Duration,
 }
 
 impl VmOutput {
+    /// Whether the command exited 0.
     pub fn success(&self) -> bool {
         self.status == 0
     }

@@ -3,6 +3,7 @@
 //! both cgroup layouts in the Debian-kernel VM). Later crates replace these
 //! tools with thinbox's own code; these stay as the proof that the
 //! environment itself works.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::path::Path;

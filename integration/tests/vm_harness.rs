@@ -1,6 +1,7 @@
 //! Tests of the VM harness itself, run on the host that boots the guests:
 //! the documented command, exit status and streams, cgroup layouts, and the
 //! failure paths (a hung guest, a panicking guest, setup without root).
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::{Command, ExitCode};

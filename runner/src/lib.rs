@@ -74,6 +74,7 @@
 //!
 //! Needs Linux 5.3 (pidfd) and root; cgroup2 `cgroup.kill` is used from 5.14,
 //! `clone3` with `CLONE_INTO_CGROUP` (pure v2) from 5.7.
+#![deny(unsafe_code)]
 
 pub mod cgroup;
 pub mod config;
@@ -81,6 +82,8 @@ pub mod container;
 pub mod error;
 pub mod mounts;
 pub mod seccomp;
+// The one module whose `unsafe` blocks the crate allows, each with a SAFETY comment.
+#[allow(unsafe_code)]
 mod sys;
 
 pub use config::{ContainerBuilder, ContainerConfig, SeccompMode};

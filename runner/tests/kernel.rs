@@ -5,6 +5,7 @@
 //! directory with a symlink per applet (`busybox --list`), which is what
 //! `busybox --install -s` makes. Each container writes what it observed to
 //! a file in its root; the test reads it from the host side afterwards.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::symlink;

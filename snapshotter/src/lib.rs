@@ -29,10 +29,12 @@
 //! - [`image`]: OCI / docker-save image import into committed snapshots
 //!   keyed by chain id, image records, container commit, and an image
 //!   writer for tests and tools;
-//! - [`testsuite`]: the conformance suite every backend must pass.
+//! - `testsuite` (feature `testsuite`, for tests and benches only): the
+//!   conformance suite every backend must pass.
 //!
 //! Backends differ only in [`Capabilities`]; nothing branches on a
 //! backend's name.
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod core;
@@ -43,6 +45,7 @@ pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod store;
+#[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod types;
 

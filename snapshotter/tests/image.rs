@@ -3,6 +3,7 @@
 //! are written with `snapshotter::image::write` (OCI directory, OCI tar,
 //! docker-save tar) and, for the busybox test, by
 //! `scripts/make-busybox-image.sh` from Debian's busybox-static package.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fs;

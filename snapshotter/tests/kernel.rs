@@ -3,6 +3,7 @@
 //! a loop device on the host and again inside the Debian-kernel VM), plus
 //! layer apply/diff round trips and hostile layers on real mounts;
 //! devmapper on a small loopback thin-pool and zfs inside the VM.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 //! (library / dmsetup; the library should be well under 1.0x). Needs root
 //! and dm-thin: run it in the VM
 //! (docs/benchmarks.md says how).
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -38,6 +38,7 @@
 //!
 //! Tools used on the host: thin-provisioning-tools (`thin_ls`, `thin_check`),
 //! lvm2 and util-linux `wipefs` for direct-lvm, e2fsprogs/xfsprogs for `fs`.
+#![forbid(unsafe_code)]
 
 pub mod dm;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Real-kernel tests for loopback pools: they run in the Debian-kernel VM
 //! (dm-thin is not on the host). Small sizes: the guest's /tmp is a tmpfs in
 //! 4 GiB of RAM, so data files are sparse and 512 MiB at most.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::FileExt;

@@ -2,6 +2,7 @@
 //! real-kernel tests on the host or in the Debian-kernel VM by their needs.
 //!
 //! `thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]`
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@
 //! ```
 //! The guest sees the host's root read-only, a tmpfs /tmp, spare disks as
 //! /dev/vda, /dev/vdb, ...; the exit status is the command's.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::Duration;
