@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         all,
     );
     // Containers on the snapshot kinds thinbox manages, made here with the
-    // system tools (the thinpool and snapshotter crates are not used yet).
+    // system tools: runner does not depend on thinpool or snapshotter.
     tests.push(
         KernelTest::new(
             "container_on_a_btrfs_snapshot",
