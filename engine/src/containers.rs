@@ -412,7 +412,7 @@ fn unmount_if_mounted(dir: &Path) -> Result<()> {
 /// The block device behind the filesystem mounted at `dir`, when it is
 /// one (dm-thin devices, loop devices; not ZFS datasets or binds of
 /// directories on overlay).
-pub fn root_device(dir: &Path) -> Result<Option<runner::cgroup::DeviceNumber>> {
+pub fn root_device(dir: &Path) -> Result<Option<runner::cgroup::DevNum>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Some(source) = mounts::mount_at(dir)?.map(|m| m.source_path()) else {
         return Ok(None);
@@ -424,7 +424,7 @@ pub fn root_device(dir: &Path) -> Result<Option<runner::cgroup::DeviceNumber>> {
         return Ok(None);
     }
     let rdev = meta.rdev();
-    Ok(Some(runner::cgroup::DeviceNumber::new(
+    Ok(Some(runner::cgroup::DevNum::new(
         nix::sys::stat::major(rdev) as u32,
         nix::sys::stat::minor(rdev) as u32,
     )))

@@ -19,7 +19,7 @@
 //! - [`observer`]: progress events;
 //! - [`state`]: atomic TOML records, locks, the test crash hook;
 //! - [`snapshots`]: mounting a snapshot, writing its diff as a layer tar;
-//! - [`mounts`]: the mount table, through runner's mountinfo parser;
+//! - [`mounts`]: the mount table, through `kernfmt`'s mountinfo parser;
 //! - [`error`]: the crate's error with a kind a front end maps to an exit code.
 //!
 //! Life cycle: `Engine::open` (choosing and making the backend on first

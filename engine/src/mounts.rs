@@ -1,9 +1,9 @@
-//! The mount table, read through runner's one mountinfo parser
-//! ([`runner::cgroup::MountInfo`]).
+//! The mount table, read through the workspace's one mountinfo parser
+//! ([`kernfmt::MountInfo`]).
 
 use std::path::Path;
 
-use runner::cgroup::MountInfo;
+use kernfmt::MountInfo;
 
 use crate::error::{Error, ErrorKind, Result};
 

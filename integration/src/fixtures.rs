@@ -189,6 +189,22 @@ impl Drop for ZfsPool {
     }
 }
 
+/// Every mount point of this process (`/proc/self/mountinfo`, escapes
+/// undone), in the table's order.
+pub fn mount_points() -> Vec<PathBuf> {
+    kernfmt::MountInfo::read_self()
+        .unwrap_or_default()
+        .iter()
+        .map(kernfmt::MountInfo::mount_point_path)
+        .collect()
+}
+
+/// Whether `path` (canonicalised when it exists) is a mount point.
+pub fn is_mount_point(path: &Path) -> bool {
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    mount_points().contains(&want)
+}
+
 /// Removes leftovers of killed tests: mounts below `thinbox-test-{pid}-*`
 /// paths, dm devices, ZFS pools, LVM volume groups and loop devices of such
 /// names, whose owner process `pid` no longer exists. Fixtures of running
@@ -197,15 +213,14 @@ pub fn sweep() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
+    let mut mounts: Vec<String> = mount_points()
+        .iter()
+        .map(|m| m.to_string_lossy().into_owned())
         .filter(|m| is_leftover(m))
         .collect();
     // Deepest first.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
+    for m in &mounts {
         try_run("umount", &["-l", m]);
     }
     if crate::need::which("zpool") && Path::new("/dev/zfs").exists() {

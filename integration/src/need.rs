@@ -11,41 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// How cgroup hierarchies are mounted on a machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupLayout {
-    /// Only cgroup v1 controller hierarchies (RHEL 7 style).
-    V1,
-    /// Only the unified cgroup2 hierarchy at /sys/fs/cgroup.
-    V2,
-    /// v1 controllers plus cgroup2 at /sys/fs/cgroup/unified (systemd's hybrid mode).
-    Hybrid,
-}
-
-impl fmt::Display for CgroupLayout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CgroupLayout::V1 => "v1",
-            CgroupLayout::V2 => "v2",
-            CgroupLayout::Hybrid => "hybrid",
-        })
-    }
-}
-
-impl FromStr for CgroupLayout {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "v1" => Ok(CgroupLayout::V1),
-            "v2" => Ok(CgroupLayout::V2),
-            "hybrid" => Ok(CgroupLayout::Hybrid),
-            other => Err(format!(
-                "unknown cgroup layout {other:?}: use v1, v2 or hybrid"
-            )),
-        }
-    }
-}
+pub use kernfmt::CgroupLayout;
 
 /// One thing a real-kernel test needs from the machine it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,7 +71,10 @@ impl FromStr for Need {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(layout) = s.strip_prefix("cgroup-layout=") {
-            return layout.parse().map(Need::CgroupLayout);
+            return layout
+                .parse()
+                .map(Need::CgroupLayout)
+                .map_err(|e: kernfmt::ParseError| e.to_string());
         }
         if let Some(n) = s.strip_prefix("disks=") {
             return n
@@ -174,8 +143,9 @@ impl Environment {
             || (root && modprobe("zfs") && Path::new("/dev/zfs").exists()))
             && which("zfs")
             && which("zpool");
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let cgroup_layout = cgroup_layout_from_mountinfo(&mountinfo);
+        let cgroup_layout = kernfmt::MountInfo::read_self()
+            .ok()
+            .and_then(|m| CgroupLayout::of_mounts(&m));
         let cgroup_v2_controllers = cgroup_layout == Some(CgroupLayout::V2)
             && std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
                 .map(|c| !c.trim().is_empty())
@@ -252,56 +222,6 @@ impl Environment {
     }
 }
 
-/// Reads the cgroup layout from `/proc/self/mountinfo` text.
-pub fn cgroup_layout_from_mountinfo(mountinfo: &str) -> Option<CgroupLayout> {
-    let mut v1_controllers = false;
-    let mut v2_at_root = false;
-    let mut v2_unified = false;
-    for line in mountinfo.lines() {
-        // Fields: id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        let mut halves = line.splitn(2, " - ");
-        let left = halves.next().unwrap_or_default();
-        let right = halves.next().unwrap_or_default();
-        let mountpoint = left.split(' ').nth(4).unwrap_or_default();
-        let mut right_fields = right.split(' ');
-        let fstype = right_fields.next().unwrap_or_default();
-        let superopts = right_fields.nth(1).unwrap_or_default();
-        match fstype {
-            "cgroup2" if mountpoint == "/sys/fs/cgroup" => v2_at_root = true,
-            "cgroup2" if mountpoint == "/sys/fs/cgroup/unified" => v2_unified = true,
-            // A named hierarchy without controllers (name=systemd) does not count.
-            "cgroup" if superopts.split(',').any(is_v1_controller) => v1_controllers = true,
-            _ => {}
-        }
-    }
-    match (v1_controllers, v2_at_root, v2_unified) {
-        (_, true, _) => Some(CgroupLayout::V2),
-        (true, false, true) => Some(CgroupLayout::Hybrid),
-        (true, false, false) => Some(CgroupLayout::V1),
-        (false, false, _) => None,
-    }
-}
-
-fn is_v1_controller(opt: &str) -> bool {
-    matches!(
-        opt,
-        "cpu"
-            | "cpuacct"
-            | "cpuset"
-            | "memory"
-            | "devices"
-            | "freezer"
-            | "blkio"
-            | "pids"
-            | "net_cls"
-            | "net_prio"
-            | "perf_event"
-            | "hugetlb"
-            | "rdma"
-            | "misc"
-    )
-}
-
 fn has_filesystem(name: &str) -> bool {
     let listed = |name: &str| {
         std::fs::read_to_string("/proc/filesystems")
@@ -370,32 +290,6 @@ mod tests {
         }
         assert!("dm-cache".parse::<Need>().is_err());
         assert!("disks=many".parse::<Need>().is_err());
-    }
-
-    const HYBRID: &str = "\
-35 25 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
-37 35 0:32 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
-40 35 0:35 / /sys/fs/cgroup/memory rw,nosuid shared:15 - cgroup cgroup rw,memory
-";
-
-    #[test]
-    fn detects_hybrid_v1_and_v2_layouts() {
-        assert_eq!(
-            cgroup_layout_from_mountinfo(HYBRID),
-            Some(CgroupLayout::Hybrid)
-        );
-        let v1: String = HYBRID
-            .lines()
-            .filter(|l| !l.contains("cgroup2"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert_eq!(cgroup_layout_from_mountinfo(&v1), Some(CgroupLayout::V1));
-        let v2 = "30 25 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
-        assert_eq!(cgroup_layout_from_mountinfo(v2), Some(CgroupLayout::V2));
-        // Only a named hierarchy: no controllers anywhere.
-        let named_only = "37 35 0:32 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
-        assert_eq!(cgroup_layout_from_mountinfo(named_only), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use oci_spec::runtime::{
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{
-    Bytes, CgroupPath, CpuList, CpuQuota, DeviceNumber, IoThrottle, Max, Resources, ThrottleKind,
+    Bytes, CgroupPath, CpuList, CpuQuota, DevNum, IoThrottle, Max, Resources, ThrottleKind,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -48,7 +48,7 @@ pub struct ContainerConfig {
     /// The container's root directory, absolute.
     pub rootfs: PathBuf,
     /// The block device that backs the root, for throttles the caller adds.
-    pub root_device: Option<DeviceNumber>,
+    pub root_device: Option<DevNum>,
     /// Limits beyond what `spec.linux.resources` says (builder-set), merged at start.
     pub extra_resources: Resources,
     /// The cgroup path below each hierarchy's root.
@@ -627,7 +627,7 @@ impl ContainerBuilder {
     }
 
     /// The block device that backs the root; [`Self::root_throttle`] applies to it.
-    pub fn root_device(mut self, dev: DeviceNumber) -> Self {
+    pub fn root_device(mut self, dev: DevNum) -> Self {
         self.config.root_device = Some(dev);
         self
     }
@@ -645,7 +645,7 @@ impl ContainerBuilder {
     }
 
     /// Throttles I/O on any device.
-    pub fn io_throttle(mut self, device: DeviceNumber, kind: ThrottleKind, rate: u64) -> Self {
+    pub fn io_throttle(mut self, device: DevNum, kind: ThrottleKind, rate: u64) -> Self {
         self.config
             .extra_resources
             .io

@@ -118,6 +118,22 @@ pub(crate) fn io_error(kind: ErrorKind, op: &str, path: &Path, e: std::io::Error
         .with_source(e)
 }
 
+impl From<kernfmt::ParseError> for Error {
+    fn from(e: kernfmt::ParseError) -> Error {
+        Error::new(ErrorKind::Parse, e.to_string()).with_source(e)
+    }
+}
+
+impl From<kernfmt::ReadError> for Error {
+    fn from(e: kernfmt::ReadError) -> Error {
+        let kind = match e {
+            kernfmt::ReadError::Io { .. } => ErrorKind::Io,
+            _ => ErrorKind::Parse,
+        };
+        Error::new(kind, e.to_string()).with_source(e)
+    }
+}
+
 /// Shorthand: a parse failure of `what` in `text`.
 pub(crate) fn parse_error(what: &str, text: &str) -> Error {
     Error::new(

@@ -5,7 +5,7 @@
 //! 1. Describe the container: [`ContainerConfig::builder`] (Rust callers) or
 //!    [`ContainerConfig::from_bundle`] (an OCI bundle's `config.json`). The
 //!    root is a directory: the mounted snapshot. The block device behind it
-//!    ([`cgroup::DeviceNumber`]) gets the I/O throttles.
+//!    ([`cgroup::DevNum`]) gets the I/O throttles.
 //! 2. [`Runtime::detect`] finds the cgroup layout (v1, v2 or hybrid) in
 //!    `/proc/self/mountinfo`; [`Runtime::start`] checks the limits against
 //!    the host (CPUs that exist, devices that exist) before anything starts,
@@ -23,7 +23,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use runner::cgroup::{Bytes, DeviceNumber, ThrottleKind};
+//! use runner::cgroup::{Bytes, DevNum, ThrottleKind};
 //! use runner::{ContainerConfig, Runtime};
 //!
 //! let config = ContainerConfig::builder("/var/lib/thinbox/mnt/web-1")
@@ -31,7 +31,7 @@
 //!     .memory_limit(Bytes::mib(256))
 //!     .pids_limit(128)
 //!     .cpu_quota(50_000, 100_000)
-//!     .root_device(DeviceNumber::new(253, 4))
+//!     .root_device(DevNum::new(253, 4))
 //!     .root_throttle(ThrottleKind::WriteBps, 10 << 20)
 //!     .build()?;
 //! let report = Runtime::detect()?.run(&config)?;

@@ -17,7 +17,7 @@ use integration::harness::{self, KernelTest};
 use integration::need::{CgroupLayout, Need};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Capability;
-use runner::cgroup::{Bytes, CpuList, DeviceNumber, Max, ThrottleKind};
+use runner::cgroup::{Bytes, CpuList, DevNum, Max, ThrottleKind};
 use runner::{
     Container, ContainerBuilder, ContainerConfig, ErrorKind, ExitReason, ExitReport, Runtime,
     SeccompMode, Termination,
@@ -562,11 +562,7 @@ fn bad_input_fails_before_or_tears_down() {
     let config = root
         .builder()
         .id(&name)
-        .io_throttle(
-            DeviceNumber::new(4000, 4000),
-            ThrottleKind::WriteBps,
-            1 << 20,
-        )
+        .io_throttle(DevNum::new(4000, 4000), ThrottleKind::WriteBps, 1 << 20)
         .args(["/bin/true"])
         .build()
         .unwrap();
@@ -860,7 +856,7 @@ fn loop_rootfs(
     tempfile::TempDir,
     integration::fixtures::LoopDevice,
     integration::fixtures::Mount,
-    DeviceNumber,
+    DevNum,
 ) {
     use integration::fixtures::{run, sparse_file, LoopDevice, Mount};
     let dir = temp_dir();
@@ -943,7 +939,7 @@ fn host_devices_are_denied_by_the_devices_cgroup() {
     let image = dir.path().join("disk.img");
     sparse_file(&image, 1 << 20);
     let dev = LoopDevice::attach(&image);
-    let DeviceNumber { major, minor } = device_number(&dev.path);
+    let DevNum { major, minor } = device_number(&dev.path);
     let root = Rootfs::new();
     let caps: std::collections::HashSet<Capability> =
         [Capability::Mknod, Capability::Kill, Capability::AuditWrite].into();
@@ -981,7 +977,7 @@ fn fill_with_busybox(dir: &std::path::Path) {
 /// itself as pid 1 and its writes land in `root` only. With a device, 3 MiB
 /// of direct writes under a 1 MiB/s throttle take at least 1.5 s (a lower
 /// bound the kernel enforces) and the throttle is in the cgroup.
-fn container_on(root: &std::path::Path, device: Option<DeviceNumber>) -> String {
+fn container_on(root: &std::path::Path, device: Option<DevNum>) -> String {
     let mut b = builder_on(root, "snap").timeout(Duration::from_secs(120));
     if let Some(d) = device {
         b = b
@@ -1025,10 +1021,10 @@ fn container_on(root: &std::path::Path, device: Option<DeviceNumber>) -> String 
     log
 }
 
-fn device_number(path: &std::path::Path) -> DeviceNumber {
+fn device_number(path: &std::path::Path) -> DevNum {
     use std::os::unix::fs::MetadataExt;
     let rdev = fs::metadata(path).unwrap().rdev();
-    DeviceNumber::new(
+    DevNum::new(
         nix::sys::stat::major(rdev) as u32,
         nix::sys::stat::minor(rdev) as u32,
     )

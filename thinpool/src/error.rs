@@ -394,6 +394,12 @@ impl fmt::Display for Error {
     }
 }
 
+impl From<kernfmt::ParseError> for Error {
+    fn from(e: kernfmt::ParseError) -> Error {
+        Error::parse(e.what, &e.input, "not in the kernel's form")
+    }
+}
+
 impl Error {
     /// An error of this kind with empty context.
     pub fn new(kind: ErrorKind) -> Error {

@@ -18,32 +18,7 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 use crate::units::{BlockSize, DataBlocks, Sectors, ThinId};
 
-/// A block device's number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DevNum {
-    /// Major number.
-    pub major: u32,
-    /// Minor number.
-    pub minor: u32,
-}
-
-impl fmt::Display for DevNum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
-
-impl FromStr for DevNum {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<DevNum> {
-        let bad = || Error::parse("device number", s, "expected MAJOR:MINOR");
-        let (a, b) = s.split_once(':').ok_or_else(bad)?;
-        Ok(DevNum {
-            major: a.parse().map_err(|_| bad())?,
-            minor: b.parse().map_err(|_| bad())?,
-        })
-    }
-}
+pub use kernfmt::DevNum;
 
 /// A device named in a table: by number (as the kernel prints it) or by path
 /// (as a caller may load it).
@@ -71,7 +46,7 @@ impl FromStr for DevRef {
             return Err(Error::parse("device", s, "expected MAJOR:MINOR or a path"));
         }
         if s.contains(':') && !s.starts_with('/') {
-            return s.parse().map(DevRef::Num);
+            return Ok(DevRef::Num(s.parse()?));
         }
         if !s.starts_with('/') {
             return Err(Error::parse(

@@ -137,12 +137,7 @@ pub fn one_line(stderr: &str) -> String {
 
 /// Whether `path` is a mount point.
 pub fn is_mounted(path: &Path) -> bool {
-    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(m) == want)
+    integration::fixtures::is_mount_point(path)
 }
 
 /// Loop devices whose backing file is under `dir`.
@@ -176,12 +171,10 @@ impl Drop for Root {
     fn drop(&mut self) {
         let root = self.dir.path().to_owned();
         // Mounts below the root, deepest first.
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&root))
-            .map(str::to_owned)
+        let mut mounts: Vec<String> = integration::fixtures::mount_points()
+            .into_iter()
+            .filter(|m| m.starts_with(&root))
+            .map(|m| m.to_string_lossy().into_owned())
             .collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {

@@ -68,7 +68,11 @@ fn run(args: &[String]) -> ExitCode {
                 command = it.by_ref().cloned().collect();
                 break;
             }
-            "--cgroup" => value("--cgroup").and_then(|v| v.parse().map(|l| config.cgroup = l)),
+            "--cgroup" => value("--cgroup").and_then(|v| {
+                v.parse()
+                    .map(|l| config.cgroup = l)
+                    .map_err(|e: kernfmt::ParseError| e.to_string())
+            }),
             "--disk" => value("--disk").and_then(|v| {
                 v.parse::<DiskSize>()
                     .map(|d| config.disks.push(d))

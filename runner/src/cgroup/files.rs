@@ -3,7 +3,7 @@
 //!
 //! | type | files |
 //! |---|---|
-//! | [`DeviceNumber`] | the `MAJ:MIN` in every per-device file |
+//! | [`DevNum`] (from `kernfmt`) | the `MAJ:MIN` in every per-device file |
 //! | [`Max`] | `pids.max`, `memory.max`, `memory.swap.max`, `memory.low` |
 //! | [`CpuList`] | `cpuset.cpus`, `cpuset.mems`, `/sys/devices/system/cpu/online` |
 //! | [`CpuMax`] | `cpu.max` (v2) |
@@ -17,46 +17,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use kernfmt::{unescape_octal, DevNum, MountInfo};
+
 use crate::error::{parse_error, Error};
-
-/// A block device number, `MAJ:MIN`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DeviceNumber {
-    /// Major number (driver).
-    pub major: u32,
-    /// Minor number (instance).
-    pub minor: u32,
-}
-
-impl DeviceNumber {
-    /// A device number from its parts.
-    pub fn new(major: u32, minor: u32) -> DeviceNumber {
-        DeviceNumber { major, minor }
-    }
-}
-
-impl fmt::Display for DeviceNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
-
-impl FromStr for DeviceNumber {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let (major, minor) = s
-            .split_once(':')
-            .ok_or_else(|| parse_error("a device number MAJ:MIN", s))?;
-        Ok(DeviceNumber {
-            major: major
-                .parse()
-                .map_err(|_| parse_error("a major number", s))?,
-            minor: minor
-                .parse()
-                .map_err(|_| parse_error("a minor number", s))?,
-        })
-    }
-}
 
 /// A count of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -222,7 +185,7 @@ impl FromStr for CpuMax {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRate {
     /// The device.
-    pub device: DeviceNumber,
+    pub device: DevNum,
     /// Bytes or operations per second.
     pub rate: u64,
 }
@@ -251,7 +214,7 @@ impl FromStr for DeviceRate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoMax {
     /// The device.
-    pub device: DeviceNumber,
+    pub device: DevNum,
     /// Read bytes per second.
     pub rbps: Max<u64>,
     /// Write bytes per second.
@@ -264,7 +227,7 @@ pub struct IoMax {
 
 impl IoMax {
     /// No throttle on `device`.
-    pub fn unlimited(device: DeviceNumber) -> IoMax {
+    pub fn unlimited(device: DevNum) -> IoMax {
         IoMax {
             device,
             rbps: Max::Unlimited,
@@ -426,143 +389,6 @@ impl FromStr for DeviceRule {
     }
 }
 
-/// One line of `/proc/self/mountinfo` (see proc(5)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    /// Mount id.
-    pub id: u32,
-    /// Parent mount id.
-    pub parent: u32,
-    /// Device of the filesystem.
-    pub device: DeviceNumber,
-    /// The root of the mount within its filesystem.
-    pub root: String,
-    /// Where it is mounted.
-    pub mount_point: String,
-    /// Per-mount options.
-    pub options: String,
-    /// Optional fields (`shared:N`, `master:N`), possibly empty.
-    pub optional: Vec<String>,
-    /// Filesystem type.
-    pub fstype: String,
-    /// Mount source.
-    pub source: String,
-    /// Per-superblock options.
-    pub super_options: String,
-}
-
-impl MountInfo {
-    /// The superblock options as a list (`rw,memory` -> `["rw", "memory"]`).
-    pub fn super_option_list(&self) -> impl Iterator<Item = &str> {
-        self.super_options.split(',')
-    }
-
-    /// Parses every line of a mountinfo file.
-    pub fn parse_all(text: &str) -> Result<Vec<MountInfo>, Error> {
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::parse)
-            .collect()
-    }
-
-    /// Reads and parses `/proc/self/mountinfo`.
-    pub fn read_self() -> Result<Vec<MountInfo>, Error> {
-        let path = "/proc/self/mountinfo";
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(crate::error::ErrorKind::Io, "read the mount table")
-                .with_path(path)
-                .with_source(e)
-        })?;
-        MountInfo::parse_all(&text)
-    }
-
-    /// The mount point as a path, with the kernel's octal escapes
-    /// (`\040` for a space) undone.
-    pub fn mount_point_path(&self) -> std::path::PathBuf {
-        unescape_octal(&self.mount_point)
-    }
-
-    /// The mount source, with the kernel's octal escapes undone.
-    pub fn source_path(&self) -> std::path::PathBuf {
-        unescape_octal(&self.source)
-    }
-}
-
-/// Undoes the octal escapes (`\040`, `\011`, `\012`, `\134`) the kernel
-/// writes in mountinfo and mounts fields; a backslash not followed by three
-/// octal digits is kept.
-pub fn unescape_octal(s: &str) -> std::path::PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let n = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok());
-            if let Some(n) = n {
-                out.push(n);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    std::ffi::OsString::from_vec(out).into()
-}
-
-impl fmt::Display for MountInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} {} {} {} {}",
-            self.id, self.parent, self.device, self.root, self.mount_point, self.options
-        )?;
-        for o in &self.optional {
-            write!(f, " {o}")?;
-        }
-        write!(
-            f,
-            " - {} {} {}",
-            self.fstype, self.source, self.super_options
-        )
-    }
-}
-
-impl FromStr for MountInfo {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || parse_error("a mountinfo line", s);
-        let (left, right) = s.split_once(" - ").ok_or_else(bad)?;
-        let mut l = left.split(' ');
-        let id = l.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-        let parent = l.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-        let device = l.next().ok_or_else(bad)?.parse()?;
-        let root = l.next().ok_or_else(bad)?.to_owned();
-        let mount_point = l.next().ok_or_else(bad)?.to_owned();
-        let options = l.next().ok_or_else(bad)?.to_owned();
-        let optional = l.map(str::to_owned).collect();
-        let mut r = right.split(' ');
-        let fstype = r.next().ok_or_else(bad)?.to_owned();
-        let source = r.next().ok_or_else(bad)?.to_owned();
-        let super_options = r.next().unwrap_or_default().to_owned();
-        Ok(MountInfo {
-            id,
-            parent,
-            device,
-            root,
-            mount_point,
-            options,
-            optional,
-            fstype,
-            source,
-            super_options,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,26 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_paths_unescape() {
-        use std::path::Path;
-        assert_eq!(unescape_octal(r"/a\040b"), Path::new("/a b"));
-        assert_eq!(unescape_octal("/plain"), Path::new("/plain"));
-        assert_eq!(unescape_octal("/x\\"), Path::new("/x\\"));
-        assert_eq!(unescape_octal(r"/t\011ab\134"), Path::new("/t\tab\\"));
-        let m: MountInfo = r"36 35 98:0 / /mnt/a\040b rw - ext4 /dev/x\040y rw"
-            .parse()
-            .unwrap();
-        assert_eq!(m.mount_point_path(), Path::new("/mnt/a b"));
-        assert_eq!(m.source_path(), Path::new("/dev/x y"));
-        assert_eq!(
-            m.to_string(),
-            r"36 35 98:0 / /mnt/a\040b rw - ext4 /dev/x\040y rw"
-        );
-    }
-
-    #[test]
     fn kernel_strings_round_trip() {
-        round_trip::<DeviceNumber>("253:4");
         round_trip::<Max<u64>>("max");
         round_trip::<Max<u64>>("67108864");
         round_trip::<CpuList>("0-3,6,8-9");
@@ -606,12 +413,6 @@ mod tests {
         round_trip::<DeviceRule>("c 136:* rwm");
         round_trip::<DeviceRule>("b *:* m");
         round_trip::<FlatKeyed>("high 0\nlow 0\nmax 3\noom 1\noom_kill 1\n");
-        round_trip::<MountInfo>(
-            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw",
-        );
-        round_trip::<MountInfo>(
-            "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu",
-        );
     }
 
     #[test]
@@ -631,7 +432,7 @@ mod tests {
     #[test]
     fn malformed_strings_are_errors() {
         for bad in ["8", "a:b", "8:"] {
-            assert!(bad.parse::<DeviceNumber>().is_err(), "{bad}");
+            assert!(bad.parse::<DevNum>().is_err(), "{bad}");
         }
         for bad in ["3-1", "x", "1,,2", "0-"] {
             assert!(bad.parse::<CpuList>().is_err(), "{bad}");
@@ -642,7 +443,6 @@ mod tests {
         for bad in ["x 1:3 rwm", "c 1 rwm", "c 1:3 rwx", "c 1:3"] {
             assert!(bad.parse::<DeviceRule>().is_err(), "{bad}");
         }
-        assert!("1 2 3 / /x rw".parse::<MountInfo>().is_err());
     }
 
     proptest! {
@@ -656,7 +456,7 @@ mod tests {
         fn io_max_round_trips(maj in 0u32..4096, min in 0u32..1 << 20,
                               r in proptest::option::of(0u64..u64::MAX), w in proptest::option::of(1u64..1 << 40)) {
             let m = |v: Option<u64>| v.map_or(Max::Unlimited, Max::Limit);
-            let io = IoMax { device: DeviceNumber::new(maj, min), rbps: m(r), wbps: m(w), riops: Max::Unlimited, wiops: m(w) };
+            let io = IoMax { device: DevNum::new(maj, min), rbps: m(r), wbps: m(w), riops: Max::Unlimited, wiops: m(w) };
             prop_assert_eq!(io.to_string().parse::<IoMax>().unwrap(), io);
         }
 

@@ -34,35 +34,15 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 pub use files::{
-    unescape_octal, Bytes, CpuList, CpuMax, DeviceNumber, DeviceRate, DeviceRule, FlatKeyed, IoMax,
-    Max, MountInfo,
+    unescape_octal, Bytes, CpuList, CpuMax, DevNum, DeviceRate, DeviceRule, FlatKeyed, IoMax, Max,
+    MountInfo,
 };
 pub use v1::V1Cgroup;
 pub use v2::V2Cgroup;
 
 use crate::error::{io_error, Error, ErrorKind, Result};
 
-/// How cgroup hierarchies are mounted on the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupLayout {
-    /// One hierarchy per v1 controller.
-    V1,
-    /// The unified cgroup2 hierarchy owns every controller.
-    V2,
-    /// v1 controllers plus a cgroup2 hierarchy without controllers.
-    Hybrid,
-}
-
-impl fmt::Display for CgroupLayout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CgroupLayout::V1 => "v1",
-            CgroupLayout::V2 => "v2",
-            CgroupLayout::Hybrid => "hybrid",
-        })
-    }
-}
+pub use kernfmt::CgroupLayout;
 
 /// The v1 controllers thinbox uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -331,7 +311,7 @@ pub enum ThrottleKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoThrottle {
     /// The block device (for thinbox, the thin device backing the root).
-    pub device: DeviceNumber,
+    pub device: DevNum,
     /// What is limited.
     pub kind: ThrottleKind,
     /// Bytes or operations per second.
@@ -444,7 +424,7 @@ impl Resources {
             ];
             for (list, kind) in lists {
                 for t in list.iter().flatten() {
-                    let device = DeviceNumber::new(
+                    let device = DevNum::new(
                         u32::try_from(t.major()).map_err(|_| bad_device(t.major(), t.minor()))?,
                         u32::try_from(t.minor()).map_err(|_| bad_device(t.major(), t.minor()))?,
                     );
@@ -640,7 +620,7 @@ pub trait HostFacts {
     /// The online memory nodes.
     fn online_mems(&self) -> Result<CpuList>;
     /// Whether a block device with this number exists.
-    fn block_device_exists(&self, dev: DeviceNumber) -> bool;
+    fn block_device_exists(&self, dev: DevNum) -> bool;
 }
 
 /// [`HostFacts`] read from a sysfs tree (`/sys` on a real host).
@@ -677,7 +657,7 @@ impl HostFacts for SysfsHost {
         read_parse(&path)
     }
 
-    fn block_device_exists(&self, dev: DeviceNumber) -> bool {
+    fn block_device_exists(&self, dev: DevNum) -> bool {
         self.root.join("dev/block").join(dev.to_string()).exists()
     }
 }

@@ -86,12 +86,12 @@ fn full_resources() -> Resources {
             weight: Some(500),
             throttles: vec![
                 IoThrottle {
-                    device: DeviceNumber::new(253, 4),
+                    device: DevNum::new(253, 4),
                     kind: ThrottleKind::WriteBps,
                     rate: 1 << 20,
                 },
                 IoThrottle {
-                    device: DeviceNumber::new(253, 4),
+                    device: DevNum::new(253, 4),
                     kind: ThrottleKind::ReadIops,
                     rate: 100,
                 },
@@ -160,7 +160,7 @@ fn v2_writes_every_limit_in_kernel_units() {
     assert_eq!(read(d.join("pids.max")), "32");
     assert_eq!(read(d.join("io.weight")), "default 4950");
     let io: IoMax = read(d.join("io.max")).parse().unwrap();
-    assert_eq!(io.device, DeviceNumber::new(253, 4));
+    assert_eq!(io.device, DevNum::new(253, 4));
     assert_eq!(io.wbps, Max::Limit(1 << 20));
     assert_eq!(io.riops, Max::Limit(100));
     assert_eq!(io.rbps, Max::Unlimited);
@@ -337,7 +337,7 @@ fn v1_writes_every_limit_to_its_hierarchy() {
     assert_eq!(
         line,
         DeviceRate {
-            device: DeviceNumber::new(253, 4),
+            device: DevNum::new(253, 4),
             rate: 1 << 20
         }
     );
@@ -483,7 +483,7 @@ fn validation_names_missing_cpus_and_devices() {
         .contains("memory nodes 1"));
 
     let mut r = full_resources();
-    r.io.throttles[0].device = DeviceNumber::new(8, 99);
+    r.io.throttles[0].device = DevNum::new(8, 99);
     let e = validate(&r, &host).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("block device 8:99"), "{e}");
@@ -538,7 +538,7 @@ fn oci_resources_convert() {
     assert_eq!(
         r.io.throttles,
         vec![IoThrottle {
-            device: DeviceNumber::new(253, 4),
+            device: DevNum::new(253, 4),
             kind: ThrottleKind::WriteBps,
             rate: 1 << 20
         }]

@@ -24,7 +24,6 @@
 //! names are found by a walk of the mounted snapshot that only stats.
 
 use std::collections::BTreeSet;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -312,9 +311,12 @@ impl<C: ZfsCli> Zfs<C> {
             obj.id
         ));
         let mut guards = Vec::new();
-        let mounted = |ds: &str| -> Result<Vec<Vec<u8>>> {
-            let m = std::fs::read("/proc/self/mounts")
-                .map_err(|e| Error::io("diff", "/proc/self/mounts", e))?;
+        let mounted = |ds: &str| -> Result<Vec<PathBuf>> {
+            let m = kernfmt::MountInfo::read_self().map_err(|e| {
+                Error::new(ErrorKind::Io, "diff")
+                    .detail("cannot read the mount table")
+                    .source(e)
+            })?;
             Ok(diff::mount_targets(&m, ds))
         };
         let result = (|| {
@@ -349,8 +351,7 @@ impl<C: ZfsCli> Zfs<C> {
             let Some(root) = mountpoints.first() else {
                 return Ok(None);
             };
-            let root = PathBuf::from(std::ffi::OsStr::from_bytes(root));
-            with_hard_links(&root, paths).map(|p| Some(p.into_iter().collect()))
+            with_hard_links(root, paths).map(|p| Some(p.into_iter().collect()))
         })();
         for g in guards.into_iter().rev() {
             if let Err(e) = g.unmount() {
@@ -372,7 +373,7 @@ impl<C: ZfsCli> Zfs<C> {
 /// would keep the datasets busy, so their removal would fail. Best effort:
 /// what cannot be undone is logged and left for the next open.
 fn unmount_stale_diff_mounts(dataset: &str) {
-    let Ok(mounts) = std::fs::read("/proc/self/mounts") else {
+    let Ok(mounts) = kernfmt::MountInfo::read_self() else {
         return;
     };
     let tmp = std::env::temp_dir();

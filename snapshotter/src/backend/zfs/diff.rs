@@ -15,6 +15,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use kernfmt::MountInfo;
+
 pub use crate::backend::Surprise;
 
 /// Undoes `stream_bytes` (`\0NNN`); None on a malformed escape.
@@ -38,39 +40,12 @@ pub fn unescape(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Undoes the octal escapes of `/proc/self/mounts` fields (`\040`).
-fn unescape_mounts(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' {
-            if let Some(d) = s.get(i + 1..i + 4) {
-                if d.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                    let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-                    if let Ok(b) = u8::try_from(v) {
-                        out.push(b);
-                        i += 4;
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
-}
-
-/// The targets where `dataset` is mounted, from `/proc/self/mounts` text.
-pub fn mount_targets(mounts: &[u8], dataset: &str) -> Vec<Vec<u8>> {
+/// The targets where `dataset` is mounted, from the mount table.
+pub fn mount_targets(mounts: &[MountInfo], dataset: &str) -> Vec<PathBuf> {
     mounts
-        .split(|&b| b == b'\n')
-        .filter_map(|l| {
-            let mut f = l.split(|&b| b == b' ');
-            let (src, target, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == b"zfs" && unescape_mounts(src) == dataset.as_bytes())
-                .then(|| unescape_mounts(target))
-        })
+        .iter()
+        .filter(|m| m.fstype == "zfs" && m.source_path() == Path::new(dataset))
+        .map(MountInfo::mount_point_path)
         .collect()
 }
 
@@ -80,24 +55,23 @@ pub const DIFF_MOUNT_PREFIX: &str = "thinbox-zfs-diff-";
 
 /// Diff mounts a dead process left: zfs mounts of a dataset under
 /// `dataset` on `tmp/thinbox-zfs-diff-PID-ID/{from,to}` whose PID is not
-/// `alive`, from `/proc/self/mounts` text. A live PID's mounts are its
+/// `alive`, from the mount table. A live PID's mounts are its
 /// own diff in progress and are left alone.
 pub fn stale_diff_mounts(
-    mounts: &[u8],
+    mounts: &[MountInfo],
     dataset: &str,
     tmp: &Path,
     alive: impl Fn(u32) -> bool,
 ) -> Vec<PathBuf> {
     let under = format!("{dataset}/");
     mounts
-        .split(|&b| b == b'\n')
-        .filter_map(|l| {
-            let mut f = l.split(|&b| b == b' ');
-            let (src, target, fstype) = (f.next()?, f.next()?, f.next()?);
-            if fstype != b"zfs" || !unescape_mounts(src).starts_with(under.as_bytes()) {
+        .iter()
+        .filter_map(|m| {
+            let source = m.source_path();
+            if m.fstype != "zfs" || !source.as_os_str().as_bytes().starts_with(under.as_bytes()) {
                 return None;
             }
-            let target = PathBuf::from(OsStr::from_bytes(&unescape_mounts(target)));
+            let target = m.mount_point_path();
             let scratch = target.parent()?;
             if scratch.parent()? != tmp
                 || !matches!(target.file_name()?.as_bytes(), b"from" | b"to")
@@ -132,7 +106,7 @@ fn is_link_delta(s: &[u8]) -> bool {
 /// `mountpoints` (several when the dataset is mounted more than once: a
 /// path is then kept relative to each mountpoint it is under, extras being
 /// harmless).
-pub fn parse(out: &[u8], mountpoints: &[Vec<u8>]) -> Result<BTreeSet<PathBuf>, Surprise> {
+pub fn parse(out: &[u8], mountpoints: &[PathBuf]) -> Result<BTreeSet<PathBuf>, Surprise> {
     let mut paths = BTreeSet::new();
     let body = out.strip_suffix(b"\n").unwrap_or(out);
     if body.is_empty() {
@@ -159,6 +133,7 @@ pub fn parse(out: &[u8], mountpoints: &[Vec<u8>]) -> Result<BTreeSet<PathBuf>, S
             let raw = unescape(name).ok_or_else(|| surprise("bad escape"))?;
             let mut found = false;
             for mp in mountpoints {
+                let mp = mp.as_os_str().as_bytes();
                 let mp = mp.strip_suffix(b"/").unwrap_or(mp);
                 let rel = match raw.strip_prefix(mp) {
                     Some(b"" | b"/") => {
@@ -195,17 +170,20 @@ mod tests {
 
     #[test]
     fn stale_diff_mounts_are_dead_pids_diff_mounts_of_our_datasets() {
-        let mounts = b"tank/s/7 /tmp/thinbox-zfs-diff-100-7/to zfs rw 0 0
-tank/s/3 /tmp/thinbox-zfs-diff-100-7/from zfs ro 0 0
-tank/s/3 /tmp/thinbox-zfs-diff-200-9/from zfs ro 0 0
-tank/other/3 /tmp/thinbox-zfs-diff-100-7/from zfs ro 0 0
-tank/s/3 /mnt/thinbox-zfs-diff-100-7/from zfs ro 0 0
-tank/s/3 /tmp/thinbox-zfs-diff-100-7/elsewhere zfs ro 0 0
-tank/s/3 /tmp/other-100-7/from zfs ro 0 0
-tank/s/3 /tmp/thinbox-zfs-diff-x-7/from zfs ro 0 0
-/dev/loop0 /tmp/thinbox-zfs-diff-100-7/from ext4 ro 0 0
-";
-        let got = stale_diff_mounts(mounts, "tank/s", Path::new("/tmp"), |pid| pid == 200);
+        let mounts = MountInfo::parse_all(
+            "90 25 0:50 / /tmp/thinbox-zfs-diff-100-7/to rw - zfs tank/s/7 rw
+91 25 0:51 / /tmp/thinbox-zfs-diff-100-7/from ro - zfs tank/s/3 ro
+92 25 0:51 / /tmp/thinbox-zfs-diff-200-9/from ro - zfs tank/s/3 ro
+93 25 0:52 / /tmp/thinbox-zfs-diff-100-7/from ro - zfs tank/other/3 ro
+94 25 0:51 / /mnt/thinbox-zfs-diff-100-7/from ro - zfs tank/s/3 ro
+95 25 0:51 / /tmp/thinbox-zfs-diff-100-7/elsewhere ro - zfs tank/s/3 ro
+96 25 0:51 / /tmp/other-100-7/from ro - zfs tank/s/3 ro
+97 25 0:51 / /tmp/thinbox-zfs-diff-x-7/from ro - zfs tank/s/3 ro
+98 25 7:0 / /tmp/thinbox-zfs-diff-100-7/from ro - ext4 /dev/loop0 ro
+",
+        )
+        .unwrap();
+        let got = stale_diff_mounts(&mounts, "tank/s", Path::new("/tmp"), |pid| pid == 200);
         assert_eq!(
             got,
             vec![
@@ -243,7 +221,7 @@ R\tF\t/tmp/m2/mv-file\t/tmp/m2/moved
 
     #[test]
     fn captured_diff() {
-        let got = parse(SAMPLE.as_bytes(), &[b"/tmp/m2".to_vec()]).unwrap();
+        let got = parse(SAMPLE.as_bytes(), &[PathBuf::from("/tmp/m2")]).unwrap();
         assert_eq!(
             got,
             set(&[
@@ -269,13 +247,17 @@ R\tF\t/tmp/m2/mv-file\t/tmp/m2/moved
     #[test]
     fn several_mountpoints() {
         let out = b"M\tF\t/mnt/a b/x\n+\tF\t/mnt/a b/sub/y\n";
-        let got = parse(out, &[b"/mnt/a b".to_vec(), b"/mnt/a b/sub/".to_vec()]).unwrap();
+        let got = parse(
+            out,
+            &[PathBuf::from("/mnt/a b"), PathBuf::from("/mnt/a b/sub/")],
+        )
+        .unwrap();
         assert_eq!(got, set(&["x", "sub/y", "y"]));
     }
 
     #[test]
     fn surprises() {
-        let mp = [b"/m".to_vec()];
+        let mp = [PathBuf::from("/m")];
         for (out, what) in [
             (&b"M\tF\t/elsewhere/x\n"[..], "outside"),
             (b"M\tF\t/m/x\\0q\n", "escape"),
@@ -298,13 +280,17 @@ R\tF\t/tmp/m2/mv-file\t/tmp/m2/moved
         assert_eq!(unescape(b"a\\0040b\\0134\\0377").unwrap(), b"a b\\\xff");
         assert_eq!(unescape(b"\\0400"), None);
         assert_eq!(unescape(b"\\004"), None);
-        let mounts = b"tank/s/2 /tmp/m\\0402 zfs rw,xattr 0 0\n\
-            tank/s/2 /other zfs ro 0 0\n\
-            tank/s/22 /no zfs rw 0 0\n\
-            /dev/sda1 / ext4 rw 0 0\n";
+        let mounts = MountInfo::parse_all(
+            "80 25 0:40 / /tmp/m\\0402 rw - zfs tank/s/2 rw,xattr
+81 25 0:40 / /other ro - zfs tank/s/2 ro
+82 25 0:41 / /no rw - zfs tank/s/22 rw
+83 1 8:1 / / rw - ext4 /dev/sda1 rw
+",
+        )
+        .unwrap();
         assert_eq!(
-            mount_targets(mounts, "tank/s/2"),
-            vec![b"/tmp/m 2".to_vec(), b"/other".to_vec()]
+            mount_targets(&mounts, "tank/s/2"),
+            vec![PathBuf::from("/tmp/m 2"), PathBuf::from("/other")]
         );
     }
 }
