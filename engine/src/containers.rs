@@ -158,14 +158,8 @@ impl Containers {
     /// Opens (creating) the records under `root`.
     pub fn open(root: &Path) -> Result<Containers> {
         let path = root.join("containers.db");
-        let conn = Connection::open(&path).map_err(|e| db_error("open", e))?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(|e| db_error("busy timeout", e))?;
-        // As every thinbox store: a write-ahead log, durable at each commit.
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-            .map_err(|e| db_error("journal mode", e))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS containers (
+        let schema = thinpool::sqlite::Schema {
+            sql: "CREATE TABLE IF NOT EXISTS containers (
                 name TEXT PRIMARY KEY,
                 image TEXT NOT NULL,
                 state TEXT NOT NULL,
@@ -175,8 +169,12 @@ impl Containers {
                 report TEXT,
                 committed TEXT
             );",
-        )
-        .map_err(|e| db_error("create table", e))?;
+            version: 1,
+        };
+        let conn = thinpool::sqlite::open(&path, &schema).map_err(|e| match e {
+            thinpool::sqlite::OpenError::Sqlite(e) => db_error("open", e),
+            e => Error::new(ErrorKind::Corrupt, format!("{}: {e}", path.display())),
+        })?;
         Ok(Containers {
             conn,
             root: root.to_owned(),

@@ -183,37 +183,42 @@ fn set_labels(tx: &Connection, id: SnapshotId, labels: &Labels) -> rusqlite::Res
     Ok(())
 }
 
-/// The settings every thinbox SQLite database opens with, as thinpool's
-/// store: foreign keys on; a write-ahead log with `synchronous=FULL`, so a
-/// commit is durable before it returns (one fsync of the log per
-/// transaction, where the rollback journal paid about four: journal, its
-/// directory, the database, the journal's deletion), and waiting up to 5 s
-/// for another connection's lock.
-pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // An in-memory database answers "memory"; either answer is fine.
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(Duration::from_secs(5))
+/// The metadata store's schema, opened through thinpool's one SQLite setup.
+const SCHEMA_DEF: thinpool::sqlite::Schema = thinpool::sqlite::Schema {
+    sql: SCHEMA,
+    version: 1,
+};
+
+/// A store error from thinpool's SQLite setup, for `op` on `path`.
+pub(crate) fn open_error(
+    op: &'static str,
+    path: Option<&Path>,
+    e: thinpool::sqlite::OpenError,
+) -> Error {
+    let err = match e {
+        thinpool::sqlite::OpenError::Sqlite(e) => Error::store(op, e),
+        e @ thinpool::sqlite::OpenError::TooNew { .. } => Error::new(ErrorKind::Store, op)
+            .detail(e.to_string())
+            .source(e),
+    };
+    match path {
+        Some(p) => err.path(p),
+        None => err,
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let conn =
-            Connection::open(path).map_err(|e| Error::store("open metadata", e).path(path))?;
-        Self::init(conn).map_err(|e| Error::store("open metadata", e).path(path))
+        let conn = thinpool::sqlite::open(path, &SCHEMA_DEF)
+            .map_err(|e| open_error("open metadata", Some(path), e))?;
+        Ok(Store { conn })
     }
 
     /// An in-memory database (tests).
     pub fn open_in_memory() -> Result<Store> {
-        let conn = Connection::open_in_memory().map_err(|e| Error::store("open metadata", e))?;
-        Self::init(conn).map_err(|e| Error::store("open metadata", e))
-    }
-
-    fn init(conn: Connection) -> rusqlite::Result<Store> {
-        configure(&conn)?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = thinpool::sqlite::open_in_memory(&SCHEMA_DEF)
+            .map_err(|e| open_error("open metadata", None, e))?;
         Ok(Store { conn })
     }
 

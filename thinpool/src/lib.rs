@@ -50,6 +50,7 @@ pub mod metadata;
 pub mod metadata_size;
 pub mod pool;
 
+pub mod sqlite;
 pub mod status;
 pub mod store;
 

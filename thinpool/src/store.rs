@@ -235,36 +235,23 @@ fn i64_of(v: u64) -> i64 {
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path).map_err(|e| db_err(e, path).op("open record store"))?;
-        let s = Store {
+        let schema = crate::sqlite::Schema {
+            sql: SCHEMA,
+            version: SCHEMA_VERSION,
+        };
+        let conn = crate::sqlite::open(path, &schema).map_err(|e| match e {
+            crate::sqlite::OpenError::Sqlite(e) => db_err(e, path).op("open record store"),
+            crate::sqlite::OpenError::TooNew { found, understood } => Error::parse(
+                "record store schema version",
+                &found.to_string(),
+                format!("this thinbox understands up to {understood}: upgrade thinbox"),
+            )
+            .path(path),
+        })?;
+        Ok(Store {
             conn,
             path: path.to_owned(),
-        };
-        s.conn
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
-            )
-            .map_err(|e| s.err(e, "open record store"))?;
-        let version: i64 = s
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| s.err(e, "open record store"))?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::parse(
-                "record store schema version",
-                &version.to_string(),
-                format!("this thinbox understands up to {SCHEMA_VERSION}: upgrade thinbox"),
-            )
-            .path(path));
-        }
-        s.conn
-            .execute_batch(SCHEMA)
-            .and_then(|_| {
-                s.conn
-                    .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            })
-            .map_err(|e| s.err(e, "create record store schema"))?;
-        Ok(s)
+        })
     }
 
     /// The file.

@@ -205,12 +205,12 @@ impl Images {
                 .source(e)
         })?;
         let db = dir.join("images.db");
-        let conn = Connection::open(&db).map_err(|e| Error::store("open images", e).path(&db))?;
-        (|| {
-            crate::store::configure(&conn)?;
-            conn.execute_batch(SCHEMA)
-        })()
-        .map_err(|e| Error::store("open images", e).path(&db))?;
+        let schema = thinpool::sqlite::Schema {
+            sql: SCHEMA,
+            version: 1,
+        };
+        let conn = thinpool::sqlite::open(&db, &schema)
+            .map_err(|e| crate::store::open_error("open images", Some(&db), e))?;
         let images = Images {
             conn: Mutex::new(conn),
             dir: dir.to_owned(),
