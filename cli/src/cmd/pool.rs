@@ -185,16 +185,8 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
             cfg.data_size = a.data_size.bytes();
             cfg.metadata_size = a.metadata_size.bytes();
             cfg.block_size = block_size(a.block_size)?;
-            let total = cfg
-                .data_size
-                .to_sectors()
-                .map(|s| cfg.block_size.blocks_floor(s))
-                .unwrap_or(DataBlocks::ZERO);
-            cfg.low_water_mark = Some(
-                a.low_water_mark
-                    .map(DataBlocks::new)
-                    .unwrap_or_else(|| policy.low_water_mark(total).max(DataBlocks::new(1))),
-            );
+            cfg.low_water_mark = a.low_water_mark.map(DataBlocks::new);
+            cfg.autoextend = Some(policy);
             cfg.features = PoolFeatures {
                 skip_block_zeroing: a.skip_block_zeroing,
                 ignore_discard: a.ignore_discard,

@@ -18,8 +18,12 @@ pub struct LoopbackConfig {
     /// Data block size (default 64 KiB).
     pub block_size: BlockSize,
     /// Free data blocks below which the kernel raises a dm event; `None`
-    /// means a tenth of the pool.
+    /// means the autoextend policy's mark when `autoextend` is set (at
+    /// least one block), else a tenth of the pool.
     pub low_water_mark: Option<DataBlocks>,
+    /// The autoextend policy the pool will be watched with, which sets the
+    /// default low-water mark.
+    pub autoextend: Option<AutoextendPolicy>,
     /// Feature arguments (default: `error_if_no_space`, so a full pool fails
     /// writes instead of hanging them).
     pub features: PoolFeatures,
@@ -30,6 +34,15 @@ pub struct LoopbackConfig {
 }
 
 impl LoopbackConfig {
+    /// The low-water mark the pool is made with, for `blocks` data blocks.
+    pub fn low_water_mark_for(&self, blocks: DataBlocks) -> DataBlocks {
+        match (self.low_water_mark, &self.autoextend) {
+            (Some(lwm), _) => lwm,
+            (None, Some(policy)) => policy.low_water_mark(blocks).max(DataBlocks::new(1)),
+            (None, None) => DataBlocks::new((blocks.get() / 10).max(1)),
+        }
+    }
+
     /// Docker-like defaults for a pool `name` in `dir`.
     pub fn new(name: impl Into<String>, dir: impl Into<PathBuf>) -> LoopbackConfig {
         LoopbackConfig {
@@ -39,6 +52,7 @@ impl LoopbackConfig {
             metadata_size: Bytes::gib(2),
             block_size: BlockSize::DEFAULT,
             low_water_mark: None,
+            autoextend: None,
             features: PoolFeatures {
                 error_if_no_space: true,
                 ..PoolFeatures::default()

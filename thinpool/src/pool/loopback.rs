@@ -19,9 +19,7 @@ impl Pool {
                 }));
             }
             check_metadata_size(cfg.block_size, data, cfg.max_thins, meta)?;
-            let lwm = cfg
-                .low_water_mark
-                .unwrap_or(DataBlocks::new((blocks.get() / 10).max(1)));
+            let lwm = cfg.low_water_mark_for(blocks);
             if deps.dm.info(&cfg.name)?.is_some() {
                 return Err(Error::new(ErrorKind::NameTaken {
                     name: cfg.name.clone(),

@@ -101,3 +101,38 @@ fn autoextend_on_low_water_event() {
     p.extend_metadata(Bytes::mib(8)).unwrap();
     p.destroy().unwrap();
 }
+
+#[test]
+fn the_default_low_water_mark_follows_the_autoextend_policy() {
+    let mut c = LoopbackConfig::new("p", "/d");
+    let blocks = DataBlocks::new(1000);
+    assert_eq!(
+        c.low_water_mark_for(blocks),
+        DataBlocks::new(100),
+        "a tenth"
+    );
+    c.autoextend = Some(AutoextendPolicy {
+        threshold_percent: 80,
+        ..AutoextendPolicy::default()
+    });
+    assert_eq!(
+        c.low_water_mark_for(blocks),
+        DataBlocks::new(200),
+        "20% free"
+    );
+    c.autoextend = Some(AutoextendPolicy {
+        threshold_percent: 100,
+        ..AutoextendPolicy::default()
+    });
+    assert_eq!(
+        c.low_water_mark_for(blocks),
+        DataBlocks::new(1),
+        "at least a block"
+    );
+    c.low_water_mark = Some(DataBlocks::new(7));
+    assert_eq!(
+        c.low_water_mark_for(blocks),
+        DataBlocks::new(7),
+        "given wins"
+    );
+}
