@@ -1,0 +1,133 @@
+//! Unit tests of [`super`] (pools).
+
+use std::sync::Arc;
+
+use thinpool::dm::FakeDm;
+use thinpool::loopdev::FakeLoop;
+use thinpool::lvm::FakeLvm;
+use thinpool::metadata::FakeTools;
+use thinpool::Bytes;
+
+use super::*;
+
+fn pools(root: &Path) -> (Pools, FakeDm) {
+    let dm = FakeDm::new();
+    let deps = Deps {
+        dm: Arc::new(dm.clone()),
+        loops: Arc::new(FakeLoop::new()),
+        tools: Arc::new(FakeTools::new(&dm)),
+        lvm: Arc::new(FakeLvm::new(&dm)),
+    };
+    (Pools::with_deps(root, deps), dm)
+}
+
+fn cfg(p: &Pools, name: &str) -> LoopbackConfig {
+    let mut c = LoopbackConfig::new(name, p.dir_of(name));
+    c.data_size = Bytes::mib(256);
+    c.metadata_size = Bytes::mib(64);
+    c
+}
+
+#[test]
+fn loopback_pool_life_cycle_over_fakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, _dm) = pools(tmp.path());
+    let policy = AutoextendPolicy::default();
+    let opened = p.create_loopback(&cfg(&p, "tp"), &policy, 5).unwrap();
+    assert_eq!(opened.record.state, RecordState::Ready);
+    assert_eq!(opened.record.dm_name.as_deref(), Some("tp"));
+    drop(opened);
+    assert_eq!(p.names().unwrap(), ["tp"]);
+
+    let r = p.status("tp").unwrap();
+    assert!(r.active);
+    assert_eq!(r.mode, "rw");
+    assert_eq!(r.data.unwrap().total_bytes, 256 << 20);
+    assert_eq!(r.block_size, Some(65536));
+    assert_eq!(r.free_space_floor, 5);
+    assert_eq!(r.autoextend_threshold, 80);
+
+    let e = p.create_loopback(&cfg(&p, "tp"), &policy, 0).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AlreadyExists);
+
+    p.extend("tp", Some(Bytes::mib(512)), None).unwrap();
+    assert_eq!(p.status("tp").unwrap().data.unwrap().total_bytes, 512 << 20);
+    let e = p
+        .extend("tp", Some(Bytes((100 << 20) + 512)), None)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{}", e.message);
+
+    p.destroy("tp").unwrap();
+    assert!(p.names().unwrap().is_empty());
+    assert!(!p.dir_of("tp").exists());
+    assert_eq!(p.status("tp").unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[test]
+fn bad_sizes_leave_no_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, _dm) = pools(tmp.path());
+    let mut c = cfg(&p, "tp");
+    c.metadata_size = Bytes::mib(1);
+    c.data_size = Bytes::gib(100);
+    let e = p
+        .create_loopback(&c, &AutoextendPolicy::default(), 0)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{}", e.message);
+    assert!(e.message.contains("too small"), "{}", e.message);
+    assert!(!p.dir_of("tp").exists());
+    assert!(p.names().unwrap().is_empty());
+    let e = p.record("bad/name").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn a_record_left_creating_is_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, _dm) = pools(tmp.path());
+    let policy = AutoextendPolicy::default();
+    // A crash after the pool was made but before the record said so.
+    let opened = p.create_loopback(&cfg(&p, "tp"), &policy, 0).unwrap();
+    let mut rec = opened.record.clone();
+    drop(opened);
+    rec.state = RecordState::Creating;
+    p.save(&rec).unwrap();
+    assert!(p.status("tp").unwrap().mode.contains("half-made"));
+    let e = p.open_pool("tp").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Corrupt);
+    assert!(e.message.contains("thinbox pool destroy"), "{}", e.message);
+    // Creating it again undoes the half-made one first.
+    let mut c = cfg(&p, "tp");
+    c.data_size = Bytes::mib(128);
+    let opened = p.create_loopback(&c, &policy, 0).unwrap();
+    drop(opened);
+    assert_eq!(p.status("tp").unwrap().data.unwrap().total_bytes, 128 << 20);
+    // And destroy removes a half-made one too.
+    let mut rec = p.record("tp").unwrap();
+    rec.state = RecordState::Creating;
+    p.save(&rec).unwrap();
+    p.destroy("tp").unwrap();
+    assert!(!p.dir_of("tp").exists());
+}
+
+#[test]
+fn records_round_trip() {
+    let rec = PoolRecord {
+        name: "p".into(),
+        kind: PoolKind::Lvm,
+        state: RecordState::Ready,
+        dir: None,
+        store: Some("/r/pools/p/thinbox.db".into()),
+        dm_name: None,
+        vg: Some("my-vg".into()),
+        lv: Some("p".into()),
+        devices: vec!["/dev/vdb".into()],
+        autoextend_threshold: 80,
+        autoextend_percent: 20,
+        free_space_floor: 0,
+    };
+    let text = toml::to_string(&rec).unwrap();
+    assert_eq!(toml::from_str::<PoolRecord>(&text).unwrap(), rec);
+    assert_eq!(rec.dm_name(), "my--vg-p");
+    assert!(toml::from_str::<PoolRecord>(&format!("{text}\nbogus = 1\n")).is_err());
+}
