@@ -20,7 +20,7 @@ use thinpool::dm::DmControl;
 use thinpool::pool::LoopbackConfig;
 use thinpool::{BlockSize, Sectors};
 
-use crate::config::{BackendChoice, Config, Size};
+use crate::config::{BackendChoice, Bytes, Config};
 use crate::deps::{Deps, KernelProbe};
 use crate::engine::EngineOptions;
 use crate::error::{Error, ErrorKind, Result};
@@ -65,7 +65,7 @@ pub enum Source {
         /// The pool's name (and dm name).
         pool: String,
         /// Virtual size of every snapshot.
-        base_size: Size,
+        base_size: Bytes,
         /// Filesystem on the base device.
         fs: String,
     },
@@ -76,7 +76,7 @@ pub enum Source {
         /// The pool's name under `ROOT/pools`.
         pool: String,
         /// Virtual size of every snapshot.
-        base_size: Size,
+        base_size: Bytes,
         /// Filesystem on the base device.
         fs: String,
     },
@@ -307,7 +307,7 @@ fn make_btrfs_image(
     observer: &dyn Observer,
     image: &Path,
     mnt: &Path,
-    size: Size,
+    size: Bytes,
 ) -> Result<()> {
     observer.event(&Event::Mkfs {
         fs: "btrfs".to_owned(),
@@ -367,8 +367,8 @@ pub(crate) struct Opened {
     pub(crate) pool_lock: Option<Flock<File>>,
 }
 
-fn sectors(what: &str, s: Size) -> Result<Sectors> {
-    s.bytes().to_sectors().ok_or_else(|| {
+fn sectors(what: &str, s: Bytes) -> Result<Sectors> {
+    Sectors::from_bytes(s).ok_or_else(|| {
         Error::new(
             ErrorKind::InvalidArgument,
             format!("{what} {s} is not a multiple of 512 bytes: round it"),
@@ -413,9 +413,9 @@ pub(crate) fn open_backend(
             let open = if make {
                 let d = &config.devmapper;
                 let mut cfg = LoopbackConfig::new(pool.clone(), pools.dir_of(pool));
-                cfg.data_size = d.data_size.bytes();
-                cfg.metadata_size = d.metadata_size.bytes();
-                cfg.block_size = BlockSize::from_bytes(d.block_size.bytes())?;
+                cfg.data_size = d.data_size;
+                cfg.metadata_size = d.metadata_size;
+                cfg.block_size = BlockSize::from_bytes(d.block_size)?;
                 pools.create_loopback(&cfg, &d.autoextend()?, d.free_space_floor)?
             } else {
                 pools.open_pool(pool)?

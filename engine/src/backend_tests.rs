@@ -24,7 +24,7 @@ fn records_round_trip() {
     for source in [
         Source::LoopbackPool {
             pool: "p".into(),
-            base_size: Size::gib(10),
+            base_size: Bytes::gib(10),
             fs: "ext4".into(),
         },
         Source::BtrfsImage {
@@ -36,7 +36,7 @@ fn records_round_trip() {
         },
         Source::NamedPool {
             pool: "lvm".into(),
-            base_size: Size::gib(1),
+            base_size: Bytes::gib(1),
             fs: "xfs".into(),
         },
     ] {

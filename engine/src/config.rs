@@ -41,100 +41,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/thinbox/config.toml";
 /// The state root unless the configuration or `--root` says otherwise.
 pub const DEFAULT_ROOT: &str = "/var/lib/thinbox";
 
-/// A size in bytes as users write it: `20G`, `512MiB`, `64k`, `1T`, or a
-/// plain number of bytes. Displays in the largest exact binary unit
-/// (`20G`), and parses back to the same value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Size(pub u64);
-
-impl Size {
-    /// `n` GiB.
-    pub const fn gib(n: u64) -> Size {
-        Size(n << 30)
-    }
-    /// `n` MiB.
-    pub const fn mib(n: u64) -> Size {
-        Size(n << 20)
-    }
-    /// `n` KiB.
-    pub const fn kib(n: u64) -> Size {
-        Size(n << 10)
-    }
-    /// As thinpool's unit.
-    pub fn bytes(self) -> thinpool::Bytes {
-        thinpool::Bytes(self.0)
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
-                return write!(f, "{}{suffix}", self.0 >> shift);
-            }
-        }
-        write!(f, "{}", self.0)
-    }
-}
-
-impl FromStr for Size {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Size> {
-        let bad = || {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "size {s:?} is not a size: write a number with an optional K, M, G or T suffix (binary units), like 20G"
-                ),
-            )
-        };
-        let t = s.trim();
-        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = t[..digits].parse().map_err(|_| bad())?;
-        let unit = t[digits..].trim().to_ascii_lowercase();
-        let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
-            "" => 0,
-            "k" => 10,
-            "m" => 20,
-            "g" => 30,
-            "t" => 40,
-            _ => return Err(bad()),
-        };
-        if unit.ends_with("ib") && shift == 0 {
-            return Err(bad());
-        }
-        n.checked_mul(1u64 << shift).map(Size).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("size {s:?} overflows 64 bits: use a smaller size"),
-            )
-        })
-    }
-}
-
-impl Serialize for Size {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Size, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
+/// Sizes in the configuration: the workspace's one byte-size type, which
+/// parses what people write (`20G`, `512MiB`, `64k`, `1T`, a plain number
+/// of bytes) and prints in the largest exact binary unit (`20 GiB`).
+pub use kernfmt::Bytes;
 
 /// Which backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -197,13 +107,13 @@ pub struct DevmapperSection {
     /// The pool's dm name (default: derived from the root's directory name).
     pub pool_name: Option<String>,
     /// Data file size.
-    pub data_size: Size,
+    pub data_size: Bytes,
     /// Metadata file size.
-    pub metadata_size: Size,
+    pub metadata_size: Bytes,
     /// Data block size.
-    pub block_size: Size,
+    pub block_size: Bytes,
     /// Virtual size of the base device and so of every snapshot.
-    pub base_size: Size,
+    pub base_size: Bytes,
     /// Filesystem on the base device: ext4 or xfs.
     pub fs: String,
     /// Percent used at which the monitor grows the pool.
@@ -218,10 +128,10 @@ impl Default for DevmapperSection {
     fn default() -> Self {
         DevmapperSection {
             pool_name: None,
-            data_size: Size::gib(100),
-            metadata_size: Size::gib(2),
-            block_size: Size::kib(64),
-            base_size: Size::gib(10),
+            data_size: Bytes::gib(100),
+            metadata_size: Bytes::gib(2),
+            block_size: Bytes::kib(64),
+            base_size: Bytes::gib(10),
             fs: "ext4".to_owned(),
             autoextend_threshold: 80,
             autoextend_percent: 20,
@@ -266,15 +176,15 @@ impl DevmapperSection {
 pub struct BtrfsSection {
     /// An existing directory on btrfs to keep snapshots in.
     pub path: Option<PathBuf>,
-    /// Size of the sparse ROOT/btrfs.img made when no path is given.
-    pub image_size: Size,
+    /// Bytes of the sparse ROOT/btrfs.img made when no path is given.
+    pub image_size: Bytes,
 }
 
 impl Default for BtrfsSection {
     fn default() -> Self {
         BtrfsSection {
             path: None,
-            image_size: Size::gib(20),
+            image_size: Bytes::gib(20),
         }
     }
 }
@@ -368,14 +278,14 @@ mod tests {
             ("1 GiB", 1 << 30),
             ("100b", 100),
         ] {
-            let s: Size = text.parse().unwrap();
+            let s: Bytes = text.parse().unwrap();
             assert_eq!(s.0, bytes, "{text}");
-            assert_eq!(s.to_string().parse::<Size>().unwrap(), s);
+            assert_eq!(s.to_string().parse::<Bytes>().unwrap(), s);
         }
-        assert_eq!(Size(3 << 20).to_string(), "3M");
-        assert_eq!(Size(1000).to_string(), "1000");
+        assert_eq!(Bytes(3 << 20).to_string(), "3 MiB");
+        assert_eq!(Bytes(1000).to_string(), "1000 bytes");
         for bad in ["", "G", "12X", "-1G", "1.5G", "99999999999T", "5iB"] {
-            assert!(bad.parse::<Size>().is_err(), "{bad:?}");
+            assert!(bad.parse::<Bytes>().is_err(), "{bad:?}");
         }
     }
 
@@ -384,8 +294,8 @@ mod tests {
         let c = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.backend, BackendChoice::Auto);
-        assert_eq!(c.devmapper.data_size, Size::gib(100));
-        assert_eq!(c.btrfs.image_size, Size::gib(20));
+        assert_eq!(c.devmapper.data_size, Bytes::gib(100));
+        assert_eq!(c.btrfs.image_size, Bytes::gib(20));
     }
 
     #[test]
@@ -413,8 +323,8 @@ dataset = "tank/tb"
         .unwrap();
         assert_eq!(c.root.as_deref(), Some(Path::new("/srv/tb")));
         assert_eq!(c.backend, BackendChoice::Devmapper);
-        assert_eq!(c.devmapper.metadata_size, Size::mib(64));
-        assert_eq!(c.devmapper.block_size, Size::kib(128));
+        assert_eq!(c.devmapper.metadata_size, Bytes::mib(64));
+        assert_eq!(c.devmapper.block_size, Bytes::kib(128));
         assert_eq!(
             c.devmapper.filesystem().unwrap(),
             thinpool::fs::Filesystem::Xfs

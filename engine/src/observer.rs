@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::config::Size;
+use crate::config::Bytes;
 
 /// Something the engine is doing that can take a while, or is waiting on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub enum Event {
         /// The file or device it goes on.
         on: PathBuf,
         /// Its size, where the engine chose it.
-        size: Option<Size>,
+        size: Option<Bytes>,
     },
     /// Mounting the backend's filesystem at `path`.
     Mounting {

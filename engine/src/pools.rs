@@ -125,7 +125,7 @@ impl PoolRecord {
     }
 }
 
-/// Size and use of one of a pool's two devices.
+/// Bytes and use of one of a pool's two devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Space {
     /// Used blocks.

@@ -2,6 +2,8 @@
 //! as a type that parses ([`std::str::FromStr`]) and prints back
 //! ([`std::fmt::Display`]) to the same text, tested once here:
 //!
+//! - [`Bytes`]: a size in bytes, printed in the largest exact binary unit
+//!   and parsed as people write sizes (`20G`, `512MiB`, `4096`);
 //! - [`DevNum`]: a device number, `MAJOR:MINOR` (dm tables, cgroup files,
 //!   mountinfo);
 //! - [`MountInfo`]: a line of `/proc/PID/mountinfo` (proc(5)), with the
@@ -15,17 +17,19 @@
 
 #![forbid(unsafe_code)]
 
+mod bytes;
 mod cgroup;
 mod devnum;
 mod mountinfo;
 
+pub use bytes::Bytes;
 pub use cgroup::{CgroupLayout, V1_CONTROLLERS};
 pub use devnum::DevNum;
 pub use mountinfo::{unescape_octal, MountInfo};
 
 /// A kernel string that did not parse: what was expected, and the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot parse {what} from {input:?}")]
+#[error("{input:?} is not {what}")]
 pub struct ParseError {
     /// What the text should have been (`a device number MAJOR:MINOR`).
     pub what: &'static str,

@@ -189,25 +189,23 @@ pub fn parse_size(value: &str) -> Result<Bytes> {
                 "{MAX_SIZE_LABEL}={value:?}: {why}; give bytes, e.g. 536870912 or 512M"
             )))
     };
+    // The label's form is stricter than what people type at the CLI: digits
+    // and an optional upper-case binary suffix, no spaces; the value itself
+    // is parsed by the one size parser.
     let digits = value.len() - value.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     if digits == 0 {
         return bad("not a size");
     }
-    let shift = match &value[digits..] {
-        "" => 0,
-        "K" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        _ => return bad("unknown suffix"),
-    };
-    let Ok(n) = value[..digits].parse::<u64>() else {
-        return bad("too large");
-    };
-    match n.checked_mul(1 << shift) {
-        Some(0) => bad("must not be zero"),
-        Some(b) => Ok(Bytes(b)),
-        None => bad("too large"),
+    if !matches!(
+        &value[digits..],
+        "" | "K" | "KiB" | "M" | "MiB" | "G" | "GiB" | "T" | "TiB"
+    ) {
+        return bad("unknown suffix");
+    }
+    match value.parse::<Bytes>() {
+        Ok(Bytes(0)) => bad("must not be zero"),
+        Ok(b) => Ok(b),
+        Err(_) => bad("too large"),
     }
 }
 
@@ -236,22 +234,7 @@ pub struct Info {
     pub updated: SystemTime,
 }
 
-/// A size in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bytes(pub u64);
-
-impl Bytes {
-    /// `self + other`, saturating at `u64::MAX`.
-    pub fn saturating_add(self, other: Bytes) -> Bytes {
-        Bytes(self.0.saturating_add(other.0))
-    }
-}
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} B", self.0)
-    }
-}
+pub use kernfmt::Bytes;
 
 /// Space a snapshot uses on its own, excluding what its parents hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -59,7 +59,7 @@ mod tests {
         // thin-provisioning-tools 0.9.0 prints 57360384 bytes = 14004 blocks:
         // it does not count the superblock; 1.x does.)
         let bs = BlockSize::DEFAULT;
-        let data = Bytes::gib(100).to_sectors().unwrap();
+        let data = Sectors::from_bytes(Bytes::gib(100)).unwrap();
         let n = thin_metadata_size(bs, data, 1000);
         assert_eq!(n, MetaBlocks::new(1 + 1_638_400u64.div_ceil(126) + 1000));
         assert_eq!(n.get(), 14005);
@@ -74,12 +74,12 @@ mod tests {
     #[test]
     fn too_small_names_sizes() {
         let bs = BlockSize::DEFAULT;
-        let data = Bytes::gib(100).to_sectors().unwrap();
-        let err =
-            check_metadata_size(bs, data, 1000, Bytes::mib(1).to_sectors().unwrap()).unwrap_err();
+        let data = Sectors::from_bytes(Bytes::gib(100)).unwrap();
+        let err = check_metadata_size(bs, data, 1000, Sectors::from_bytes(Bytes::mib(1)).unwrap())
+            .unwrap_err();
         let s = err.to_string();
         assert!(matches!(err.kind(), ErrorKind::MetadataTooSmall { .. }));
         assert!(s.contains("1 MiB") && s.contains("56020 KiB"), "{s}");
-        check_metadata_size(bs, data, 1000, Bytes::gib(2).to_sectors().unwrap()).unwrap();
+        check_metadata_size(bs, data, 1000, Sectors::from_bytes(Bytes::gib(2)).unwrap()).unwrap();
     }
 }

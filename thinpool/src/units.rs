@@ -94,43 +94,14 @@ unit!(
     " metadata blocks"
 );
 
-/// A size in bytes, as users give it. Displays with a binary suffix when exact
-/// (`64 KiB`, `2 GiB`), else in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Bytes(pub u64);
-
-impl Bytes {
-    /// `n` KiB.
-    pub const fn kib(n: u64) -> Bytes {
-        Bytes(n << 10)
-    }
-    /// `n` MiB.
-    pub const fn mib(n: u64) -> Bytes {
-        Bytes(n << 20)
-    }
-    /// `n` GiB.
-    pub const fn gib(n: u64) -> Bytes {
-        Bytes(n << 30)
-    }
-    /// Whole sectors, or `None` when not a multiple of 512.
-    pub fn to_sectors(self) -> Option<Sectors> {
-        (self.0 % SECTOR_SIZE == 0).then_some(Sectors(self.0 / SECTOR_SIZE))
-    }
-}
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-        for (name, shift) in UNITS {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
-                return write!(f, "{} {name}", self.0 >> shift);
-            }
-        }
-        write!(f, "{} bytes", self.0)
-    }
-}
+pub use kernfmt::Bytes;
 
 impl Sectors {
+    /// Whole sectors in `b`, or `None` when it is not a multiple of 512.
+    pub fn from_bytes(b: Bytes) -> Option<Sectors> {
+        (b.0 % SECTOR_SIZE == 0).then_some(Sectors(b.0 / SECTOR_SIZE))
+    }
+
     /// Size in bytes (saturating at `u64::MAX`, which no device reaches).
     pub fn bytes(self) -> Bytes {
         Bytes(self.0.saturating_mul(SECTOR_SIZE))
@@ -173,7 +144,7 @@ impl BlockSize {
 
     /// Validates a size in bytes.
     pub fn from_bytes(b: Bytes) -> Result<BlockSize> {
-        match b.to_sectors() {
+        match Sectors::from_bytes(b) {
             Some(s) => Self::from_sectors(s),
             None => Err(Error::new(ErrorKind::InvalidBlockSize { bytes: b.0 })),
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use engine::config::Size;
+use engine::config::Bytes;
 use engine::pools::{MonitorCheck, PoolKind, PoolReport};
 use engine::{Error, ErrorKind};
 use thinpool::pool::{AutoextendPolicy, LoopbackConfig, LvmConfig};
@@ -35,10 +35,10 @@ pub enum PoolCommand {
         name: String,
         /// New data size (a multiple of the block size).
         #[arg(long, value_name = "SIZE")]
-        data: Option<Size>,
+        data: Option<Bytes>,
         /// New metadata size.
         #[arg(long, value_name = "SIZE")]
-        metadata: Option<Size>,
+        metadata: Option<Bytes>,
     },
     /// Checks the pool's metadata with thin_check, on a metadata snapshot
     /// so the pool keeps working.
@@ -78,13 +78,13 @@ pub struct CreateArgs {
     pub dir: Option<PathBuf>,
     /// Loopback data file size (sparse).
     #[arg(long, default_value = "100G", value_name = "SIZE")]
-    pub data_size: Size,
+    pub data_size: Bytes,
     /// Loopback metadata file size (sparse).
     #[arg(long, default_value = "2G", value_name = "SIZE")]
-    pub metadata_size: Size,
+    pub metadata_size: Bytes,
     /// Data block size: 64K..1G, a multiple of 64K.
     #[arg(long, default_value = "64K", value_name = "SIZE")]
-    pub block_size: Size,
+    pub block_size: Bytes,
     /// Free data blocks below which the kernel raises an event (default: from the autoextend threshold).
     #[arg(long, value_name = "BLOCKS")]
     pub low_water_mark: Option<u64>,
@@ -132,7 +132,7 @@ pub struct CreateArgs {
     pub metadata_percent: u8,
     /// Chunk size for --lvm.
     #[arg(long, default_value = "512K", value_name = "SIZE", requires = "lvm")]
-    pub chunk_size: Size,
+    pub chunk_size: Bytes,
     /// Zero new blocks (--lvm; off by default as Docker had it).
     #[arg(long, requires = "lvm")]
     pub zero: bool,
@@ -150,8 +150,8 @@ pub struct CreateArgs {
     pub allow_foreign: bool,
 }
 
-fn block_size(s: Size) -> anyhow::Result<BlockSize> {
-    Ok(BlockSize::from_bytes(s.bytes()).map_err(engine::Error::from)?)
+fn block_size(s: Bytes) -> anyhow::Result<BlockSize> {
+    Ok(BlockSize::from_bytes(s).map_err(engine::Error::from)?)
 }
 
 fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
@@ -182,8 +182,8 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
         } else {
             let dir = a.dir.clone().unwrap_or_else(|| pools.dir_of(&name));
             let mut cfg = LoopbackConfig::new(name.clone(), dir);
-            cfg.data_size = a.data_size.bytes();
-            cfg.metadata_size = a.metadata_size.bytes();
+            cfg.data_size = a.data_size;
+            cfg.metadata_size = a.metadata_size;
             cfg.block_size = block_size(a.block_size)?;
             cfg.low_water_mark = a.low_water_mark.map(DataBlocks::new);
             cfg.autoextend = Some(policy);
@@ -382,7 +382,7 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
                 .into());
             }
             let pools = engine_options(g).pools()?;
-            pools.extend(name, data.map(Size::bytes), metadata.map(Size::bytes))?;
+            pools.extend(name, *data, *metadata)?;
             let r = pools.status(name)?;
             if g.json {
                 print_json(&r)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use engine::config::Size;
+use engine::config::Bytes;
 use engine::containers::{self, ContainerRecord, RunOptions};
 
 use super::engine_options;
@@ -73,7 +73,7 @@ pub struct RmArgs {
 
 /// A size as `--memory` and the io flags take it: 64M, 1G, 512K or bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<Size>().map(|v| v.0).map_err(|e| e.message)
+    s.parse::<Bytes>().map(|v| v.0).map_err(|e| e.to_string())
 }
 
 /// Runs `thinbox run`. Like `docker run`, thinbox exits with the

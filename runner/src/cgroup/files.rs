@@ -17,36 +17,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use kernfmt::{unescape_octal, DevNum, MountInfo};
+pub use kernfmt::{unescape_octal, Bytes, DevNum, MountInfo};
 
 use crate::error::{parse_error, Error};
-
-/// A count of bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Bytes(pub u64);
-
-impl Bytes {
-    /// `n` mebibytes (2^20 bytes).
-    pub const fn mib(n: u64) -> Bytes {
-        Bytes(n << 20)
-    }
-}
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl FromStr for Bytes {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        s.trim()
-            .parse()
-            .map(Bytes)
-            .map_err(|_| parse_error("a byte count", s))
-    }
-}
 
 /// A limit that may be `max` (no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -139,12 +139,12 @@ impl Cgroup for V1Cgroup {
     fn apply(&self, r: &Resources) -> Result<()> {
         use Controller::*;
         if let Some(limit) = r.memory.limit {
-            write_file(&self.file(Memory, "memory.limit_in_bytes")?, limit)?;
+            write_file(&self.file(Memory, "memory.limit_in_bytes")?, limit.0)?;
         }
         if let Some(swap) = r.memory.swap {
             let value = match swap {
                 Max::Unlimited => "-1".to_owned(),
-                Max::Limit(b) => b.to_string(),
+                Max::Limit(b) => b.0.to_string(),
             };
             write_file(&self.file(Memory, "memory.memsw.limit_in_bytes")?, value).map_err(
                 |e| {
@@ -161,7 +161,7 @@ impl Cgroup for V1Cgroup {
             )?;
         }
         if let Some(soft) = r.memory.reservation {
-            write_file(&self.file(Memory, "memory.soft_limit_in_bytes")?, soft)?;
+            write_file(&self.file(Memory, "memory.soft_limit_in_bytes")?, soft.0)?;
         }
         if let Some(shares) = r.cpu.shares {
             write_file(&self.file(Cpu, "cpu.shares")?, shares)?;

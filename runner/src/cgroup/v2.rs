@@ -105,7 +105,7 @@ impl Cgroup for V2Cgroup {
 
     fn apply(&self, r: &Resources) -> Result<()> {
         if let Some(limit) = r.memory.limit {
-            write_file(&self.file("memory.max"), limit)?;
+            write_file(&self.file("memory.max"), limit.0)?;
         }
         if let Some(swap) = r.memory.swap {
             // OCI counts memory+swap; v2 limits swap alone.
@@ -117,7 +117,7 @@ impl Cgroup for V2Cgroup {
             write_file(&self.file("memory.swap.max"), value)?;
         }
         if let Some(low) = r.memory.reservation {
-            write_file(&self.file("memory.low"), low)?;
+            write_file(&self.file("memory.low"), low.0)?;
         }
         if let Some(shares) = r.cpu.shares {
             write_file(&self.file("cpu.weight"), shares_to_weight(shares))?;

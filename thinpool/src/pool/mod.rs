@@ -135,7 +135,7 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 pub(super) fn sectors_of(what: &'static str, b: Bytes) -> Result<Sectors> {
-    b.to_sectors().ok_or_else(|| {
+    Sectors::from_bytes(b).ok_or_else(|| {
         Error::new(ErrorKind::NotBlockMultiple {
             what,
             size: b,
