@@ -26,13 +26,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 pub mod dump;
+pub mod ops;
+
+pub use ops::{BtrfsOps, SystemBtrfs};
 
 use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
@@ -43,38 +44,12 @@ use crate::types::{Bytes, Capabilities, Kind, Labels, Usage};
 
 use super::naive::ids_in;
 
-/// `BTRFS_SUPER_MAGIC` from linux/magic.h.
-const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-
-/// The btrfs backend.
+/// The btrfs backend, over btrfs as [`BtrfsOps`] reaches it.
 #[derive(Debug)]
-pub struct Btrfs {
+pub struct Btrfs<B: BtrfsOps = SystemBtrfs> {
     root: PathBuf,
     qgroups: bool,
-}
-
-/// `btrfs --format json qgroup show --raw PATH`, parsed; None when quotas
-/// are off (the command fails).
-fn qgroup_show(path: &Path) -> Result<Option<serde_json::Value>> {
-    let out = std::process::Command::new("btrfs")
-        .args(["--format", "json", "qgroup", "show", "--raw"])
-        .arg(path)
-        .output()
-        .map_err(|e| {
-            Error::new(ErrorKind::BackendUnavailable, "usage")
-                .path(path)
-                .detail("btrfs: cannot run the btrfs tool; install btrfs-progs")
-                .source(e)
-        })?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&out.stdout).map(Some).map_err(|e| {
-        Error::new(ErrorKind::Io, "usage")
-            .path(path)
-            .detail("unexpected output from btrfs qgroup show")
-            .source(e)
-    })
+    ops: B,
 }
 
 /// The exclusive bytes of qgroup `0/ID` in `btrfs qgroup show` JSON.
@@ -90,18 +65,24 @@ fn exclusive_of(show: &serde_json::Value, subvol_id: u64) -> Option<u64> {
         .ok()
 }
 
-fn btrfs_err(op: &'static str, path: &Path, e: libbtrfsutil::Error) -> Error {
-    Error::new(ErrorKind::Io, op).path(path).source(e)
-}
-
 impl Btrfs {
     /// A backend at `root`, which must be on btrfs
     /// ([`ErrorKind::BackendUnavailable`] otherwise).
     pub fn new(root: &Path) -> Result<Btrfs> {
+        Btrfs::with_ops(root, SystemBtrfs)
+    }
+
+    /// Opens a btrfs snapshotter at `root`.
+    pub fn open(root: &Path) -> Result<Snapshots<Btrfs>> {
+        Snapshots::open(root, Btrfs::new(root)?)
+    }
+}
+
+impl<B: BtrfsOps> Btrfs<B> {
+    /// A backend at `root` over `ops`.
+    pub fn with_ops(root: &Path, ops: B) -> Result<Btrfs<B>> {
         fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
-        let st = nix::sys::statfs::statfs(root).map_err(|e| Error::sys("statfs", root, e))?;
-        #[allow(clippy::unnecessary_cast)]
-        if st.filesystem_type().0 as i64 != BTRFS_SUPER_MAGIC {
+        if !ops.on_btrfs(root)? {
             return Err(Error::new(ErrorKind::BackendUnavailable, "open")
                 .path(root)
                 .detail("btrfs: root is not on btrfs; mount a btrfs filesystem there"));
@@ -110,16 +91,12 @@ impl Btrfs {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(|e| Error::io("open", &d, e))?;
         }
-        let qgroups = qgroup_show(root)?.is_some();
+        let qgroups = ops.qgroup_show(root)?.is_some();
         Ok(Btrfs {
             root: root.to_owned(),
             qgroups,
+            ops,
         })
-    }
-
-    /// Opens a btrfs snapshotter at `root`.
-    pub fn open(root: &Path) -> Result<Snapshots<Btrfs>> {
-        Snapshots::open(root, Btrfs::new(root)?)
     }
 
     /// Where the read-only snapshot of an active snapshot lives while it is
@@ -134,7 +111,7 @@ impl Btrfs {
             return Ok(None);
         };
         let parent = self.path(Kind::Committed, *parent);
-        if !libbtrfsutil::is_subvolume(&parent).unwrap_or(false) {
+        if !self.ops.is_subvolume(&parent) {
             tracing::debug!(
                 "btrfs: parent {} is not a subvolume; comparing trees",
                 parent.display()
@@ -144,19 +121,22 @@ impl Btrfs {
         let _temp;
         let source = match obj.kind {
             Kind::Active => {
-                let t =
-                    TempSnapshot::take(&self.path(Kind::Active, obj.id), self.diff_path(obj.id))?;
+                let t = TempSnapshot::take(
+                    &self.ops,
+                    &self.path(Kind::Active, obj.id),
+                    self.diff_path(obj.id),
+                )?;
                 let p = t.path.clone();
                 _temp = t;
                 p
             }
             kind => self.path(kind, obj.id),
         };
-        let paths = match send_dump(&parent, &source)? {
+        let paths = match self.ops.send_dump(&parent, &source)? {
             Some(p) => p,
             None => return Ok(None),
         };
-        Ok(with_hard_links(&source, paths)?.map(|p| p.into_iter().collect()))
+        Ok(with_hard_links(&self.ops, &source, paths)?.map(|p| p.into_iter().collect()))
     }
 
     fn path(&self, kind: Kind, id: SnapshotId) -> PathBuf {
@@ -173,7 +153,7 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
-impl Backend for Btrfs {
+impl<B: BtrfsOps> Backend for Btrfs<B> {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             block_level: false,
@@ -190,20 +170,15 @@ impl Backend for Btrfs {
         let path = self.path(obj.kind, obj.id);
         match obj.parents.first() {
             None => {
-                libbtrfsutil::create_subvolume(&path)
-                    .map_err(|e| btrfs_err("create subvolume", &path, e))?;
+                self.ops.create_subvolume(&path)?;
                 if obj.kind == Kind::View {
-                    libbtrfsutil::set_subvolume_read_only(&path, true)
-                        .map_err(|e| btrfs_err("set read-only", &path, e))?;
+                    self.ops.set_read_only(&path)?;
                 }
                 Ok(())
             }
             Some(p) => {
                 let src = self.path(Kind::Committed, *p);
-                libbtrfsutil::CreateSnapshotOptions::new()
-                    .readonly(obj.kind == Kind::View)
-                    .create(&src, &path)
-                    .map_err(|e| btrfs_err("snapshot", &path, e))
+                self.ops.snapshot(&src, &path, obj.kind == Kind::View)
             }
         }
     }
@@ -212,14 +187,10 @@ impl Backend for Btrfs {
         let src = self.path(Kind::Active, obj.id);
         let dst = self.path(Kind::Committed, obj.id);
         if !exists(&dst) {
-            libbtrfsutil::CreateSnapshotOptions::new()
-                .readonly(true)
-                .create(&src, &dst)
-                .map_err(|e| btrfs_err("snapshot", &dst, e))?;
+            self.ops.snapshot(&src, &dst, true)?;
         }
         if exists(&src) {
-            libbtrfsutil::delete_subvolume(&src)
-                .map_err(|e| btrfs_err("delete subvolume", &src, e))?;
+            self.ops.delete_subvolume(&src)?;
         }
         Ok(())
     }
@@ -228,8 +199,7 @@ impl Backend for Btrfs {
         let paths = [Kind::Active, Kind::View, Kind::Committed].map(|k| self.path(k, id));
         for p in std::iter::once(self.diff_path(id)).chain(paths) {
             if exists(&p) {
-                libbtrfsutil::delete_subvolume(&p)
-                    .map_err(|e| btrfs_err("delete subvolume", &p, e))?;
+                self.ops.delete_subvolume(&p)?;
             }
         }
         Ok(())
@@ -247,10 +217,10 @@ impl Backend for Btrfs {
         let parent = obj.parents.first().map(|p| self.path(Kind::Committed, *p));
         let mut usage = usage_against(&path, parent.as_deref())?;
         if self.qgroups {
-            let id = libbtrfsutil::subvolume_id(&path).map_err(|e| btrfs_err("usage", &path, e))?;
+            let id = self.ops.subvolume_id(&path)?;
             // Qgroup counters are updated when a transaction commits.
-            libbtrfsutil::sync(&path).map_err(|e| btrfs_err("sync", &path, e))?;
-            let show = qgroup_show(&path)?.ok_or_else(|| {
+            self.ops.sync(&path)?;
+            let show = self.ops.qgroup_show(&path)?.ok_or_else(|| {
                 Error::new(ErrorKind::Io, "usage")
                     .path(&path)
                     .detail("btrfs quotas were disabled while the snapshotter was open")
@@ -288,28 +258,25 @@ impl Backend for Btrfs {
 }
 
 /// A read-only snapshot for `btrfs send`, deleted on drop.
-struct TempSnapshot {
+struct TempSnapshot<'a, B: BtrfsOps> {
+    ops: &'a B,
     path: PathBuf,
 }
 
-impl TempSnapshot {
-    fn take(src: &Path, path: PathBuf) -> Result<TempSnapshot> {
+impl<'a, B: BtrfsOps> TempSnapshot<'a, B> {
+    fn take(ops: &'a B, src: &Path, path: PathBuf) -> Result<TempSnapshot<'a, B>> {
         if exists(&path) {
             // Left by a crash during an earlier diff.
-            libbtrfsutil::delete_subvolume(&path)
-                .map_err(|e| btrfs_err("delete subvolume", &path, e))?;
+            ops.delete_subvolume(&path)?;
         }
-        libbtrfsutil::CreateSnapshotOptions::new()
-            .readonly(true)
-            .create(src, &path)
-            .map_err(|e| btrfs_err("snapshot", &path, e))?;
-        Ok(TempSnapshot { path })
+        ops.snapshot(src, &path, true)?;
+        Ok(TempSnapshot { ops, path })
     }
 }
 
-impl Drop for TempSnapshot {
+impl<B: BtrfsOps> Drop for TempSnapshot<'_, B> {
     fn drop(&mut self) {
-        if let Err(e) = libbtrfsutil::delete_subvolume(&self.path) {
+        if let Err(e) = self.ops.delete_subvolume(&self.path) {
             tracing::warn!(
                 "cannot delete temporary snapshot {} (removing the snapshot or cleanup retries): {e}",
                 self.path.display()
@@ -318,112 +285,11 @@ impl Drop for TempSnapshot {
     }
 }
 
-fn tool_missing(op: &'static str, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::BackendUnavailable, op)
-        .detail("btrfs: cannot run the btrfs tool; install btrfs-progs")
-        .source(e)
-}
-
-/// `btrfs send --no-data -p PARENT SOURCE | btrfs receive --dump`, parsed;
-/// None (logged) when either fails or the dump surprises the parser.
-fn send_dump(parent: &Path, source: &Path) -> Result<Option<BTreeSet<PathBuf>>> {
-    let mut send = Command::new("btrfs")
-        .args(["send", "-q", "--no-data", "-p"])
-        .arg(parent)
-        .arg(source)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| tool_missing("diff", e))?;
-    let stream = send
-        .stdout
-        .take()
-        .ok_or_else(|| Error::new(ErrorKind::Io, "diff").detail("btrfs send: no stdout pipe"))?;
-    let receive = Command::new("btrfs")
-        .args(["receive", "--dump"])
-        .env("LC_ALL", "C")
-        .stdin(stream)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut receive = match receive {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = send.kill();
-            let _ = send.wait();
-            return Err(tool_missing("diff", e));
-        }
-    };
-    let mut parsed = dump::DumpPaths::new();
-    let mut surprise = None;
-    if let Some(out) = receive.stdout.take() {
-        let mut out = BufReader::new(out);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = out
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Error::io("diff", source, e))?;
-            if n == 0 {
-                break;
-            }
-            let l = line.strip_suffix(b"\n").unwrap_or(&line);
-            if surprise.is_none() {
-                if let Err(e) = parsed.line(l) {
-                    surprise = Some(e);
-                }
-            }
-        }
-    }
-    let mut errs = Vec::new();
-    let mut received = false;
-    for (name, child) in [("receive", &mut receive), ("send", &mut send)] {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        let status = child.wait().map_err(|e| Error::io("diff", source, e))?;
-        // `receive --dump` exits at the stream's end command, which send
-        // may outlive by a write: SIGPIPE. While send still had the pipe
-        // open, receive cannot have stopped at end of file, so it saw the
-        // end command and the dump is whole.
-        let pipe = name == "send"
-            && received
-            && std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGPIPE);
-        if status.success() {
-            received = name == "receive";
-        } else if !pipe {
-            errs.push(format!("btrfs {name}: {status}: {}", err.trim()));
-        }
-    }
-    if !errs.is_empty() {
-        tracing::debug!(
-            "btrfs send -p {} {} failed, comparing trees: {}",
-            parent.display(),
-            source.display(),
-            errs.join("; ")
-        );
-        return Ok(None);
-    }
-    if let Some(s) = surprise {
-        tracing::debug!("{s}; comparing trees");
-        return Ok(None);
-    }
-    match parsed.finish() {
-        Ok(p) => Ok(Some(p)),
-        Err(s) => {
-            tracing::debug!("{s}; comparing trees");
-            Ok(None)
-        }
-    }
-}
-
 /// Adds the other names of every changed non-directory with several
 /// links (send names only one of them) via `btrfs inspect-internal
 /// inode-resolve`; None (logged) when a name cannot be confirmed.
 fn with_hard_links(
+    ops: &impl BtrfsOps,
     source: &Path,
     mut paths: BTreeSet<PathBuf>,
 ) -> Result<Option<BTreeSet<PathBuf>>> {
@@ -436,23 +302,13 @@ fn with_hard_links(
         }
     }
     for (ino, nlink) in inodes {
-        let out = Command::new("btrfs")
-            .args(["inspect-internal", "inode-resolve", &ino.to_string()])
-            .arg(source)
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|e| tool_missing("diff", e))?;
-        if !out.status.success() {
-            tracing::debug!(
-                "btrfs inode-resolve {ino} failed, comparing trees: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let Some(lines) = ops.inode_paths(source, ino)? else {
             return Ok(None);
-        }
+        };
         let mut prefix = source.as_os_str().as_bytes().to_vec();
         prefix.push(b'/');
         let mut found = 0;
-        for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        for line in &lines {
             // Names with a newline break the output: unconfirmed.
             let rel = line
                 .strip_prefix(prefix.as_slice())
@@ -483,18 +339,4 @@ fn with_hard_links(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exclusive_from_qgroup_json() {
-        let show: serde_json::Value = serde_json::from_str(
-            r#"{"__header":{"version":"1"},"qgroup-show":[
-                {"qgroupid":"0/5","referenced":"16384","exclusive":"16384","path":""},
-                {"qgroupid":"0/256","referenced":"1019904","exclusive":"65536","path":"a"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(exclusive_of(&show, 256), Some(65536));
-        assert_eq!(exclusive_of(&show, 257), None);
-    }
-}
+mod tests;
