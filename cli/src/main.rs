@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod exit;
+mod print;
 mod progress;
 
 /// Options every subcommand takes.

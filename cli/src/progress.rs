@@ -9,7 +9,7 @@ use std::time::Duration;
 use engine::{Event, Observer};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::cmd::human;
+use crate::print::human;
 
 /// Turns engine events into terminal output.
 #[derive(Debug)]

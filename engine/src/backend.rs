@@ -22,9 +22,9 @@ use thinpool::{BlockSize, Sectors};
 
 use crate::config::{BackendChoice, Bytes, Config};
 use crate::deps::{Deps, KernelProbe};
-use crate::engine::EngineOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::{Event, Observer};
+use crate::options::EngineOptions;
 use crate::pools::Pools;
 use crate::state::{crash_point, read_toml};
 
@@ -336,7 +336,7 @@ pub(crate) fn undo(root: &Path, opts: &EngineOptions, rec: &BackendRecord) {
     match &rec.source {
         Source::LoopbackPool { pool, .. } => {
             if let Ok(pools) = Pools::for_engine(root, opts) {
-                let _ = pools.destroy_any(pool);
+                let _ = pools.destroy(pool);
             }
             let _ = std::fs::remove_dir_all(root.join("snapshots"));
         }

@@ -14,6 +14,7 @@
 //!   snapshots and mounts, runs through the `runner` crate, `--commit`;
 //! - [`pools`]: named thin-pools under `ROOT/pools` (loopback, direct-lvm,
 //!   adopted) for `thinbox pool ...`;
+//! - [`options`]: [`EngineOptions`], how a front end opens the engine;
 //! - [`deps`]: the kernel seams (probes, thin-pool seams, loop devices,
 //!   mkfs and mount), real or fake;
 //! - [`observer`]: progress events;
@@ -38,6 +39,7 @@ pub mod engine;
 pub mod error;
 pub mod mounts;
 pub mod observer;
+pub mod options;
 pub mod pools;
 pub mod snapshots;
 pub mod state;

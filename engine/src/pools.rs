@@ -273,7 +273,7 @@ impl Pools {
 
     /// The pools under `root` through the engine's seams, reporting lock
     /// waits to the engine's observer.
-    pub fn for_engine(root: &Path, opts: &crate::EngineOptions) -> Result<Pools> {
+    pub fn for_engine(root: &Path, opts: &crate::options::EngineOptions) -> Result<Pools> {
         let mut pools = Pools::with_deps(root, opts.deps.pool_deps()?);
         pools.observer = Arc::clone(&opts.observer);
         Ok(pools)
@@ -673,24 +673,7 @@ impl Pools {
 
     /// Removes pool `name`: everything thinbox made for it (an adopted
     /// pool is only forgotten: its dm device is not thinbox's to remove).
-    /// Refused for the pool under the root's own snapshotter.
     pub fn destroy(&self, name: &str) -> Result<()> {
-        if let Some(root) = self.dir.parent() {
-            if crate::backend::engine_pool(root).as_deref() == Some(name) {
-                return Err(Error::new(
-                    ErrorKind::InUse,
-                    format!(
-                        "pool {name:?} holds the snapshots of {}: remove that state root instead of its pool",
-                        root.display()
-                    ),
-                ));
-            }
-        }
-        self.destroy_any(name)
-    }
-
-    /// Removes pool `name`, also the engine's own (when its backend is undone).
-    pub(crate) fn destroy_any(&self, name: &str) -> Result<()> {
         let rec = self.record(name)?;
         let lock = self.lock(name)?;
         match (rec.state, rec.kind) {

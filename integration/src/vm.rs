@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::need::CgroupLayout;
+use kernfmt::CgroupLayout;
 
 /// Set to `1` inside the guest.
 pub const IN_VM_ENV: &str = "THINBOX_IN_VM";

@@ -4,11 +4,12 @@
 //! size (`data_block_size` in the thin-pool table, 64 KiB..=1 GiB in steps of
 //! 64 KiB: `DATA_DEV_BLOCK_SIZE_MIN_SECTORS` / `_MAX_SECTORS`), and a thin id
 //! is 24 bits (`MAX_DEV_ID` = 2^24 - 1).
+//!
+//! What can fail (validated constructors, checked arithmetic, parsing)
+//! lives in [`crate::checked`], because it returns [`crate::Error`] and
+//! the error's payloads are these units.
 
 use std::fmt;
-use std::str::FromStr;
-
-use crate::error::{Error, ErrorKind, Result};
 
 /// Bytes in a sector (`1 << SECTOR_SHIFT`).
 pub const SECTOR_SIZE: u64 = 512;
@@ -35,25 +36,9 @@ macro_rules! unit {
                 self.0
             }
 
-            /// Sum, or an overflow error.
-            pub fn checked_add(self, other: $name) -> Result<$name> {
-                self.0
-                    .checked_add(other.0)
-                    .map($name)
-                    .ok_or_else(|| Error::new(ErrorKind::Overflow { what: stringify!($name) }))
-            }
-
             /// Difference, or `None` when `other` is larger.
             pub fn checked_sub(self, other: $name) -> Option<$name> {
                 self.0.checked_sub(other.0).map($name)
-            }
-
-            /// Product with a scalar, or an overflow error.
-            pub fn checked_mul(self, k: u64) -> Result<$name> {
-                self.0
-                    .checked_mul(k)
-                    .map($name)
-                    .ok_or_else(|| Error::new(ErrorKind::Overflow { what: stringify!($name) }))
             }
         }
 
@@ -64,15 +49,6 @@ macro_rules! unit {
                     f.write_str($suffix)?;
                 }
                 Ok(())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<$name> {
-                s.parse::<u64>()
-                    .map($name)
-                    .map_err(|e| Error::parse(stringify!($name), s, e.to_string()))
             }
         }
     };
@@ -132,22 +108,10 @@ impl BlockSize {
     /// The default: 64 KiB.
     pub const DEFAULT: BlockSize = BlockSize::MIN;
 
-    /// Validates a size in sectors.
-    pub fn from_sectors(s: Sectors) -> Result<BlockSize> {
-        if s < Self::MIN.0 || s > Self::MAX.0 || s.0 % Self::MIN.0 .0 != 0 {
-            return Err(Error::new(ErrorKind::InvalidBlockSize {
-                bytes: s.0.saturating_mul(SECTOR_SIZE),
-            }));
-        }
-        Ok(BlockSize(s))
-    }
-
-    /// Validates a size in bytes.
-    pub fn from_bytes(b: Bytes) -> Result<BlockSize> {
-        match Sectors::from_bytes(b) {
-            Some(s) => Self::from_sectors(s),
-            None => Err(Error::new(ErrorKind::InvalidBlockSize { bytes: b.0 })),
-        }
+    /// A block size known to be valid (the checked constructors are
+    /// [`BlockSize::from_sectors`] and [`BlockSize::from_bytes`]).
+    pub(crate) const fn new_unchecked(s: Sectors) -> BlockSize {
+        BlockSize(s)
     }
 
     /// The size in sectors, as the thin-pool table states it.
@@ -160,26 +124,9 @@ impl BlockSize {
         self.0.bytes()
     }
 
-    /// Exact number of blocks in `s`, or a [`ErrorKind::NotBlockMultiple`] error.
-    pub fn blocks_exact(self, what: &'static str, s: Sectors) -> Result<DataBlocks> {
-        if s.0 % self.0 .0 != 0 {
-            return Err(Error::new(ErrorKind::NotBlockMultiple {
-                what,
-                size: s.bytes(),
-                block_size: self.bytes(),
-            }));
-        }
-        Ok(DataBlocks(s.0 / self.0 .0))
-    }
-
     /// Whole blocks in `s`, rounded down.
     pub fn blocks_floor(self, s: Sectors) -> DataBlocks {
         DataBlocks(s.0 / self.0 .0)
-    }
-
-    /// Sectors covered by `n` blocks.
-    pub fn sectors_of(self, n: DataBlocks) -> Result<Sectors> {
-        self.0.checked_mul(n.0)
     }
 }
 
@@ -195,14 +142,6 @@ impl fmt::Display for BlockSize {
     }
 }
 
-impl FromStr for BlockSize {
-    type Err = Error;
-    /// Parses the sector count the thin-pool table uses.
-    fn from_str(s: &str) -> Result<BlockSize> {
-        BlockSize::from_sectors(s.parse()?)
-    }
-}
-
 /// A thin device id inside a pool: 24 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ThinId(u32);
@@ -213,22 +152,15 @@ impl ThinId {
     /// The largest id.
     pub const MAX: ThinId = ThinId((1 << 24) - 1);
 
-    /// Validates an id.
-    pub fn new(id: u64) -> Result<ThinId> {
-        if id >= Self::LIMIT {
-            return Err(Error::new(ErrorKind::ThinIdOutOfRange { id }));
-        }
-        Ok(ThinId(id as u32))
+    /// An id known to be below [`ThinId::LIMIT`] (the checked constructor
+    /// is [`ThinId::new`]).
+    pub(crate) const fn new_unchecked(id: u32) -> ThinId {
+        ThinId(id)
     }
 
     /// The raw id.
     pub fn get(self) -> u32 {
         self.0
-    }
-
-    /// The next id, or `None` past 2^24 - 1.
-    pub fn next(self) -> Option<ThinId> {
-        ThinId::new(u64::from(self.0) + 1).ok()
     }
 }
 
@@ -238,115 +170,12 @@ impl fmt::Display for ThinId {
     }
 }
 
-impl FromStr for ThinId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<ThinId> {
-        let n: u64 = s
-            .parse()
-            .map_err(|e: std::num::ParseIntError| Error::parse("thin id", s, e.to_string()))?;
-        ThinId::new(n)
-    }
-}
-
 /// The pool's transaction id (set with the `set_transaction_id` message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct TransactionId(pub u64);
 
-impl TransactionId {
-    /// The id after this one.
-    pub fn next(self) -> Result<TransactionId> {
-        self.0.checked_add(1).map(TransactionId).ok_or_else(|| {
-            Error::new(ErrorKind::Overflow {
-                what: "transaction id",
-            })
-        })
-    }
-}
-
 impl fmt::Display for TransactionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
-    }
-}
-
-impl FromStr for TransactionId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<TransactionId> {
-        s.parse()
-            .map(TransactionId)
-            .map_err(|e: std::num::ParseIntError| Error::parse("transaction id", s, e.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn block_size_bounds() {
-        assert!(BlockSize::from_bytes(Bytes::kib(64)).is_ok());
-        assert!(BlockSize::from_bytes(Bytes::gib(1)).is_ok());
-        assert!(BlockSize::from_bytes(Bytes::kib(192)).is_ok());
-        for bad in [0, 4096, 32 << 10, 96 << 10, (1 << 30) + (64 << 10), 1000] {
-            let e = BlockSize::from_bytes(Bytes(bad)).unwrap_err();
-            assert_eq!(e.kind(), &ErrorKind::InvalidBlockSize { bytes: bad });
-        }
-    }
-
-    #[test]
-    fn thin_id_is_24_bits() {
-        assert_eq!(ThinId::new(0).unwrap().get(), 0);
-        assert_eq!(ThinId::new((1 << 24) - 1).unwrap(), ThinId::MAX);
-        assert!(ThinId::new(1 << 24).is_err());
-        assert!(ThinId::MAX.next().is_none());
-        assert!("16777216".parse::<ThinId>().is_err());
-    }
-
-    #[test]
-    fn checked_arithmetic() {
-        assert!(Sectors::new(u64::MAX).checked_add(Sectors::new(1)).is_err());
-        assert!(DataBlocks::new(u64::MAX / 2 + 1).checked_mul(2).is_err());
-        assert_eq!(Sectors::new(1).checked_sub(Sectors::new(2)), None);
-        assert!(BlockSize::MAX
-            .sectors_of(DataBlocks::new(u64::MAX))
-            .is_err());
-    }
-
-    #[test]
-    fn conversions() {
-        assert_eq!(MetaBlocks::new(3).sectors(), Sectors::new(24));
-        assert_eq!(Bytes::gib(2).to_string(), "2 GiB");
-        assert_eq!(Bytes(1000).to_string(), "1000 bytes");
-        let bs = BlockSize::DEFAULT;
-        assert_eq!(
-            bs.blocks_exact("data", Sectors::new(1280)).unwrap(),
-            DataBlocks::new(10)
-        );
-        assert!(matches!(
-            bs.blocks_exact("data", Sectors::new(1281))
-                .unwrap_err()
-                .kind(),
-            ErrorKind::NotBlockMultiple { .. }
-        ));
-    }
-
-    proptest! {
-        #[test]
-        fn block_size_roundtrip(k in 1u64..=16384) {
-            let bs = BlockSize::from_bytes(Bytes::kib(64 * k)).unwrap();
-            prop_assert_eq!(bs.to_string().parse::<BlockSize>().unwrap(), bs);
-        }
-
-        #[test]
-        fn thin_id_roundtrip(id in 0u64..(1 << 24)) {
-            let t = ThinId::new(id).unwrap();
-            prop_assert_eq!(t.to_string().parse::<ThinId>().unwrap(), t);
-        }
-
-        #[test]
-        fn sectors_roundtrip(n: u64) {
-            prop_assert_eq!(Sectors::new(n).to_string().parse::<Sectors>().unwrap(), Sectors::new(n));
-        }
     }
 }

@@ -402,7 +402,7 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             }
         }
         PoolCommand::Destroy { name } => {
-            engine_options(g).pools()?.destroy(name)?;
+            engine_options(g).destroy_pool(name)?;
             if g.json {
                 print_json(&serde_json::json!({ "pool": name, "destroyed": true }))
             } else {
