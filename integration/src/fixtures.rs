@@ -189,6 +189,20 @@ impl Drop for ZfsPool {
     }
 }
 
+/// dm devices whose name starts with `prefix` (`dmsetup ls`; none where
+/// dmsetup is missing).
+pub fn dm_names(prefix: &str) -> Vec<String> {
+    let Ok(out) = Command::new("dmsetup").arg("ls").output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Every mount point of this process (`/proc/self/mountinfo`, escapes
 /// undone), in the table's order.
 pub fn mount_points() -> Vec<PathBuf> {

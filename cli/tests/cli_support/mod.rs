@@ -156,15 +156,7 @@ pub fn loops_under(dir: &Path) -> Vec<String> {
 
 /// dm devices whose name starts with `prefix`.
 pub fn dm_devices(prefix: &str) -> Vec<String> {
-    let Ok(out) = Command::new("dmsetup").args(["ls"]).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
+    integration::fixtures::dm_names(prefix)
 }
 
 impl Drop for Root {

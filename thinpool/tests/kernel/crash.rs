@@ -22,18 +22,19 @@ use crate::support::*;
 /// The environment variable that makes the test binary a crash child.
 pub const CRASH_ENV: &str = "THINPOOL_CRASH_CHILD";
 
-/// Real dm control that SIGKILLs its own process at a matching call.
+/// Where a crash child dies: at the first call whose description starts
+/// with `pattern`, before it or (when it succeeded) after it.
 #[derive(Debug)]
-struct KillAt {
-    inner: RealDm,
-    pattern: String,
-    after: bool,
+pub struct KillSwitch {
+    pub pattern: String,
+    pub after: bool,
 }
 
-impl KillAt {
-    fn around<T>(
+impl KillSwitch {
+    /// Runs `f`, the call described by `desc`, dying where the switch says.
+    pub fn around<T>(
         &self,
-        desc: String,
+        desc: &str,
         f: impl FnOnce() -> thinpool::Result<T>,
     ) -> thinpool::Result<T> {
         let hit = desc.starts_with(&self.pattern);
@@ -45,6 +46,23 @@ impl KillAt {
             die();
         }
         r
+    }
+}
+
+/// Real dm control that SIGKILLs its own process at a matching call.
+#[derive(Debug)]
+struct KillAt {
+    inner: RealDm,
+    switch: KillSwitch,
+}
+
+impl KillAt {
+    fn around<T>(
+        &self,
+        desc: String,
+        f: impl FnOnce() -> thinpool::Result<T>,
+    ) -> thinpool::Result<T> {
+        self.switch.around(&desc, f)
     }
 }
 
@@ -122,8 +140,10 @@ pub fn crash_child(spec: &str) -> ! {
     let deps = Deps {
         dm: Arc::new(KillAt {
             inner: RealDm::new().unwrap(),
-            pattern: f[3].to_owned(),
-            after: f[4] == "after",
+            switch: KillSwitch {
+                pattern: f[3].to_owned(),
+                after: f[4] == "after",
+            },
         }),
         loops: Arc::new(RealLoop),
         tools: Arc::new(ThinTools),

@@ -12,7 +12,7 @@ use thinpool::lvm::{LvChange, LvExtend, LvRow, LvmControl, PvInfo, RealLvm, Thin
 use thinpool::pool::{AutoextendPolicy, Deps, LvmConfig, Monitor, Pool};
 use thinpool::{Bytes, ErrorKind, Sectors};
 
-use crate::crash::die;
+use crate::crash::KillSwitch;
 use crate::support::*;
 
 /// The environment variable that makes the test binary an lvm2 crash child.
@@ -164,8 +164,7 @@ pub fn direct_lvm_pool_lifecycle() {
 #[derive(Debug)]
 struct KillLvm {
     inner: RealLvm,
-    pattern: String,
-    after: bool,
+    switch: KillSwitch,
 }
 
 impl KillLvm {
@@ -174,15 +173,7 @@ impl KillLvm {
         desc: &str,
         f: impl FnOnce() -> thinpool::Result<T>,
     ) -> thinpool::Result<T> {
-        let hit = desc.starts_with(&self.pattern);
-        if hit && !self.after {
-            die();
-        }
-        let r = f();
-        if hit && self.after && r.is_ok() {
-            die();
-        }
-        r
+        self.switch.around(desc, f)
     }
 }
 
@@ -236,8 +227,10 @@ pub fn lvm_crash_child(spec: &str) -> ! {
     let deps = Deps {
         lvm: Arc::new(KillLvm {
             inner: RealLvm,
-            pattern: f[4].to_owned(),
-            after: f[5] == "after",
+            switch: KillSwitch {
+                pattern: f[4].to_owned(),
+                after: f[5] == "after",
+            },
         }),
         ..deps()
     };

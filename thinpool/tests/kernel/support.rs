@@ -358,15 +358,7 @@ pub fn dm_exists(name: &str) -> bool {
 
 /// dm devices whose name starts with `prefix`.
 pub fn dm_names_with_prefix(prefix: &str) -> Vec<String> {
-    let Ok(out) = Command::new("dmsetup").arg("ls").output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
+    integration::fixtures::dm_names(prefix)
 }
 
 /// Whether any loop device's backing file lies under `dir` (or is `dir`).
