@@ -13,14 +13,12 @@ mod cli_support;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cli_support::{one_line, snapshots, Root};
+use cli_support::{busybox_image, containers, one_line, snapshots, start_sleeper, Root};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
-use snapshotter::image::write::{self, Entry, ImageSpec};
-use snapshotter::image::ImageConfig;
 
 const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
 const DM_THIN: &[Need] = &[Need::Root, Need::Loop, Need::DmThin];
@@ -55,50 +53,6 @@ fn main() -> ExitCode {
         ));
     }
     harness::main(&tests)
-}
-
-const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "rm", "ls", "sleep", "dd", "head", "tr", "hostname", "id", "true",
-    "false", "mkdir", "test", "touch",
-];
-
-/// An image `name` with busybox and applet links, `PATH=/bin`, Cmd `sh`.
-fn busybox_image(root: &Root, name: &str) {
-    let busybox = fs::read("/bin/busybox").expect("/bin/busybox (install busybox-static)");
-    let mut entries = vec![
-        Entry::dir("bin"),
-        Entry::file("bin/busybox", &busybox, 0o755),
-        Entry::dir("etc"),
-        Entry::file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
-        Entry::file("etc/group", b"root:x:0:\n", 0o644),
-        Entry::file("etc/motd", b"original\n", 0o644),
-        Entry::file("etc/obsolete", b"to be removed\n", 0o644),
-        Entry::dir("proc"),
-        Entry::dir("sys"),
-        Entry::dir("dev"),
-        Entry::dir("tmp"),
-    ];
-    for a in APPLETS {
-        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
-    }
-    let config = ImageConfig {
-        env: vec!["PATH=/bin".into(), "FROM_IMAGE=yes".into()],
-        entrypoint: vec![],
-        cmd: vec!["/bin/sh".into()],
-        working_dir: "/".into(),
-        user: String::new(),
-    };
-    let dir = root.path().join(format!("oci-{}", name.replace(':', "-")));
-    write::oci_dir(
-        &ImageSpec::new(config, vec![write::layer_tar(&entries).unwrap()]).name(name),
-        &dir,
-    )
-    .unwrap();
-    root.ok(&["image", "import", dir.to_str().unwrap()]);
-}
-
-fn containers(root: &Root) -> Vec<serde_json::Value> {
-    root.json(&["ps", "-a"]).as_array().unwrap().clone()
 }
 
 fn run_output_exit_codes_and_json() {
@@ -351,33 +305,6 @@ fn running_container_and_its_image_are_not_removed() {
 /// and waits until `ps` shows it running.
 // The child is returned to the caller, which waits for it.
 #[allow(clippy::zombie_processes)]
-fn start_sleeper(root: &Root, name: &str) -> std::process::Child {
-    let mut child = root
-        .command(&["run", "--name", name, "bb:1", "--", "sleep", "600"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ps = root.json(&["ps"]);
-        let running = ps
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == name && c["state"] == "running");
-        if running {
-            return child;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("container never ran: {ps}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// kill -9 of `thinbox run` while its container runs: the container dies
 /// with it, and the next command marks it exited and unmounts its root.
 fn killed_run_is_reconciled() {

@@ -1,411 +1,47 @@
 //! Containers: `thinbox run`, `ps` and `rm` as library calls.
+
 //!
+
 //! A container is a record in `ROOT/containers.db`, a writable snapshot
+
 //! (key `container/NAME`) prepared on its image's top layer, and that
+
 //! snapshot mounted at `ROOT/containers/NAME/rootfs` while it runs. The
+
 //! record is written before anything is made (state `preparing`) and moves
+
 //! through `created`, `running`, `exited`; [`Containers::reconcile`] undoes
+
 //! what a killed `thinbox run` left: a `preparing` record loses its
+
 //! snapshot and row, a `running` one whose process is gone becomes
+
 //! `exited` (reason unknown) and its root is unmounted.
+
 //!
+
 //! The snapshotter's root lock is released while the container runs (so
+
 //! `thinbox ps`, `rm` and other `run`s can work) and taken again to unmount,
+
 //! commit and remove.
-
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
+use crate::engine::{Engine, EngineOptions};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mounts;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use snapshotter::image::Image;
 use snapshotter::{Key, Labels, Name, Snapshotter};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::engine::{Engine, EngineOptions};
-use crate::error::{Error, ErrorKind, Result};
-use crate::mounts;
+mod records;
+use records::{owner_alive, pid_alive, unmount_if_mounted};
+pub use records::{ContainerName, ContainerRecord, Containers, State};
 
 /// Label on a container's snapshot naming its container.
 pub const CONTAINER_LABEL: &str = "thinbox.io/container";
-
-/// A container name: 1 to 64 of `[A-Za-z0-9_.-]`, starting with a letter
-/// or digit (it becomes part of a snapshot key, a directory and a cgroup).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ContainerName(String);
-
-impl ContainerName {
-    /// Validates `s` as a container name.
-    pub fn new(s: &str) -> Result<ContainerName> {
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-        let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-        if s.is_empty() || s.len() > 64 || !first_ok || !s.chars().all(ok_char) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "invalid container name {s:?}: use 1 to 64 letters, digits, '_', '.' or '-', \
-                     starting with a letter or digit"
-                ),
-            ));
-        }
-        Ok(ContainerName(s.to_owned()))
-    }
-
-    /// A fresh random name (`c-` and 12 hex digits).
-    pub fn random() -> ContainerName {
-        let mut bytes = [0u8; 6];
-        let filled = fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-        if filled.is_err() {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            bytes.copy_from_slice(
-                &(nanos as u64 ^ u64::from(std::process::id())).to_le_bytes()[..6],
-            );
-        }
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        ContainerName(format!("c-{hex}"))
-    }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The key of the container's writable snapshot.
-    pub fn snapshot_key(&self) -> Key {
-        Key::new(format!("container/{}", self.0)).expect("a container name makes a valid key")
-    }
-}
-
-/// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Its record exists; its snapshot is being made (a crash here rolls back).
-    Preparing,
-    /// Its snapshot exists and is mounted; the process is not started yet.
-    Created,
-    /// Its process runs.
-    Running,
-    /// Its process ended; its snapshot stays until `rm` (or was committed).
-    Exited,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Preparing => "preparing",
-            State::Created => "created",
-            State::Running => "running",
-            State::Exited => "exited",
-        }
-    }
-
-    fn parse(s: &str) -> Result<State> {
-        Ok(match s {
-            "preparing" => State::Preparing,
-            "created" => State::Created,
-            "running" => State::Running,
-            "exited" => State::Exited,
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("containers.db holds an unknown state {other:?}"),
-                ))
-            }
-        })
-    }
-}
-
-/// A container's record.
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerRecord {
-    /// Its name.
-    pub name: String,
-    /// The image it was started from.
-    pub image: String,
-    /// Its state.
-    pub state: State,
-    /// The host pid of its first process while it runs.
-    pub pid: Option<i32>,
-    /// The pid of the `thinbox run` that made it and waits for it.
-    pub owner: i32,
-    /// Creation time, seconds since the epoch.
-    pub created: u64,
-    /// How it ended (absent while running, or when `thinbox run` itself
-    /// was killed).
-    pub report: Option<runner::ExitReport>,
-    /// The image its changes were committed as (`run --commit`); its
-    /// snapshot became that image's top layer.
-    pub committed: Option<String>,
-}
-
-/// The container records (`ROOT/containers.db`).
-#[derive(Debug)]
-pub struct Containers {
-    conn: Connection,
-    root: PathBuf,
-}
-
-fn db_error(what: &str, e: rusqlite::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("containers.db: {what}: {e}"))
-}
-
-impl Containers {
-    /// Opens (creating) the records under `root`.
-    pub fn open(root: &Path) -> Result<Containers> {
-        let path = root.join("containers.db");
-        let schema = thinpool::sqlite::Schema {
-            sql: "CREATE TABLE IF NOT EXISTS containers (
-                name TEXT PRIMARY KEY,
-                image TEXT NOT NULL,
-                state TEXT NOT NULL,
-                pid INTEGER,
-                owner INTEGER NOT NULL,
-                created INTEGER NOT NULL,
-                report TEXT,
-                committed TEXT
-            );",
-            version: 1,
-        };
-        let conn = thinpool::sqlite::open(&path, &schema).map_err(|e| match e {
-            thinpool::sqlite::OpenError::Sqlite(e) => db_error("open", e),
-            e => Error::new(ErrorKind::Corrupt, format!("{}: {e}", path.display())),
-        })?;
-        Ok(Containers {
-            conn,
-            root: root.to_owned(),
-        })
-    }
-
-    /// The directory the container's root is mounted on.
-    pub fn rootfs_dir(&self, name: &ContainerName) -> PathBuf {
-        self.root
-            .join("containers")
-            .join(name.as_str())
-            .join("rootfs")
-    }
-
-    /// Records a new container as `preparing`; a name in use is refused.
-    pub fn begin(&self, name: &ContainerName, image: &str) -> Result<()> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let r = self.conn.execute(
-            "INSERT INTO containers (name, image, state, owner, created) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                name.as_str(),
-                image,
-                State::Preparing.as_str(),
-                std::process::id(),
-                now as i64
-            ],
-        );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!(
-                        "container name {:?} is already in use: pick another --name or `thinbox rm {}`",
-                        name.as_str(),
-                        name.as_str()
-                    ),
-                ))
-            }
-            Err(e) => Err(db_error("insert", e)),
-        }
-    }
-
-    fn set(&self, name: &ContainerName, state: State, pid: Option<i32>) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE containers SET state = ?2, pid = ?3 WHERE name = ?1",
-                params![name.as_str(), state.as_str(), pid],
-            )
-            .map_err(|e| db_error("update", e))?;
-        Ok(())
-    }
-
-    fn finish(
-        &self,
-        name: &ContainerName,
-        report: Option<&runner::ExitReport>,
-        committed: Option<&str>,
-    ) -> Result<()> {
-        let report = report.map(|r| r.to_json());
-        self.conn
-            .execute(
-                "UPDATE containers SET state = 'exited', pid = NULL, report = ?2, committed = ?3 \
-                 WHERE name = ?1",
-                params![name.as_str(), report, committed],
-            )
-            .map_err(|e| db_error("update", e))?;
-        Ok(())
-    }
-
-    fn delete(&self, name: &ContainerName) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM containers WHERE name = ?1",
-                params![name.as_str()],
-            )
-            .map_err(|e| db_error("delete", e))?;
-        Ok(())
-    }
-
-    /// Every container, oldest first.
-    pub fn list(&self) -> Result<Vec<ContainerRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT name, image, state, pid, owner, created, report, committed FROM containers \
-                 ORDER BY created, name",
-            )
-            .map_err(|e| db_error("select", e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<i32>>(3)?,
-                    r.get::<_, i32>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                ))
-            })
-            .map_err(|e| db_error("select", e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, image, state, pid, owner, created, report, committed) =
-                row.map_err(|e| db_error("select", e))?;
-            out.push(ContainerRecord {
-                name,
-                image,
-                state: State::parse(&state)?,
-                pid,
-                owner,
-                created: created.max(0) as u64,
-                report: report.and_then(|r| serde_json::from_str(&r).ok()),
-                committed,
-            });
-        }
-        Ok(out)
-    }
-
-    /// The record of `name`.
-    pub fn get(&self, name: &ContainerName) -> Result<ContainerRecord> {
-        let found = self
-            .conn
-            .query_row(
-                "SELECT name FROM containers WHERE name = ?1",
-                params![name.as_str()],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()
-            .map_err(|e| db_error("select", e))?;
-        if found.is_none() {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "no container named {:?}: `thinbox ps -a` lists them",
-                    name.as_str()
-                ),
-            ));
-        }
-        self.list()?
-            .into_iter()
-            .find(|c| c.name == name.as_str())
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "container vanished"))
-    }
-
-    /// Undoes what killed runs left behind (see the module docs); returns
-    /// the names it touched.
-    pub fn reconcile(&self, sn: &dyn Snapshotter) -> Result<Vec<String>> {
-        let mut touched = Vec::new();
-        for c in self.list()? {
-            let name = ContainerName::new(&c.name)?;
-            // Its `thinbox run` is still at work on it: leave it alone.
-            if c.state != State::Exited && owner_alive(c.owner) {
-                continue;
-            }
-            match c.state {
-                State::Preparing | State::Created => {
-                    // Created but never started (or half-made): roll back.
-                    self.teardown(sn, &name, c.committed.is_none())?;
-                    self.delete(&name)?;
-                    touched.push(c.name);
-                }
-                State::Running => {
-                    unmount_if_mounted(&self.rootfs_dir(&name))?;
-                    self.finish(&name, None, None)?;
-                    touched.push(c.name);
-                }
-                _ => {}
-            }
-        }
-        Ok(touched)
-    }
-
-    /// Unmounts the root and (when `remove_snapshot`) removes the snapshot;
-    /// absent pieces are fine.
-    fn teardown(
-        &self,
-        sn: &dyn Snapshotter,
-        name: &ContainerName,
-        remove_snapshot: bool,
-    ) -> Result<()> {
-        let rootfs = self.rootfs_dir(name);
-        unmount_if_mounted(&rootfs)?;
-        if remove_snapshot {
-            match sn.remove(&name.snapshot_key()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == snapshotter::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if let Some(dir) = rootfs.parent() {
-            let _ = fs::remove_dir(&rootfs);
-            let _ = fs::remove_dir(dir);
-        }
-        Ok(())
-    }
-}
-
-fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
-/// Whether `pid` is a live thinbox process (not a reused pid, not a zombie).
-fn owner_alive(pid: i32) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // `PID (COMM) STATE ...`; COMM may hold spaces and parentheses.
-    let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
-        return false;
-    };
-    comm.starts_with("thinbox") && !rest.starts_with('Z')
-}
-
-/// Whether `dir` is a mount point (listed in /proc/self/mountinfo).
-fn is_mount_point(dir: &Path) -> Result<bool> {
-    Ok(mounts::mount_at(dir)?.is_some())
-}
-
-fn unmount_if_mounted(dir: &Path) -> Result<()> {
-    while is_mount_point(dir)? {
-        snapshotter::unmount(dir)?;
-    }
-    Ok(())
-}
 
 /// The block device behind the filesystem mounted at `dir`, when it is
 /// one (dm-thin devices, loop devices; not ZFS datasets or binds of
@@ -523,6 +159,7 @@ fn container_config(
     image: &Image,
     name: &ContainerName,
     rootfs: &Path,
+    cgroup: runner::cgroup::CgroupPath,
 ) -> Result<runner::ContainerConfig> {
     use runner::cgroup::{Bytes, ThrottleKind};
     let cfg = &image.config;
@@ -554,6 +191,7 @@ fn container_config(
     let (uid, gid) = parse_user(&cfg.user, rootfs)?;
     let mut b = runner::ContainerConfig::builder(rootfs)
         .id(name.as_str())
+        .cgroup_path(cgroup)
         .hostname(name.as_str())
         .args(args)
         .user(uid, gid)
@@ -643,7 +281,7 @@ pub fn run(
             format!("image {:?} has no layers to run", image.name),
         )
     })?;
-    containers.begin(&name, &image.name)?;
+    let cgroup = containers.begin(&name, &image.name)?;
     let rootfs = containers.rootfs_dir(&name);
     let made = (|| -> Result<runner::ContainerConfig> {
         let mut labels = Labels::new();
@@ -655,7 +293,7 @@ pub fn run(
             .map_err(|e| Error::new(ErrorKind::Io, format!("create {}: {e}", rootfs.display())))?;
         snapshotter::mount_all(&specs, &rootfs)?;
         containers.set(&name, State::Created, None)?;
-        container_config(run, &image, &name, &rootfs)
+        container_config(run, &image, &name, &rootfs, cgroup)
     })();
     let config = match made {
         Ok(c) => c,

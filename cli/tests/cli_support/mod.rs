@@ -5,11 +5,15 @@
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use integration::fixtures::{temp_dir, try_run};
 use serde_json::Value;
+use snapshotter::image::write::{self, Entry, ImageSpec};
+use snapshotter::image::ImageConfig;
 
 /// The binary under test.
 pub const THINBOX: &str = env!("CARGO_BIN_EXE_thinbox");
@@ -188,5 +192,80 @@ impl Drop for Root {
         for l in loops_under(&root) {
             try_run("losetup", &["-d", &l]);
         }
+    }
+}
+
+// ---- a busybox image and containers on it -----------------------------
+
+pub const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "rm", "ls", "sleep", "dd", "head", "tr", "hostname", "id", "true",
+    "false", "mkdir", "test", "touch",
+];
+
+/// An image `name` with busybox and applet links, `PATH=/bin`, Cmd `sh`.
+pub fn busybox_image(root: &Root, name: &str) {
+    let busybox = fs::read("/bin/busybox").expect("/bin/busybox (install busybox-static)");
+    let mut entries = vec![
+        Entry::dir("bin"),
+        Entry::file("bin/busybox", &busybox, 0o755),
+        Entry::dir("etc"),
+        Entry::file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
+        Entry::file("etc/group", b"root:x:0:\n", 0o644),
+        Entry::file("etc/motd", b"original\n", 0o644),
+        Entry::file("etc/obsolete", b"to be removed\n", 0o644),
+        Entry::dir("proc"),
+        Entry::dir("sys"),
+        Entry::dir("dev"),
+        Entry::dir("tmp"),
+    ];
+    for a in APPLETS {
+        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
+    }
+    let config = ImageConfig {
+        env: vec!["PATH=/bin".into(), "FROM_IMAGE=yes".into()],
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        working_dir: "/".into(),
+        user: String::new(),
+    };
+    let dir = root.path().join(format!("oci-{}", name.replace(':', "-")));
+    write::oci_dir(
+        &ImageSpec::new(config, vec![write::layer_tar(&entries).unwrap()]).name(name),
+        &dir,
+    )
+    .unwrap();
+    root.ok(&["image", "import", dir.to_str().unwrap()]);
+}
+
+pub fn containers(root: &Root) -> Vec<serde_json::Value> {
+    root.json(&["ps", "-a"]).as_array().unwrap().clone()
+}
+
+/// Starts `thinbox run --name NAME bb:1 -- sleep 600` and waits until
+/// `ps` shows it running.
+pub fn start_sleeper(root: &Root, name: &str) -> std::process::Child {
+    let mut child = root
+        .command(&["run", "--name", name, "bb:1", "--", "sleep", "600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = root.json(&["ps"]);
+        let running = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name && c["state"] == "running");
+        if running {
+            return child;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("container never ran: {ps}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

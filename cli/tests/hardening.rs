@@ -1,0 +1,208 @@
+//! Defects a hostile user found (issue 11), each proven through the real
+//! binary on the host's loopback btrfs default: containers of two roots do
+//! not share a cgroup, and a killed run leaves no cgroup for the next run
+//! of the same name to inherit.
+#![forbid(unsafe_code)]
+
+mod cli_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use cli_support::{busybox_image, start_sleeper, Root};
+use integration::harness::{self, KernelTest};
+use integration::need::Need;
+
+const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
+
+fn main() -> ExitCode {
+    harness::main(&[
+        KernelTest::new(
+            "host_btrfs_two_roots_never_share_a_cgroup",
+            two_roots_never_share_a_cgroup,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "host_btrfs_killed_run_leaves_no_cgroup_to_inherit",
+            killed_run_leaves_no_cgroup_to_inherit,
+        )
+        .needs(BTRFS),
+    ])
+}
+
+/// The cgroup hierarchies mounted on this machine (v1 controllers and the
+/// v2 or hybrid unified one).
+fn hierarchies() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect();
+    if Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+        out.push(PathBuf::from("/sys/fs/cgroup"));
+    }
+    out
+}
+
+/// thinbox's cgroups of containers called `name`, in every hierarchy.
+fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for h in hierarchies() {
+        let Ok(roots) = fs::read_dir(h.join("thinbox")) else {
+            continue;
+        };
+        for root in roots.flatten().filter(|e| e.path().is_dir()) {
+            // Before the fix a container's cgroup was thinbox/NAME itself.
+            if root.file_name() == name {
+                found.push(root.path());
+            }
+            for c in fs::read_dir(root.path()).into_iter().flatten().flatten() {
+                let n = c.file_name().to_string_lossy().into_owned();
+                if c.path().is_dir() && n.starts_with(&format!("{name}-")) {
+                    found.push(c.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `--root R1 run --name same --memory 100M` running while `--root R2 run
+/// --name same --memory 50M` starts and ends: the first keeps its 100M
+/// limit and is not killed by the second's cleanup.
+fn two_roots_never_share_a_cgroup() {
+    let (r1, r2) = (Root::new(), Root::new());
+    busybox_image(&r1, "bb:1");
+    busybox_image(&r2, "bb:1");
+    let limit = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null \
+                 || cat /sys/fs/cgroup/memory.max";
+    let first = r1
+        .command(&[
+            "--json",
+            "run",
+            "--name",
+            "same",
+            "--memory",
+            "100M",
+            "bb:1",
+            "--",
+            "sh",
+            "-c",
+            &format!("while [ ! -e /go ]; do sleep 0.1; done; {limit}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r1
+        .json(&["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["state"] == "running")
+    {
+        assert!(Instant::now() < deadline, "the first container never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = r2.run(&[
+        "run", "--rm", "--name", "same", "--memory", "50M", "bb:1", "--", "sh", "-c", limit,
+    ]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(
+        second.stdout.trim(),
+        (50u64 << 20).to_string(),
+        "{second:?}"
+    );
+    // Let the first container read its limit now.
+    fs::write(r1.path().join("containers/same/rootfs/go"), "").unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&(100u64 << 20).to_string()),
+        "the first container's limit changed: {stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(
+        report["report"]["reason"], "exited",
+        "the first container did not exit on its own: {stdout}"
+    );
+    r1.ok(&["rm", "same"]);
+}
+
+/// kill -9 of `thinbox run --name x --memory 32M --pids 7`, then `thinbox
+/// rm x`: nothing of its cgroup is left, and the next `run --name x` does
+/// not inherit its limits.
+fn killed_run_leaves_no_cgroup_to_inherit() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    let name = format!("x{}", std::process::id());
+    let mut child = root
+        .command(&[
+            "run", "--name", &name, "--memory", "32M", "--pids", "7", "bb:1", "--", "sleep", "600",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cgroups_named(&name).is_empty() {
+        assert!(Instant::now() < deadline, "no cgroup appeared for {name}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = loop {
+        let ps = root.json(&["ps"]);
+        if let Some(p) = ps[0]["pid"].as_i64() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "never running: {ps}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+    while !gone() {
+        assert!(Instant::now() < deadline, "the container outlived its run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    root.ok(&["rm", &name]);
+    assert_eq!(cgroups_named(&name), Vec::<PathBuf>::new(), "cgroups left");
+
+    let r = root.run(&[
+        "run",
+        "--rm",
+        "--name",
+        &name,
+        "bb:1",
+        "--",
+        "cat",
+        "/sys/fs/cgroup/pids/pids.max",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout.trim(),
+        "max",
+        "the new run inherited a limit: {r:?}"
+    );
+    assert_eq!(cgroups_named(&name), Vec::<PathBuf>::new(), "cgroups left");
+
+    // A sleeper killed the same way is gone after any next command.
+    let mut child = start_sleeper(&root, &name);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        root.ok(&["ps", "-a"]);
+        if cgroups_named(&name).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", cgroups_named(&name));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    root.ok(&["rm", &name]);
+}
