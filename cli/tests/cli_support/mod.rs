@@ -242,7 +242,8 @@ pub fn containers(root: &Root) -> Vec<serde_json::Value> {
 }
 
 /// Starts `thinbox run --name NAME bb:1 -- sleep 600` and waits until
-/// `ps` shows it running.
+/// `ps` shows it running. The caller owns (kills and waits for) the child.
+#[allow(clippy::zombie_processes)]
 pub fn start_sleeper(root: &Root, name: &str) -> std::process::Child {
     let mut child = root
         .command(&["run", "--name", name, "bb:1", "--", "sleep", "600"])
