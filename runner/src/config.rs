@@ -403,6 +403,16 @@ impl ContainerBuilder {
     fn new(rootfs: impl Into<PathBuf>) -> ContainerBuilder {
         let mut spec = Spec::default();
         spec.set_hostname(Some("thinbox".into()));
+        // oci-spec's default process has KILL, NET_BIND_SERVICE and
+        // AUDIT_WRITE inheritable and ambient, so a non-root user kept them
+        // across execve. Since CVE-2022-24769 runc and moby leave both sets
+        // empty: a non-root process starts with no capabilities, as there.
+        if let Some(process) = spec.process_mut().as_mut() {
+            let mut caps = process.capabilities().clone().unwrap_or_default();
+            caps.set_inheritable(Some(HashSet::new()));
+            caps.set_ambient(Some(HashSet::new()));
+            process.set_capabilities(Some(caps));
+        }
         // The root is the container's own snapshot: writable unless asked
         // (`runc spec` writes `readonly: true`).
         if let Some(root) = spec.root_mut() {

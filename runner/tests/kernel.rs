@@ -86,6 +86,10 @@ const TESTS: &[(&str, fn())] = &[
     ),
     ("runc_spec_bundle_runs", runc_spec_bundle_runs),
     (
+        "non_root_capabilities_match_runc",
+        non_root_capabilities_match_runc,
+    ),
+    (
         "cgroup_mount_shows_only_the_own_cgroup",
         cgroup_mount_shows_only_the_own_cgroup,
     ),

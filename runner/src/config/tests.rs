@@ -200,3 +200,32 @@ fn a_missing_bundle_says_what_to_pass() {
     assert_eq!(e.kind(), ErrorKind::Rootfs);
     assert!(e.to_string().contains("config.json"), "{e}");
 }
+
+#[test]
+fn inheritable_and_ambient_capabilities_start_empty() {
+    let dir = rootfs();
+    let c = ContainerConfig::builder(dir.path())
+        .args(["/bin/true"])
+        .user(65534, 65534)
+        .build()
+        .unwrap();
+    let caps = c
+        .spec
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    assert_eq!(
+        caps.inheritable().clone().unwrap_or_default(),
+        HashSet::new()
+    );
+    assert_eq!(caps.ambient().clone().unwrap_or_default(), HashSet::new());
+    assert!(
+        caps.bounding()
+            .as_ref()
+            .is_some_and(|b| b.contains(&Capability::NetBindService)),
+        "the bounding set keeps the defaults"
+    );
+}

@@ -264,3 +264,71 @@ pub(super) fn cgroup_mount_shows_only_the_own_cgroup() {
         assert_clean(&report);
     }
 }
+
+/// The capability lines of /proc/self/status (CapInh, CapPrm, CapEff,
+/// CapAmb; not CapBnd, whose default lists differ by runtime version).
+fn cap_lines(status: &str) -> Vec<String> {
+    status
+        .lines()
+        .filter(|l| {
+            ["CapInh", "CapPrm", "CapEff", "CapAmb"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// uid 65534 in thinbox's default container and in runc's default bundle
+/// (`runc spec`) has the same capabilities: none (CVE-2022-24769 left the
+/// inheritable set empty in runc and moby; thinbox had KILL,
+/// NET_BIND_SERVICE and AUDIT_WRITE inheritable and ambient).
+pub(super) fn non_root_capabilities_match_runc() {
+    use integration::fixtures::run;
+    let script = "grep ^Cap /proc/self/status > /out/caps";
+    let ours = Rootfs::new();
+    fs::set_permissions(
+        ours.path.join("out"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let config = ours
+        .builder()
+        .user(65534, 65534)
+        .args(["/bin/sh", "-c", script])
+        .build()
+        .unwrap();
+    let report = Runtime::detect().unwrap().run(&config).unwrap();
+    assert_clean(&report);
+    let thinbox = cap_lines(&fs::read_to_string(ours.path.join("out/caps")).unwrap());
+
+    let theirs = Rootfs::new();
+    fs::set_permissions(
+        theirs.path.join("out"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let bundle = theirs.path.parent().unwrap().to_owned();
+    run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
+    let path = bundle.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    v["process"]["terminal"] = false.into();
+    v["process"]["user"] = serde_json::json!({"uid": 65534, "gid": 65534});
+    v["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    v["root"]["readonly"] = false.into();
+    let id = unique_name("runc-caps");
+    v["linux"]["cgroupsPath"] = format!("/thinbox/{id}").into();
+    fs::write(&path, v.to_string()).unwrap();
+    let out = std::process::Command::new("runc")
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runc: {out:?}");
+    let runc = cap_lines(&fs::read_to_string(theirs.path.join("out/caps")).unwrap());
+    assert_eq!(thinbox, runc, "thinbox and runc differ for uid 65534");
+    assert_eq!(thinbox.len(), 4, "{thinbox:?}");
+    for line in &thinbox {
+        assert!(line.ends_with("0000000000000000"), "{thinbox:?}");
+    }
+}
