@@ -16,6 +16,35 @@ pub fn code(kind: ErrorKind) -> u8 {
     }
 }
 
+/// The stable name of `kind` in `--json` errors.
+pub fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidArgument => "invalid_argument",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::AlreadyExists => "already_exists",
+        ErrorKind::InUse => "in_use",
+        ErrorKind::NotRoot => "not_root",
+        ErrorKind::BackendUnavailable => "backend_unavailable",
+        ErrorKind::NoSpace => "no_space",
+        ErrorKind::Io => "io",
+        ErrorKind::Corrupt => "corrupt",
+        _ => "failed",
+    }
+}
+
+/// A failure as one JSON object, for stderr under `--json`: its kind, exit
+/// code, whole message, and the fix (thinbox's messages end with what to
+/// do, after the last `": "`; null when there is none).
+pub fn error_json(kind: &str, code: u8, message: &str) -> serde_json::Value {
+    let fix = message
+        .rsplit_once(": ")
+        .map(|(_, f)| f.trim())
+        .filter(|f| !f.is_empty());
+    serde_json::json!({
+        "error": { "kind": kind, "exit_code": code, "message": message, "fix": fix }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +85,20 @@ mod tests {
         assert_eq!(code(e.kind), 2);
         let e: engine::Error = thinpool::Error::new(thinpool::ErrorKind::NotRoot).into();
         assert_eq!(code(e.kind), 5);
+    }
+
+    #[test]
+    fn json_errors_carry_kind_code_message_and_fix() {
+        let v = error_json(
+            kind_name(ErrorKind::NotFound),
+            3,
+            "no container named \"x\": `thinbox ps -a` lists them",
+        );
+        assert_eq!(v["error"]["kind"], "not_found");
+        assert_eq!(v["error"]["exit_code"], 3);
+        assert_eq!(v["error"]["fix"], "`thinbox ps -a` lists them");
+        let v = error_json("io", 1, "disk on fire");
+        assert!(v["error"]["fix"].is_null());
+        assert_eq!(v["error"]["message"], "disk on fire");
     }
 }

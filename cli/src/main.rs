@@ -75,7 +75,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Under --json even a usage error is one JSON object on stderr.
+    let json = std::env::args().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{}", exit::error_json("usage", 2, first));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let g = &cli.global;
     if g.debug {
         // Errors made from here on capture a backtrace, printed below.
@@ -97,10 +109,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let kind = engine::error::classify(e.as_ref());
+            let message = e.to_string().replace('\n', " ");
             if g.debug {
                 eprintln!("thinbox: {e:?}");
+            } else if g.json {
+                eprintln!(
+                    "{}",
+                    exit::error_json(exit::kind_name(kind), exit::code(kind), &message)
+                );
             } else {
-                eprintln!("thinbox: {}", e.to_string().replace('\n', " "));
+                eprintln!("thinbox: {message}");
             }
             ExitCode::from(exit::code(kind))
         }

@@ -1,7 +1,9 @@
 //! Defects a hostile user found (issue 11), each proven through the real
 //! binary on the host's loopback btrfs default: containers of two roots do
-//! not share a cgroup, and a killed run leaves no cgroup for the next run
-//! of the same name to inherit.
+//! not share a cgroup, a killed run leaves no cgroup for the next run of
+//! the same name to inherit, impossible limits and bad roots or configs
+//! are refused up front with a clear error (one JSON object under
+//! `--json`), leaving nothing made.
 #![forbid(unsafe_code)]
 
 mod cli_support;
@@ -29,6 +31,16 @@ fn main() -> ExitCode {
             killed_run_leaves_no_cgroup_to_inherit,
         )
         .needs(BTRFS),
+        KernelTest::new(
+            "host_btrfs_impossible_run_limits_are_refused_up_front",
+            impossible_run_limits_are_refused_up_front,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "host_bad_roots_and_configs_get_a_clear_error",
+            bad_roots_and_configs_get_a_clear_error,
+        )
+        .needs(&[Need::Root]),
     ])
 }
 
@@ -205,4 +217,111 @@ fn killed_run_leaves_no_cgroup_to_inherit() {
         std::thread::sleep(Duration::from_millis(100));
     }
     root.ok(&["rm", &name]);
+}
+
+/// The error object `--json` prints on stderr.
+fn json_error(r: &cli_support::Run) -> serde_json::Value {
+    let line = r.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "one line: {r:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"));
+    v["error"].clone()
+}
+
+/// Limits no container can run under, and a `--commit` name that is no
+/// image name, are refused before anything is made or run (they were
+/// accepted: `--memory 1k` OOM-killed `true`, `--timeout 0` reported
+/// `timed_out`, `--cpus 1e300` failed with a raw kernel error, a bad
+/// commit name was found only after the run).
+fn impossible_run_limits_are_refused_up_front() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    let snapshots = cli_support::snapshots(&root);
+    let marker = "touch /ran; true";
+    for (flags, says) in [
+        (vec!["--memory", "0"], "below the 6 MiB"),
+        (vec!["--memory", "1"], "below the 6 MiB"),
+        (vec!["--memory", "1k"], "below the 6 MiB"),
+        (vec!["--pids", "0"], "--pids 0"),
+        (vec!["--timeout", "0"], "--timeout 0"),
+        (vec!["--cpus", "1e300"], "out of range"),
+        (vec!["--cpus", "0.001"], "out of range"),
+        (vec!["--cpus", "NaN"], "out of range"),
+        (vec!["--rm", "--commit", "bad name"], "--commit"),
+    ] {
+        let mut args = vec!["run", "--name", "limits"];
+        args.extend(flags.iter().copied());
+        args.extend(["bb:1", "--", "sh", "-c", marker]);
+        let r = root.run(&args);
+        assert_eq!(r.code, 2, "{flags:?}: {r:?}");
+        assert!(r.stderr.contains(says), "{flags:?}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{flags:?}: {r:?}");
+        let mut json = vec!["--json"];
+        json.extend(args.iter().copied());
+        let e = json_error(&root.run(&json));
+        assert_eq!(e["kind"], "invalid_argument", "{flags:?}: {e}");
+        assert_eq!(e["exit_code"], 2, "{flags:?}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{e}");
+        assert!(e["fix"].as_str().is_some_and(|f| !f.is_empty()), "{e}");
+    }
+    assert!(
+        cli_support::containers(&root).is_empty(),
+        "no container was recorded"
+    );
+    assert_eq!(cli_support::snapshots(&root), snapshots, "nothing was made");
+    // At the minimum a container runs.
+    let r = root.run(&[
+        "run", "--rm", "--memory", "6M", "--pids", "1", "bb:1", "--", "true",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Other failures are JSON objects under --json too, usage errors included.
+    let e = json_error(&root.run(&["--json", "run", "no-such-image"]));
+    assert_eq!(e["kind"], "not_found", "{e}");
+    assert_eq!(e["exit_code"], 3, "{e}");
+    let r = root.run(&["--json", "run", "--no-such-flag", "bb:1"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(json_error(&r)["kind"], "usage", "{r:?}");
+}
+
+/// `--root` naming a file, a root thinbox may not write even as root, and
+/// a config file that is not UTF-8 each get one line naming the problem
+/// (they said "File exists", "run as root" and exited 1).
+fn bad_roots_and_configs_get_a_clear_error() {
+    let dir = integration::fixtures::temp_dir();
+    let config = dir.path().join("config.toml");
+    fs::write(&config, "").unwrap();
+    let thinbox = |root: &Path, config: &Path, args: &[&str]| -> cli_support::Run {
+        std::process::Command::new(cli_support::THINBOX)
+            .arg("--root")
+            .arg(root)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let file = dir.path().join("a-file");
+    fs::write(&file, "not a directory").unwrap();
+    for args in [&["ps"][..], &["pool", "status"]] {
+        let r = thinbox(&file, &config, args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("is a file, not a directory"), "{r:?}");
+    }
+    let locked = dir.path().join("immutable");
+    fs::create_dir(&locked).unwrap();
+    integration::fixtures::run("chattr", &["+i", locked.to_str().unwrap()]);
+    let r = thinbox(&locked.join("root"), &config, &["ps"]);
+    integration::fixtures::run("chattr", &["-i", locked.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        !r.stderr.contains("run as root"),
+        "said run as root to root: {r:?}"
+    );
+    assert!(r.stderr.contains("immutable"), "{r:?}");
+    let latin1 = dir.path().join("latin1.toml");
+    fs::write(&latin1, b"root = \"/var/lib/caf\xe9\"\n").unwrap();
+    let r = thinbox(&dir.path().join("root"), &latin1, &["ps"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not UTF-8"), "{r:?}");
 }

@@ -257,6 +257,13 @@ impl Config {
                     path.display()
                 ),
             )),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "config file {} is not UTF-8 text: write it as TOML in UTF-8",
+                    path.display()
+                ),
+            )),
             Err(e) => Err(Error::io("cannot read config", path, e)),
         }
     }

@@ -25,6 +25,7 @@
 //! `thinbox ps`, `rm` and other `run`s can work) and taken again to unmount,
 
 //! commit and remove.
+use crate::config::Bytes;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mounts;
@@ -93,6 +94,51 @@ pub struct RunOptions {
     pub commit: Option<String>,
     /// Kill the container after this long.
     pub timeout: Option<Duration>,
+}
+
+/// The smallest memory limit a container starts under: Docker refuses
+/// less than 6 MiB too (below it even `true` is OOM-killed at once).
+pub const MIN_MEMORY: Bytes = Bytes::mib(6);
+
+impl RunOptions {
+    /// Refuses limits no container can run under, and a `--commit` name
+    /// that is not an image name, before anything is made.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |m: String| Err(Error::new(ErrorKind::InvalidArgument, m));
+        if let Some(m) = self.memory.filter(|m| *m < MIN_MEMORY.0) {
+            return invalid(format!(
+                "--memory {} is below the {MIN_MEMORY} a container needs to start: give at least 6M",
+                Bytes(m)
+            ));
+        }
+        if self.pids == Some(0) {
+            return invalid("--pids 0 allows no process at all: give at least 1".to_owned());
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return invalid(
+                "--timeout 0 would kill the container at once: give at least 1 second, or leave it out"
+                    .to_owned(),
+            );
+        }
+        if let Some(c) = self.cpus {
+            let n = online_cpus();
+            if !(c.is_finite() && (0.01..=n as f64).contains(&c)) {
+                return invalid(format!(
+                    "--cpus {c} is out of range: give 0.01 to {n} (this machine has {n} CPUs)"
+                ));
+            }
+        }
+        if let Some(c) = &self.commit {
+            snapshotter::image::validate_name(c)
+                .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("--commit: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The CPUs the kernel has online.
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// What `thinbox run` did.
@@ -215,12 +261,6 @@ fn container_config(
         b = b.pids_limit(p);
     }
     if let Some(c) = run.cpus {
-        if !(c > 0.0 && c.is_finite()) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("--cpus {c} must be a positive number of CPUs, e.g. 0.5"),
-            ));
-        }
         let period = 100_000u64;
         b = b.cpu_quota(((c * period as f64).round() as u64).max(1000), period);
     }
@@ -255,6 +295,7 @@ pub fn run(
     run: &RunOptions,
     started: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome> {
+    run.validate()?;
     let name = match &run.name {
         Some(n) => ContainerName::new(n)?,
         None => ContainerName::random(),

@@ -59,6 +59,7 @@ impl EngineOptions {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::not_root("thinbox"));
         }
+        refuse_non_directory(&root)?;
         Ok((root, config))
     }
 
@@ -109,6 +110,20 @@ impl fmt::Debug for Engine {
     }
 }
 
+/// The state root must be a directory (or not exist yet).
+fn refuse_non_directory(root: &Path) -> Result<()> {
+    match std::fs::metadata(root) {
+        Ok(m) if !m.is_dir() => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "state root {} is a file, not a directory: give --root (or `root` in the config) a directory",
+                root.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Engine {
     /// Opens the state root, choosing and making the backend on first use.
     pub fn open(opts: &EngineOptions) -> Result<Engine> {
@@ -117,6 +132,7 @@ impl Engine {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::not_root("thinbox"));
         }
+        refuse_non_directory(&root)?;
         std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
         let root = std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?;
         let lock = lock_file(&root.join("engine.lock"), opts.observer.as_ref())?;

@@ -107,6 +107,11 @@ impl ErrorKind {
     /// Classifies an i/o error by its errno.
     pub fn of_io(e: &std::io::Error) -> ErrorKind {
         match e.raw_os_error() {
+            // Root is refused too by an immutable or read-only place: then
+            // "run as root" would be no answer.
+            Some(libc::EPERM) | Some(libc::EACCES) if nix::unistd::geteuid().is_root() => {
+                ErrorKind::Io
+            }
             Some(libc::EPERM) | Some(libc::EACCES) => ErrorKind::NotRoot,
             Some(libc::ENOENT) => ErrorKind::NotFound,
             Some(libc::EEXIST) => ErrorKind::AlreadyExists,
@@ -165,8 +170,11 @@ impl Error {
     /// An i/o error doing `what` on `path`, classified by errno.
     pub fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
         let kind = ErrorKind::of_io(&e);
-        let fix = match kind {
-            ErrorKind::NotRoot => ": run as root",
+        let fix = match (kind, e.raw_os_error()) {
+            (ErrorKind::NotRoot, _) => ": run as root",
+            (_, Some(libc::EPERM) | Some(libc::EACCES)) => {
+                ": refused even to root; is it immutable (lsattr) or on a read-only filesystem?"
+            }
             _ => "",
         };
         Error::new(kind, format!("{what} {}: {e}{fix}", path.display())).with_source(e)
@@ -265,7 +273,20 @@ mod tests {
         struct Outer(#[source] snapshotter::Error);
         assert_eq!(classify(&Outer(inner)), ErrorKind::AlreadyExists);
         let io = std::io::Error::from_raw_os_error(libc::EACCES);
-        assert_eq!(classify(&io), ErrorKind::NotRoot);
+        // "Permission denied" means "run as root" only to a non-root user.
+        let want = if nix::unistd::geteuid().is_root() {
+            ErrorKind::Io
+        } else {
+            ErrorKind::NotRoot
+        };
+        assert_eq!(classify(&io), want);
+        let e = Error::io("cannot create", Path::new("/x"), io);
+        assert_eq!(
+            e.message.contains("run as root"),
+            want == ErrorKind::NotRoot,
+            "{}",
+            e.message
+        );
         assert_eq!(
             classify(&Error::new(ErrorKind::NotFound, "x")),
             ErrorKind::NotFound

@@ -135,7 +135,9 @@ fn name_taken(name: &str) -> Error {
 
 /// Checks an image name: 1 to 255 bytes, no whitespace or control
 /// characters.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
+/// Checks an image name: 1 to 255 characters, no spaces or control
+/// characters.
+pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 255
         || name.chars().any(|c| c.is_whitespace() || c.is_control())

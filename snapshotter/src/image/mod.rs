@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::Name;
 
 pub use digest::{chain_id, chain_ids, Digest, HashingReader, HashingWriter};
-pub use images::{FaultPoint, Images};
+pub use images::{validate_name, FaultPoint, Images};
 
 /// The index.json annotation naming an image (`skopeo copy ... oci:DIR:NAME`).
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
