@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::fcntl::Flock;
-use snapshotter::image::{Image, Images, ImportProgress};
+use snapshotter::image::{Images, ImportProgress, Imported};
 use snapshotter::Snapshotter;
 use thinpool::dm::DmControl;
 use thinpool::status::PoolStatus;
@@ -274,7 +274,7 @@ impl Engine {
         images: &Images,
         source: &Path,
         name: Option<&str>,
-    ) -> Result<Vec<Image>> {
+    ) -> Result<Vec<Imported>> {
         let observer = self.options.observer.as_ref();
         Ok(images.import(self.snapshotter(), source, name, &mut |p| {
             observer.event(&match p {

@@ -18,7 +18,7 @@ use integration::need::Need;
 use snapshotter::backend::{btrfs::Btrfs, naive::Naive, overlay::Overlay};
 use snapshotter::image::write::{self, Compression, Entry, ImageSpec, Written};
 use snapshotter::image::{
-    chain_ids, Digest, FaultPoint, Image, ImageConfig, Images, ImportProgress,
+    chain_ids, Digest, FaultPoint, Image, ImageConfig, Images, ImportOutcome, ImportProgress,
 };
 use snapshotter::{ErrorKind, Key, Labels, MountGuard, Name, Snapshotter};
 
@@ -155,7 +155,11 @@ fn import(
     src: &Path,
     name: Option<&str>,
 ) -> snapshotter::Result<Vec<Image>> {
-    images.import(env.sn, src, name, &mut |_| {})
+    Ok(images
+        .import(env.sn, src, name, &mut |_| {})?
+        .into_iter()
+        .map(|i| i.image)
+        .collect())
 }
 
 /// Checks an imported image against what was written, and its tree.
@@ -205,6 +209,11 @@ fn oci_dir(env: &Env<'_>) {
             })
         })
         .expect("import");
+    assert!(
+        got.iter().all(|i| i.outcome == ImportOutcome::New),
+        "{got:?}"
+    );
+    let got: Vec<Image> = got.into_iter().map(|i| i.image).collect();
     assert_eq!(
         events,
         ["layer 0/2", "done 0 false", "layer 1/2", "done 1 false"]
@@ -263,7 +272,8 @@ fn shared_layer_stored_once(env: &Env<'_>) {
             }
         })
         .unwrap()
-        .remove(0);
+        .remove(0)
+        .image;
     assert_eq!(reused, [true, false]);
     assert_eq!(ia.layers[0].chain_id, ib.layers[0].chain_id);
     assert_ne!(ia.layers[0].digest, ib.layers[0].digest, "blobs differ");
@@ -429,23 +439,53 @@ fn not_an_image(env: &Env<'_>) {
     assert_clean(env, images, &BTreeSet::new());
 }
 
+/// A name already holding the same manifest is left as it is (a no-op
+/// import); a name holding another image moves to the new one, as `docker
+/// load` does, and the old image keeps its layers under its manifest
+/// digest.
 fn name_taken(env: &Env<'_>) {
     let images = env.images();
     let src = env.path("oci");
     write::oci_dir(&two_layer_spec("taken"), &src).unwrap();
     let first = import(env, &images, &src, None).unwrap();
     let before = env.snapshots();
+    let again = images.import(env.sn, &src, None, &mut |_| {}).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].outcome, ImportOutcome::AlreadyPresent);
+    assert_eq!(again[0].image, first[0]);
+    assert_eq!(env.snapshots(), before, "nothing applied again");
+    assert_eq!(images.list().unwrap(), first);
+
     let other = env.path("other.tar");
     write::oci_tar(
         &ImageSpec::new(config(), vec![third_layer()]).name("x"),
         &other,
     )
     .unwrap();
-    let e = import(env, &images, &other, Some("taken")).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    assert!(e.to_string().contains("thinbox image rm taken"), "{e}");
-    assert_eq!(env.snapshots(), before);
-    assert_eq!(images.list().unwrap(), first);
+    let got = images
+        .import(env.sn, &other, Some("taken"), &mut |_| {})
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let old = first[0].manifest;
+    assert_eq!(
+        got[0].outcome,
+        ImportOutcome::NameMoved {
+            from: old,
+            now_named: old.to_string()
+        }
+    );
+    assert_ne!(got[0].image.manifest, old);
+    let list = images.list().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let kept = images.get(&old.to_string()).unwrap();
+    assert_eq!(
+        kept.layers, first[0].layers,
+        "the old image keeps its layers"
+    );
+    assert_eq!(images.get("taken").unwrap().manifest, got[0].image.manifest);
+    // The old image is removable by its new name, leaving the new one whole.
+    images.remove(env.sn, &old.to_string()).unwrap();
+    assert_eq!(images.list().unwrap(), vec![got[0].image.clone()]);
 }
 
 /// A failure at layer 3 of 3 removes layers 2 and 3, keeps layer 1 which

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use serde_json::json;
-use snapshotter::image::Image;
+use snapshotter::image::{Image, ImportOutcome, Imported};
 
 use super::{human, open_engine, print_json};
 use crate::Global;
@@ -118,17 +118,38 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Import { source, name } => {
             let imported = engine.import_image(&images, source, name.as_deref())?;
             if global.json {
-                return print_json(&imported.iter().map(image_json).collect::<Vec<_>>());
+                let all: Vec<serde_json::Value> = imported
+                    .iter()
+                    .map(|i| {
+                        let mut v = image_json(&i.image);
+                        if let (Some(m), Ok(serde_json::Value::Object(o))) =
+                            (v.as_object_mut(), serde_json::to_value(&i.outcome))
+                        {
+                            m.extend(o);
+                        }
+                        v
+                    })
+                    .collect();
+                return print_json(&all);
             }
-            for i in &imported {
-                println!(
-                    "imported {} ({} layer{}, {}, manifest {})",
+            for Imported { image: i, outcome } in &imported {
+                let what = format!(
+                    "{} ({} layer{}, {}, manifest {})",
                     i.name,
                     i.layers.len(),
                     if i.layers.len() == 1 { "" } else { "s" },
                     human(i.size()),
                     i.manifest
                 );
+                match outcome {
+                    ImportOutcome::AlreadyPresent => {
+                        println!("{what}: already present, nothing to do")
+                    }
+                    ImportOutcome::NameMoved { now_named, .. } => {
+                        println!("imported {what}; the image that had the name is now {now_named}")
+                    }
+                    _ => println!("imported {what}"),
+                }
             }
             Ok(())
         }

@@ -33,7 +33,7 @@ use crate::types::{Key, Kind, Labels, Name};
 use super::digest::{chain_id, chain_ids, Digest, HashingReader, HashingWriter};
 use super::source::{self, check_size_digest, Archive, Found};
 use super::write::uncompressed_manifest_digest;
-use super::{Image, ImageConfig, ImportProgress, Layer};
+use super::{Image, ImageConfig, ImportOutcome, ImportProgress, Imported, Layer};
 
 mod commit;
 
@@ -394,15 +394,18 @@ impl Images {
 
     /// Imports every image in `source` (an OCI layout directory or tar, or
     /// a docker-save tar), named `name` (only when the source holds one
-    /// image) or by the names the source records. Returns the images
-    /// imported. On any error nothing of this import remains.
+    /// image) or by the names the source records. Returns each name with
+    /// what became of it: a name that has the same manifest already is
+    /// left as it is; a name another image has moves to the new one (the
+    /// old keeps its layers under its manifest digest as its name). On any
+    /// error nothing of this import remains.
     pub fn import(
         &self,
         sn: &dyn Snapshotter,
         source: &Path,
         name: Option<&str>,
         progress: &mut dyn FnMut(ImportProgress<'_>),
-    ) -> Result<Vec<Image>> {
+    ) -> Result<Vec<Imported>> {
         let _op = self.serialise();
         let archive = Archive::open(source)?;
         let mut found = source::read(&archive)?;
@@ -430,21 +433,56 @@ impl Images {
             }
         }
         let mut seen = HashSet::new();
+        let mut present = Vec::new();
+        let mut moved = Vec::new();
         for f in &mut found {
             f.names.retain(|n| seen.insert(n.clone()));
-            for n in &f.names {
-                validate_name(n)?;
-                if self.name_used(n)? {
-                    return Err(name_taken(n).path(source));
+            let mut keep = Vec::new();
+            for n in std::mem::take(&mut f.names) {
+                validate_name(&n)?;
+                if !self.name_used(&n)? {
+                    keep.push(n);
+                    continue;
+                }
+                // Taken by an image being removed: not ours to move.
+                let old = self.load(&n).map_err(|_| name_taken(&n).path(source))?;
+                if old.manifest == f.manifest {
+                    present.push(Imported {
+                        image: old,
+                        outcome: ImportOutcome::AlreadyPresent,
+                    });
+                } else {
+                    moved.push((n.clone(), old.manifest));
+                    keep.push(n);
                 }
             }
+            f.names = keep;
         }
         found.retain(|f| !f.names.is_empty());
+        if found.is_empty() {
+            return Ok(present);
+        }
 
         let intent = self.new_intent("import", None)?;
-        let result = self.import_found(sn, &archive, &found, intent, progress);
+        let result = self.import_found(sn, &archive, &found, intent, &moved, progress);
         match result {
-            Ok(images) => Ok(images),
+            Ok(images) => {
+                let mut out: Vec<Imported> = images
+                    .into_iter()
+                    .map(|image| {
+                        let outcome = match moved.iter().find(|(n, _)| *n == image.name) {
+                            Some((_, from)) => ImportOutcome::NameMoved {
+                                from: *from,
+                                now_named: from.to_string(),
+                            },
+                            None => ImportOutcome::New,
+                        };
+                        Imported { image, outcome }
+                    })
+                    .collect();
+                out.extend(present);
+                Ok(out)
+            }
             Err(e) => {
                 if let Err(re) = self.rollback(sn, intent) {
                     tracing::warn!("cannot roll back import {intent}: {re}; reopening retries");
@@ -460,6 +498,7 @@ impl Images {
         archive: &Archive,
         found: &[Found],
         intent: i64,
+        moved: &[(String, Digest)],
         progress: &mut dyn FnMut(ImportProgress<'_>),
     ) -> Result<Vec<Image>> {
         let scratch = self.scratch(intent);
@@ -573,6 +612,10 @@ impl Images {
         self.fault(FaultPoint::BeforeRecord)?;
         let mut db = self.db();
         let tx = db.transaction().map_err(store_err("record image"))?;
+        for (name, from) in moved {
+            // The old image keeps its layers under its manifest digest.
+            move_image(&tx, name, &from.to_string())?;
+        }
         for img in &images {
             insert_image(&tx, img).map_err(|e| {
                 if e.kind() == ErrorKind::AlreadyExists {
@@ -730,6 +773,27 @@ fn layer_error(a: &Archive, what: &str, digest: &Digest, e: Error) -> Error {
             .source(e),
         _ => e,
     }
+}
+
+/// Renames image `from` to `to` (in one transaction with what else the
+/// caller does); when `to` is taken (by the same manifest under its digest)
+/// the old name is only dropped.
+fn move_image(tx: &rusqlite::Transaction<'_>, from: &str, to: &str) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO images (name, manifest, config, created, state)
+         SELECT ?2, manifest, config, created, state FROM images WHERE name = ?1",
+        params![from, to],
+    )
+    .map_err(store_err("move image name"))?;
+    tx.execute(
+        "INSERT OR IGNORE INTO image_layers (image, idx, digest, diff_id, chain_id, size)
+         SELECT ?2, idx, digest, diff_id, chain_id, size FROM image_layers WHERE image = ?1",
+        params![from, to],
+    )
+    .map_err(store_err("move image name"))?;
+    tx.execute("DELETE FROM images WHERE name = ?1", [from])
+        .map_err(store_err("move image name"))?;
+    Ok(())
 }
 
 fn insert_image(tx: &rusqlite::Transaction<'_>, img: &Image) -> Result<()> {

@@ -102,6 +102,37 @@ mod unix_seconds {
     }
 }
 
+/// What an import did with one name.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum ImportOutcome {
+    /// A new image under this name.
+    New,
+    /// This name already had this manifest: nothing was done (as `ctr
+    /// images import` and `docker load` succeed).
+    AlreadyPresent,
+    /// The name belonged to another image, manifest `from`, which keeps
+    /// its layers under the name `now_named` (its manifest digest), as
+    /// `docker load` leaves the old image dangling.
+    NameMoved {
+        /// The manifest the name had.
+        from: Digest,
+        /// The name the old image has now.
+        now_named: String,
+    },
+}
+
+/// One name of an import: the image now under it and what happened.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Imported {
+    /// The image.
+    #[serde(flatten)]
+    pub image: Image,
+    /// What the import did.
+    #[serde(flatten)]
+    pub outcome: ImportOutcome,
+}
+
 /// An image: a name, its manifest digest, config and layers (bottom first).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Image {
