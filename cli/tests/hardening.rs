@@ -37,6 +37,11 @@ fn main() -> ExitCode {
         )
         .needs(BTRFS),
         KernelTest::new(
+            "host_btrfs_rm_force_removes_a_starting_container",
+            rm_force_removes_a_starting_container,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
             "host_bad_roots_and_configs_get_a_clear_error",
             bad_roots_and_configs_get_a_clear_error,
         )
@@ -324,4 +329,45 @@ fn bad_roots_and_configs_get_a_clear_error() {
     let r = thinbox(&dir.path().join("root"), &latin1, &["ps"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("not UTF-8"), "{r:?}");
+}
+
+/// `rm --force` of a container still starting (its `thinbox run` alive,
+/// no first process yet) kills that `thinbox run` and rolls back what it
+/// made (it told the user to use `--force`).
+fn rm_force_removes_a_starting_container() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    root.ok(&["ps"]);
+    // A `thinbox run` stuck before starting its container: a process whose
+    // name starts with "thinbox", recorded as the owner of a created row.
+    let stuck = root.path().join("thinbox-stuck");
+    fs::copy("/bin/sleep", &stuck).unwrap();
+    let mut owner = std::process::Command::new(&stuck)
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let db = rusqlite::Connection::open(root.path().join("containers.db")).unwrap();
+    db.execute(
+        "INSERT INTO containers (name, image, state, owner, created) \
+         VALUES ('starting', 'bb:1', 'created', ?1, 0)",
+        [owner.id()],
+    )
+    .unwrap();
+    drop(db);
+    let r = root.run(&["rm", "starting"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("is starting") && r.stderr.contains("--force"),
+        "{r:?}"
+    );
+    let waiter = std::thread::spawn(move || owner.wait().unwrap());
+    let r = root.run(&["rm", "--force", "starting"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let status = waiter.join().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the stuck run was killed"
+    );
+    assert!(cli_support::containers(&root).is_empty());
 }

@@ -434,33 +434,45 @@ pub fn rm(opts: &EngineOptions, names: &[String], force: bool) -> Result<Vec<Str
     for name in &names {
         let c = containers.get(name)?;
         if c.state != State::Exited && owner_alive(c.owner) {
-            let pid = c.pid.filter(|p| pid_alive(*p));
-            let Some(pid) = pid.filter(|_| force) else {
+            let running = c.state == State::Running;
+            if !force {
                 return Err(Error::new(
                     ErrorKind::InUse,
                     format!(
                         "container {:?} is {}: stop it, or `thinbox rm --force {}`",
                         name.as_str(),
-                        if c.state == State::Running {
-                            "running"
-                        } else {
-                            "starting"
-                        },
+                        if running { "running" } else { "starting" },
                         name.as_str()
                     ),
                 ));
-            };
+            }
             // Killing the first process ends its pid namespace; its
             // `thinbox run` then reports the exit and waits for this
             // command's lock to finish its own cleanup (which finds
-            // nothing left to do).
+            // nothing left to do). A container still starting has no
+            // first process yet: its `thinbox run` is killed instead, and
+            // what it made is rolled back below.
+            let victim = match c.pid.filter(|p| pid_alive(*p)) {
+                Some(pid) => pid,
+                None => c.owner,
+            };
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(victim),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            let gone = || {
+                if victim == c.owner {
+                    !owner_alive(victim)
+                } else {
+                    !pid_alive(victim)
+                }
+            };
             let deadline = Instant::now() + Duration::from_secs(30);
-            while pid_alive(pid) && Instant::now() < deadline {
+            while !gone() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            if victim == c.owner {
+                containers.reconcile(engine.snapshotter())?;
             }
         }
         containers.teardown(engine.snapshotter(), name, c.committed.is_none())?;
