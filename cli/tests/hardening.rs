@@ -342,15 +342,25 @@ fn rm_force_removes_a_starting_container() {
     // name starts with "thinbox", recorded as the owner of a created row.
     let stuck = root.path().join("thinbox-stuck");
     fs::copy("/bin/sleep", &stuck).unwrap();
-    let mut owner = std::process::Command::new(&stuck)
-        .arg("600")
-        .spawn()
-        .unwrap();
+    /// Kills the stand-in on the way out, whatever the test found.
+    struct Owner(std::process::Child);
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut owner = Owner(
+        std::process::Command::new(&stuck)
+            .arg("600")
+            .spawn()
+            .unwrap(),
+    );
     let db = rusqlite::Connection::open(root.path().join("containers.db")).unwrap();
     db.execute(
         "INSERT INTO containers (name, image, state, owner, created) \
          VALUES ('starting', 'bb:1', 'created', ?1, 0)",
-        [owner.id()],
+        [owner.0.id()],
     )
     .unwrap();
     drop(db);
@@ -360,10 +370,16 @@ fn rm_force_removes_a_starting_container() {
         r.stderr.contains("is starting") && r.stderr.contains("--force"),
         "{r:?}"
     );
-    let waiter = std::thread::spawn(move || owner.wait().unwrap());
     let r = root.run(&["rm", "--force", "starting"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let status = waiter.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = owner.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the stuck run was not killed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9),
