@@ -42,6 +42,11 @@ fn main() -> ExitCode {
         )
         .needs(BTRFS),
         KernelTest::new(
+            "host_btrfs_snapshots_of_images_and_containers_are_guarded",
+            snapshots_of_images_and_containers_are_guarded,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
             "host_bad_roots_and_configs_get_a_clear_error",
             bad_roots_and_configs_get_a_clear_error,
         )
@@ -385,5 +390,69 @@ fn rm_force_removes_a_starting_container() {
         Some(9),
         "the stuck run was killed"
     );
+    assert!(cli_support::containers(&root).is_empty());
+}
+
+/// `snapshot rm` of an image's layer and `snapshot rm|commit` of a
+/// container's root are refused, naming the owner and the command that
+/// removes it, unless --force; under a running container even --force is
+/// refused (removing a layer four images used had succeeded, and so had
+/// committing a running container's root).
+fn snapshots_of_images_and_containers_are_guarded() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    let layer = root.json(&["image", "inspect", "bb:1"])["layers"][0]["chain_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = root.run(&["snapshot", "rm", &layer]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("layer of image bb:1") && r.stderr.contains("thinbox image rm bb:1"),
+        "{r:?}"
+    );
+    assert_eq!(
+        root.run(&["run", "--rm", "bb:1", "--", "true"]).code,
+        0,
+        "the image still runs"
+    );
+
+    let mut child = start_sleeper(&root, "guarded");
+    for args in [
+        &["snapshot", "commit", "taken", "container/guarded"][..],
+        &[
+            "snapshot",
+            "commit",
+            "--force",
+            "taken",
+            "container/guarded",
+        ],
+        &["snapshot", "rm", "container/guarded"],
+        &["snapshot", "rm", "--force", "container/guarded"],
+    ] {
+        let r = root.run(args);
+        assert_eq!(r.code, 4, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("running container \"guarded\""),
+            "{args:?}: {r:?}"
+        );
+    }
+    let ps = root.json(&["ps"]);
+    assert_eq!(
+        ps[0]["state"], "running",
+        "the container kept its root: {ps}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while root.json(&["ps"]).as_array().is_some_and(|a| !a.is_empty()) {
+        assert!(Instant::now() < deadline, "never exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = root.run(&["snapshot", "rm", "container/guarded"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("thinbox rm guarded"), "{r:?}");
+    root.ok(&["snapshot", "rm", "--force", "container/guarded"]);
+    root.ok(&["rm", "guarded"]);
     assert!(cli_support::containers(&root).is_empty());
 }

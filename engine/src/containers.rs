@@ -39,6 +39,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod records;
 use records::{owner_alive, pid_alive, unmount_if_mounted};
+
+/// Whether `c` runs or is starting: its `thinbox run` is alive.
+pub fn is_live(c: &ContainerRecord) -> bool {
+    c.state != State::Exited && owner_alive(c.owner)
+}
 pub use records::{ContainerName, ContainerRecord, Containers, State};
 
 /// Label on a container's snapshot naming its container.

@@ -64,7 +64,8 @@ pub enum SnapshotCommand {
         #[arg(long, value_name = "DIR")]
         mount: Option<PathBuf>,
     },
-    /// Commits active KEY (unmounted) as NAME.
+    /// Commits active KEY (unmounted) as NAME. A container's root is
+    /// refused (never while it runs) unless --force.
     Commit {
         /// The committed snapshot's name.
         name: String,
@@ -73,11 +74,20 @@ pub enum SnapshotCommand {
         /// A label, `NAME=VALUE`; repeatable.
         #[arg(long, value_name = "NAME=VALUE")]
         label: Vec<String>,
+        /// Commit a stopped container's root all the same.
+        #[arg(long)]
+        force: bool,
     },
-    /// Removes a snapshot without children.
+    /// Removes a snapshot without children. An image's layer or a
+    /// container's root is refused (a running container's always) unless
+    /// --force.
     Rm {
         /// Key or name.
         key: String,
+        /// Remove an image's layer or a stopped container's root all the
+        /// same (the image or container is then broken).
+        #[arg(long)]
+        force: bool,
     },
     /// Space the snapshot uses itself (excluding its parents).
     Usage {
@@ -120,24 +130,7 @@ fn mounts_json(m: &[MountSpec]) -> Value {
 
 /// A snapshotter error with the fix for the common cases appended.
 fn sn_err(e: snapshotter::Error) -> engine::Error {
-    use snapshotter::ErrorKind as K;
-    let fix = match e.kind() {
-        K::NotFound => "list snapshots with `thinbox snapshot ls`",
-        K::AlreadyExists => "choose another key, or remove the existing one with `thinbox snapshot rm`",
-        K::ParentNotCommitted => "give a committed snapshot as the parent (`thinbox snapshot ls --filter kind==committed`)",
-        K::CommitOfView => "only active snapshots (made by `prepare`) can be committed",
-        K::NotActive => "only active snapshots (made by `prepare`) can be committed",
-        K::HasChildren => "remove its children first",
-        _ => "",
-    };
-    let msg = e.to_string();
-    // Only where the snapshotter gave no detail of its own.
-    let bare = msg.ends_with(&e.kind().to_string());
-    let mut err = engine::Error::from(e);
-    if !fix.is_empty() && bare {
-        err.message = format!("{msg}: {fix}");
-    }
-    err
+    engine::snapshots::with_fix(e)
 }
 
 fn labels(v: &[String]) -> anyhow::Result<Labels> {
@@ -263,17 +256,17 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 name: n,
                 key: k,
                 label,
+                force,
             } => {
-                sn.commit(&name(n)?, &key(k)?, &labels(label)?)
-                    .map_err(sn_err)?;
+                engine.commit_snapshot(&name(n)?, &key(k)?, &labels(label)?, *force)?;
                 if g.json {
                     return print_json(&info_json(&sn.stat(&key(n)?).map_err(sn_err)?));
                 }
                 println!("committed {k} as {n}");
                 Ok(())
             }
-            SnapshotCommand::Rm { key: k } => {
-                sn.remove(&key(k)?).map_err(sn_err)?;
+            SnapshotCommand::Rm { key: k, force } => {
+                engine.remove_snapshot(&key(k)?, *force)?;
                 if g.json {
                     return print_json(&json!({ "removed": k }));
                 }
