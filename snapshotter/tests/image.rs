@@ -576,6 +576,47 @@ fn rm_refused_while_container(env: &Env<'_>) {
     );
 }
 
+/// A pid no process has: views named after it are a dead diff's.
+fn dead_pid() -> u32 {
+    (4_000_000..)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
+}
+
+/// The views a diff killed mid-way (SIGKILL during `run --commit`) left
+/// held the image's layers, so `image rm` was refused for ever; opening the
+/// image store removes them, and keeps a live process's diff views.
+fn stale_diff_views_are_removed(env: &Env<'_>) {
+    let src = env.path("oci");
+    write::oci_dir(&two_layer_spec("held"), &src).unwrap();
+    let img = {
+        let images = env.images();
+        import(env, &images, &src, None).unwrap().remove(0)
+    };
+    let top = img.top_snapshot().unwrap();
+    let dead = Key::new(format!("thinbox-diff-{}-upper-container/x", dead_pid())).unwrap();
+    let live = Key::new(format!(
+        "thinbox-diff-{}-lower-container/y",
+        std::process::id()
+    ))
+    .unwrap();
+    for k in [&dead, &live] {
+        env.sn.view(k, Some(&top), &Labels::new()).unwrap();
+    }
+    let images = env.images();
+    assert!(
+        env.sn.stat(&dead).is_err(),
+        "the dead diff's view is gone: {:?}",
+        env.snapshots()
+    );
+    assert!(env.sn.stat(&live).is_ok(), "a live diff's view is kept");
+    let e = images.remove(env.sn, "held").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse, "{e}");
+    env.sn.remove(&live).unwrap();
+    images.remove(env.sn, "held").unwrap();
+    assert!(env.snapshots().is_empty(), "{:?}", env.snapshots());
+}
+
 /// Entries of an uncompressed layer tar: path → (kind, contents).
 fn tar_entries(tar: &[u8]) -> Vec<(String, char, Vec<u8>)> {
     let mut out = Vec::new();
@@ -826,7 +867,8 @@ fn main() -> ExitCode {
     let mut tests = on!(with_naive, NAIVE, "naive_";
         oci_dir, oci_tar, docker_tar, shared_layer_stored_once, digest_mismatch, truncated,
         not_an_image, name_taken, atomic_failure, crash_rollback, rm_refused_while_container,
-        commit_container, commit_crash_rolls_forward, busybox_script,
+        stale_diff_views_are_removed, commit_container, commit_crash_rolls_forward,
+        busybox_script,
     );
     tests.push(
         KernelTest::new("naive_killed_import_rolled_back", killed_import_rolled_back).needs(NAIVE),
@@ -837,7 +879,7 @@ fn main() -> ExitCode {
     ));
     tests.extend(on!(with_btrfs, BTRFS, "btrfs_";
         oci_dir, docker_tar, shared_layer_stored_once, atomic_failure, crash_rollback,
-        rm_refused_while_container, commit_container,
+        rm_refused_while_container, stale_diff_views_are_removed, commit_container,
     ));
     tests.extend(on!(with_btrfs, BTRFS_VM, "vm_btrfs_"; oci_tar, commit_container));
     harness::main(&tests)

@@ -292,6 +292,11 @@ impl Images {
             tracing::info!("finishing the interrupted removal of image {name}");
             self.finish_remove(sn, &name)?;
         }
+        // Views a killed `run --commit` (or `snapshot diff`) left would
+        // hold the layers below them for ever.
+        crate::layer::remove_stale_diff_views(sn, |pid| {
+            Path::new(&format!("/proc/{pid}")).exists()
+        })?;
         Ok(())
     }
 

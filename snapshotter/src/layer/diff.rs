@@ -444,6 +444,43 @@ pub fn diff_snapshot_by_tree_compare(
     diff_snapshot_with(sn, key, scratch, out, false)
 }
 
+/// The key prefix of the temporary views a diff makes:
+/// `thinbox-diff-PID-{upper,lower}-KEY`.
+pub const DIFF_VIEW_PREFIX: &str = "thinbox-diff-";
+
+/// Removes the views a diff left when its process died (SIGKILL during
+/// `run --commit`, say): `thinbox-diff-PID-…` views whose PID `alive` says
+/// is gone. A live process's views are its diff in progress. They would
+/// otherwise hold their parent layers, so `image rm` was refused for ever.
+/// Returns the keys removed.
+pub fn remove_stale_diff_views(
+    sn: &dyn Snapshotter,
+    alive: impl Fn(u32) -> bool,
+) -> Result<Vec<String>> {
+    let mut stale = Vec::new();
+    sn.walk(&[], &mut |i| {
+        let pid = i
+            .name
+            .strip_prefix(DIFF_VIEW_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let (Kind::View, Some(pid)) = (i.kind, pid) {
+            if !alive(pid) {
+                stale.push(i.name.clone());
+            }
+        }
+        Ok(())
+    })?;
+    for k in &stale {
+        match sn.remove(&Key::new(k.clone())?) {
+            Ok(()) => tracing::info!("removed view {k} a killed diff left"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(stale)
+}
+
 fn diff_snapshot_with(
     sn: &dyn Snapshotter,
     key: &Key,
@@ -453,7 +490,7 @@ fn diff_snapshot_with(
 ) -> Result<DiffStats> {
     let info = sn.stat(key)?;
     let upper_changes = if hints { sn.upper_dir(key)? } else { None };
-    let tag = format!("thinbox-diff-{}", std::process::id());
+    let tag = format!("{DIFF_VIEW_PREFIX}{}", std::process::id());
     let mut views = Vec::new();
     let result = (|| {
         let upper_dir = scratch.join("upper");

@@ -13,7 +13,10 @@ mod apply;
 mod diff;
 
 pub use apply::{apply, apply_to_snapshot, decompress, ApplyStats};
-pub use diff::{diff, diff_snapshot, diff_snapshot_by_tree_compare, DiffStats};
+pub use diff::{
+    diff, diff_snapshot, diff_snapshot_by_tree_compare, remove_stale_diff_views, DiffStats,
+    DIFF_VIEW_PREFIX,
+};
 
 /// The prefix of a whiteout entry's base name.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
