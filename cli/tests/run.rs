@@ -52,7 +52,43 @@ fn main() -> ExitCode {
             run_with_io_throttle_on_the_root_device,
         ));
     }
+    tests.push(
+        KernelTest::new(
+            "vm_dmthin_full_pool_is_the_exit_reason",
+            full_pool_is_the_exit_reason,
+        )
+        .needs(DM_THIN),
+    );
     harness::main(&tests)
+}
+
+/// A thin pool out of data space (with `error_if_no_space`, the default)
+/// fails the container's writes with EIO while its filesystem still shows
+/// free space: the run reports `pool_full` (it reported `exited`, the
+/// container's own failure).
+fn full_pool_is_the_exit_reason() {
+    let root = Root::with_config(
+        "[devmapper]\ndata_size = \"128M\"\nmetadata_size = \"16M\"\nbase_size = \"512M\"\n",
+    );
+    busybox_image(&root, "bb:1");
+    let r = root.run(&[
+        "--json",
+        "run",
+        "--name",
+        "filler",
+        "bb:1",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=400 oflag=direct",
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(r.stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| {
+            panic!("no report ({e}): {r:?}");
+        });
+    assert_eq!(v["report"]["reason"], "pool_full", "{v}");
+    assert_eq!(v["report"]["root_full"], true, "{v}");
 }
 
 fn run_output_exit_codes_and_json() {

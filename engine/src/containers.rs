@@ -351,8 +351,9 @@ pub fn run(
     };
     // The run holds no lock: other thinbox commands may work meanwhile.
     drop(images);
+    let probe = engine.root_probe(&rootfs);
     engine.close()?;
-    let report = run_container(&containers, &name, &config, &rootfs, started);
+    let report = run_container(&containers, &name, &config, &probe, started);
     let engine = open_engine(opts)?;
     let sn = engine.snapshotter();
     let report = match report {
@@ -404,15 +405,14 @@ fn run_container(
     containers: &Containers,
     name: &ContainerName,
     config: &runner::ContainerConfig,
-    rootfs: &Path,
+    probe: &dyn runner::RootSpaceProbe,
     started: &mut dyn FnMut(&str),
 ) -> Result<runner::ExitReport> {
     let runtime = runner::Runtime::detect()?;
     let container = runtime.start(config)?.forward_signals(true);
     containers.set(name, State::Running, Some(container.pid().as_raw()))?;
     started(name.as_str());
-    let probe = runner::FilesystemFull::new(rootfs);
-    Ok(container.wait_with_probe(Some(&probe))?)
+    Ok(container.wait_with_probe(Some(probe))?)
 }
 
 /// `thinbox ps`: every container's record (finishing what killed runs left).

@@ -110,6 +110,42 @@ impl fmt::Debug for Engine {
     }
 }
 
+/// The [`runner::RootSpaceProbe`] of a container root (see
+/// [`Engine::root_probe`]).
+pub struct RootProbe {
+    fs: runner::FilesystemFull,
+    pool: Option<(Arc<dyn DmControl>, String)>,
+}
+
+impl fmt::Debug for RootProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootProbe")
+            .field("fs", &self.fs)
+            .field("pool", &self.pool.as_ref().map(|(_, n)| n))
+            .finish()
+    }
+}
+
+impl runner::RootSpaceProbe for RootProbe {
+    fn shortage(&self) -> runner::Result<Option<runner::Shortage>> {
+        if let Some((dm, name)) = &self.pool {
+            let mode = dm
+                .status(name)
+                .ok()
+                .and_then(|lines| {
+                    lines
+                        .first()
+                        .and_then(|l| l.params.parse::<PoolStatus>().ok())
+                })
+                .map(|s| s.mode());
+            if mode.is_some_and(|m| m != thinpool::status::PoolMode::ReadWrite) {
+                return Ok(Some(runner::Shortage::Pool));
+            }
+        }
+        self.fs.shortage()
+    }
+}
+
 /// The state root must be a directory (or not exist yet).
 fn refuse_non_directory(root: &Path) -> Result<()> {
     match std::fs::metadata(root) {
@@ -292,6 +328,21 @@ impl Engine {
                 ImportProgress::LayerDone { reused, .. } => Event::LayerDone { reused },
             })
         })?)
+    }
+
+    /// What can run out under a container root at `rootfs` on this engine's
+    /// storage: its filesystem, and for the dm-thin backend the thin pool
+    /// (read from the pool's status line, so it answers after the engine
+    /// is closed).
+    pub fn root_probe(&self, rootfs: &Path) -> RootProbe {
+        RootProbe {
+            fs: runner::FilesystemFull::new(rootfs),
+            pool: self
+                .pool_name
+                .clone()
+                .zip(self.dm.clone())
+                .map(|(name, dm)| (dm, name)),
+        }
     }
 
     /// Closes the snapshotter and releases the root so another thinbox

@@ -118,18 +118,30 @@ pub enum ExitReason {
     PidsLimitHit,
     /// It ran past its timeout and thinbox killed its cgroup.
     TimedOut,
-    /// It failed while the device under its root was out of space (the
-    /// filesystem full, or the thin pool out of data space, as the
+    /// It failed while the filesystem of its root was full (as the
     /// [`RootSpaceProbe`] says).
     RootDeviceFull,
+    /// It failed while the thin pool under its root was out of data space,
+    /// read-only or failed: with `error_if_no_space` its writes got EIO
+    /// while its filesystem still showed free space.
+    PoolFull,
+}
+
+/// What ran out under a container's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortage {
+    /// The root's filesystem has no block left.
+    Filesystem,
+    /// The thin pool under it is out of data space (or read-only, failed).
+    Pool,
 }
 
 /// Says whether the storage under a container's root ran out of space:
-/// the snapshotter answers for a thin pool (its out-of-data-space mode);
+/// the engine answers for a thin pool (from its status line);
 /// [`FilesystemFull`] answers for a plain filesystem.
 pub trait RootSpaceProbe {
-    /// Whether the root's storage is out of space now.
-    fn out_of_space(&self) -> Result<bool>;
+    /// What is out of space now, if anything.
+    fn shortage(&self) -> Result<Option<Shortage>>;
 }
 
 /// A [`RootSpaceProbe`] over the filesystem mounted at a path: full when
@@ -147,13 +159,13 @@ impl FilesystemFull {
 }
 
 impl RootSpaceProbe for FilesystemFull {
-    fn out_of_space(&self) -> Result<bool> {
+    fn shortage(&self) -> Result<Option<Shortage>> {
         let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| {
             Error::new(ErrorKind::Io, "statvfs of the root")
                 .with_path(&self.path)
                 .with_source(e)
         })?;
-        Ok(st.blocks_available() == 0)
+        Ok((st.blocks_available() == 0).then_some(Shortage::Filesystem))
     }
 }
 
@@ -168,8 +180,8 @@ pub struct ExitReport {
     pub exit_code: i32,
     /// Whether the timeout fired.
     pub timed_out: bool,
-    /// Whether the root's storage was out of space at exit (false when no
-    /// probe was given).
+    /// Whether the root's storage (its filesystem or the thin pool under
+    /// it) was out of space at exit (false when no probe was given).
     pub root_full: bool,
     /// The cgroup's counters at exit.
     pub events: CgroupEvents,
@@ -181,10 +193,11 @@ impl ExitReport {
     fn new(
         termination: Termination,
         timed_out: bool,
-        root_full: bool,
+        shortage: Option<Shortage>,
         events: CgroupEvents,
         cgroup_removed: bool,
     ) -> ExitReport {
+        let root_full = shortage.is_some();
         let failed = termination != Termination::Exited { code: 0 };
         // Kernels before 4.13 do not count OOM kills: a SIGKILL after the
         // memory limit was hit is the OOM killer's (what runc reports too).
@@ -194,6 +207,8 @@ impl ExitReport {
                 && termination == Termination::Signaled { signal: 9 });
         let reason = if oom && failed {
             ExitReason::OomKilled
+        } else if shortage == Some(Shortage::Pool) && (failed || timed_out) {
+            ExitReason::PoolFull
         } else if root_full && (failed || timed_out) {
             ExitReason::RootDeviceFull
         } else if events.pids_limit_hits > 0 && (failed || timed_out) {
@@ -658,14 +673,14 @@ impl Container {
         killed?;
         removed?;
         let removed = cg.dirs().iter().all(|d| !d.exists());
-        let root_full = match probe {
-            Some(p) => p.out_of_space()?,
-            None => false,
+        let shortage = match probe {
+            Some(p) => p.shortage()?,
+            None => None,
         };
         Ok(ExitReport::new(
             termination,
             timed_out,
-            root_full,
+            shortage,
             events,
             removed,
         ))

@@ -88,6 +88,7 @@ mod sys;
 
 pub use config::{ContainerBuilder, ContainerConfig, SeccompMode};
 pub use container::{
-    Container, ExitReason, ExitReport, FilesystemFull, RootSpaceProbe, Runtime, Termination,
+    Container, ExitReason, ExitReport, FilesystemFull, RootSpaceProbe, Runtime, Shortage,
+    Termination,
 };
 pub use error::{Error, ErrorKind, Result};

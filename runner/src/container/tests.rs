@@ -3,7 +3,26 @@
 use super::*;
 
 fn report(t: Termination, timed_out: bool, full: bool, ev: CgroupEvents) -> ExitReason {
-    ExitReport::new(t, timed_out, full, ev, true).reason
+    let shortage = full.then_some(Shortage::Filesystem);
+    ExitReport::new(t, timed_out, shortage, ev, true).reason
+}
+
+#[test]
+fn a_full_pool_is_told_from_a_full_filesystem() {
+    let failed = Termination::Exited { code: 1 };
+    let ev = CgroupEvents::default();
+    let r = ExitReport::new(failed, false, Some(Shortage::Pool), ev, true);
+    assert_eq!((r.reason, r.root_full), (ExitReason::PoolFull, true));
+    let r = ExitReport::new(failed, false, Some(Shortage::Filesystem), ev, true);
+    assert_eq!(r.reason, ExitReason::RootDeviceFull);
+    // A container that succeeded is not blamed on the pool.
+    let ok = Termination::Exited { code: 0 };
+    let r = ExitReport::new(ok, false, Some(Shortage::Pool), ev, true);
+    assert_eq!(r.reason, ExitReason::Exited);
+    assert_eq!(
+        serde_json::to_value(ExitReason::PoolFull).unwrap(),
+        "pool_full"
+    );
 }
 
 #[test]
@@ -56,7 +75,7 @@ fn reports_serialize_with_snake_case_reasons() {
     let r = ExitReport::new(
         Termination::Signaled { signal: 9 },
         false,
-        false,
+        None,
         CgroupEvents {
             oom_kills: 1,
             memory_limit_hits: 5,
