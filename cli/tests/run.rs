@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 /// container's own failure).
 fn full_pool_is_the_exit_reason() {
     let root = Root::with_config(
-        "[devmapper]\ndata_size = \"128M\"\nmetadata_size = \"16M\"\nbase_size = \"512M\"\n",
+        "[devmapper]\ndata_size = \"128M\"\nmetadata_size = \"64M\"\nbase_size = \"512M\"\n",
     );
     busybox_image(&root, "bb:1");
     let r = root.run(&[
