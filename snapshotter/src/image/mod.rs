@@ -39,6 +39,7 @@ use crate::types::Name;
 
 pub use digest::{chain_id, chain_ids, Digest, HashingReader, HashingWriter};
 pub use images::{validate_name, FaultPoint, Images};
+pub use source::MAX_LAYERS;
 
 /// The index.json annotation naming an image (`skopeo copy ... oci:DIR:NAME`).
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";

@@ -593,14 +593,34 @@ fn docker(a: &Archive) -> Result<Vec<Found>> {
 }
 
 /// The images in `a`, format detected from the files present.
+/// The most layers an image may have. Docker takes at most 128 on
+/// overlay2 (overlayfs mounts one lower directory per layer, and the mount
+/// options must fit in one page); thinbox takes the same on every backend,
+/// so an image that imports here runs on all of them (the conformance
+/// suite mounts 128 layers on each), and a manifest of thousands of layers
+/// is refused before any is read.
+pub const MAX_LAYERS: usize = 128;
+
 pub(crate) fn read(a: &Archive) -> Result<Vec<Found>> {
-    if a.has("index.json") {
-        oci(a)
+    let found = if a.has("index.json") {
+        oci(a)?
     } else if a.has("manifest.json") {
-        docker(a)
+        docker(a)?
     } else {
-        Err(invalid(a.top(), EXPECTED))
+        return Err(invalid(a.top(), EXPECTED));
+    };
+    if let Some(f) = found.iter().find(|f| f.layers.len() > MAX_LAYERS) {
+        return Err(invalid(
+            a.top(),
+            format!(
+                "image {} has {} layers; thinbox takes at most {MAX_LAYERS} (as Docker on overlay2): \
+                 squash it (e.g. rebuild it with fewer RUN steps)",
+                f.names.first().map_or_else(|| f.manifest.to_string(), Clone::clone),
+                f.layers.len()
+            ),
+        ));
     }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -628,6 +648,40 @@ mod tests {
         let diff_ids: Vec<Digest> = w.layers.iter().map(|l| l.diff_id).collect();
         assert_eq!(f.diff_ids, diff_ids);
         assert_eq!(f.layers.len(), 2);
+    }
+
+    #[test]
+    fn more_layers_than_the_limit_are_refused_before_any_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = |n: usize| -> Vec<Vec<u8>> {
+            (0..n)
+                .map(|i| write::layer_tar(&[Entry::file(&format!("f{i}"), b"x", 0o644)]).unwrap())
+                .collect()
+        };
+        let at_limit = dir.path().join("128");
+        write::oci_dir(
+            &ImageSpec::new(ImageConfig::default(), layers(MAX_LAYERS)).name("ok"),
+            &at_limit,
+        )
+        .unwrap();
+        assert_eq!(
+            read(&Archive::open(&at_limit).unwrap()).unwrap()[0]
+                .layers
+                .len(),
+            128
+        );
+        let over = dir.path().join("129");
+        write::oci_dir(
+            &ImageSpec::new(ImageConfig::default(), layers(MAX_LAYERS + 1)).name("deep"),
+            &over,
+        )
+        .unwrap();
+        let e = read(&Archive::open(&over).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidImage, "{e}");
+        assert!(
+            e.to_string().contains("deep has 129 layers") && e.to_string().contains("at most 128"),
+            "{e}"
+        );
     }
 
     #[test]
