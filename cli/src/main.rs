@@ -74,9 +74,17 @@ enum Command {
     Rm(cmd::run::RmArgs),
 }
 
+/// Whether `--json` is among thinbox's own arguments (not after `--`,
+/// where a container's command and its flags start).
+fn wants_json(args: impl IntoIterator<Item = String>) -> bool {
+    args.into_iter()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 fn main() -> ExitCode {
     // Under --json even a usage error is one JSON object on stderr.
-    let json = std::env::args().any(|a| a == "--json");
+    let json = wants_json(std::env::args().skip(1));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if json && e.use_stderr() => {
@@ -122,5 +130,19 @@ fn main() -> ExitCode {
             }
             ExitCode::from(exit::code(kind))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_json;
+
+    #[test]
+    fn json_is_thinboxs_flag_not_the_containers() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(wants_json(args("--json run bb:1")));
+        assert!(wants_json(args("run --json bb:1 -- tool")));
+        assert!(!wants_json(args("run bb:1 -- tool --json")));
+        assert!(!wants_json(args("ps")));
     }
 }
