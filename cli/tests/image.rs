@@ -4,7 +4,8 @@
 //! images stored once, ls/inspect/rm; and bad input (not an image, digest
 //! mismatch, truncated layer, name in use, rm while a container's root
 //! sits on the image), each one line on stderr, a non-zero exit and
-//! nothing left behind. Images are written by `snapshotter::image::write`.
+//! nothing left behind. Images are written by `snapshotter::image::write`,
+//! and one from Debian packages by `scripts/make-debian-image.sh`.
 #![forbid(unsafe_code)]
 
 mod cli_support;
@@ -27,9 +28,38 @@ fn main() -> ExitCode {
     harness::main(&[
         KernelTest::new("image_commands_happy_path", image_commands_happy_path).needs(BTRFS),
         KernelTest::new("image_bad_input", image_bad_input).needs(BTRFS),
+        KernelTest::new("debian_image_runs", debian_image_runs).needs(BTRFS),
         // In the VM the embedded default is a loopback dm-thin pool.
         KernelTest::new("vm_dmthin_image_commands_happy_path", vm_dmthin_happy_path).needs(DM_THIN),
     ])
+}
+
+/// A real three-layer image from Debian packages
+/// (`scripts/make-debian-image.sh`) imports and runs: dash loads libc
+/// through usrmerge's lib64 -> usr/lib64 and libc6's absolute ld.so link,
+/// `var/run/app.pid` is read at `/run/app.pid`, the alternatives chain
+/// runs busybox awk, and `debian-layers` means `debian-layers:latest`.
+fn debian_image_runs() {
+    let root = Root::new();
+    let oci = root.path().join("debian-oci");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-debian-image.sh");
+    let made = std::process::Command::new(&script)
+        .arg(&oci)
+        .output()
+        .expect("run make-debian-image.sh");
+    assert!(made.status.success(), "{made:?}");
+    root.ok(&["image", "import", oci.to_str().unwrap()]);
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "debian-layers",
+        "--",
+        "/bin/dash",
+        "-c",
+        "echo dash $0; cat /var/run/app.pid /run/app.pid; awk 'BEGIN { print 6 * 7 }'; \
+         test -e /usr/bin/wget || echo no wget",
+    ]);
+    assert_eq!(out, "dash /bin/dash\n42\n42\n42\nno wget\n");
 }
 
 fn config() -> ImageConfig {

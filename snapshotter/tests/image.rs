@@ -1,12 +1,10 @@
 //! Image import, removal and container commit on real snapshotters: naive
-
 //! and overlay on the host, btrfs on a loop device (host and VM). Images
-
 //! are written with `snapshotter::image::write` (OCI directory, OCI tar,
-
-//! docker-save tar) and, for the busybox test, by
-
-//! `scripts/make-busybox-image.sh` from Debian's busybox-static package.
+//! docker-save tar) and by the project's scripts from Debian packages:
+//! `scripts/make-busybox-image.sh` (one layer) and
+//! `scripts/make-debian-image.sh` (three layers through usrmerge and
+//! `/var/run` symlinks, see `image/debian.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -693,6 +691,10 @@ fn killed_import_rolled_back() {
 mod store;
 use store::*;
 
+#[path = "image/debian.rs"]
+mod debian;
+use debian::*;
+
 fn main() -> ExitCode {
     if let Some(dir) = std::env::var_os(KILL_CHILD_ENV) {
         kill_child(Path::new(&dir));
@@ -701,18 +703,19 @@ fn main() -> ExitCode {
         oci_dir, oci_tar, docker_tar, shared_layer_stored_once, digest_mismatch, truncated,
         not_an_image, name_taken, atomic_failure, crash_rollback, rm_refused_while_container,
         stale_diff_views_are_removed, commit_container, commit_crash_rolls_forward,
-        busybox_script,
+        busybox_script, debian_script,
     );
     tests.push(
         KernelTest::new("naive_killed_import_rolled_back", killed_import_rolled_back).needs(NAIVE),
     );
     tests.extend(on!(with_overlay, OVERLAY, "overlay_";
         oci_dir, shared_layer_stored_once, digest_mismatch, crash_rollback,
-        rm_refused_while_container, commit_container,
+        rm_refused_while_container, commit_container, debian_script,
     ));
     tests.extend(on!(with_btrfs, BTRFS, "btrfs_";
         oci_dir, docker_tar, shared_layer_stored_once, atomic_failure, crash_rollback,
         rm_refused_while_container, stale_diff_views_are_removed, commit_container,
+        debian_script,
     ));
     tests.extend(on!(with_btrfs, BTRFS_VM, "vm_btrfs_"; oci_tar, commit_container));
     harness::main(&tests)

@@ -455,7 +455,11 @@ fn main() -> ExitCode {
         .needs(&[Need::Root]),
     );
     tests.extend([
-        KernelTest::new("layers_hostile_layers_are_refused", layers::hostile_layers).needs(NAIVE),
+        KernelTest::new(
+            "layers_hostile_layers_are_refused_or_confined",
+            layers::hostile_layers,
+        )
+        .needs(NAIVE),
         KernelTest::new("naive_layers_round_trip", || with_naive(layers::round_trip)).needs(NAIVE),
         KernelTest::new("overlay_layers_round_trip", || {
             with_overlay(layers::round_trip)

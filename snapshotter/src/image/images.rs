@@ -465,12 +465,16 @@ impl Images {
         })
     }
 
-    /// The image called `name`, or else the one whose manifest digest is
-    /// `name` or starts with it (`sha256:` optional, at least 4 hex digits).
+    /// The image called `name` (as Docker reads names: `busybox` is
+    /// `busybox:latest`, `docker.io/library/busybox` is `busybox`), or else
+    /// the one whose manifest digest is `name` or starts with it (`sha256:`
+    /// optional, at least 4 hex digits).
     pub fn get(&self, name: &str) -> Result<Image> {
-        match self.load(name) {
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            other => return other,
+        for candidate in name_candidates(name) {
+            match self.load(&candidate) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                other => return other,
+            }
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() < 4
@@ -592,4 +596,40 @@ fn insert_image(tx: &rusqlite::Transaction<'_>, img: &Image) -> Result<()> {
         .map_err(store_err("record image"))?;
     }
     Ok(())
+}
+
+/// The names `name` may mean, most literal first: itself, its familiar
+/// form without `docker.io/library/`, and that with `:latest` when it has
+/// no tag or digest.
+fn name_candidates(name: &str) -> Vec<String> {
+    let familiar = super::source::familiar(name);
+    let last = familiar.rsplit('/').next().unwrap_or(&familiar);
+    let mut out = vec![name.to_owned()];
+    if familiar != name {
+        out.push(familiar.clone());
+    }
+    if !last.contains(':') && !familiar.contains('@') {
+        out.push(format!("{familiar}:latest"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_candidates;
+
+    #[test]
+    fn names_are_read_as_docker_reads_them() {
+        assert_eq!(name_candidates("busybox"), ["busybox", "busybox:latest"]);
+        assert_eq!(name_candidates("busybox:1.36"), ["busybox:1.36"]);
+        assert_eq!(
+            name_candidates("docker.io/library/busybox"),
+            ["docker.io/library/busybox", "busybox", "busybox:latest"]
+        );
+        assert_eq!(
+            name_candidates("localhost:5000/app"),
+            ["localhost:5000/app", "localhost:5000/app:latest"]
+        );
+        assert_eq!(name_candidates("app@sha256:ab"), ["app@sha256:ab"]);
+    }
 }

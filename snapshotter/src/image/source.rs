@@ -488,7 +488,7 @@ fn oci_manifest(
 
 /// Docker's familiar form of a full reference: `docker.io/library/x:1` →
 /// `x:1`, `docker.io/u/x:1` → `u/x:1`; other registries are kept.
-fn familiar(name: &str) -> String {
+pub(crate) fn familiar(name: &str) -> String {
     let n = name.strip_prefix("docker.io/").unwrap_or(name);
     n.strip_prefix("library/").unwrap_or(n).to_owned()
 }

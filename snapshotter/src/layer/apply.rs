@@ -1,18 +1,23 @@
 //! Applying a layer, with every path confined to the root.
 //!
 //! Entry names are normalised (`./` and empty components dropped) and
-//! refused when absolute or containing `..`. Parent directories are opened
-//! with openat2(2) `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` from a
-//! descriptor of the root, so a symlink planted by this or an earlier layer
-//! that points outside (or is absolute) makes the entry fail with
-//! [`ErrorKind::UnsafeLayerEntry`] instead of being followed. The final
-//! component is never followed either: whatever is there is removed
-//! (unlinkat) and the new entry is created with `O_EXCL | O_NOFOLLOW`,
-//! mkdirat, symlinkat, linkat (without `AT_SYMLINK_FOLLOW`) or mknodat
-//! relative to the confined parent descriptor. Hard-link targets are
-//! resolved the same way.
+//! refused when absolute or containing `..`. Parent directories are
+//! resolved as if the root were `/`, as containerd and Docker do: openat2(2)
+//! with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS` from a descriptor of the
+//! root, so an absolute symlink from a lower layer (Debian's `var/run ->
+//! /run`, usrmerge's `bin -> usr/bin`, `/etc/alternatives` chains) leads to
+//! the same place inside the snapshot, and `..` stops at the root: nothing
+//! a layer plants can reach outside. Where openat2 is missing (Linux before
+//! 5.6, RHEL 8) the same walk is done in user space, one `O_NOFOLLOW`
+//! component at a time ([`Root::resolve`]); missing directories behind a
+//! symlink are made where it leads. The final component is never followed:
+//! whatever is there is removed (unlinkat) and the new entry is created with
+//! `O_EXCL | O_NOFOLLOW`, mkdirat, symlinkat, linkat (without
+//! `AT_SYMLINK_FOLLOW`) or mknodat relative to the confined parent
+//! descriptor. Hard-link targets are resolved the same way.
 
-use std::collections::HashSet;
+use std::cell::Cell;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -90,16 +95,22 @@ fn components(entry: &str, raw: &[u8]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// A confined root: every open goes through openat2 beneath it.
+/// How many symlinks one path may pass through (Linux's `MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// A confined root: paths are resolved as if it were `/`.
 struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Whether openat2(2) is there (Linux 5.6+); cleared on ENOSYS, after
+    /// which [`Root::resolve`] walks the path itself.
+    openat2: Cell<bool>,
 }
 
 fn how() -> OpenHow {
     OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
 fn join(comps: &[PathBuf]) -> PathBuf {
@@ -108,6 +119,16 @@ fn join(comps: &[PathBuf]) -> PathBuf {
     } else {
         comps.iter().collect()
     }
+}
+
+/// Opens directory `name` in `dir` without following a symlink there.
+fn open_dir_nofollow(dir: &OwnedFd, name: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 impl Root {
@@ -121,46 +142,162 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_owned(),
+            openat2: Cell::new(true),
         })
     }
 
-    /// Opens directory `comps` beneath the root; `Ok(None)` if absent.
+    fn dup(&self) -> Result<OwnedFd> {
+        self.fd
+            .try_clone()
+            .map_err(|e| Error::io("open root", &self.path, e))
+    }
+
+    /// Opens directory `comps`, resolving symlinks and `..` as if the root
+    /// were `/` (an absolute symlink from a lower layer, such as Debian's
+    /// `var/run -> /run`, stays inside); `Ok(None)` if it is absent.
     fn open_dir(&self, entry: &str, comps: &[PathBuf]) -> Result<Option<OwnedFd>> {
         let rel = join(comps);
-        match openat2(self.fd.as_fd(), &rel, how()) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(Errno::EXDEV | Errno::ELOOP) => Err(unsafe_entry(
+        if self.openat2.get() {
+            match openat2(self.fd.as_fd(), &rel, how()) {
+                Ok(fd) => return Ok(Some(fd)),
+                Err(Errno::ENOSYS) => self.openat2.set(false),
+                Err(e) => return self.open_error(entry, &rel, e).map(|()| None),
+            }
+        }
+        let real = self.resolve(entry, comps)?;
+        let mut cur = self.dup()?;
+        for (i, c) in real.iter().enumerate() {
+            cur = match open_dir_nofollow(&cur, c) {
+                Ok(fd) => fd,
+                Err(e) => return self.open_error(entry, &join(&real[..=i]), e).map(|()| None),
+            };
+        }
+        Ok(Some(cur))
+    }
+
+    /// `Ok(())` for a missing directory, else the error `e` means.
+    fn open_error(&self, entry: &str, rel: &Path, e: Errno) -> Result<()> {
+        match e {
+            Errno::ENOENT => Ok(()),
+            Errno::ELOOP => Err(unsafe_entry(
                 entry,
-                format!("{} resolves outside the root", rel.display()),
+                format!(
+                    "{} passes through more than {MAX_SYMLINKS} symlinks",
+                    rel.display()
+                ),
             )),
-            Err(Errno::ENOTDIR) => Err(bad_layer(
+            Errno::EXDEV => Err(unsafe_entry(
+                entry,
+                format!("{} passes through a magic link", rel.display()),
+            )),
+            Errno::ENOTDIR => Err(bad_layer(
                 entry,
                 format!("{} is not a directory", rel.display()),
             )),
-            Err(e) => Err(Error::sys("apply", self.path.join(&rel), e).key(entry)),
+            e => Err(Error::sys("apply", self.path.join(rel), e).key(entry)),
         }
     }
 
-    /// Opens directory `comps`, creating missing components (mode 0755).
+    /// Where `comps` really is in the root: symlinks of existing components
+    /// followed as if the root were `/`, `..` stopping at the root, and the
+    /// components after the first missing one kept (lexically normalised).
+    /// The walk openat2's `RESOLVE_IN_ROOT` does in the kernel, for making
+    /// missing directories behind a symlink and for kernels without it.
+    fn resolve(&self, entry: &str, comps: &[PathBuf]) -> Result<Vec<PathBuf>> {
+        let mut todo: VecDeque<PathBuf> = comps.iter().cloned().collect();
+        let mut real: Vec<PathBuf> = Vec::new();
+        // The directory `real` names while it exists.
+        let mut cur = Some(self.dup()?);
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_os_str().as_bytes() {
+                b"" | b"." => continue,
+                b".." => {
+                    real.pop();
+                    cur = self.reopen(&real)?;
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(dir) = cur.as_ref() else {
+                real.push(c);
+                continue;
+            };
+            match lstat_at(dir, &c)? {
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return self
+                            .open_error(entry, &join(comps), Errno::ELOOP)
+                            .map(|()| real);
+                    }
+                    let target = nix::fcntl::readlinkat(dir.as_fd(), &c)
+                        .map_err(|e| Error::sys("read link", self.path.join(join(&real)), e))?;
+                    let target = target.as_bytes();
+                    if target.first() == Some(&b'/') {
+                        real.clear();
+                    }
+                    for t in target.split(|b| *b == b'/').rev() {
+                        todo.push_front(PathBuf::from(OsStr::from_bytes(t)));
+                    }
+                    cur = self.reopen(&real)?;
+                }
+                Some(st) if is_dir(&st) => {
+                    cur = Some(
+                        open_dir_nofollow(dir, &c)
+                            .map_err(|e| Error::sys("open", self.path.join(join(&real)), e))?,
+                    );
+                    real.push(c);
+                }
+                Some(_) if !todo.is_empty() => {
+                    real.push(c);
+                    return self
+                        .open_error(entry, &join(&real), Errno::ENOTDIR)
+                        .map(|()| real);
+                }
+                _ => {
+                    cur = None;
+                    real.push(c);
+                }
+            }
+        }
+        Ok(real)
+    }
+
+    /// The directory at real path `real` (no symlinks in it), if it exists.
+    fn reopen(&self, real: &[PathBuf]) -> Result<Option<OwnedFd>> {
+        let mut cur = self.dup()?;
+        for c in real {
+            cur = match open_dir_nofollow(&cur, c) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+                Err(e) => return Err(Error::sys("open", self.path.join(join(real)), e)),
+            };
+        }
+        Ok(Some(cur))
+    }
+
+    /// Opens directory `comps`, creating missing components (mode 0755)
+    /// where the path really leads, inside the root.
     fn make_dirs(&self, entry: &str, comps: &[PathBuf]) -> Result<OwnedFd> {
-        let mut cur = self
-            .open_dir(entry, &[])?
-            .ok_or_else(|| bad_layer(entry, "root vanished"))?;
-        for i in 1..=comps.len() {
-            cur = match self.open_dir(entry, &comps[..i])? {
-                Some(fd) => fd,
-                None => {
-                    nix::sys::stat::mkdirat(
-                        cur.as_fd(),
-                        &comps[i - 1],
-                        Mode::from_bits_truncate(0o755),
-                    )
-                    .map_err(|e| {
-                        Error::sys("mkdir", self.path.join(join(&comps[..i])), e).key(entry)
-                    })?;
-                    self.open_dir(entry, &comps[..i])?
-                        .ok_or_else(|| bad_layer(entry, "directory vanished"))?
+        if let Some(fd) = self.open_dir(entry, comps)? {
+            return Ok(fd);
+        }
+        let real = self.resolve(entry, comps)?;
+        let mut cur = self.dup()?;
+        for (i, c) in real.iter().enumerate() {
+            let here = || self.path.join(join(&real[..=i]));
+            cur = match open_dir_nofollow(&cur, c) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    nix::sys::stat::mkdirat(cur.as_fd(), c, Mode::from_bits_truncate(0o755))
+                        .map_err(|e| Error::sys("mkdir", here(), e).key(entry))?;
+                    open_dir_nofollow(&cur, c)
+                        .map_err(|e| Error::sys("open", here(), e).key(entry))?
+                }
+                Err(e) => {
+                    self.open_error(entry, &join(&real[..=i]), e)?;
+                    return Err(bad_layer(entry, "directory vanished"));
                 }
             };
         }
@@ -498,5 +635,84 @@ mod tests {
             ErrorKind::UnsafeLayerEntry
         );
         assert!(components("x", b"./").unwrap().is_empty());
+    }
+
+    fn p(s: &str) -> Vec<PathBuf> {
+        s.split('/').map(PathBuf::from).collect()
+    }
+
+    /// A root with usrmerge and Debian symlinks, escapes and a loop.
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::fs::write(root.join("f"), b"").unwrap();
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("var/run", "/run"),
+            ("up", "../../.."),
+            ("abs", "/usr"),
+            ("loop1", "loop2"),
+            ("loop2", "loop1"),
+        ] {
+            std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+        }
+        (dir, root)
+    }
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        nix::sys::stat::fstat(fd).unwrap().st_ino
+    }
+
+    #[test]
+    fn paths_resolve_as_if_the_root_were_slash() {
+        let (_dir, root) = tree();
+        let r = Root::open(&root).unwrap();
+        let cases = [
+            ("bin/x", "usr/bin/x"),
+            ("var/run/app.pid", "run/app.pid"),
+            ("up/etc/passwd", "etc/passwd"),
+            ("abs/bin", "usr/bin"),
+            ("usr/../../../etc", "etc"),
+        ];
+        for (path, real) in cases {
+            assert_eq!(r.resolve(path, &p(path)).unwrap(), p(real), "{path}");
+        }
+        let e = r.resolve("loop1/x", &p("loop1/x")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnsafeLayerEntry, "{e}");
+        assert!(e.to_string().contains("40 symlinks"), "{e}");
+        let e = r.resolve("f/x", &p("f/x")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLayer, "{e}");
+    }
+
+    /// openat2 and the user-space walk agree, and both make missing
+    /// directories where a dangling in-root symlink leads.
+    #[test]
+    fn openat2_and_the_walk_agree() {
+        for openat2 in [true, false] {
+            let (_dir, root) = tree();
+            let r = Root::open(&root).unwrap();
+            r.openat2.set(openat2);
+            let usr_bin = r.open_dir("x", &p("usr/bin")).unwrap().unwrap();
+            for path in ["bin", "abs/bin", "up/usr/bin", "bin/../bin"] {
+                let fd = r.open_dir(path, &p(path)).unwrap().unwrap();
+                assert_eq!(inode(&fd), inode(&usr_bin), "{path} (openat2 {openat2})");
+            }
+            assert!(r.open_dir("var/run", &p("var/run")).unwrap().is_none());
+            let e = r.open_dir("loop1", &p("loop1")).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsafeLayerEntry, "{e}");
+
+            let made = r.make_dirs("var/run/sub", &p("var/run/sub")).unwrap();
+            assert!(root.join("run/sub").is_dir());
+            assert!(root.join("var/run").is_symlink());
+            let again = r
+                .open_dir("var/run/sub", &p("var/run/sub"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(inode(&made), inode(&again));
+            r.make_dirs("up/x", &p("up/x")).unwrap();
+            assert!(root.join("x").is_dir(), "`..` stops at the root");
+        }
     }
 }
