@@ -92,11 +92,16 @@ pub struct Object<'a> {
 pub trait Backend: Send + fmt::Debug {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
+    /// Why it cannot bound a snapshot's size (when
+    /// [`Capabilities::bounds_size`] is false), and what would.
+    fn why_unbounded(&self) -> String {
+        "this backend cannot bound a snapshot's size; use dm-thin, zfs, or btrfs with quotas on, or drop the label".into()
+    }
     /// Creates the object of a new active snapshot or view, with the
     /// labels given to `prepare`/`view` (a backend with
-    /// [`Capabilities::max_size_label`] reads [`crate::types::MAX_SIZE_LABEL`];
-    /// [`Snapshots`] refuses that label before calling a backend without
-    /// it). On failure it may leave a partial object behind;
+    /// [`Capabilities::max_size_label`] or [`Capabilities::bounds_size`]
+    /// reads [`crate::types::MAX_SIZE_LABEL`]; [`Snapshots`] refuses that
+    /// label before calling a backend with neither). On failure it may leave a partial object behind;
     /// [`Backend::remove`] deletes it.
     fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()>;
     /// Makes active `obj` committed (read-only from now on). Calling it again
@@ -258,15 +263,16 @@ impl<B: Backend> Snapshots<B> {
         labels: &Labels,
     ) -> Result<Vec<MountSpec>> {
         validate_labels(labels)?;
-        if max_size(labels)?.is_some() && !self.caps.max_size_label {
+        let sized = max_size(labels)?.is_some();
+        let mut g = self.guard();
+        if sized && !self.caps.max_size_label && !self.caps.bounds_size {
             return Err(Error::new(ErrorKind::InvalidArgument, op)
                 .key(key)
                 .detail(format!(
-                    "label {MAX_SIZE_LABEL}: this backend cannot size snapshots; \
-                     use the devmapper backend or drop the label"
+                    "label {MAX_SIZE_LABEL}: {}",
+                    g.backend.why_unbounded()
                 )));
         }
-        let mut g = self.guard();
         let (store, backend) = Self::parts(&mut g, op)?;
         let rec = store.begin_create(
             op,

@@ -169,15 +169,19 @@ pub fn validate_labels(labels: &Labels) -> Result<()> {
     Ok(())
 }
 
-/// The label that asks for a snapshot bigger than its parent: its value is
-/// the new snapshot's size in bytes, either a plain number or one with a
-/// binary suffix (`K`, `M`, `G`, `T`, optionally followed by `iB`), for
-/// example `536870912` or `512M`. Backends whose
-/// [`Capabilities::max_size_label`] is set grow the snapshot's device and
-/// filesystem to that size when it is prepared (rounded up to the backend's
-/// allocation unit); a size smaller than the parent's is refused. Other
-/// backends refuse the label. containerd's devmapper snapshotter has only a
-/// snapshotter-wide `base_image_size`; this label is the per-snapshot form.
+/// The label that sizes a new active snapshot: its value is the most it may
+/// hold, in bytes, either a plain number or one with a binary suffix (`K`,
+/// `M`, `G`, `T`, optionally followed by `iB`), for example `536870912` or
+/// `512M`. Backends whose [`Capabilities::max_size_label`] is set (dm-thin)
+/// grow the snapshot's device and filesystem to that size when it is
+/// prepared (rounded up to the backend's allocation unit; a size smaller
+/// than the parent's is refused), so the device bounds it. Backends whose
+/// [`Capabilities::bounds_size`] is set without it limit what the snapshot
+/// references instead (btrfs: a qgroup limit, which needs quotas on; zfs:
+/// `refquota`), so writing past it fails with EDQUOT or ENOSPC. Other
+/// backends, and views, refuse the label. containerd's devmapper
+/// snapshotter has only a snapshotter-wide `base_image_size`; this label is
+/// the per-snapshot form (Docker's `--storage-opt size=`).
 pub const MAX_SIZE_LABEL: &str = "thinbox.io/max-size";
 
 /// Parses a size as [`MAX_SIZE_LABEL`] takes it.
@@ -207,6 +211,24 @@ pub fn parse_size(value: &str) -> Result<Bytes> {
         Ok(b) => Ok(b),
         Err(_) => bad("too large"),
     }
+}
+
+/// The bound [`MAX_SIZE_LABEL`] puts on a new snapshot of `kind`, for
+/// backends that limit rather than grow; refused on views, which are never
+/// written.
+pub fn size_bound(key: &str, kind: Kind, labels: &Labels) -> Result<Option<Bytes>> {
+    let Some(bytes) = max_size(labels)? else {
+        return Ok(None);
+    };
+    let value = labels.get(MAX_SIZE_LABEL).map_or("", String::as_str);
+    if kind == Kind::View {
+        return Err(Error::new(ErrorKind::InvalidArgument, "create")
+            .key(key)
+            .detail(format!(
+                "{MAX_SIZE_LABEL}={value:?}: views are read-only and need no size; prepare instead"
+            )));
+    }
+    Ok(Some(bytes))
 }
 
 /// The size [`MAX_SIZE_LABEL`] asks for, if the label is there.
@@ -264,6 +286,11 @@ pub struct Capabilities {
     pub rename_lower_dirs: bool,
     /// Committing is a metadata change only (no copy or snapshot of data).
     pub cheap_commit: bool,
+    /// A snapshot prepared with [`MAX_SIZE_LABEL`] cannot hold more than
+    /// it says (dm-thin: its device; btrfs with quotas: a qgroup limit;
+    /// zfs: `refquota`); without this the label is refused, and a
+    /// snapshot can fill the filesystem it shares with others.
+    pub bounds_size: bool,
     /// `usage` counts inodes (zfs reports bytes only).
     pub counts_inodes: bool,
     /// [`crate::Snapshotter::changed_paths`] lists what changed against the

@@ -250,21 +250,23 @@ macro_rules! all_cases {
     };
 }
 
-/// With quotas on, btrfs usage comes from the qgroup's exclusive bytes.
-fn btrfs_qgroups_usage() {
+/// `case` on btrfs with quotas on: usage comes from the qgroup's
+/// exclusive bytes, and the size label sets a qgroup limit.
+fn btrfs_with_quotas(case: Case) {
     let fs = btrfs_fs();
     run(
         "btrfs",
         &["quota", "enable", fs.mount.target.to_str().unwrap()],
     );
     testsuite::run(
-        Case::UsageExcludesParent,
+        case,
         &fs.mount.target,
         &|root: &Path| -> Box<dyn Snapshotter> {
             let sn = Btrfs::open(root).expect("open btrfs");
+            let caps = sn.capabilities();
             assert!(
-                sn.capabilities().exact_usage,
-                "quotas are on: usage must be exact"
+                caps.exact_usage && caps.bounds_size,
+                "quotas are on: usage must be exact and sizes bounded"
             );
             Box::new(sn)
         },
@@ -442,9 +444,11 @@ fn main() -> ExitCode {
     tests.extend(all_cases!(btrfs, "vm_btrfs_", BTRFS_VM));
     tests.extend(all_cases!(zfs, "zfs_", ZFS));
     tests.extend(all_cases!(devmapper, "devmapper_", DEVMAPPER));
+    // Every case on every backend, but size_bound (wired below: dm-thin's
+    // bound is its device, which max_size_label shows).
     assert_eq!(
         tests.len(),
-        6 * Case::ALL.len(),
+        6 * (Case::ALL.len() - 1),
         "a conformance case is not wired up"
     );
     tests.push(
@@ -494,13 +498,32 @@ fn main() -> ExitCode {
             recovery::recovery(dir.path(), |r| Overlay::new(r).expect("overlay"));
         })
         .needs(OVERLAY),
-        KernelTest::new("btrfs_qgroups_usage", btrfs_qgroups_usage).needs(BTRFS),
+        KernelTest::new("btrfs_qgroups_usage", || {
+            btrfs_with_quotas(Case::UsageExcludesParent)
+        })
+        .needs(BTRFS),
+        KernelTest::new("btrfs_qgroups_size_bound", || {
+            btrfs_with_quotas(Case::SizeBound)
+        })
+        .needs(BTRFS),
+        // Without quotas (and on naive, overlay) the label is refused.
+        KernelTest::new("btrfs_size_bound_refused", || btrfs(Case::SizeBound)).needs(BTRFS),
+        KernelTest::new("naive_size_bound_refused", || naive(Case::SizeBound)).needs(NAIVE),
+        KernelTest::new("overlay_size_bound_refused", || overlay(Case::SizeBound)).needs(OVERLAY),
+        KernelTest::new("zfs_size_bound", || zfs(Case::SizeBound)).needs(ZFS),
         KernelTest::new(
             "btrfs_diff_leftovers_are_reclaimed",
             btrfs_diff_leftovers_are_reclaimed,
         )
         .needs(BTRFS),
-        KernelTest::new("vm_btrfs_qgroups_usage", btrfs_qgroups_usage).needs(BTRFS_VM),
+        KernelTest::new("vm_btrfs_qgroups_usage", || {
+            btrfs_with_quotas(Case::UsageExcludesParent)
+        })
+        .needs(BTRFS_VM),
+        KernelTest::new("vm_btrfs_qgroups_size_bound", || {
+            btrfs_with_quotas(Case::SizeBound)
+        })
+        .needs(BTRFS_VM),
         KernelTest::new("zfs_layers_round_trip", || with_zfs(layers::round_trip)).needs(ZFS),
         KernelTest::new("naive_real_tree_round_trip", || {
             with_naive(layers::real_tree_round_trip)

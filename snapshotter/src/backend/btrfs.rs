@@ -8,10 +8,14 @@
 //! `active/ID` read-only to `snapshots/ID` and deletes the active subvolume,
 //! which is idempotent after a crash. Usage: when quotas are enabled on the
 //! filesystem, the size is the subvolume qgroup's *exclusive* bytes (read
-//! with `btrfs --format json qgroup show --raw`, btrfs-progs 6.1+, after a
-//! sync), which excludes what is shared with the parent; otherwise it is
-//! estimated by comparing the tree with the parent's. Inodes are always
-//! counted by that comparison.
+//! from `/sys/fs/btrfs/FSID/qgroups/0_ID` after a sync), which excludes what
+//! is shared with the parent; otherwise it is estimated by comparing the
+//! tree with the parent's. Inodes are always counted by that comparison.
+//! Size bounds: with quotas on, [`crate::types::MAX_SIZE_LABEL`] on
+//! `prepare` sets a qgroup limit on what the new subvolume references
+//! (`btrfs qgroup limit`, as Docker's btrfs driver does for `--storage-opt
+//! size`), so its writes fail with EDQUOT past it; with quotas off the
+//! label is refused, saying how to turn them on.
 //!
 //! Changed paths (for a diff against the parent): `btrfs send --no-data -p
 //! PARENT SNAPSHOT | btrfs receive --dump` (btrfs-progs 4.x+, tested with
@@ -33,14 +37,14 @@ use std::path::{Path, PathBuf};
 pub mod dump;
 pub mod ops;
 
-pub use ops::{BtrfsOps, SystemBtrfs};
+pub use ops::{BtrfsOps, Qgroup, SystemBtrfs};
 
 use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::usage_against;
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Bytes, Capabilities, Kind, Labels, Usage};
+use crate::types::{size_bound, Bytes, Capabilities, Kind, Labels, Usage};
 
 use super::naive::ids_in;
 
@@ -50,19 +54,6 @@ pub struct Btrfs<B: BtrfsOps = SystemBtrfs> {
     root: PathBuf,
     qgroups: bool,
     ops: B,
-}
-
-/// The exclusive bytes of qgroup `0/ID` in `btrfs qgroup show` JSON.
-fn exclusive_of(show: &serde_json::Value, subvol_id: u64) -> Option<u64> {
-    let want = format!("0/{subvol_id}");
-    show.get("qgroup-show")?
-        .as_array()?
-        .iter()
-        .find(|q| q.get("qgroupid").and_then(|v| v.as_str()) == Some(want.as_str()))?
-        .get("exclusive")?
-        .as_str()?
-        .parse()
-        .ok()
 }
 
 impl Btrfs {
@@ -91,12 +82,30 @@ impl<B: BtrfsOps> Btrfs<B> {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(|e| Error::io("open", &d, e))?;
         }
-        let qgroups = ops.qgroup_show(root)?.is_some();
+        let qgroups = ops.quotas_enabled(root)?;
         Ok(Btrfs {
             root: root.to_owned(),
             qgroups,
             ops,
         })
+    }
+
+    /// Makes the subvolume of a new snapshot at `path`: empty, or a
+    /// snapshot of its parent (read-only for views).
+    fn make(&self, obj: &Object<'_>, path: &Path) -> Result<()> {
+        match obj.parents.first() {
+            None => {
+                self.ops.create_subvolume(path)?;
+                if obj.kind == Kind::View {
+                    self.ops.set_read_only(path)?;
+                }
+                Ok(())
+            }
+            Some(p) => {
+                let src = self.path(Kind::Committed, *p);
+                self.ops.snapshot(&src, path, obj.kind == Kind::View)
+            }
+        }
     }
 
     /// Where the read-only snapshot of an active snapshot lives while it is
@@ -161,28 +170,28 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: false,
+            bounds_size: self.qgroups,
             counts_inodes: true,
             lists_changes: true,
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
-        let path = self.path(obj.kind, obj.id);
-        match obj.parents.first() {
-            None => {
-                self.ops.create_subvolume(&path)?;
-                if obj.kind == Kind::View {
-                    self.ops.set_read_only(&path)?;
-                }
-                Ok(())
-            }
-            Some(p) => {
-                let src = self.path(Kind::Committed, *p);
-                self.ops.snapshot(&src, &path, obj.kind == Kind::View)
-            }
-        }
+    fn why_unbounded(&self) -> String {
+        format!(
+            "btrfs quotas are off on {0}: run `btrfs quota enable {0}` to bound snapshot sizes",
+            self.root.display()
+        )
     }
 
+    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+        let path = self.path(obj.kind, obj.id);
+        let bound = size_bound(&obj.id.to_string(), obj.kind, labels)?;
+        self.make(obj, &path)?;
+        if let Some(bytes) = bound {
+            self.ops.qgroup_limit(&path, bytes.0)?;
+        }
+        Ok(())
+    }
     fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
         let src = self.path(Kind::Active, obj.id);
         let dst = self.path(Kind::Committed, obj.id);
@@ -220,16 +229,14 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
             let id = self.ops.subvolume_id(&path)?;
             // Qgroup counters are updated when a transaction commits.
             self.ops.sync(&path)?;
-            let show = self.ops.qgroup_show(&path)?.ok_or_else(|| {
+            let qgroup = self.ops.qgroup(&path, id)?.ok_or_else(|| {
                 Error::new(ErrorKind::Io, "usage")
                     .path(&path)
-                    .detail("btrfs quotas were disabled while the snapshotter was open")
+                    .detail(format!(
+                        "no qgroup 0/{id} (quotas disabled while open?); run btrfs quota rescan"
+                    ))
             })?;
-            let exclusive = exclusive_of(&show, id).ok_or_else(|| {
-                Error::new(ErrorKind::Io, "usage")
-                    .path(&path)
-                    .detail(format!("no qgroup 0/{id}; run btrfs quota rescan"))
-            })?;
+            let exclusive = qgroup.exclusive;
             usage.size = Bytes(exclusive);
         }
         Ok(usage)

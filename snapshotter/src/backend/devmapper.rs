@@ -243,6 +243,7 @@ impl Backend for Devmapper {
             max_size_label: true,
             rename_lower_dirs: true,
             cheap_commit: true,
+            bounds_size: true,
             counts_inodes: false,
             lists_changes: false,
         }

@@ -68,6 +68,7 @@ impl Backend for MemoryBackend {
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: true,
+            bounds_size: false,
             counts_inodes: true,
             lists_changes: false,
         }

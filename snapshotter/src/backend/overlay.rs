@@ -80,6 +80,7 @@ impl Backend for Overlay {
             max_size_label: false,
             rename_lower_dirs: self.redirect_dir,
             cheap_commit: true,
+            bounds_size: false,
             counts_inodes: true,
             lists_changes: false,
         }

@@ -2,6 +2,9 @@
 //! (`@committed`) per commit, a clone per child; legacy mountpoints, so the
 //! caller mounts (`-t zfs DATASET`). Usage is the dataset's `used`
 //! property, which for a clone excludes what it shares with its origin.
+//! [`crate::types::MAX_SIZE_LABEL`] on `prepare` sets the clone's
+//! `refquota` (what it may reference, shared data included, as a device
+//! size would), so writes past it fail with EDQUOT and `df` inside shows it.
 //!
 //! Needs the ZFS module (`/dev/zfs`) and the `zfs` tool, driven through its
 //! parsable output (`-H -p`) and exit status, as containerd does; the
@@ -36,7 +39,7 @@ use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Bytes, Capabilities, Kind, Labels, Usage};
+use crate::types::{size_bound, Bytes, Capabilities, Kind, Labels, Usage};
 
 /// Runs `zfs` subcommands.
 pub trait ZfsCli: Send + std::fmt::Debug {
@@ -153,16 +156,21 @@ impl<C: ZfsCli> Backend for Zfs<C> {
             max_size_label: false,
             rename_lower_dirs: true,
             cheap_commit: false,
+            bounds_size: true,
             counts_inodes: false,
             lists_changes: true,
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
+    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
         let name = self.name(obj.id);
+        let quota = size_bound(&name, obj.kind, labels)?.map(|b| format!("refquota={}", b.0));
         let mut args = vec!["-o", "mountpoint=legacy"];
         if obj.kind == Kind::View {
             args.extend(["-o", "readonly=on"]);
+        }
+        if let Some(q) = &quota {
+            args.extend(["-o", q.as_str()]);
         }
         match obj.parents.first() {
             None => {
@@ -571,5 +579,25 @@ mod tests {
             ]
         );
         assert!(fake.names.lock().unwrap().iter().all(|n| n == "tank/sn"));
+    }
+
+    #[test]
+    fn the_size_label_is_the_clones_refquota() {
+        let fake = Fake::default();
+        fake.names.lock().unwrap().insert("tank/sn".into());
+        let mut z = Zfs::new("tank/sn", fake.clone()).unwrap();
+        let mut sized = Labels::new();
+        sized.insert(crate::types::MAX_SIZE_LABEL.into(), "64M".into());
+        let obj = |id, kind, parents| Object { id, kind, parents };
+        z.create(&obj(SnapshotId(3), Kind::Active, &[SnapshotId(1)]), &sized)
+            .unwrap();
+        let e = z
+            .create(&obj(SnapshotId(4), Kind::View, &[SnapshotId(1)]), &sized)
+            .unwrap_err();
+        assert!(e.to_string().contains("views are read-only"), "{e}");
+        assert_eq!(
+            fake.log.lock().unwrap().last().unwrap(),
+            "clone -o mountpoint=legacy -o refquota=67108864 tank/sn/1@committed tank/sn/3"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! thinbox's own cases beyond containerd's: errors of every verb, exact
-//! usage, the max-size label, and diffs from the backend's change list.
+//! usage, the max-size label and size bounds, and diffs from the backend's
+//! change list.
 
 use super::*;
 
@@ -146,8 +147,10 @@ pub(super) fn check_max_size_label(sn: &dyn Snapshotter, work: &Path) {
     let msg = refused("bad", Some(&parent), "12 parsecs", false);
     assert!(msg.contains("\"12 parsecs\""), "{msg}");
     if !caps.max_size_label {
-        refused("big", Some(&parent), "1G", false);
-        assert_eq!(count(), before);
+        if !caps.bounds_size {
+            refused("big", Some(&parent), "1G", false);
+            assert_eq!(count(), before);
+        }
         return;
     }
     let plain_size = {
@@ -197,6 +200,90 @@ pub(super) fn check_max_size_label(sn: &dyn Snapshotter, work: &Path) {
     // Views are never written, so never grown.
     refused("big-view", Some(&parent), &want, true);
     assert_eq!(count(), before);
+}
+
+/// [`Capabilities::bounds_size`] without growing devices (btrfs with
+/// quotas, zfs): a snapshot prepared with [`MAX_SIZE_LABEL`]`=16M` takes
+/// no more than 16 MiB (writing fails with EDQUOT or ENOSPC) while its
+/// sibling without the label writes past that, and a view with the label
+/// is refused. Backends without the capability refuse the label, saying
+/// why, and make nothing. (dm-thin's bound is its device, which
+/// `max_size_label` shows; this case is not for it.)
+pub(super) fn check_size_bound(sn: &dyn Snapshotter, work: &Path) {
+    let caps = sn.capabilities();
+    assert!(
+        !caps.max_size_label,
+        "a backend that grows devices is bounded by them: see max_size_label"
+    );
+    if !caps.bounds_size {
+        let e = sn
+            .prepare(&k("sized"), None, &labels(&[(MAX_SIZE_LABEL, "16M")]))
+            .expect_err("a backend that cannot bound sizes must refuse the label");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains(MAX_SIZE_LABEL), "{e}");
+        assert_eq!(
+            sn.stat(&k("sized")).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        return;
+    }
+    const BOUND: u64 = 16 << 20;
+    let (base, g) = prepare_mount(sn, work, "base", None);
+    fs::write(base.join("foo"), "foo\n").expect("write");
+    g.unmount().expect("unmount");
+    let parent = n(p(&work.join("parent")));
+    sn.commit(&parent, &k(p(&base)), &gc_labels())
+        .expect("commit");
+    let sized = labels(&[(MAX_SIZE_LABEL, "16M")]);
+    let e = sn
+        .view(&k("sized-view"), Some(&parent), &sized)
+        .expect_err("a view with a size must be refused");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+
+    // Writes 1 MiB at a time, synced, until `cap` bytes or an error.
+    let fill = |dir: &Path, cap: u64| -> (u64, Option<std::io::Error>) {
+        use std::io::Write;
+        let mut f = fs::File::create(dir.join("fill")).expect("create");
+        let chunk = vec![0x5a_u8; 1 << 20];
+        let mut written = 0;
+        while written < cap {
+            if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                return (written, Some(e));
+            }
+            written += chunk.len() as u64;
+        }
+        (written, None)
+    };
+    let bounded = work.join("bounded");
+    let m = sn
+        .prepare(&k(p(&bounded)), Some(&parent), &sized)
+        .expect("prepare with a size");
+    let g = mount(&m, &bounded);
+    let (written, err) = fill(&bounded, 4 * BOUND);
+    let err = err.unwrap_or_else(|| panic!("{written} bytes written past a 16 MiB bound"));
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EDQUOT | libc::ENOSPC)),
+        "writing past the bound failed with {err}, not EDQUOT or ENOSPC"
+    );
+    assert!(
+        (BOUND / 2..=BOUND).contains(&written),
+        "{written} bytes fit under a 16 MiB bound"
+    );
+    assert_eq!(
+        fs::read_to_string(bounded.join("foo")).expect("read"),
+        "foo\n"
+    );
+    g.unmount().expect("unmount");
+
+    let (free, g) = prepare_mount(sn, work, "free", Some(&parent));
+    let (written, err) = fill(&free, 2 * BOUND);
+    assert!(
+        err.is_none(),
+        "an unbounded sibling failed after {written} bytes: {err:?}"
+    );
+    g.unmount().expect("unmount");
+    sn.remove(&k(p(&bounded))).expect("remove");
+    sn.remove(&k(p(&free))).expect("remove");
 }
 
 /// The tar entries of a layer, one line each, to show how two differ.

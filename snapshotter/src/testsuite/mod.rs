@@ -1,15 +1,9 @@
 //! The conformance suite: containerd's snapshot testsuite
-
 //! (core/snapshots/testsuite), ported once and run against every backend.
-
 //!
-
 //! A case fails by panicking. Differences between backends are read from
-
 //! [`Capabilities`], never from a backend's name. Cases that mount need
-
 //! root and the backend's kernel feature; [`run`] takes a factory that
-
 //! opens the backend on a root directory.
 use crate::core::Snapshotter;
 use crate::error::ErrorKind;
@@ -80,6 +74,7 @@ cases! {
     Errors => "errors", check_errors;
     UsageExcludesParent => "usage_excludes_parent", check_usage;
     MaxSizeLabel => "max_size_label", check_max_size_label;
+    SizeBound => "size_bound", check_size_bound;
     DiffChangedPaths => "diff_changed_paths", check_diff_changed_paths;
 }
 

@@ -1,7 +1,7 @@
 //! The seam between the btrfs backend and the kernel: [`BtrfsOps`], with
 //! [`SystemBtrfs`] driving btrfs through libbtrfsutil (subvolume ioctls)
-//! and btrfs-progs (`qgroup show`, `send | receive --dump`,
-//! `inspect-internal inode-resolve`), as [`super::super::zfs::ZfsCli`] does
+//! btrfs-progs (`qgroup limit`, `send | receive --dump`,
+//! `inspect-internal inode-resolve`) and sysfs (qgroup counters), as [`super::super::zfs::ZfsCli`] does
 //! for zfs. Tests pass a fake, so the backend's logic (layout, commit
 //! idempotence, leftovers, fallbacks) is tested without btrfs.
 
@@ -34,9 +34,14 @@ pub trait BtrfsOps: Send + std::fmt::Debug {
     fn subvolume_id(&self, path: &Path) -> Result<u64>;
     /// Commits the filesystem's transaction (qgroup counters follow it).
     fn sync(&self, path: &Path) -> Result<()>;
-    /// `btrfs --format json qgroup show --raw PATH`, parsed; None when
-    /// quotas are off.
-    fn qgroup_show(&self, path: &Path) -> Result<Option<serde_json::Value>>;
+    /// Whether quotas are on for the filesystem holding `path`.
+    fn quotas_enabled(&self, path: &Path) -> Result<bool>;
+    /// The counters of qgroup `0/ID` of subvolume `id` on the filesystem
+    /// holding `path`; None when quotas are off or it has none.
+    fn qgroup(&self, path: &Path, id: u64) -> Result<Option<Qgroup>>;
+    /// Limits what subvolume `path` references to `bytes` (`btrfs qgroup
+    /// limit`); writes past it fail with EDQUOT.
+    fn qgroup_limit(&self, path: &Path, bytes: u64) -> Result<()>;
     /// The paths that differ between read-only subvolumes `parent` and
     /// `source` (`send --no-data -p | receive --dump`); None when that
     /// cannot be told (the caller compares trees).
@@ -46,7 +51,28 @@ pub trait BtrfsOps: Send + std::fmt::Debug {
     fn inode_paths(&self, source: &Path, ino: u64) -> Result<Option<Vec<Vec<u8>>>>;
 }
 
-/// btrfs on the kernel: libbtrfsutil and btrfs-progs.
+/// A subvolume's qgroup counters, as the kernel keeps them (in
+/// `/sys/fs/btrfs/FSID/qgroups/0_ID`, Linux 5.9+).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Qgroup {
+    /// Bytes the subvolume references (shared with its origin or not).
+    pub referenced: u64,
+    /// Bytes only it references.
+    pub exclusive: u64,
+    /// Its limit on `referenced`, if one is set.
+    pub max_referenced: Option<u64>,
+}
+
+impl Qgroup {
+    /// Whether `referenced` is within `slack` bytes of its limit: the
+    /// subvolume is full for writers.
+    pub fn at_limit(&self, slack: u64) -> bool {
+        self.max_referenced
+            .is_some_and(|max| self.referenced.saturating_add(slack) >= max)
+    }
+}
+
+/// btrfs on the kernel: libbtrfsutil, btrfs-progs and sysfs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemBtrfs;
 
@@ -93,8 +119,49 @@ impl BtrfsOps for SystemBtrfs {
         libbtrfsutil::sync(path).map_err(|e| btrfs_err("sync", path, e))
     }
 
-    fn qgroup_show(&self, path: &Path) -> Result<Option<serde_json::Value>> {
-        qgroup_show(path)
+    fn quotas_enabled(&self, path: &Path) -> Result<bool> {
+        Ok(sysfs_dir(path)?.join("qgroups").is_dir())
+    }
+
+    fn qgroup(&self, path: &Path, id: u64) -> Result<Option<Qgroup>> {
+        let dir = sysfs_dir(path)?.join("qgroups").join(format!("0_{id}"));
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let read = |name: &str| -> Result<u64> {
+            let p = dir.join(name);
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io("qgroup", &p, e))?;
+            text.trim().parse().map_err(|_| {
+                Error::new(ErrorKind::Io, "qgroup")
+                    .path(&p)
+                    .detail(format!("{:?} is not a number of bytes", text.trim()))
+            })
+        };
+        let max = read("max_referenced")?;
+        Ok(Some(Qgroup {
+            referenced: read("referenced")?,
+            exclusive: read("exclusive")?,
+            // The kernel shows "no limit" as 0 (and some versions as u64::MAX).
+            max_referenced: (max != 0 && max != u64::MAX).then_some(max),
+        }))
+    }
+
+    fn qgroup_limit(&self, path: &Path, bytes: u64) -> Result<()> {
+        let out = Command::new("btrfs")
+            .args(["qgroup", "limit", &bytes.to_string()])
+            .arg(path)
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|e| tool_missing("qgroup limit", e))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(Error::new(ErrorKind::Io, "qgroup limit")
+            .path(path)
+            .detail(format!(
+                "btrfs qgroup limit {bytes} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
     }
 
     fn send_dump(&self, parent: &Path, source: &Path) -> Result<Option<BTreeSet<PathBuf>>> {
@@ -125,28 +192,39 @@ impl BtrfsOps for SystemBtrfs {
     }
 }
 
-/// `btrfs --format json qgroup show --raw PATH`, parsed; None when quotas
-/// are off (the command fails).
-fn qgroup_show(path: &Path) -> Result<Option<serde_json::Value>> {
-    let out = std::process::Command::new("btrfs")
-        .args(["--format", "json", "qgroup", "show", "--raw"])
-        .arg(path)
-        .output()
-        .map_err(|e| {
-            Error::new(ErrorKind::BackendUnavailable, "usage")
-                .path(path)
-                .detail("btrfs: cannot run the btrfs tool; install btrfs-progs")
-                .source(e)
+/// `/sys/fs/btrfs/FSID` of the btrfs filesystem holding `path`: found
+/// through the device its mount names (`/sys/fs/btrfs/FSID/devices/loop3`),
+/// as the fsid is only reachable by ioctl otherwise.
+fn sysfs_dir(path: &Path) -> Result<PathBuf> {
+    let path = std::fs::canonicalize(path).map_err(|e| Error::io("qgroup", path, e))?;
+    let mounts = kernfmt::MountInfo::read_self()
+        .map_err(|e| Error::new(ErrorKind::Io, "qgroup").detail(e.to_string()))?;
+    let mount = mounts
+        .iter()
+        .filter(|m| m.fstype == "btrfs" && path.starts_with(m.mount_point_path()))
+        .max_by_key(|m| m.mount_point_path().as_os_str().len())
+        .ok_or_else(|| {
+            Error::new(ErrorKind::BackendUnavailable, "qgroup")
+                .path(&path)
+                .detail("no btrfs mount holds it")
         })?;
-    if !out.status.success() {
-        return Ok(None);
+    let source = mount.source_path();
+    let device = std::fs::canonicalize(&source).unwrap_or(source);
+    let name = device.file_name().unwrap_or_default();
+    let entries =
+        std::fs::read_dir("/sys/fs/btrfs").map_err(|e| Error::io("qgroup", "/sys/fs/btrfs", e))?;
+    for entry in entries.flatten() {
+        if entry.path().join("devices").join(name).exists() {
+            return Ok(entry.path());
+        }
     }
-    serde_json::from_slice(&out.stdout).map(Some).map_err(|e| {
-        Error::new(ErrorKind::Io, "usage")
-            .path(path)
-            .detail("unexpected output from btrfs qgroup show")
-            .source(e)
-    })
+    Err(Error::new(ErrorKind::BackendUnavailable, "qgroup")
+        .path(&path)
+        .detail(format!(
+            "no /sys/fs/btrfs/*/devices/{} for its device {}",
+            name.to_string_lossy(),
+            device.display()
+        )))
 }
 
 fn tool_missing(op: &'static str, e: std::io::Error) -> Error {

@@ -17,6 +17,8 @@ struct State {
     read_only: BTreeSet<PathBuf>,
     log: Vec<String>,
     not_btrfs: bool,
+    quotas: bool,
+    limits: std::collections::BTreeMap<PathBuf, u64>,
 }
 
 /// Subvolumes as directories; clones share state.
@@ -127,8 +129,25 @@ impl BtrfsOps for Fake {
         Ok(())
     }
 
-    fn qgroup_show(&self, _: &Path) -> Result<Option<serde_json::Value>> {
-        Ok(None)
+    fn quotas_enabled(&self, _: &Path) -> Result<bool> {
+        Ok(self.0.lock().unwrap().quotas)
+    }
+
+    fn qgroup(&self, path: &Path, _: u64) -> Result<Option<Qgroup>> {
+        let st = self.0.lock().unwrap();
+        Ok(st.quotas.then(|| Qgroup {
+            referenced: 8192,
+            exclusive: 4096,
+            max_referenced: st.limits.get(path).copied(),
+        }))
+    }
+
+    fn qgroup_limit(&self, path: &Path, bytes: u64) -> Result<()> {
+        let mut st = self.0.lock().unwrap();
+        st.limits.insert(path.to_owned(), bytes);
+        let line = format!("limit {} {bytes}", Fake::rel(&st, path));
+        st.log.push(line);
+        Ok(())
     }
 
     fn send_dump(&self, parent: &Path, source: &Path) -> Result<Option<BTreeSet<PathBuf>>> {
@@ -308,13 +327,55 @@ fn changes_of_an_active_snapshot_are_sent_from_a_temporary_snapshot_then_fall_ba
 }
 
 #[test]
-fn exclusive_from_qgroup_json() {
-    let show: serde_json::Value = serde_json::from_str(
-        r#"{"__header":{"version":"1"},"qgroup-show":[
-            {"qgroupid":"0/5","referenced":"16384","exclusive":"16384","path":""},
-            {"qgroupid":"0/256","referenced":"1019904","exclusive":"65536","path":"a"}]}"#,
+fn the_size_label_sets_a_qgroup_limit_when_quotas_are_on() {
+    let sized = |v: &str| {
+        let mut l = Labels::new();
+        l.insert(crate::types::MAX_SIZE_LABEL.into(), v.into());
+        l
+    };
+    // Quotas off: refused before anything is made, saying how to turn them on.
+    let dir = tempfile::tempdir().unwrap();
+    let (sn, fake) = open(dir.path());
+    assert!(!sn.capabilities().bounds_size && !sn.capabilities().exact_usage);
+    let e = sn.prepare(&key("a"), None, &sized("64M")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("btrfs quota enable"), "{e}");
+    assert!(fake.log().is_empty(), "{:?}", fake.log());
+
+    // Quotas on: the new subvolume is limited, its usage is the qgroup's.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    fake.0.lock().unwrap().quotas = true;
+    let sn = Snapshots::open(
+        dir.path(),
+        Btrfs::with_ops(dir.path(), fake.clone()).unwrap(),
     )
     .unwrap();
-    assert_eq!(exclusive_of(&show, 256), Some(65536));
-    assert_eq!(exclusive_of(&show, 257), None);
+    assert!(sn.capabilities().bounds_size && sn.capabilities().exact_usage);
+    sn.prepare(&key("a"), None, &sized("64M")).unwrap();
+    assert_eq!(fake.log(), ["create active/1", "limit active/1 67108864"]);
+    assert_eq!(sn.usage(&key("a")).unwrap().size, Bytes(4096));
+    // Views are never written: a size there is a mistake, refused.
+    sn.commit(&name("c"), &key("a"), &Labels::new()).unwrap();
+    let e = sn
+        .view(&key("v"), Some(&name("c")), &sized("1G"))
+        .unwrap_err();
+    assert!(e.to_string().contains("views are read-only"), "{e}");
+    assert!(sn.stat(&key("v")).is_err());
+}
+
+#[test]
+fn a_qgroup_is_at_its_limit_within_the_slack() {
+    let q = |referenced, max| Qgroup {
+        referenced,
+        exclusive: 0,
+        max_referenced: max,
+    };
+    assert!(q(16 << 20, Some(16 << 20)).at_limit(0));
+    assert!(q((16 << 20) - 16384, Some(16 << 20)).at_limit(1 << 20));
+    assert!(!q(8 << 20, Some(16 << 20)).at_limit(1 << 20));
+    assert!(
+        !q(u64::MAX, None).at_limit(1 << 20),
+        "no limit, never at it"
+    );
 }
