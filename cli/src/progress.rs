@@ -114,6 +114,10 @@ impl Observer for Progress {
                     config.display()
                 );
             }
+            Event::RootUnbounded { why } => {
+                self.finish(None);
+                eprintln!("thinbox: note: this container's root has no size bound: {why}");
+            }
             Event::WaitingForLock { path } if self.terminal => {
                 eprintln!(
                     "thinbox: waiting for another thinbox process holding {}",

@@ -15,7 +15,7 @@ use snapshotter::backend::devmapper::{Devmapper, DevmapperConfig};
 use snapshotter::backend::naive::Naive;
 use snapshotter::backend::overlay::Overlay;
 use snapshotter::backend::zfs::Zfs;
-use snapshotter::Snapshotter;
+use snapshotter::{Snapshots, Snapshotter};
 use thinpool::dm::DmControl;
 use thinpool::pool::LoopbackConfig;
 use thinpool::{BlockSize, Sectors};
@@ -302,6 +302,64 @@ fn ensure_btrfs_mounted(deps: &Deps, image: &Path, mnt: &Path) -> Result<()> {
     })
 }
 
+/// Opens the btrfs snapshotter on subvolumes under `data` with its
+/// metadata in `meta` (`ROOT/snapshots`, on the state root's filesystem):
+/// the store must not live on the filesystem containers write into, or one
+/// container filling it takes every command down (SQLite cannot map its
+/// shared memory). Metadata an older thinbox kept in `data` is moved first.
+fn open_btrfs(data: &Path, meta: &Path) -> Result<Snapshots<Btrfs>> {
+    move_metadata(data, meta)?;
+    Ok(Snapshots::open(meta, Btrfs::new(data)?)?)
+}
+
+/// Moves `from/metadata.db` to `to/metadata.db` (a consistent copy by
+/// `VACUUM INTO`, renamed into place, then the old files removed). Crash
+/// safe: a copy already in place wins, and the old files go on the next
+/// open. Runs under the engine lock, so nothing has the old store open.
+pub(crate) fn move_metadata(from: &Path, to: &Path) -> Result<()> {
+    let old = from.join("metadata.db");
+    if !old.exists() {
+        return Ok(());
+    }
+    let new = to.join("metadata.db");
+    if !new.exists() {
+        std::fs::create_dir_all(to).map_err(|e| Error::io("cannot create", to, e))?;
+        let partial = to.join("metadata.db.moving");
+        let _ = std::fs::remove_file(&partial);
+        let failed = |e: rusqlite::Error| {
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot move the snapshot metadata {} to {}: {e}: free space under {} and retry",
+                    old.display(),
+                    new.display(),
+                    to.display()
+                ),
+            )
+        };
+        let db = rusqlite::Connection::open(&old).map_err(failed)?;
+        db.execute("VACUUM INTO ?1", [partial.to_string_lossy()])
+            .map_err(failed)?;
+        drop(db);
+        File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("cannot sync", &partial, e))?;
+        std::fs::rename(&partial, &new).map_err(|e| Error::io("cannot write", &new, e))?;
+        File::open(to)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("cannot sync", to, e))?;
+        tracing::info!(
+            "moved snapshot metadata {} to {}",
+            old.display(),
+            new.display()
+        );
+    }
+    for name in ["metadata.db", "metadata.db-wal", "metadata.db-shm", "lock"] {
+        let _ = std::fs::remove_file(from.join(name));
+    }
+    Ok(())
+}
+
 fn make_btrfs_image(
     deps: &Deps,
     observer: &dyn Observer,
@@ -353,6 +411,7 @@ pub(crate) fn undo(root: &Path, opts: &EngineOptions, rec: &BackendRecord) {
             }
             let _ = std::fs::remove_file(image);
             let _ = std::fs::remove_dir(mountpoint);
+            let _ = std::fs::remove_dir_all(root.join("snapshots"));
         }
         Source::BtrfsDir { .. } | Source::ZfsDataset { .. } | Source::Directory { .. } => {
             let _ = std::fs::remove_dir_all(root.join("snapshots"));
@@ -468,9 +527,12 @@ pub(crate) fn open_backend(
                 }
                 ensure_btrfs_mounted(deps, image, mountpoint)?;
             }
-            plain(Box::new(Btrfs::open(mountpoint)?))
+            // The image is thinbox's own: quotas on, so container roots
+            // are bounded (roots made before they were are turned on here).
+            deps.fs.enable_btrfs_quotas(mountpoint)?;
+            plain(Box::new(open_btrfs(mountpoint, &snap_root)?))
         }
-        Source::BtrfsDir { path } => plain(Box::new(Btrfs::open(path)?)),
+        Source::BtrfsDir { path } => plain(Box::new(open_btrfs(path, &snap_root)?)),
         Source::ZfsDataset { dataset } => plain(Box::new(Zfs::open(&snap_root, dataset)?)),
         Source::Directory { path } => match rec.backend {
             BackendKind::Naive => plain(Box::new(Naive::open(path)?)),

@@ -26,6 +26,9 @@
 //!
 //! [zfs]
 //! dataset = "tank/thinbox"
+//!
+//! [run]
+//! size = "10G"                # most a container's root may hold (--size)
 //! ```
 
 use std::fmt;
@@ -197,6 +200,21 @@ pub struct ZfsSection {
     pub dataset: Option<String>,
 }
 
+/// `[run]`: defaults for `thinbox run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// The most a container's root may hold when `--size` is not given
+    /// (default [`DEFAULT_ROOT_SIZE`]; on dm-thin the device size,
+    /// `devmapper.base_size`, unless set here).
+    pub size: Option<Bytes>,
+}
+
+/// A container root's size bound when neither `--size` nor `[run] size`
+/// says: the dm-thin base size, so one container cannot take all of a
+/// shared filesystem on any backend.
+pub const DEFAULT_ROOT_SIZE: Bytes = Bytes::gib(10);
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -211,6 +229,8 @@ pub struct Config {
     pub btrfs: BtrfsSection,
     /// `[zfs]`.
     pub zfs: ZfsSection,
+    /// `[run]`.
+    pub run: RunSection,
 }
 
 impl Config {

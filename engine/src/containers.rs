@@ -99,6 +99,8 @@ pub struct RunOptions {
     pub commit: Option<String>,
     /// Kill the container after this long.
     pub timeout: Option<Duration>,
+    /// The most its root may hold, in bytes (`[run] size` when absent).
+    pub size: Option<u64>,
 }
 
 /// The smallest memory limit a container starts under: Docker refuses
@@ -133,11 +135,67 @@ impl RunOptions {
                 ));
             }
         }
+        if let Some(s) = self.size.filter(|s| *s < MIN_ROOT_SIZE.0) {
+            return invalid(format!(
+                "--size {} leaves no room for a container's root: give at least 1M",
+                Bytes(s)
+            ));
+        }
         if let Some(c) = &self.commit {
             snapshotter::image::validate_name(c)
                 .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("--commit: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// The smallest `--size` (below it not even a log file fits).
+pub const MIN_ROOT_SIZE: Bytes = Bytes::mib(1);
+
+/// How a new container's root is bounded (see [`root_bound`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RootBound {
+    /// Prepared with [`snapshotter::MAX_SIZE_LABEL`] at this size.
+    Label(Bytes),
+    /// Its dm-thin device (`devmapper.base_size`) bounds it.
+    Device,
+    /// Nothing does, for this reason.
+    Unbounded(String),
+}
+
+/// The bound of a new container root: `--size`, else `[run] size`, else
+/// [`DEFAULT_ROOT_SIZE`](crate::config::DEFAULT_ROOT_SIZE) where the
+/// backend bounds by limit (btrfs with quotas, zfs); on dm-thin only an
+/// explicit size grows the device past `devmapper.base_size`. A `--size`
+/// the backend cannot honour is refused; the default is then only noted.
+pub(crate) fn root_bound(engine: &Engine, run: &RunOptions) -> Result<RootBound> {
+    let caps = engine.snapshotter().capabilities();
+    let asked = run.size.map(Bytes);
+    let explicit = asked.or(engine.config().run.size);
+    if caps.max_size_label {
+        return Ok(explicit.map_or(RootBound::Device, RootBound::Label));
+    }
+    if caps.bounds_size {
+        return Ok(RootBound::Label(
+            explicit.unwrap_or(crate::config::DEFAULT_ROOT_SIZE),
+        ));
+    }
+    let why = match &engine.record().source {
+        crate::backend::Source::BtrfsDir { path } => format!(
+            "btrfs quotas are off on {0}; run `btrfs quota enable {0}`",
+            path.display()
+        ),
+        _ => format!(
+            "the {} backend cannot bound a container's root (dm-thin, btrfs and zfs can)",
+            engine.backend()
+        ),
+    };
+    match asked {
+        Some(size) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--size {size}: {why}; leave --size out to run unbounded"),
+        )),
+        None => Ok(RootBound::Unbounded(why)),
     }
 }
 
@@ -157,6 +215,8 @@ pub struct RunOutcome {
     pub committed: Option<Image>,
     /// Whether its record and snapshot were removed (`--rm`).
     pub removed: bool,
+    /// The most its root could hold, in bytes; None when unbounded.
+    pub root_size: Option<u64>,
 }
 
 /// Opens the engine; `Engine::open` waits for the engine lock while
@@ -327,12 +387,21 @@ pub fn run(
             format!("image {:?} has no layers to run", image.name),
         )
     })?;
+    let bound = root_bound(&engine, run)?;
+    if let RootBound::Unbounded(why) = &bound {
+        opts.observer
+            .event(&crate::observer::Event::RootUnbounded { why: why.clone() });
+    }
     let cgroup = containers.begin(&name, &image.name)?;
     let rootfs = containers.rootfs_dir(&name);
+    let mut specs = Vec::new();
     let made = (|| -> Result<runner::ContainerConfig> {
         let mut labels = Labels::new();
         labels.insert(CONTAINER_LABEL.to_owned(), name.as_str().to_owned());
-        let specs = engine
+        if let RootBound::Label(size) = bound {
+            labels.insert(snapshotter::MAX_SIZE_LABEL.to_owned(), size.0.to_string());
+        }
+        specs = engine
             .snapshotter()
             .prepare(&name.snapshot_key(), Some(&top), &labels)?;
         fs::create_dir_all(&rootfs)
@@ -351,7 +420,12 @@ pub fn run(
     };
     // The run holds no lock: other thinbox commands may work meanwhile.
     drop(images);
-    let probe = engine.root_probe(&rootfs);
+    let probe = engine.root_probe(&rootfs, &specs, &bound);
+    let root_size = match bound {
+        RootBound::Label(size) => Some(size.0),
+        RootBound::Device => Some(engine.config().devmapper.base_size.0),
+        RootBound::Unbounded(_) => None,
+    };
     engine.close()?;
     let report = run_container(&containers, &name, &config, &probe, started);
     let engine = open_engine(opts)?;
@@ -398,6 +472,7 @@ pub fn run(
         report,
         committed,
         removed: run.remove,
+        root_size,
     })
 }
 

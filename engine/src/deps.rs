@@ -30,6 +30,9 @@ pub trait Filesystems: Send + Sync + fmt::Debug {
     fn mkfs_btrfs(&self, on: &Path) -> Result<()>;
     /// Mounts the btrfs on `dev` at `target`.
     fn mount_btrfs(&self, dev: &Path, target: &Path) -> Result<()>;
+    /// Turns on quotas on the btrfs mounted at `mnt` unless they are on
+    /// (so container roots can be bounded by qgroup limits).
+    fn enable_btrfs_quotas(&self, mnt: &Path) -> Result<()>;
     /// Whether `path` is a mount point.
     fn is_mountpoint(&self, path: &Path) -> bool;
     /// Detaches the mount at `path` (lazily: `MNT_DETACH`).
@@ -198,6 +201,34 @@ impl Filesystems for RealFilesystems {
         })
     }
 
+    fn enable_btrfs_quotas(&self, mnt: &Path) -> Result<()> {
+        use snapshotter::backend::btrfs::{BtrfsOps, SystemBtrfs};
+        if SystemBtrfs.quotas_enabled(mnt)? {
+            return Ok(());
+        }
+        let out = std::process::Command::new("btrfs")
+            .args(["quota", "enable"])
+            .arg(mnt)
+            .output()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::BackendUnavailable,
+                    format!("cannot run btrfs: {e}: install btrfs-progs"),
+                )
+            })?;
+        if !out.status.success() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "btrfs quota enable {} failed: {}",
+                    mnt.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn is_mountpoint(&self, path: &Path) -> bool {
         mounts::is_mount_point(path).unwrap_or(false)
     }
@@ -251,6 +282,7 @@ impl KernelProbe for FakeProbe {
 #[derive(Debug, Clone, Default)]
 pub struct FakeFilesystems {
     mounted: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>,
+    quotas: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>,
     fail_mkfs: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -270,6 +302,11 @@ impl FakeFilesystems {
     pub fn mounted(&self) -> Vec<std::path::PathBuf> {
         self.mounted.lock().map(|m| m.clone()).unwrap_or_default()
     }
+
+    /// Where quotas were turned on.
+    pub fn quotas(&self) -> Vec<std::path::PathBuf> {
+        self.quotas.lock().map(|m| m.clone()).unwrap_or_default()
+    }
 }
 
 impl Filesystems for FakeFilesystems {
@@ -286,6 +323,13 @@ impl Filesystems for FakeFilesystems {
     fn mount_btrfs(&self, _dev: &Path, target: &Path) -> Result<()> {
         if let Ok(mut m) = self.mounted.lock() {
             m.push(target.to_owned());
+        }
+        Ok(())
+    }
+
+    fn enable_btrfs_quotas(&self, mnt: &Path) -> Result<()> {
+        if let Ok(mut q) = self.quotas.lock() {
+            q.push(mnt.to_owned());
         }
         Ok(())
     }

@@ -115,13 +115,32 @@ impl fmt::Debug for Engine {
 pub struct RootProbe {
     fs: runner::FilesystemFull,
     pool: Option<(Arc<dyn DmControl>, String)>,
+    own: OwnBound,
 }
+
+/// What tells that a container filled its own root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnBound {
+    /// Nothing: its filesystem is shared.
+    None,
+    /// Its filesystem is its own (a dm-thin device) or shows its quota
+    /// (zfs `refquota`): full means its size is reached.
+    Filesystem,
+    /// The qgroup limit of btrfs subvolume at this path.
+    Qgroup(PathBuf),
+}
+
+/// How close to a qgroup limit counts as reaching it: btrfs refuses a
+/// write whose reservation would pass the limit, so a full subvolume stops
+/// short of it by up to an extent.
+const QGROUP_SLACK: u64 = 1 << 20;
 
 impl fmt::Debug for RootProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RootProbe")
             .field("fs", &self.fs)
             .field("pool", &self.pool.as_ref().map(|(_, n)| n))
+            .field("own", &self.own)
             .finish()
     }
 }
@@ -142,7 +161,31 @@ impl runner::RootSpaceProbe for RootProbe {
                 return Ok(Some(runner::Shortage::Pool));
             }
         }
-        self.fs.shortage()
+        let fs = self.fs.shortage()?;
+        match &self.own {
+            OwnBound::Filesystem if fs.is_some() => Ok(Some(runner::Shortage::OwnSize)),
+            OwnBound::Qgroup(path) if qgroup_at_limit(path) => Ok(Some(runner::Shortage::OwnSize)),
+            _ => Ok(fs),
+        }
+    }
+}
+
+/// Whether btrfs subvolume `path` references all its qgroup limit allows
+/// (false when that cannot be read: the filesystem probe still answers).
+fn qgroup_at_limit(path: &Path) -> bool {
+    use snapshotter::backend::btrfs::{BtrfsOps, SystemBtrfs};
+    let ops = SystemBtrfs;
+    // Qgroup counters follow transaction commits.
+    let read = ops
+        .sync(path)
+        .and_then(|()| ops.subvolume_id(path))
+        .and_then(|id| ops.qgroup(path, id));
+    match read {
+        Ok(q) => q.is_some_and(|q| q.at_limit(QGROUP_SLACK)),
+        Err(e) => {
+            tracing::warn!("cannot read the qgroup of {}: {e}", path.display());
+            false
+        }
     }
 }
 
@@ -330,11 +373,27 @@ impl Engine {
         })?)
     }
 
-    /// What can run out under a container root at `rootfs` on this engine's
-    /// storage: its filesystem, and for the dm-thin backend the thin pool
-    /// (read from the pool's status line, so it answers after the engine
-    /// is closed).
-    pub fn root_probe(&self, rootfs: &Path) -> RootProbe {
+    /// What can run out under a container root at `rootfs` (mounted from
+    /// `specs`, bounded by `bound`) on this engine's storage: its own size,
+    /// its filesystem, and for the dm-thin backend the thin pool (read from
+    /// the pool's status line, so it answers after the engine is closed).
+    pub(crate) fn root_probe(
+        &self,
+        rootfs: &Path,
+        specs: &[snapshotter::MountSpec],
+        bound: &crate::containers::RootBound,
+    ) -> RootProbe {
+        use crate::containers::RootBound;
+        let own = match (self.backend(), bound) {
+            (BackendKind::DmThin, _) => OwnBound::Filesystem,
+            (_, RootBound::Unbounded(_) | RootBound::Device) => OwnBound::None,
+            (BackendKind::Btrfs, RootBound::Label(_)) => {
+                specs.first().map_or(OwnBound::None, |m| {
+                    OwnBound::Qgroup(PathBuf::from(&m.source))
+                })
+            }
+            (_, RootBound::Label(_)) => OwnBound::Filesystem,
+        };
         RootProbe {
             fs: runner::FilesystemFull::new(rootfs),
             pool: self
@@ -342,6 +401,7 @@ impl Engine {
                 .clone()
                 .zip(self.dm.clone())
                 .map(|(name, dm)| (dm, name)),
+            own,
         }
     }
 

@@ -70,6 +70,12 @@ pub enum Event {
         /// Whether it was already present.
         reused: bool,
     },
+    /// A new container's root has no size bound: it can fill the
+    /// filesystem it shares with the state root.
+    RootUnbounded {
+        /// Why, and what would bound it.
+        why: String,
+    },
 }
 
 /// Receives [`Event`]s. Called on the thread doing the work; keep it quick.

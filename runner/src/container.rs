@@ -118,8 +118,11 @@ pub enum ExitReason {
     PidsLimitHit,
     /// It ran past its timeout and thinbox killed its cgroup.
     TimedOut,
-    /// It failed while the filesystem of its root was full (as the
-    /// [`RootSpaceProbe`] says).
+    /// It failed after filling its own root up to its size (`thinbox run
+    /// --size`: the thin device, the btrfs qgroup limit, the zfs refquota).
+    RootSizeReached,
+    /// It failed while the filesystem under its root, shared with other
+    /// containers, was full (as the [`RootSpaceProbe`] says).
     RootDeviceFull,
     /// It failed while the thin pool under its root was out of data space,
     /// read-only or failed: with `error_if_no_space` its writes got EIO
@@ -130,7 +133,10 @@ pub enum ExitReason {
 /// What ran out under a container's root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shortage {
-    /// The root's filesystem has no block left.
+    /// The container's root holds all its size allows (its own device,
+    /// qgroup limit or quota).
+    OwnSize,
+    /// The root's filesystem, shared with others, has no block left.
     Filesystem,
     /// The thin pool under it is out of data space (or read-only, failed).
     Pool,
@@ -209,6 +215,8 @@ impl ExitReport {
             ExitReason::OomKilled
         } else if shortage == Some(Shortage::Pool) && (failed || timed_out) {
             ExitReason::PoolFull
+        } else if shortage == Some(Shortage::OwnSize) && (failed || timed_out) {
+            ExitReason::RootSizeReached
         } else if root_full && (failed || timed_out) {
             ExitReason::RootDeviceFull
         } else if events.pids_limit_hits > 0 && (failed || timed_out) {

@@ -53,4 +53,4 @@ pub use crate::core::{Backend, Snapshots, Snapshotter};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::filter::Filter;
 pub use crate::mount::{mount_all, unmount, MountGuard, MountSpec};
-pub use crate::types::{Bytes, Capabilities, Info, Key, Kind, Labels, Name, Usage};
+pub use crate::types::{Bytes, Capabilities, Info, Key, Kind, Labels, Name, Usage, MAX_SIZE_LABEL};

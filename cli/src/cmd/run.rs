@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Kill the container after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+    /// The most the container's root may hold, e.g. 1G (default: `[run]
+    /// size` in the config, else 10G; on dm-thin the device size).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
     /// The image (name, as `thinbox image ls` shows it).
     pub image: String,
     /// The command and its arguments (default: the image's Entrypoint and Cmd).
@@ -94,6 +98,7 @@ pub fn run(global: &crate::Global, args: &RunArgs) -> anyhow::Result<()> {
         remove: args.rm,
         commit: args.commit.clone(),
         timeout: args.timeout.map(Duration::from_secs),
+        size: args.size,
     };
     let outcome = containers::run(&engine_options(global), &opts, &mut |_| {})?;
     let r = &outcome.report;
@@ -108,6 +113,11 @@ pub fn run(global: &crate::Global, args: &RunArgs) -> anyhow::Result<()> {
                 .unwrap_or("unknown"),
             r.exit_code
         );
+        if r.reason == runner::ExitReason::RootSizeReached {
+            if let Some(size) = outcome.root_size {
+                line.push_str(&format!(", its root reached its size {}", Bytes(size)));
+            }
+        }
         if r.events.oom_kills > 0 {
             line.push_str(&format!(", {} OOM kill(s)", r.events.oom_kills));
         }

@@ -15,6 +15,13 @@ fn a_full_pool_is_told_from_a_full_filesystem() {
     assert_eq!((r.reason, r.root_full), (ExitReason::PoolFull, true));
     let r = ExitReport::new(failed, false, Some(Shortage::Filesystem), ev, true);
     assert_eq!(r.reason, ExitReason::RootDeviceFull);
+    // Its own root at its size is told from the shared filesystem.
+    let r = ExitReport::new(failed, false, Some(Shortage::OwnSize), ev, true);
+    assert_eq!((r.reason, r.root_full), (ExitReason::RootSizeReached, true));
+    assert_eq!(
+        serde_json::to_value(ExitReason::RootSizeReached).unwrap(),
+        "root_size_reached"
+    );
     // A container that succeeded is not blamed on the pool.
     let ok = Termination::Exited { code: 0 };
     let r = ExitReport::new(ok, false, Some(Shortage::Pool), ev, true);

@@ -1,0 +1,247 @@
+//! A full disk can't take the store down (issue 11.3): each container's
+//! root is bounded (`run --size`, `[run] size`, 10G by default) by what
+//! its backend offers (btrfs: a qgroup limit on thinbox's own image;
+//! dm-thin: the device; zfs: `refquota`), the exit reason says the
+//! container's own root was full, and the stores live off the filesystem
+//! containers write into, so a container that fills a shared filesystem
+//! leaves every command working. Backends that cannot bound a root
+//! (overlay, naive) refuse `--size` and say the root is unbounded.
+#![forbid(unsafe_code)]
+
+mod cli_support;
+
+use std::fs;
+use std::process::ExitCode;
+
+use cli_support::{busybox_image, containers, snapshots, Root};
+use integration::fixtures::{run, ZfsPool};
+use integration::harness::{self, KernelTest};
+use integration::need::Need;
+
+const BTRFS: &[Need] = &[Need::Root, Need::Loop, Need::Btrfs];
+
+fn main() -> ExitCode {
+    harness::main(&[
+        KernelTest::new(
+            "host_btrfs_a_container_fills_only_its_own_root",
+            a_container_fills_only_its_own_root,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "host_btrfs_a_full_filesystem_leaves_the_stores_working",
+            a_full_filesystem_leaves_the_stores_working,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "host_btrfs_metadata_moves_off_the_container_filesystem",
+            metadata_moves_off_the_container_filesystem,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "host_overlay_roots_are_unbounded_and_say_so",
+            overlay_roots_are_unbounded_and_say_so,
+        )
+        .needs(&[Need::Root, Need::Overlay]),
+        KernelTest::new(
+            "vm_dmthin_a_container_root_is_its_device",
+            dmthin_root_is_its_device,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        KernelTest::new(
+            "vm_zfs_a_container_root_is_its_refquota",
+            zfs_root_is_its_refquota,
+        )
+        .needs(&[Need::Root, Need::Zfs]),
+    ])
+}
+
+/// `thinbox --json run ARGS`: the exit code and the run's report.
+fn run_json(root: &Root, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut a = vec!["--json", "run"];
+    a.extend_from_slice(args);
+    let r = root.run(&a);
+    let v = serde_json::from_str(r.stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no report ({e}): {r:?}"));
+    (r.code, v)
+}
+
+/// A shell line that writes 1 MiB blocks to /big until the root is full
+/// (or `mib` MiB), prints how many MiB it wrote and exits as dd did.
+fn fill(mib: u32) -> String {
+    format!(
+        "dd if=/dev/zero of=/big bs=1M count={mib} 2>/dev/null; r=$?; \
+         echo $(( $(stat -c %s /big) / 1048576 )); exit $r"
+    )
+}
+
+/// What `fill` printed.
+fn written_mib(report: &serde_json::Value, stdout_line: &str) -> u64 {
+    stdout_line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no size printed: {stdout_line:?} ({report})"))
+}
+
+/// Runs `fill` in a container and returns (exit code, report, MiB written).
+fn filled(root: &Root, extra: &[&str], mib: u32) -> (i32, serde_json::Value, u64) {
+    let cmd = fill(mib);
+    let mut args = extra.to_vec();
+    args.extend(["bb:1", "--", "sh", "-c", &cmd]);
+    let mut a = vec!["--json", "run"];
+    a.extend_from_slice(&args);
+    let r = root.run(&a);
+    let mut lines = r.stdout.lines();
+    let size_line = lines.next().unwrap_or_default().to_owned();
+    let v: serde_json::Value = serde_json::from_str(lines.last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no report ({e}): {r:?}"));
+    let mib = written_mib(&v, &size_line);
+    (r.code, v, mib)
+}
+
+/// Every command that failed on the issue's full root works.
+fn commands_still_work(root: &Root) {
+    root.ok(&["ps", "-a"]);
+    root.ok(&["image", "ls"]);
+    root.ok(&["snapshot", "ls"]);
+    let r = root.run(&["run", "--rm", "bb:1", "--", "echo", "still-here"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "still-here\n"), "{r:?}");
+}
+
+/// `--size 48M` and `[run] size = "40M"` bound the root: the container's
+/// writes stop near its size with the reason `root_size_reached`, the
+/// filesystem keeps the rest, and the next commands work.
+fn a_container_fills_only_its_own_root() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    let (code, v, mib) = filled(&root, &["--rm", "--size", "48M"], 200);
+    assert_eq!(code, 1, "dd fails past the size: {v}");
+    assert_eq!(v["report"]["reason"], "root_size_reached", "{v}");
+    assert_eq!(v["root_size"], 48u64 << 20, "{v}");
+    assert!(
+        (8..=48).contains(&mib),
+        "{mib} MiB written under a 48M bound"
+    );
+    commands_still_work(&root);
+
+    root.set_config("[run]\nsize = \"40M\"\n");
+    let (_, v, mib) = filled(&root, &["--rm"], 200);
+    assert_eq!(v["report"]["reason"], "root_size_reached", "{v}");
+    assert_eq!(v["root_size"], 40u64 << 20, "{v}");
+    assert!(mib <= 40, "{mib} MiB written under a 40M bound");
+    // --size beats the config; a size below 1M is refused up front.
+    let (_, v, mib) = filled(&root, &["--rm", "--size", "64M"], 50);
+    assert_eq!(v["report"]["reason"], "exited", "50 MiB fit in 64M: {v}");
+    assert_eq!(mib, 50);
+    let line = root.fails(&["run", "--size", "512K", "bb:1", "--", "true"], 2);
+    assert!(
+        line.contains("--size 512 KiB") && line.contains("at least 1M"),
+        "{line}"
+    );
+    assert!(containers(&root).is_empty());
+}
+
+/// The issue's defect: a container filling a shared filesystem (here a
+/// 256M btrfs image under a 2G bound) took every command down with
+/// "metadata store error", as the snapshot store lived on it. Now the
+/// reason is `root_device_full` and ps, image ls, rm and run work.
+fn a_full_filesystem_leaves_the_stores_working() {
+    let root = Root::with_config("[btrfs]\nimage_size = \"256M\"\n[run]\nsize = \"2G\"\n");
+    busybox_image(&root, "bb:1");
+    assert!(root.path().join("snapshots/metadata.db").is_file());
+    assert!(!root.path().join("btrfs/metadata.db").exists());
+    let (code, v, mib) = filled(&root, &["--name", "hog"], 1000);
+    assert_ne!(code, 0, "{v}");
+    assert_eq!(v["report"]["reason"], "root_device_full", "{v}");
+    assert!(mib > 100, "only {mib} MiB fit on the 256M filesystem");
+    commands_still_work(&root);
+    root.ok(&["rm", "hog"]);
+    commands_still_work(&root);
+}
+
+/// A root made before the store moved (metadata inside the btrfs image)
+/// is moved on open and keeps its images.
+fn metadata_moves_off_the_container_filesystem() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    let (new, old) = (
+        root.path().join("snapshots/metadata.db"),
+        root.path().join("btrfs/metadata.db"),
+    );
+    let before = snapshots(&root);
+    // The old layout: the store inside the mounted image.
+    for suffix in ["", "-wal"] {
+        let from = root.path().join(format!("snapshots/metadata.db{suffix}"));
+        if from.exists() {
+            fs::copy(&from, root.path().join(format!("btrfs/metadata.db{suffix}"))).unwrap();
+            fs::remove_file(&from).unwrap();
+        }
+    }
+    assert_eq!(snapshots(&root), before);
+    assert!(new.is_file() && !old.exists());
+    commands_still_work(&root);
+}
+
+/// On overlay a root cannot be bounded: `--size` is refused naming the
+/// backend and making nothing; without it the run says so and works.
+fn overlay_roots_are_unbounded_and_say_so() {
+    let root = Root::with_config("backend = \"overlay\"\n");
+    busybox_image(&root, "bb:1");
+    let before = snapshots(&root);
+    let line = root.fails(&["run", "--size", "64M", "bb:1", "--", "true"], 2);
+    assert!(
+        line.contains("--size 64 MiB") && line.contains("overlay backend cannot bound"),
+        "{line}"
+    );
+    assert_eq!(snapshots(&root), before);
+    assert!(containers(&root).is_empty());
+    let r = root.run(&["run", "--rm", "bb:1", "--", "true"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("no size bound"), "{r:?}");
+    let (_, v) = run_json(&root, &["--rm", "bb:1", "--", "true"]);
+    assert!(v["root_size"].is_null(), "{v}");
+}
+
+/// dm-thin: the root is its thin device (`devmapper.base_size`); filling it
+/// is `root_size_reached`, and `--size` grows the device past the base.
+fn dmthin_root_is_its_device() {
+    let root = Root::with_config("[devmapper]\ndata_size = \"1G\"\nbase_size = \"64M\"\n");
+    busybox_image(&root, "bb:1");
+    let (code, v, mib) = filled(&root, &["--rm"], 200);
+    assert_ne!(code, 0, "{v}");
+    assert_eq!(v["report"]["reason"], "root_size_reached", "{v}");
+    assert_eq!(v["root_size"], 64u64 << 20, "{v}");
+    assert!((32..=64).contains(&mib), "{mib} MiB on a 64M device");
+    let r = root.run(&[
+        "run",
+        "--rm",
+        "--size",
+        "128M",
+        "bb:1",
+        "--",
+        "sh",
+        "-c",
+        "df -k / | tail -1",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let kib: u64 = r.stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kib > 96 << 10, "--size 128M gave a {kib} KiB filesystem");
+    commands_still_work(&root);
+}
+
+/// zfs: `--size` is the clone's refquota; filling it is `root_size_reached`.
+fn zfs_root_is_its_refquota() {
+    let zpool = ZfsPool::create(512 << 20);
+    let dataset = format!("{}/thinbox", zpool.name);
+    run("zfs", &["create", &dataset]);
+    let root = Root::with_config(&format!(
+        "backend = \"zfs\"\n[zfs]\ndataset = \"{dataset}\"\n"
+    ));
+    busybox_image(&root, "bb:1");
+    let (code, v, mib) = filled(&root, &["--rm", "--size", "32M"], 200);
+    assert_ne!(code, 0, "{v}");
+    assert_eq!(v["report"]["reason"], "root_size_reached", "{v}");
+    assert!(mib <= 32, "{mib} MiB under a 32M refquota");
+    commands_still_work(&root);
+    root.ok(&["image", "rm", "bb:1"]);
+    drop(root);
+}
