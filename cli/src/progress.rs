@@ -114,6 +114,10 @@ impl Observer for Progress {
                     config.display()
                 );
             }
+            Event::Warning { message } => {
+                self.finish(None);
+                eprintln!("thinbox: warning: {message}");
+            }
             Event::RootUnbounded { why } => {
                 self.finish(None);
                 eprintln!("thinbox: note: this container's root has no size bound: {why}");

@@ -6,6 +6,13 @@
 //! containers write into, so a container that fills a shared filesystem
 //! leaves every command working. Backends that cannot bound a root
 //! (overlay, naive) refuse `--size` and say the root is unbounded.
+//!
+//! And the space under the sparse btrfs image is checked (issue 11.4): on
+//! a small filesystem the default image is cut to what fits, keeping a
+//! reserve for the stores, and a configured one that does not fit is
+//! refused with the figures; an image that went read-only after loop I/O
+//! errors (the filesystem under it filled anyway) is mounted again on the
+//! next command, with a warning.
 #![forbid(unsafe_code)]
 
 mod cli_support;
@@ -14,7 +21,7 @@ use std::fs;
 use std::process::ExitCode;
 
 use cli_support::{busybox_image, containers, snapshots, Root};
-use integration::fixtures::{run, ZfsPool};
+use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount, ZfsPool};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
 
@@ -38,20 +45,27 @@ fn main() -> ExitCode {
         )
         .needs(BTRFS),
         KernelTest::new(
+            "host_btrfs_a_small_filesystem_gets_an_image_that_fits",
+            a_small_filesystem_gets_an_image_that_fits,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "host_btrfs_an_image_gone_read_only_is_mounted_again",
+            an_image_gone_read_only_is_mounted_again,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
             "host_overlay_roots_are_unbounded_and_say_so",
             overlay_roots_are_unbounded_and_say_so,
         )
         .needs(&[Need::Root, Need::Overlay]),
         KernelTest::new(
-            "vm_dmthin_a_container_root_is_its_device",
+            "vm_dmthin_root_size_is_its_device",
             dmthin_root_is_its_device,
         )
         .needs(&[Need::Root, Need::Loop, Need::DmThin]),
-        KernelTest::new(
-            "vm_zfs_a_container_root_is_its_refquota",
-            zfs_root_is_its_refquota,
-        )
-        .needs(&[Need::Root, Need::Zfs]),
+        KernelTest::new("vm_zfs_root_size_is_its_refquota", zfs_root_is_its_refquota)
+            .needs(&[Need::Root, Need::Zfs]),
     ])
 }
 
@@ -172,7 +186,11 @@ fn metadata_moves_off_the_container_filesystem() {
     for suffix in ["", "-wal"] {
         let from = root.path().join(format!("snapshots/metadata.db{suffix}"));
         if from.exists() {
-            fs::copy(&from, root.path().join(format!("btrfs/metadata.db{suffix}"))).unwrap();
+            fs::copy(
+                &from,
+                root.path().join(format!("btrfs/metadata.db{suffix}")),
+            )
+            .unwrap();
             fs::remove_file(&from).unwrap();
         }
     }
@@ -220,10 +238,18 @@ fn dmthin_root_is_its_device() {
         "--",
         "sh",
         "-c",
-        "df -k / | tail -1",
+        "stat -f -c '%b %S' /",
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    let kib: u64 = r.stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let nums: Vec<u64> = r
+        .stdout
+        .split_whitespace()
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("not blocks and a size: {r:?}"))
+        })
+        .collect();
+    let kib = nums[0] * nums[1] / 1024;
     assert!(kib > 96 << 10, "--size 128M gave a {kib} KiB filesystem");
     commands_still_work(&root);
 }
@@ -243,5 +269,128 @@ fn zfs_root_is_its_refquota() {
     assert!(mib <= 32, "{mib} MiB under a 32M refquota");
     commands_still_work(&root);
     root.ok(&["image", "rm", "bb:1"]);
+    drop(root);
+}
+
+/// A 300 MB ext4 filesystem on a loop device: the issue's small disk.
+struct SmallFs {
+    mount: Mount,
+    _dev: LoopDevice,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new() -> SmallFs {
+        let dir = temp_dir();
+        let file = dir.path().join("small.img");
+        sparse_file(&file, 300 << 20);
+        run("mkfs.ext4", &["-q", "-F", file.to_str().unwrap()]);
+        let dev = LoopDevice::attach(&file);
+        let mount = Mount::new(dev.as_str(), &dir.path().join("mnt"), Some("ext4"), "");
+        SmallFs {
+            mount,
+            _dev: dev,
+            _dir: dir,
+        }
+    }
+}
+
+fn mount_line(path: &std::path::Path) -> Option<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+        .map(str::to_owned)
+}
+
+/// The issue's 20 GiB image on a 200 MB filesystem: the default is cut to
+/// the room (a warning with the figures), leaving a reserve; a configured
+/// size that does not fit is refused (exit 7) leaving nothing made.
+fn a_small_filesystem_gets_an_image_that_fits() {
+    let small = SmallFs::new();
+    let root = Root::within(&small.mount.target, "");
+    let r = root.run(&["snapshot", "ls"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("would be 20 GiB")
+            && r.stderr.contains("instead of the default 20 GiB")
+            && r.stderr.contains("btrfs.image_size"),
+        "{r:?}"
+    );
+    let image = fs::metadata(root.path().join("btrfs.img")).unwrap().len();
+    let st = nix::sys::statvfs::statvfs(&small.mount.target).unwrap();
+    let size = st.blocks() * st.fragment_size();
+    assert!(
+        image < size * 95 / 100,
+        "a {image}-byte image on a {size}-byte filesystem"
+    );
+    busybox_image(&root, "bb:1");
+
+    let other = Root::within(&small.mount.target, "[btrfs]\nimage_size = \"1G\"\n");
+    let line = other.fails(&["snapshot", "ls"], 7);
+    assert!(
+        line.contains("would be 1 GiB") && line.contains("set btrfs.image_size to at most"),
+        "{line}"
+    );
+    for made in ["btrfs.img", "btrfs", "backend.toml", "backend.partial.toml"] {
+        assert!(!other.path().join(made).exists(), "{made} was left");
+    }
+    assert!(cli_support::loops_under(other.path()).is_empty());
+    drop((other, root));
+}
+
+/// The filesystem under the image fills anyway (another writer): the
+/// container's writes hit loop I/O errors and btrfs turns read-only. The
+/// next command detaches every mount of it and mounts it afresh with a
+/// warning; then everything works again.
+fn an_image_gone_read_only_is_mounted_again() {
+    let small = SmallFs::new();
+    let root = Root::within(&small.mount.target, "[run]\nsize = \"1G\"\n");
+    busybox_image(&root, "bb:1");
+    let btrfs = root.path().join("btrfs");
+    // Someone else takes all but 4 MiB of the filesystem.
+    let st = nix::sys::statvfs::statvfs(&small.mount.target).unwrap();
+    let free = st.blocks_available() * st.fragment_size();
+    let filler = small.mount.target.join("filler");
+    run(
+        "fallocate",
+        &[
+            "-l",
+            &(free - (4 << 20)).to_string(),
+            filler.to_str().unwrap(),
+        ],
+    );
+    let r = root.run(&[
+        "run",
+        "--name",
+        "hog",
+        "bb:1",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=100; sync",
+    ]);
+    run("sync", &[]);
+    let mut recovered = r.stderr.contains("had gone read-only");
+    if !recovered {
+        let line = mount_line(&btrfs).unwrap_or_default();
+        assert!(
+            line.split(" - ").nth(1).is_some_and(|s| s.contains(" ro,")) || line.is_empty(),
+            "btrfs did not turn read-only: {line} ({r:?})"
+        );
+    }
+    fs::remove_file(&filler).unwrap();
+    let ps = root.run(&["ps", "-a"]);
+    assert_eq!(ps.code, 0, "{ps:?}");
+    recovered |= ps.stderr.contains("had gone read-only") && ps.stderr.contains("mounted it again");
+    assert!(recovered, "no recovery was reported: {r:?} {ps:?}");
+    let line = mount_line(&btrfs).expect("btrfs mounted again");
+    assert!(
+        !line.split(" - ").nth(1).unwrap().contains(" ro,"),
+        "{line}"
+    );
+    root.ok(&["rm", "hog"]);
+    commands_still_work(&root);
     drop(root);
 }

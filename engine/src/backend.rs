@@ -285,11 +285,71 @@ pub(crate) fn choose(
 
 /// Attaches `image` (or finds its loop device) and mounts it on `mnt`
 /// unless already mounted. Detaches a loop device it attached if the mount fails.
-fn ensure_btrfs_mounted(deps: &Deps, image: &Path, mnt: &Path) -> Result<()> {
-    if deps.fs.is_mountpoint(mnt) {
+/// Mounts the btrfs image at `mnt` unless it is mounted read-write. A
+/// read-only one (btrfs turns so after an I/O error, as when the
+/// filesystem under the image fills) is recovered: every mount of its
+/// device (stopped containers' roots hold the errored superblock too) is
+/// detached and the image mounted afresh, telling `observer`.
+fn ensure_btrfs_mounted(
+    deps: &Deps,
+    observer: &dyn Observer,
+    image: &Path,
+    mnt: &Path,
+) -> Result<()> {
+    let mounted = deps.fs.is_mountpoint(mnt);
+    if mounted && !deps.fs.mounted_read_only(mnt) {
         return Ok(());
     }
     std::fs::create_dir_all(mnt).map_err(|e| Error::io("cannot create", mnt, e))?;
+    let stale = match deps.loops.find(image)? {
+        Some(l) if mounted || deps.fs.mounted_elsewhere(&l.path) => Some(l.path),
+        _ => None,
+    };
+    let Some(dev) = stale else {
+        return mount_btrfs_image(deps, image, mnt);
+    };
+    let under = image.parent().unwrap_or(Path::new("/"));
+    let free = crate::sparse::backing_of(image)
+        .map(|b| format!("{} free", b.free.round_down()))
+        .unwrap_or_else(|_| "unknown free space".to_owned());
+    let held = deps.fs.unmount_device(&dev)?;
+    mount_btrfs_image(deps, image, mnt).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!(
+                "{} went read-only after an I/O error and cannot be mounted again ({}): \
+                 check `dmesg`, free space under {} ({free}), and stop whatever still has it open",
+                image.display(),
+                e.message,
+                under.display()
+            ),
+        )
+    })?;
+    if deps.fs.mounted_read_only(mnt) {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{} is read-only after an I/O error and stays so when mounted again: a process still \
+                 has it open (a running container?); stop it, check `dmesg`, and free space under {} ({free})",
+                mnt.display(),
+                under.display()
+            ),
+        ));
+    }
+    observer.event(&Event::Warning {
+        message: format!(
+            "{} had gone read-only (btrfs does after an I/O error, as when the filesystem under it fills; \
+             {} has {free}): detached its {held} mount(s) and mounted it again; see `dmesg` for the error",
+            image.display(),
+            under.display()
+        ),
+    });
+    Ok(())
+}
+
+/// Mounts the btrfs image at `mnt`, attaching a loop device for it first
+/// unless one is attached.
+fn mount_btrfs_image(deps: &Deps, image: &Path, mnt: &Path) -> Result<()> {
     let loops = &deps.loops;
     let (dev, fresh) = match loops.find(image)? {
         Some(l) => (l, false),
@@ -360,6 +420,10 @@ pub(crate) fn move_metadata(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The smallest btrfs image worth making (mkfs.btrfs refuses under 114
+/// MiB with its default profiles).
+const MIN_BTRFS_IMAGE: Bytes = Bytes::mib(128);
+
 fn make_btrfs_image(
     deps: &Deps,
     observer: &dyn Observer,
@@ -367,6 +431,18 @@ fn make_btrfs_image(
     mnt: &Path,
     size: Bytes,
 ) -> Result<()> {
+    let fitted = crate::sparse::fit(
+        &crate::sparse::backing_of(image)?,
+        image,
+        size,
+        size == crate::config::BtrfsSection::default().image_size,
+        "btrfs.image_size",
+        MIN_BTRFS_IMAGE,
+    )?;
+    if let Some(message) = fitted.warning {
+        observer.event(&Event::Warning { message });
+    }
+    let size = fitted.size;
     observer.event(&Event::Mkfs {
         fs: "btrfs".to_owned(),
         on: image.to_owned(),
@@ -382,7 +458,7 @@ fn make_btrfs_image(
     observer.event(&Event::Mounting {
         path: mnt.to_owned(),
     });
-    ensure_btrfs_mounted(deps, image, mnt)?;
+    ensure_btrfs_mounted(deps, observer, image, mnt)?;
     crash_point("btrfs-mount");
     observer.event(&Event::StepDone);
     Ok(())
@@ -471,9 +547,21 @@ pub(crate) fn open_backend(
             }
             let open = if make {
                 let d = &config.devmapper;
-                let mut cfg = LoopbackConfig::new(pool.clone(), pools.dir_of(pool));
-                cfg.data_size = d.data_size;
-                cfg.metadata_size = d.metadata_size;
+                let defaults = crate::config::DevmapperSection::default();
+                let dir = pools.dir_of(pool);
+                let (data_size, metadata_size, warning) = crate::sparse::fit_pool(
+                    &crate::sparse::backing_of(&dir)?,
+                    &dir,
+                    (d.data_size, d.data_size == defaults.data_size),
+                    (d.metadata_size, d.metadata_size == defaults.metadata_size),
+                    d.block_size,
+                )?;
+                if let Some(message) = warning {
+                    observer.event(&Event::Warning { message });
+                }
+                let mut cfg = LoopbackConfig::new(pool.clone(), dir);
+                cfg.data_size = data_size;
+                cfg.metadata_size = metadata_size;
                 cfg.block_size = BlockSize::from_bytes(d.block_size)?;
                 pools.create_loopback(&cfg, &d.autoextend()?, d.free_space_floor)?
             } else {
@@ -525,7 +613,7 @@ pub(crate) fn open_backend(
                         ),
                     ));
                 }
-                ensure_btrfs_mounted(deps, image, mountpoint)?;
+                ensure_btrfs_mounted(deps, observer, image, mountpoint)?;
             }
             // The image is thinbox's own: quotas on, so container roots
             // are bounded (roots made before they were are turned on here).

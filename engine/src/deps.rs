@@ -5,7 +5,7 @@
 //! and the probes and filesystems they write themselves).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thinpool::loopdev::{LoopControl, RealLoop};
@@ -35,8 +35,17 @@ pub trait Filesystems: Send + Sync + fmt::Debug {
     fn enable_btrfs_quotas(&self, mnt: &Path) -> Result<()>;
     /// Whether `path` is a mount point.
     fn is_mountpoint(&self, path: &Path) -> bool;
+    /// Whether the mount at `path` is read-only (as btrfs turns itself
+    /// after an I/O error).
+    fn mounted_read_only(&self, path: &Path) -> bool;
     /// Detaches the mount at `path` (lazily: `MNT_DETACH`).
     fn unmount(&self, path: &Path) -> Result<()>;
+    /// Whether any mount's source is device `dev`.
+    fn mounted_elsewhere(&self, dev: &Path) -> bool;
+    /// Detaches every mount whose source is device `dev` (bind mounts of
+    /// its subvolumes too, deepest first), so its superblock goes; returns
+    /// how many there were.
+    fn unmount_device(&self, dev: &Path) -> Result<usize>;
 }
 
 /// Makes the thin-pool seams when a pool is first needed (the real ones
@@ -233,6 +242,22 @@ impl Filesystems for RealFilesystems {
         mounts::is_mount_point(path).unwrap_or(false)
     }
 
+    fn mounted_read_only(&self, path: &Path) -> bool {
+        let Ok(mounts) = kernfmt::MountInfo::read_self() else {
+            return false;
+        };
+        // The last mount on the path is the one seen there.
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point_path() == path)
+            .is_some_and(|m| {
+                // btrfs forced read-only shows in the superblock's options.
+                m.options.split(',').any(|o| o == "ro")
+                    || m.super_options.split(',').any(|o| o == "ro")
+            })
+    }
+
     fn unmount(&self, path: &Path) -> Result<()> {
         nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
             Error::new(
@@ -240,6 +265,27 @@ impl Filesystems for RealFilesystems {
                 format!("cannot unmount {}: {e}", path.display()),
             )
         })
+    }
+
+    fn mounted_elsewhere(&self, dev: &Path) -> bool {
+        kernfmt::MountInfo::read_self()
+            .is_ok_and(|mounts| mounts.iter().any(|m| m.source_path() == dev))
+    }
+
+    fn unmount_device(&self, dev: &Path) -> Result<usize> {
+        let mounts = kernfmt::MountInfo::read_self()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read mounts: {e}")))?;
+        let mut points: Vec<PathBuf> = mounts
+            .iter()
+            .filter(|m| m.source_path() == dev)
+            .map(|m| m.mount_point_path())
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        points.dedup();
+        for p in &points {
+            self.unmount(p)?;
+        }
+        Ok(points.len())
     }
 }
 
@@ -283,6 +329,7 @@ impl KernelProbe for FakeProbe {
 pub struct FakeFilesystems {
     mounted: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>,
     quotas: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>,
+    read_only: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>,
     fail_mkfs: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -301,6 +348,14 @@ impl FakeFilesystems {
     /// What is mounted.
     pub fn mounted(&self) -> Vec<std::path::PathBuf> {
         self.mounted.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Makes the mount at `path` read-only (as an I/O error would) until
+    /// it is unmounted.
+    pub fn set_read_only(&self, path: &Path) {
+        if let Ok(mut r) = self.read_only.lock() {
+            r.push(path.to_owned());
+        }
     }
 
     /// Where quotas were turned on.
@@ -338,10 +393,35 @@ impl Filesystems for FakeFilesystems {
         self.mounted().iter().any(|m| m == path)
     }
 
+    fn mounted_read_only(&self, path: &Path) -> bool {
+        self.read_only
+            .lock()
+            .map(|r| r.iter().any(|p| p == path))
+            .unwrap_or(false)
+    }
+
     fn unmount(&self, path: &Path) -> Result<()> {
         if let Ok(mut m) = self.mounted.lock() {
             m.retain(|p| p != path);
         }
+        if let Ok(mut r) = self.read_only.lock() {
+            r.retain(|p| p != path);
+        }
         Ok(())
+    }
+
+    fn mounted_elsewhere(&self, _dev: &Path) -> bool {
+        !self.mounted().is_empty()
+    }
+
+    fn unmount_device(&self, _dev: &Path) -> Result<usize> {
+        let n = self.mounted().len();
+        if let Ok(mut m) = self.mounted.lock() {
+            m.clear();
+        }
+        if let Ok(mut r) = self.read_only.lock() {
+            r.clear();
+        }
+        Ok(n)
     }
 }

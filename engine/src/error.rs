@@ -62,6 +62,7 @@ impl ErrorKind {
             T::OutOfDataSpace { .. }
             | T::BelowFreeSpaceFloor { .. }
             | T::OutOfMetadataSpace { .. }
+            | T::NoRoom { .. }
             | T::ThinIdsExhausted => ErrorKind::NoSpace,
             T::MetadataCheckFailed { .. }
             | T::TransactionMismatch { .. }

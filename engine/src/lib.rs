@@ -42,6 +42,7 @@ pub mod observer;
 pub mod options;
 pub mod pools;
 pub mod snapshots;
+mod sparse;
 pub mod state;
 
 pub use deps::Deps;

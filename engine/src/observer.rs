@@ -70,6 +70,11 @@ pub enum Event {
         /// Whether it was already present.
         reused: bool,
     },
+    /// Something the user should know and may want to change.
+    Warning {
+        /// What, with the figures and the key or command that changes it.
+        message: String,
+    },
     /// A new container's root has no size bound: it can fill the
     /// filesystem it shares with the state root.
     RootUnbounded {

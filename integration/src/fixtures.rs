@@ -31,6 +31,14 @@ pub fn temp_dir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
+/// [`temp_dir`] inside `parent` (another filesystem, say).
+pub fn temp_dir_in(parent: &Path) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .tempdir_in(parent)
+        .expect("create a temporary directory")
+}
+
 /// The pid of the process that made `text` (a name or path holding
 /// `thinbox-test-{pid}-`, or its underscore form for LVM names).
 pub fn owner_pid(text: &str) -> Option<u32> {

@@ -41,6 +41,20 @@ impl Bytes {
     pub const fn saturating_add(self, other: Bytes) -> Bytes {
         Bytes(self.0.saturating_add(other.0))
     }
+    /// Rounded down to a whole number of the largest binary unit of which
+    /// it holds at least ten (`187654144` bytes is `178 MiB`), so it prints
+    /// short and never promises more than there is.
+    pub const fn round_down(self) -> Bytes {
+        let mut i = 0;
+        while i < UNITS.len() {
+            let unit = 1u64 << UNITS[i].1;
+            if self.0 >= 10 * unit {
+                return Bytes(self.0 / unit * unit);
+            }
+            i += 1;
+        }
+        self
+    }
     /// `self + other`, or `None` on overflow.
     pub const fn checked_add(self, other: Bytes) -> Option<Bytes> {
         match self.0.checked_add(other.0) {
@@ -109,6 +123,14 @@ impl<'de> Deserialize<'de> for Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_down_prints_short_and_never_more() {
+        assert_eq!(Bytes(187_654_144).round_down().to_string(), "178 MiB");
+        assert_eq!(Bytes((25 << 30) + 12345).round_down(), Bytes::gib(25));
+        assert_eq!(Bytes(9 << 20).round_down(), Bytes(9 << 20));
+        assert_eq!(Bytes(999).round_down(), Bytes(999));
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -34,6 +34,14 @@ pub enum ErrorKind {
         /// The smallest accepted size.
         min: Bytes,
     },
+    /// A sparse file would be larger than the room the filesystem under it
+    /// has ([`crate::backing`]).
+    NoRoom {
+        /// The file, its size and the figures ([`crate::backing::Backing::explain`]).
+        explained: String,
+        /// The most it may be sized.
+        max: Bytes,
+    },
     /// A thin device id does not fit the kernel's 24 bits.
     ThinIdOutOfRange {
         /// The rejected id.
@@ -218,6 +226,10 @@ impl fmt::Display for ErrorKind {
             SizeTooSmall { what, size, min } => {
                 write!(f, "{what} size {size} is too small: use at least {min}")
             }
+            NoRoom { explained, max } => write!(
+                f,
+                "{explained}: give at most {max}, or free space there"
+            ),
             ThinIdOutOfRange { id } => write!(
                 f,
                 "thin id {id} does not fit in 24 bits: use an id below {}",

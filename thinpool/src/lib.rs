@@ -40,6 +40,7 @@
 //! lvm2 and util-linux `wipefs` for direct-lvm, e2fsprogs/xfsprogs for `fs`.
 #![forbid(unsafe_code)]
 
+pub mod backing;
 pub mod checked;
 pub mod dm;
 pub mod error;

@@ -58,6 +58,15 @@ impl Root {
         Root { dir, config: path }
     }
 
+    /// A root in a new directory inside `parent` (on another filesystem,
+    /// say), with `config` as its config file.
+    pub fn within(parent: &Path, config: &str) -> Root {
+        let dir = integration::fixtures::temp_dir_in(parent);
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        Root { dir, config: path }
+    }
+
     /// The state root.
     pub fn path(&self) -> &Path {
         self.dir.path()

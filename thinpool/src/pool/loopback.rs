@@ -57,6 +57,11 @@ impl Pool {
                     store.set_config(k, &v)?;
                 }
                 drop(store);
+                check_room(
+                    &cfg.dir,
+                    None,
+                    cfg.data_size.saturating_add(cfg.metadata_size),
+                )?;
                 for (f, size) in [(DATA_FILE, cfg.data_size), (META_FILE, cfg.metadata_size)] {
                     let p = cfg.dir.join(f);
                     let file = fs::File::create_new(&p).map_err(|e| Error::io(e, &p))?;
@@ -263,5 +268,19 @@ impl Pool {
             } => Ok((dir.clone(), data_loop.clone(), meta_loop.clone())),
             _ => Err(Error::new(ErrorKind::Unsupported { what })),
         }
+    }
+}
+
+/// Refuses sparse files of `size` in `dir` (growing `file`, if given)
+/// beyond the room there (see [`crate::backing`]).
+pub(super) fn check_room(dir: &Path, file: Option<&Path>, size: Bytes) -> Result<()> {
+    use crate::backing::{Backing, Verdict};
+    let b = Backing::of(dir, file).map_err(|e| Error::io(e, dir))?;
+    match b.verdict(size) {
+        Verdict::Fits => Ok(()),
+        Verdict::TooBig { room } => Err(Error::new(ErrorKind::NoRoom {
+            explained: b.explain(file.unwrap_or(dir), size),
+            max: room.round_down(),
+        })),
     }
 }

@@ -89,6 +89,7 @@ impl Pool {
         });
         let (dir, data_loop, _) = self.loopback("extending data to a given size")?;
         let path = dir.join(DATA_FILE);
+        super::loopback::check_room(&dir, Some(&path), new_size)?;
         let f = fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -117,6 +118,7 @@ impl Pool {
         let r = (|| {
             let (dir, _, meta_loop) = self.loopback("extending metadata to a given size")?;
             let path = dir.join(META_FILE);
+            super::loopback::check_room(&dir, Some(&path), new_size)?;
             let f = fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
