@@ -1,6 +1,6 @@
 //! The CLI's [`Observer`]: engine events as spinners and per-layer bars on
 //! stderr when it is a terminal and not `--json`; the backend choice and
-//! lock waits as one line each.
+//! lock waits (naming the holder, terminal or not) as one line each.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -15,7 +15,6 @@ use crate::print::human;
 #[derive(Debug)]
 pub struct Progress {
     bars: Option<MultiProgress>,
-    terminal: bool,
     current: Mutex<Option<ProgressBar>>,
 }
 
@@ -25,7 +24,6 @@ impl Progress {
         let terminal = std::io::stderr().is_terminal();
         Progress {
             bars: (enabled && terminal).then(MultiProgress::new),
-            terminal,
             current: Mutex::new(None),
         }
     }
@@ -122,9 +120,15 @@ impl Observer for Progress {
                 self.finish(None);
                 eprintln!("thinbox: note: this container's root has no size bound: {why}");
             }
-            Event::WaitingForLock { path } if self.terminal => {
+            Event::WaitingForLock { path, holder } => {
+                // Said off a terminal too: a silent wait looks like a hang.
+                self.finish(None);
                 eprintln!(
-                    "thinbox: waiting for another thinbox process holding {}",
+                    "thinbox: waiting for another thinbox process{} holding {}",
+                    holder
+                        .as_ref()
+                        .map(|h| format!(", {h},"))
+                        .unwrap_or_default(),
                     path.display()
                 );
             }

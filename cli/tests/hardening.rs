@@ -47,6 +47,11 @@ fn main() -> ExitCode {
         )
         .needs(BTRFS),
         KernelTest::new(
+            "host_btrfs_readers_do_not_wait_for_an_import",
+            readers_do_not_wait_for_an_import,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
             "host_bad_roots_and_configs_get_a_clear_error",
             bad_roots_and_configs_get_a_clear_error,
         )
@@ -455,4 +460,98 @@ fn snapshots_of_images_and_containers_are_guarded() {
     root.ok(&["snapshot", "rm", "--force", "container/guarded"]);
     root.ok(&["rm", "guarded"]);
     assert!(cli_support::containers(&root).is_empty());
+}
+
+/// Waits (up to a minute: a deadlock guard, not a timing claim) for
+/// `child` to exit; kills it and fails if it does not.
+fn wait_or_kill(mut child: std::process::Child, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} waited for the paused import");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// An import held after its first layer (`THINBOX_PAUSE_AT`) keeps the
+/// engine: `ps`, `image ls` and `image inspect` answer meanwhile (they
+/// waited for the whole import), `image ls` does not show the half-made
+/// image, and a writer (`run`) says whom it waits for, off a terminal too.
+fn readers_do_not_wait_for_an_import() {
+    use snapshotter::image::write::{self, Entry, ImageSpec};
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    root.ok(&["run", "--name", "done", "bb:1", "--", "true"]);
+    let oci = root.path().join("two-layers");
+    let layer = |name: &str| write::layer_tar(&[Entry::file(name, b"x", 0o644)]).unwrap();
+    let config = snapshotter::image::ImageConfig {
+        env: vec![],
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        working_dir: "/".into(),
+        user: String::new(),
+    };
+    write::oci_dir(
+        &ImageSpec::new(config, vec![layer("a"), layer("b")]).name("two:1"),
+        &oci,
+    )
+    .unwrap();
+    let pause = tempfile::tempdir().unwrap();
+    let import = root
+        .command(&["image", "import", oci.to_str().unwrap()])
+        .env("THINBOX_PAUSE_AT", "import-layer")
+        .env("THINBOX_PAUSE_DIR", pause.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pause.path().join("paused").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the import never reached its pause"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read = |args: &[&str]| {
+        let child = root
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_or_kill(child, &format!("thinbox {args:?}"));
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ps = read(&["--json", "ps", "-a"]);
+    assert!(ps.contains("\"done\""), "{ps}");
+    let ls = read(&["image", "ls"]);
+    assert!(ls.contains("bb:1") && !ls.contains("two:1"), "{ls}");
+    assert!(read(&["image", "inspect", "bb:1"]).contains("bb:1"));
+
+    // A writer waits, and says for whom.
+    let mut writer = root
+        .command(&["run", "--rm", "bb:1", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(writer.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(
+        line.contains("waiting for another thinbox process")
+            && line.contains("image import")
+            && line.contains("engine.lock"),
+        "{line}"
+    );
+    fs::write(pause.path().join("go"), "").unwrap();
+    let out = wait_or_kill(import, "the import");
+    assert!(out.status.success(), "{out:?}");
+    assert!(writer.wait().unwrap().success());
+    assert!(read(&["image", "ls"]).contains("two:1"));
 }

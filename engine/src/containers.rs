@@ -491,13 +491,24 @@ fn run_container(
 }
 
 /// `thinbox ps`: every container's record (finishing what killed runs left).
+///
+/// It never waits for another thinbox process (an import, say): the
+/// containers store is read beside it, and what killed runs left is
+/// finished here unless it needs the snapshotter while another process has
+/// the engine (then the next command that opens the engine does it).
 pub fn ps(opts: &EngineOptions) -> Result<Vec<ContainerRecord>> {
-    let engine = open_engine(opts)?;
-    let containers = Containers::open(engine.root())?;
-    containers.reconcile(engine.snapshotter())?;
-    let list = containers.list()?;
-    engine.close()?;
-    Ok(list)
+    let Some(root) = opts.used_root()? else {
+        return Ok(Vec::new());
+    };
+    let containers = Containers::open(&root)?;
+    if containers.needs_snapshotter()? {
+        if let Some(engine) = Engine::open_if_free(opts)? {
+            containers.reconcile(engine.snapshotter())?;
+            engine.close()?;
+        }
+    }
+    containers.reconcile_with(None)?;
+    containers.list()
 }
 
 /// `thinbox rm`: removes stopped containers (their snapshot and record);

@@ -48,7 +48,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::observer::Event;
 pub use crate::options::EngineOptions;
 use crate::pools::Pools;
-use crate::state::{crash_point, lock_file, read_toml, write_toml};
+use crate::state::{crash_point, lock_file, read_toml, try_lock_file, write_toml};
 
 impl EngineOptions {
     /// The configuration and the state root, without opening the backend
@@ -68,6 +68,29 @@ impl EngineOptions {
     pub fn pools(&self) -> Result<Pools> {
         let (root, _) = self.state_root()?;
         Pools::for_engine(&root, self)
+    }
+
+    /// The state root of a root already in use (holding `backend.toml`),
+    /// canonical; None for a root thinbox never used. Takes no lock: for
+    /// readers beside a writer.
+    pub fn used_root(&self) -> Result<Option<PathBuf>> {
+        let (root, _) = self.state_root()?;
+        if !root.join(RECORD).exists() {
+            return Ok(None);
+        }
+        Ok(Some(
+            std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?,
+        ))
+    }
+
+    /// The image store to read (`thinbox image ls|inspect`), without
+    /// waiting for a writer such as an import: see
+    /// [`Images::open_read_only`]. None before the first import.
+    pub fn read_images(&self) -> Result<Option<Images>> {
+        match self.used_root()? {
+            Some(root) => Ok(Images::open_read_only(&root.join("images"))?),
+            None => Ok(None),
+        }
     }
 
     /// Removes named pool `name` (see [`Pools::destroy`]), refusing the
@@ -206,6 +229,16 @@ fn refuse_non_directory(root: &Path) -> Result<()> {
 impl Engine {
     /// Opens the state root, choosing and making the backend on first use.
     pub fn open(opts: &EngineOptions) -> Result<Engine> {
+        Self::open_locking(opts, false).map(|e| e.expect("a waiting open returns an engine"))
+    }
+
+    /// [`Engine::open`] unless another thinbox process has the engine
+    /// (None then), for readers that can do without it.
+    pub fn open_if_free(opts: &EngineOptions) -> Result<Option<Engine>> {
+        Self::open_locking(opts, true)
+    }
+
+    fn open_locking(opts: &EngineOptions, if_free: bool) -> Result<Option<Engine>> {
         let config = Config::load(&opts.config)?;
         let root = opts.root_in(&config);
         if !nix::unistd::geteuid().is_root() {
@@ -214,7 +247,15 @@ impl Engine {
         refuse_non_directory(&root)?;
         std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
         let root = std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?;
-        let lock = lock_file(&root.join("engine.lock"), opts.observer.as_ref())?;
+        let lock_path = root.join("engine.lock");
+        let lock = if if_free {
+            match try_lock_file(&lock_path)? {
+                Some(l) => l,
+                None => return Ok(None),
+            }
+        } else {
+            lock_file(&lock_path, opts.observer.as_ref())?
+        };
         let record_path = root.join(RECORD);
         let partial_path = root.join(PARTIAL);
         let (record, opened, chosen) = if record_path.exists() {
@@ -254,7 +295,7 @@ impl Engine {
                 config: opts.config.clone(),
             });
         }
-        Ok(Engine {
+        Ok(Some(Engine {
             root,
             config,
             record,
@@ -265,7 +306,7 @@ impl Engine {
             lock: Some(lock),
             chosen,
             options: opts.clone(),
-        })
+        }))
     }
 
     /// The options the engine was opened with.
@@ -368,7 +409,10 @@ impl Engine {
                     digest: digest.to_string(),
                     size,
                 },
-                ImportProgress::LayerDone { reused, .. } => Event::LayerDone { reused },
+                ImportProgress::LayerDone { reused, .. } => {
+                    crate::state::pause_point("import-layer");
+                    Event::LayerDone { reused }
+                }
             })
         })?)
     }

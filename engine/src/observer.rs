@@ -16,6 +16,8 @@ pub enum Event {
     WaitingForLock {
         /// The lock file.
         path: PathBuf,
+        /// Who holds it, as the holder wrote (`pid N (COMMAND LINE)`).
+        holder: Option<String>,
     },
     /// This open chose the root's backend (once per root, on first use).
     BackendChosen {

@@ -5,7 +5,7 @@
 //! other for them.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -55,34 +55,92 @@ pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     })
 }
 
+/// Takes an exclusive lock on `path` if nobody holds it; None if someone
+/// does.
+pub fn try_lock_file(path: &Path) -> Result<Option<Flock<File>>> {
+    match Flock::lock(open_lock(path)?, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(held(l))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(lock_error(path, e)),
+    }
+}
+
 /// Takes an exclusive lock on `path`, waiting for other holders (and
-/// telling `observer` that it waits).
+/// telling `observer` that it waits, and for whom: the holder writes its
+/// pid and command line into the file).
 pub fn lock_file(path: &Path, observer: &dyn Observer) -> Result<Flock<File>> {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("cannot open lock", path, e))?;
-    let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => return Ok(l),
+    let f = match Flock::lock(open_lock(path)?, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => return Ok(held(l)),
         Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
-        Err((_, e)) => {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot lock {}: {e}", path.display()),
-            ))
-        }
+        Err((_, e)) => return Err(lock_error(path, e)),
     };
+    let holder = std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
     observer.event(&Event::WaitingForLock {
         path: path.to_owned(),
+        holder,
     });
-    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| {
-        Error::new(
-            ErrorKind::Io,
-            format!("cannot lock {}: {e}", path.display()),
-        )
-    })
+    Flock::lock(f, FlockArg::LockExclusive)
+        .map(held)
+        .map_err(|(_, e)| lock_error(path, e))
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("cannot open lock", path, e))
+}
+
+fn lock_error(path: &Path, e: nix::errno::Errno) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        format!("cannot lock {}: {e}", path.display()),
+    )
+}
+
+/// Writes who holds the lock into its file (best effort: it only names
+/// the holder to whoever waits).
+fn held(mut lock: Flock<File>) -> Flock<File> {
+    use std::io::{Seek, Write};
+    let cmdline = std::fs::read("/proc/self/cmdline")
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let f: &mut File = &mut lock;
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "pid {} ({cmdline})", std::process::id());
+    lock
+}
+
+/// Test hook: when the environment variable `THINBOX_PAUSE_AT` names
+/// `step`, the process creates `$THINBOX_PAUSE_DIR/paused` there and waits
+/// (up to two minutes) for `$THINBOX_PAUSE_DIR/go`, so tests can hold a
+/// long command (an import) in the middle and see what others do
+/// meanwhile. Steps: `import-layer` (after an import's first layer).
+pub fn pause_point(step: &str) {
+    if std::env::var_os("THINBOX_PAUSE_AT").is_none_or(|v| v != step) {
+        return;
+    }
+    let Some(dir) = std::env::var_os("THINBOX_PAUSE_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::write(dir.join("paused"), std::process::id().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("go").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Test hook: when the environment variable `THINBOX_CRASH_AT` names

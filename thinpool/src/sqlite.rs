@@ -52,6 +52,25 @@ pub fn open(path: &Path, schema: &Schema) -> Result<Connection, OpenError> {
     init(Connection::open(path)?, schema)
 }
 
+/// Opens the existing store at `path` to read only, beside a writer in
+/// another process (WAL lets readers in while it writes): nothing is made
+/// or migrated; a store newer than `schema` is refused.
+pub fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection, OpenError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > schema.version {
+        return Err(OpenError::TooNew {
+            found,
+            understood: schema.version,
+        });
+    }
+    Ok(conn)
+}
+
 /// An in-memory store with `schema` (tests).
 pub fn open_in_memory(schema: &Schema) -> Result<Connection, OpenError> {
     init(Connection::open_in_memory()?, schema)

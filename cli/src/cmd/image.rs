@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::json;
 use snapshotter::image::{Image, ImportOutcome, Imported};
 
-use super::{human, open_engine, print_json};
+use super::{engine_options, human, open_engine, print_json};
 use crate::Global;
 
 /// `thinbox image` subcommands.
@@ -109,8 +109,60 @@ fn print_image(i: &Image) {
     }
 }
 
+/// `thinbox image ls` and `inspect`: read beside a writer (an import in
+/// progress), never waiting for it.
+fn read(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
+    let images = engine_options(global).read_images()?;
+    let all = match &images {
+        Some(images) => images.list()?,
+        None => Vec::new(),
+    };
+    match cmd {
+        ImageCommand::Inspect { name } => {
+            let i = match &images {
+                Some(images) => images.get(name)?,
+                None => {
+                    return Err(
+                        snapshotter::Error::new(snapshotter::ErrorKind::NotFound, "image")
+                            .key(name)
+                            .detail("no such image; `thinbox image ls` lists them")
+                            .into(),
+                    )
+                }
+            };
+            if global.json {
+                return print_json(&image_json(&i));
+            }
+            print_image(&i);
+        }
+        _ => {
+            if global.json {
+                return print_json(&all.iter().map(image_json).collect::<Vec<_>>());
+            }
+            println!(
+                "{:<32} {:<12} {:>6} {:>8}  CREATED",
+                "NAME", "MANIFEST", "LAYERS", "SIZE"
+            );
+            for i in &all {
+                println!(
+                    "{:<32} {:<12} {:>6} {:>8}  {}",
+                    i.name,
+                    short(&i.manifest),
+                    i.layers.len(),
+                    human(i.size()),
+                    rfc3339(i.created_unix())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `thinbox image ...`.
 pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
+    if matches!(cmd, ImageCommand::Ls | ImageCommand::Inspect { .. }) {
+        return read(global, cmd);
+    }
     let engine = open_engine(global)?;
     let images = engine.images()?;
     let sn = engine.snapshotter();
@@ -153,35 +205,7 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ImageCommand::Ls => {
-            let all = images.list()?;
-            if global.json {
-                return print_json(&all.iter().map(image_json).collect::<Vec<_>>());
-            }
-            println!(
-                "{:<32} {:<12} {:>6} {:>8}  CREATED",
-                "NAME", "MANIFEST", "LAYERS", "SIZE"
-            );
-            for i in &all {
-                println!(
-                    "{:<32} {:<12} {:>6} {:>8}  {}",
-                    i.name,
-                    short(&i.manifest),
-                    i.layers.len(),
-                    human(i.size()),
-                    rfc3339(i.created_unix())
-                );
-            }
-            Ok(())
-        }
-        ImageCommand::Inspect { name } => {
-            let i = images.get(name)?;
-            if global.json {
-                return print_json(&image_json(&i));
-            }
-            print_image(&i);
-            Ok(())
-        }
+        ImageCommand::Ls | ImageCommand::Inspect { .. } => read(global, cmd),
         ImageCommand::Rm { name } => {
             let i = images.get(name)?;
             images.remove(sn, &i.name)?;

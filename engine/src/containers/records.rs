@@ -353,6 +353,22 @@ impl Containers {
     /// Undoes what killed runs left behind (see the module docs); returns
     /// the names it touched.
     pub fn reconcile(&self, sn: &dyn Snapshotter) -> Result<Vec<String>> {
+        self.reconcile_with(Some(sn))
+    }
+
+    /// Whether a killed run left a half-made container whose snapshot
+    /// only [`Containers::reconcile`] with the snapshotter can remove.
+    pub fn needs_snapshotter(&self) -> Result<bool> {
+        Ok(self
+            .list()?
+            .iter()
+            .any(|c| matches!(c.state, State::Preparing | State::Created) && !owner_alive(c.owner)))
+    }
+
+    /// [`Containers::reconcile`]; without a snapshotter (a reader beside
+    /// a writer holding the engine) half-made containers are left for the
+    /// next writer.
+    pub fn reconcile_with(&self, sn: Option<&dyn Snapshotter>) -> Result<Vec<String>> {
         let mut touched = Vec::new();
         for c in self.list()? {
             let name = ContainerName::new(&c.name)?;
@@ -366,14 +382,15 @@ impl Containers {
             if let Some(cg) = c.cgroup.as_ref().filter(|_| c.report.is_none()) {
                 remove_cgroup(cg)?;
             }
-            match c.state {
-                State::Preparing | State::Created => {
+            match (c.state, sn) {
+                (State::Preparing | State::Created, None) => {}
+                (State::Preparing | State::Created, Some(sn)) => {
                     // Created but never started (or half-made): roll back.
                     self.teardown(sn, &name, c.committed.is_none())?;
                     self.delete(&name)?;
                     touched.push(c.name);
                 }
-                State::Running => {
+                (State::Running, _) => {
                     unmount_if_mounted(&self.rootfs_dir(&name))?;
                     self.finish(&name, None, None)?;
                     touched.push(c.name);

@@ -90,7 +90,8 @@ type FaultHook = Box<dyn Fn(FaultPoint) -> Result<()> + Send + Sync>;
 pub struct Images {
     conn: Mutex<Connection>,
     dir: PathBuf,
-    _lock: Flock<File>,
+    /// The store's lock; None for a reader ([`Images::open_read_only`]).
+    lock: Option<Flock<File>>,
     fault: Option<FaultHook>,
     /// Serialises imports, commits and removals within this process (the
     /// flock on `DIR/lock` does so between processes).
@@ -219,12 +220,35 @@ impl Images {
         let images = Images {
             conn: Mutex::new(conn),
             dir: dir.to_owned(),
-            _lock: lock,
+            lock: Some(lock),
             fault: None,
             op: Mutex::new(()),
         };
         images.recover(sn)?;
         Ok(images)
+    }
+
+    /// Opens the image store in `dir` to read (list, get) while another
+    /// process may be writing to it: no lock, nothing settled (an import in
+    /// progress is not seen until it is done). None when there is no store.
+    pub fn open_read_only(dir: &Path) -> Result<Option<Images>> {
+        let db = dir.join("images.db");
+        if !db.exists() {
+            return Ok(None);
+        }
+        let schema = thinpool::sqlite::Schema {
+            sql: SCHEMA,
+            version: 1,
+        };
+        let conn = thinpool::sqlite::open_read_only(&db, &schema)
+            .map_err(|e| crate::store::open_error("open images", Some(&db), e))?;
+        Ok(Some(Images {
+            conn: Mutex::new(conn),
+            dir: dir.to_owned(),
+            lock: None,
+            fault: None,
+            op: Mutex::new(()),
+        }))
     }
 
     /// Installs a hook called at each [`FaultPoint`]; an error it returns
@@ -244,8 +268,14 @@ impl Images {
         }
     }
 
-    fn serialise(&self) -> MutexGuard<'_, ()> {
-        self.op.lock().unwrap_or_else(|p| p.into_inner())
+    /// Serialises a change within this process; refused on a reader.
+    fn writer(&self, op: &'static str) -> Result<MutexGuard<'_, ()>> {
+        if self.lock.is_none() {
+            return Err(Error::new(ErrorKind::InvalidArgument, op)
+                .path(&self.dir)
+                .detail("the image store was opened read-only"));
+        }
+        Ok(self.op.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {

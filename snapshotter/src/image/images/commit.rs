@@ -10,7 +10,7 @@ impl Images {
     /// container's root, a view) is a child of its top layer or of a layer
     /// that would be removed.
     pub fn remove(&self, sn: &dyn Snapshotter, name: &str) -> Result<()> {
-        let _op = self.serialise();
+        let _op = self.writer("remove image")?;
         let image = self.get(name)?;
         let (removable, _) = self.removable(&image.name)?;
         let all_layers = self.all_chain_ids()?;
@@ -106,7 +106,7 @@ impl Images {
         key: &Key,
         new_name: &str,
     ) -> Result<Image> {
-        let _op = self.serialise();
+        let _op = self.writer("commit")?;
         validate_name(new_name)?;
         if self.name_used(new_name)? {
             return Err(name_taken(new_name));

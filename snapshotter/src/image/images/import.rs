@@ -19,7 +19,7 @@ impl Images {
         name: Option<&str>,
         progress: &mut dyn FnMut(ImportProgress<'_>),
     ) -> Result<Vec<Imported>> {
-        let _op = self.serialise();
+        let _op = self.writer("import")?;
         let archive = Archive::open(source)?;
         let mut found = source::read(&archive)?;
         match name {
