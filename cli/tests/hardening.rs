@@ -326,7 +326,7 @@ fn bad_roots_and_configs_get_a_clear_error() {
     let locked = dir.path().join("immutable");
     fs::create_dir(&locked).unwrap();
     integration::fixtures::run("chattr", &["+i", locked.to_str().unwrap()]);
-    let r = thinbox(&locked.join("root"), &config, &["ps"]);
+    let r = thinbox(&locked.join("root"), &config, &["snapshot", "ls"]);
     integration::fixtures::run("chattr", &["-i", locked.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(

@@ -127,6 +127,11 @@ fn commands_still_work(root: &Root) {
 fn a_container_fills_only_its_own_root() {
     let root = Root::new();
     busybox_image(&root, "bb:1");
+    // The image's loop device does direct I/O (no second page cache).
+    let loops = cli_support::loops_under(root.path());
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    let dio = format!("/sys/block/{}/loop/dio", loops[0].trim_start_matches("/dev/"));
+    assert_eq!(fs::read_to_string(&dio).unwrap().trim(), "1", "{dio}");
     let (code, v, mib) = filled(&root, &["--rm", "--size", "48M"], 200);
     assert_eq!(code, 1, "dd fails past the size: {v}");
     assert_eq!(v["report"]["reason"], "root_size_reached", "{v}");

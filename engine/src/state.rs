@@ -74,10 +74,16 @@ pub fn lock_file(path: &Path, observer: &dyn Observer) -> Result<Flock<File>> {
         Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
         Err((_, e)) => return Err(lock_error(path, e)),
     };
+    // The file names its last holder; trust it only while that pid lives.
     let holder = std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
+        .filter(|s| {
+            s.strip_prefix("pid ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        });
     observer.event(&Event::WaitingForLock {
         path: path.to_owned(),
         holder,

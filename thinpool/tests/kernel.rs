@@ -72,6 +72,11 @@ fn main() -> ExitCode {
             loopback::non_root_caller_is_told_to_be_root,
         )
         .needs(&[Need::Root, Need::Loop]),
+        KernelTest::new(
+            "loop_devices_use_direct_io",
+            loopback::loop_devices_use_direct_io,
+        )
+        .needs(&[Need::Root, Need::Loop]),
         KernelTest::new("loopback_pool_lifecycle", loopback::loopback_pool_lifecycle)
             .needs(DM_THIN),
         KernelTest::new(

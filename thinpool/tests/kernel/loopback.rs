@@ -232,3 +232,61 @@ pub fn snapshot_cycle_sequences_work() {
     assert_eq!(info.len(), 1);
     f.pool.destroy().unwrap();
 }
+
+/// The `dio` the kernel shows for loop device `dev` (`/dev/loopN`).
+fn kernel_dio(dev: &Path) -> bool {
+    let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+    fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+        .unwrap()
+        .trim()
+        == "1"
+}
+
+/// Loop devices get direct I/O (no second page cache between the pool
+/// and its files) where the filesystem under the file supports it (ext4
+/// here), and what [`LoopControl`] reports is what the kernel shows, also
+/// where it cannot (tmpfs before Linux 6.6).
+pub fn loop_devices_use_direct_io() {
+    use thinpool::loopdev::LoopControl;
+    let dir = temp_dir();
+    let img = dir.path().join("ext4.img");
+    integration::fixtures::sparse_file(&img, 64 << 20);
+    run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+    let lower = integration::fixtures::LoopDevice::attach(&img);
+    let mnt = integration::fixtures::Mount::new(
+        lower.as_str(),
+        &dir.path().join("mnt"),
+        Some("ext4"),
+        "",
+    );
+    let loops = RealLoop;
+    let on_ext4 = mnt.target.join("data");
+    integration::fixtures::sparse_file(&on_ext4, 16 << 20);
+    let l = loops.attach(&on_ext4, true).unwrap();
+    let dio = kernel_dio(&l.path);
+    loops.detach(&l.path).unwrap();
+    assert!(
+        l.direct_io && dio,
+        "on ext4: asked for direct I/O, got {} (kernel {dio})",
+        l.direct_io
+    );
+    let found_later = {
+        let l = loops.attach(&on_ext4, false).unwrap();
+        let f = loops.find(&on_ext4).unwrap().unwrap();
+        loops.detach(&l.path).unwrap();
+        (l.direct_io, f.direct_io)
+    };
+    assert_eq!(found_later, (false, false), "not asked, not set");
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let on_tmpfs = shm.path().join("data");
+    integration::fixtures::sparse_file(&on_tmpfs, 16 << 20);
+    let l = loops.attach(&on_tmpfs, true).unwrap();
+    let dio = kernel_dio(&l.path);
+    let found = loops.find(&on_tmpfs).unwrap().unwrap().direct_io;
+    loops.detach(&l.path).unwrap();
+    assert_eq!(
+        (l.direct_io, found),
+        (dio, dio),
+        "on tmpfs the report follows the kernel"
+    );
+}
