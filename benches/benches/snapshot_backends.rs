@@ -434,6 +434,8 @@ fn devmapper() -> Setup {
         DevmapperConfig {
             base_size: size,
             fs: thinpool::fs::Filesystem::Ext4,
+            // As containerd's devmapper snapshotter by default.
+            discard_blocks: false,
         },
     )
     .expect("open devmapper");

@@ -64,6 +64,12 @@ fn main() -> ExitCode {
             dmthin_root_is_its_device,
         )
         .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        // The host kernel has no XFS quota support (CONFIG_XFS_QUOTA).
+        KernelTest::new(
+            "vm_overlay_xfs_root_size_is_a_project_quota",
+            overlay_xfs_root_is_a_project_quota,
+        )
+        .needs(&[Need::Root, Need::Overlay, Need::Loop, Need::Vm]),
         KernelTest::new("vm_zfs_root_size_is_its_refquota", zfs_root_is_its_refquota)
             .needs(&[Need::Root, Need::Zfs]),
     ])
@@ -130,7 +136,10 @@ fn a_container_fills_only_its_own_root() {
     // The image's loop device does direct I/O (no second page cache).
     let loops = cli_support::loops_under(root.path());
     assert_eq!(loops.len(), 1, "{loops:?}");
-    let dio = format!("/sys/block/{}/loop/dio", loops[0].trim_start_matches("/dev/"));
+    let dio = format!(
+        "/sys/block/{}/loop/dio",
+        loops[0].trim_start_matches("/dev/")
+    );
     assert_eq!(fs::read_to_string(&dio).unwrap().trim(), "1", "{dio}");
     let (code, v, mib) = filled(&root, &["--rm", "--size", "48M"], 200);
     assert_eq!(code, 1, "dd fails past the size: {v}");
@@ -204,15 +213,15 @@ fn metadata_moves_off_the_container_filesystem() {
     commands_still_work(&root);
 }
 
-/// On overlay a root cannot be bounded: `--size` is refused naming the
-/// backend and making nothing; without it the run says so and works.
+/// On overlay off xfs a root cannot be bounded: `--size` is refused
+/// saying what would, making nothing; without it the run says so and works.
 fn overlay_roots_are_unbounded_and_say_so() {
     let root = Root::with_config("backend = \"overlay\"\n");
     busybox_image(&root, "bb:1");
     let before = snapshots(&root);
     let line = root.fails(&["run", "--size", "64M", "bb:1", "--", "true"], 2);
     assert!(
-        line.contains("--size 64 MiB") && line.contains("overlay backend cannot bound"),
+        line.contains("--size 64 MiB") && line.contains("only on xfs mounted with -o prjquota"),
         "{line}"
     );
     assert_eq!(snapshots(&root), before);
@@ -398,4 +407,36 @@ fn an_image_gone_read_only_is_mounted_again() {
     root.ok(&["rm", "hog"]);
     commands_still_work(&root);
     drop(root);
+}
+
+/// Overlay on xfs mounted with `-o prjquota`: `--size` puts the
+/// container's upper and work directories in an xfs project with a hard
+/// limit; filling it is `root_size_reached`.
+fn overlay_xfs_root_is_a_project_quota() {
+    let dir = temp_dir();
+    let file = dir.path().join("xfs.img");
+    sparse_file(&file, 512 << 20);
+    run("mkfs.xfs", &["-q", "-f", file.to_str().unwrap()]);
+    let dev = LoopDevice::attach(&file);
+    let mount = Mount::new(
+        dev.as_str(),
+        &dir.path().join("mnt"),
+        Some("xfs"),
+        "prjquota",
+    );
+    let root = Root::within(&mount.target, "backend = \"overlay\"\n");
+    busybox_image(&root, "bb:1");
+    let (code, v, mib) = filled(&root, &["--rm", "--size", "16M"], 200);
+    assert_ne!(code, 0, "{v}");
+    assert_eq!(v["report"]["reason"], "root_size_reached", "{v}");
+    assert!(
+        (8..=16).contains(&mib),
+        "{mib} MiB under a 16M project quota"
+    );
+    let (_, v) = run_json(&root, &["--rm", "bb:1", "--", "true"]);
+    assert_eq!(v["root_size"], 10u64 << 30, "the default bound: {v}");
+    commands_still_work(&root);
+    drop(root);
+    drop(mount);
+    drop(dev);
 }

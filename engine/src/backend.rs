@@ -578,6 +578,7 @@ pub(crate) fn open_backend(
             let cfg = DevmapperConfig {
                 base_size: sectors("devmapper.base_size", *base_size)?,
                 fs: fs.parse()?,
+                discard_blocks: config.devmapper.discard_blocks,
             };
             let dm = Arc::clone(&pools.deps().dm);
             if make {

@@ -19,6 +19,7 @@
 //! autoextend_threshold = 80   # percent used that triggers growth
 //! autoextend_percent = 20     # grow by this percent
 //! free_space_floor = 0        # percent that must stay free for new devices
+//! discard_blocks = true       # discard a snapshot's blocks before deleting it
 //!
 //! [btrfs]
 //! path = "/srv/btrfs/thinbox" # an existing btrfs directory, or:
@@ -125,6 +126,9 @@ pub struct DevmapperSection {
     pub autoextend_percent: u8,
     /// Percent of the pool that must stay free for new thin devices.
     pub free_space_floor: u8,
+    /// Discard a snapshot's blocks before deleting it, so a loopback
+    /// pool's files shrink (`du`) when snapshots go.
+    pub discard_blocks: bool,
 }
 
 impl Default for DevmapperSection {
@@ -139,6 +143,7 @@ impl Default for DevmapperSection {
             autoextend_threshold: 80,
             autoextend_percent: 20,
             free_space_floor: 0,
+            discard_blocks: true,
         }
     }
 }

@@ -185,8 +185,12 @@ pub(crate) fn root_bound(engine: &Engine, run: &RunOptions) -> Result<RootBound>
             "btrfs quotas are off on {0}; run `btrfs quota enable {0}`",
             path.display()
         ),
+        _ if engine.backend() == crate::backend::BackendKind::Overlay => format!(
+            "the overlay backend bounds a container's root only on xfs mounted with -o prjquota, and {} is not",
+            engine.root().display()
+        ),
         _ => format!(
-            "the {} backend cannot bound a container's root (dm-thin, btrfs and zfs can)",
+            "the {} backend cannot bound a container's root (dm-thin, btrfs, zfs and overlay on xfs can)",
             engine.backend()
         ),
     };

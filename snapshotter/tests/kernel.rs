@@ -18,6 +18,9 @@ use snapshotter::testsuite::{self, Case};
 use snapshotter::Snapshotter;
 use thinpool::pool::{Deps, LoopbackConfig, Pool};
 
+#[path = "kernel/exact_usage.rs"]
+mod exact_usage;
+
 #[path = "support/layers.rs"]
 mod layers;
 #[path = "support/recovery.rs"]
@@ -42,6 +45,36 @@ fn overlay(case: Case) {
     testsuite::run(case, dir.path(), &|root: &Path| -> Box<dyn Snapshotter> {
         Box::new(Overlay::open(root).expect("open overlay"))
     });
+}
+
+/// `case` on overlay whose root is on an xfs mounted with project quotas
+/// (`-o prjquota`), where snapshots can be bounded.
+fn overlay_on_xfs_with_project_quotas(case: Case) {
+    let dir = temp_dir();
+    let image = dir.path().join("xfs.img");
+    sparse_file(&image, 512 << 20);
+    let dev = LoopDevice::attach(&image);
+    run("mkfs.xfs", &["-q", "-f", dev.as_str()]);
+    let mount = Mount::new(
+        dev.as_str(),
+        &dir.path().join("mnt"),
+        Some("xfs"),
+        "prjquota",
+    );
+    testsuite::run(
+        case,
+        &mount.target,
+        &|root: &Path| -> Box<dyn Snapshotter> {
+            let sn = Overlay::open(root).expect("open overlay");
+            assert!(
+                sn.capabilities().bounds_size,
+                "xfs with prjquota bounds sizes"
+            );
+            Box::new(sn)
+        },
+    );
+    drop(mount);
+    drop(dev);
 }
 
 /// A fresh btrfs on a loop device, mounted; dropped in reverse order.
@@ -126,6 +159,7 @@ fn with_zfs(f: fn(&dyn Snapshotter)) {
 /// the test process).
 struct ThinPool {
     deps: Deps,
+    name: String,
     pool_dir: std::path::PathBuf,
     dir: tempfile::TempDir,
 }
@@ -146,17 +180,19 @@ impl Drop for ThinPool {
 const DM_CONFIG: DevmapperConfig = DevmapperConfig {
     base_size: thinpool::Sectors::new((256 << 20) / 512),
     fs: thinpool::fs::Filesystem::Ext4,
+    discard_blocks: true,
 };
 
 fn thin_pool() -> ThinPool {
     let deps = Deps::real().expect("open device-mapper control");
     let dir = temp_dir();
     let pool_dir = dir.path().join("pool");
+    let name = unique_name("pool");
     let cfg = LoopbackConfig {
         data_size: thinpool::Bytes::gib(1),
         metadata_size: thinpool::Bytes::mib(64),
         max_thins: 1000,
-        ..LoopbackConfig::new(unique_name("pool"), &pool_dir)
+        ..LoopbackConfig::new(name.clone(), &pool_dir)
     };
     Pool::create_loopback(&deps, &cfg)
         .expect("create pool")
@@ -164,6 +200,7 @@ fn thin_pool() -> ThinPool {
         .expect("shut down the new pool");
     ThinPool {
         deps,
+        name,
         pool_dir,
         dir,
     }
@@ -192,6 +229,7 @@ fn devmapper_xfs(case: Case) {
             // mkfs.xfs refuses filesystems under 300 MB.
             base_size: thinpool::Sectors::new((512 << 20) / 512),
             fs: thinpool::fs::Filesystem::Xfs,
+            discard_blocks: true,
         },
     );
 }
@@ -276,6 +314,88 @@ fn btrfs_with_quotas(case: Case) {
 /// A read-only snapshot left in ROOT/diff by a crash during a diff is
 /// replaced by the next diff, removed with its snapshot, and reclaimed by
 /// cleanup when its snapshot is gone.
+/// Bytes the loopback pool's data file holds on disk (`du`).
+fn data_file_bytes(pool: &ThinPool) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(pool.pool_dir.join("data"))
+        .unwrap()
+        .blocks()
+        * 512
+}
+
+/// Removing a snapshot that wrote 64 MiB gives the data file its space
+/// back only with `discard_blocks` (containerd #5691): deleting a thin
+/// device frees its blocks inside the pool alone.
+fn devmapper_removal_gives_blocks_back() {
+    use snapshotter::{Key, Labels};
+    for discard in [true, false] {
+        let pool = thin_pool();
+        let cfg = DevmapperConfig {
+            discard_blocks: discard,
+            ..DM_CONFIG
+        };
+        let sn = pool.open(&pool.dir.path().join("root"), cfg);
+        let key = Key::new("filler").unwrap();
+        let m = sn.prepare(&key, None, &Labels::new()).unwrap();
+        let target = pool.dir.path().join("mnt");
+        std::fs::create_dir_all(&target).unwrap();
+        let g = snapshotter::MountGuard::new(&m, &target).unwrap();
+        let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(target.join("big"), &data).unwrap();
+        run("sync", &[]);
+        g.unmount().unwrap();
+        let full = data_file_bytes(&pool);
+        sn.remove(&key).unwrap();
+        let after = data_file_bytes(&pool);
+        let given_back = full.saturating_sub(after);
+        if discard {
+            assert!(
+                given_back >= 48 << 20,
+                "with discard the data file went from {full} to {after} bytes"
+            );
+        } else {
+            assert!(
+                given_back < 16 << 20,
+                "without discard the data file went from {full} to {after} bytes"
+            );
+        }
+        sn.close().unwrap();
+    }
+}
+
+/// A snapshot whose device is still open (mounted) is removed all the
+/// same: its key is free at once, its dm device goes with deferred removal
+/// when the mount goes, and cleanup then deletes the thin device.
+fn devmapper_busy_removal_is_deferred() {
+    use snapshotter::{Key, Labels};
+    let pool = thin_pool();
+    let sn = pool.open(&pool.dir.path().join("root"), DM_CONFIG);
+    let key = Key::new("busy").unwrap();
+    let m = sn.prepare(&key, None, &Labels::new()).unwrap();
+    let target = pool.dir.path().join("mnt");
+    std::fs::create_dir_all(&target).unwrap();
+    let g = snapshotter::MountGuard::new(&m, &target).unwrap();
+    let thins = || integration::fixtures::dm_names("").len();
+    let before = thins();
+    sn.remove(&key)
+        .expect("a busy removal is deferred, not refused");
+    assert_eq!(
+        sn.stat(&key).unwrap_err().kind(),
+        snapshotter::ErrorKind::NotFound
+    );
+    assert_eq!(thins(), before, "the open device stays while mounted");
+    g.unmount().unwrap();
+    assert_eq!(thins(), before - 1, "deferred removal took the device");
+    sn.cleanup().unwrap();
+    sn.close().unwrap();
+    drop(sn);
+    let listed = Pool::open_loopback(&pool.deps, &pool.pool_dir)
+        .map(|p| p.thins().unwrap().len())
+        .unwrap_or(usize::MAX);
+    // Only the base device is left in the pool's records.
+    assert_eq!(listed, 1, "cleanup deleted the thin device");
+}
+
 fn btrfs_diff_leftovers_are_reclaimed() {
     use snapshotter::{Key, Labels, Name};
     let fs = btrfs_fs();
@@ -511,6 +631,11 @@ fn main() -> ExitCode {
         KernelTest::new("naive_size_bound_refused", || naive(Case::SizeBound)).needs(NAIVE),
         KernelTest::new("overlay_size_bound_refused", || overlay(Case::SizeBound)).needs(OVERLAY),
         KernelTest::new("zfs_size_bound", || zfs(Case::SizeBound)).needs(ZFS),
+        // The host kernel has no XFS quota support (CONFIG_XFS_QUOTA).
+        KernelTest::new("vm_overlay_xfs_prjquota_size_bound", || {
+            overlay_on_xfs_with_project_quotas(Case::SizeBound)
+        })
+        .needs(&[Need::Root, Need::Overlay, Need::Loop, Need::Vm]),
         KernelTest::new(
             "btrfs_diff_leftovers_are_reclaimed",
             btrfs_diff_leftovers_are_reclaimed,
@@ -559,6 +684,32 @@ fn main() -> ExitCode {
         })
         .needs(ZFS),
         KernelTest::new("devmapper_xfs_basic", || devmapper_xfs(Case::Basic)).needs(DEVMAPPER),
+        KernelTest::new(
+            "btrfs_usage_is_the_qgroups",
+            exact_usage::btrfs_usage_is_the_qgroups,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
+            "vm_btrfs_usage_is_the_qgroups",
+            exact_usage::btrfs_usage_is_the_qgroups,
+        )
+        .needs(BTRFS_VM),
+        KernelTest::new("zfs_usage_is_used", exact_usage::zfs_usage_is_used).needs(ZFS),
+        KernelTest::new(
+            "devmapper_usage_is_thin_ls",
+            exact_usage::devmapper_usage_is_thin_ls,
+        )
+        .needs(DEVMAPPER),
+        KernelTest::new(
+            "devmapper_busy_removal_is_deferred",
+            devmapper_busy_removal_is_deferred,
+        )
+        .needs(DEVMAPPER),
+        KernelTest::new(
+            "devmapper_removal_gives_blocks_back",
+            devmapper_removal_gives_blocks_back,
+        )
+        .needs(DEVMAPPER),
         KernelTest::new("devmapper_xfs_max_size_label", || {
             devmapper_xfs(Case::MaxSizeLabel)
         })

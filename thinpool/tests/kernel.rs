@@ -77,6 +77,11 @@ fn main() -> ExitCode {
             loopback::loop_devices_use_direct_io,
         )
         .needs(&[Need::Root, Need::Loop]),
+        KernelTest::new(
+            "loopback_metadata_autoextends",
+            loopback::metadata_autoextends,
+        )
+        .needs(DM_THIN),
         KernelTest::new("loopback_pool_lifecycle", loopback::loopback_pool_lifecycle)
             .needs(DM_THIN),
         KernelTest::new(

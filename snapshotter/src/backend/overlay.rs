@@ -9,6 +9,14 @@
 //! the module's `redirect_dir` feature, renaming a directory that comes
 //! from a lower layer fails with EXDEV (tools then copy), which
 //! [`Capabilities::rename_lower_dirs`] reports.
+//!
+//! Size bounds: when the root is on xfs mounted with project quotas
+//! (`-o prjquota`), [`crate::types::MAX_SIZE_LABEL`] on `prepare` puts the
+//! snapshot's directory (upper and work, so copy-ups stay in it) in xfs
+//! project ID (the snapshot id) with a hard block limit (`xfs_quota -x -c
+//! 'project -s'` and `'limit -p bhard='`, as Docker's overlay2 does for
+//! `--storage-opt size`): what the container writes is bounded, and xfs
+//! reports the limit through statfs. Elsewhere the label is refused.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::disk_usage;
 use crate::mount::MountSpec;
 use crate::store::SnapshotId;
-use crate::types::{Capabilities, Kind, Labels, Usage};
+use crate::types::{size_bound, Capabilities, Kind, Labels, Usage};
 
 use super::naive::{ids_in, mkdir_0755, remove_tree};
 
@@ -28,6 +36,48 @@ pub struct Overlay {
     dir: PathBuf,
     redirect_dir: bool,
     index_option: bool,
+    /// The mount point of the xfs with project quotas the root is on.
+    project_quota: Option<PathBuf>,
+}
+
+/// The xfs mount holding `dir` if it enforces project quotas.
+fn xfs_project_quota_mount(dir: &Path) -> Option<PathBuf> {
+    let dir = fs::canonicalize(dir).ok()?;
+    let mounts = kernfmt::MountInfo::read_self().ok()?;
+    let m = mounts
+        .iter()
+        .filter(|m| dir.starts_with(m.mount_point_path()))
+        .max_by_key(|m| m.mount_point_path().as_os_str().len())?;
+    let enforced = m
+        .super_options
+        .split(',')
+        .any(|o| o == "prjquota" || o == "pquota");
+    (m.fstype == "xfs" && enforced).then(|| m.mount_point_path())
+}
+
+/// Runs `xfs_quota -x -c COMMAND MNT`.
+fn xfs_quota(mnt: &Path, command: &str) -> Result<()> {
+    let out = std::process::Command::new("xfs_quota")
+        .args(["-x", "-c", command])
+        .arg(mnt)
+        .output()
+        .map_err(|e| {
+            Error::new(ErrorKind::BackendUnavailable, "project quota")
+                .path(mnt)
+                .detail("cannot run xfs_quota; install xfsprogs")
+                .source(e)
+        })?;
+    // xfs_quota exits 0 on many failures; what it says on stderr tells.
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !err.trim().is_empty() {
+        return Err(Error::new(ErrorKind::Io, "project quota")
+            .path(mnt)
+            .detail(format!(
+                "xfs_quota -x -c {command:?} failed: {}",
+                err.trim()
+            )));
+    }
+    Ok(())
 }
 
 fn module_param(name: &str) -> Option<String> {
@@ -52,6 +102,7 @@ impl Overlay {
         let dir = root.join("snapshots");
         fs::create_dir_all(&dir).map_err(|e| Error::io("open", &dir, e))?;
         Ok(Overlay {
+            project_quota: xfs_project_quota_mount(&dir),
             dir,
             redirect_dir: module_param("redirect_dir").is_some_and(|v| v == "Y"),
             index_option: module_param("index").is_some(),
@@ -72,6 +123,15 @@ impl Overlay {
     }
 }
 
+/// The xfs project of snapshot `id` (project ids are 32 bits; 0 is the
+/// default project).
+fn project_id(id: SnapshotId) -> Result<u32> {
+    u32::try_from(id.0).ok().filter(|p| *p != 0).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidArgument, "project quota")
+            .detail(format!("snapshot id {id} is not an xfs project id"))
+    })
+}
+
 impl Backend for Overlay {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -80,18 +140,32 @@ impl Backend for Overlay {
             max_size_label: false,
             rename_lower_dirs: self.redirect_dir,
             cheap_commit: true,
-            bounds_size: false,
+            bounds_size: self.project_quota.is_some(),
             counts_inodes: true,
             lists_changes: false,
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
+    fn why_unbounded(&self) -> String {
+        format!(
+            "overlay bounds a snapshot only on xfs mounted with -o prjquota, and {} is not",
+            self.dir.display()
+        )
+    }
+
+    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+        let bound = size_bound(&obj.id.to_string(), obj.kind, labels)?;
         let path = self.path(obj.id);
         fs::create_dir(&path).map_err(|e| Error::io("mkdir", &path, e))?;
         mkdir_0755(&path.join("fs"))?;
         let work = path.join("work");
-        fs::create_dir(&work).map_err(|e| Error::io("mkdir", &work, e))
+        fs::create_dir(&work).map_err(|e| Error::io("mkdir", &work, e))?;
+        if let (Some(bytes), Some(mnt)) = (bound, &self.project_quota) {
+            let project = project_id(obj.id)?;
+            xfs_quota(mnt, &format!("project -s -p {} {project}", path.display()))?;
+            xfs_quota(mnt, &format!("limit -p bhard={} {project}", bytes.0))?;
+        }
+        Ok(())
     }
 
     fn commit(&mut self, _obj: &Object<'_>) -> Result<()> {
@@ -99,7 +173,14 @@ impl Backend for Overlay {
     }
 
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
-        remove_tree(&self.path(id))
+        remove_tree(&self.path(id))?;
+        if let (Some(mnt), Ok(project)) = (&self.project_quota, project_id(id)) {
+            // Its files are gone; drop the limit too (it would stay listed).
+            if let Err(e) = xfs_quota(mnt, &format!("limit -p bhard=0 {project}")) {
+                tracing::debug!("cannot clear the project quota of {id}: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn mounts(&self, obj: &Object<'_>) -> Result<Vec<MountSpec>> {

@@ -290,3 +290,45 @@ pub fn loop_devices_use_direct_io() {
         "on tmpfs the report follows the kernel"
     );
 }
+
+/// Autoextend grows a loopback pool's metadata, not only its data: with
+/// the threshold at 1%, a pool whose metadata holds a few thin devices
+/// (and whose data is untouched) gets a bigger metadata file, which the
+/// kernel picks up, and stays writable.
+pub fn metadata_autoextends() {
+    use thinpool::pool::AutoextendPolicy;
+    let tmp = temp_dir();
+    let cfg = small_config(tmp.path());
+    let deps = deps();
+    let mut pool = Pool::create_loopback(&deps, &cfg).unwrap();
+    for i in 0..4 {
+        pool.create_thin(&format!("t{i}"), THIN_SIZE).unwrap();
+    }
+    let before = pool.status().unwrap().usage().unwrap().clone();
+    assert!(
+        before.used_meta.get() > 0 && before.used_data.get() == 0,
+        "{before:?}"
+    );
+    let policy = AutoextendPolicy {
+        threshold_percent: 1,
+        extend_percent: 50,
+        ..AutoextendPolicy::default()
+    };
+    let done = pool.maybe_extend(&policy).unwrap();
+    assert_eq!(done.data, None, "no data was used, none added");
+    assert_eq!(done.metadata, Some(Bytes::mib(24)), "{done:?}");
+    let after = pool.status().unwrap().usage().unwrap().clone();
+    assert!(
+        after.total_meta.get() > before.total_meta.get() * 14 / 10,
+        "{} -> {} metadata blocks",
+        before.total_meta,
+        after.total_meta
+    );
+    assert_eq!(
+        fs::metadata(cfg.dir.join("metadata")).unwrap().len(),
+        24 * MIB
+    );
+    assert_eq!(after.mode, PoolMode::ReadWrite);
+    pool.create_thin("after", THIN_SIZE).unwrap();
+    pool.destroy().unwrap();
+}
