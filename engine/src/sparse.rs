@@ -23,9 +23,13 @@ pub(crate) struct Fitted {
     pub warning: Option<String>,
 }
 
-/// Reads the filesystem under `file` (which does not exist yet).
+/// Reads the filesystem under `file` (which does not exist yet, nor may
+/// its directory: the nearest existing one is asked).
 pub(crate) fn backing_of(file: &Path) -> Result<Backing> {
-    let dir = file.parent().unwrap_or(Path::new("/"));
+    let mut dir = file.parent().unwrap_or(Path::new("/"));
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
     Backing::of(dir, None).map_err(|e| Error::io("cannot read free space of", dir, e))
 }
 
@@ -198,6 +202,13 @@ mod tests {
             m.contains("at most 170 MiB") && m.contains("btrfs.image_size"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn the_nearest_existing_directory_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backing_of(&dir.path().join("pools/p/data")).unwrap();
+        assert_eq!(b.dir, dir.path());
     }
 
     #[test]
