@@ -477,8 +477,8 @@ fn wait_or_kill(mut child: std::process::Child, what: &str) -> std::process::Out
 }
 
 /// An import held after its first layer (`THINBOX_PAUSE_AT`) keeps the
-/// engine: `ps`, `image ls` and `image inspect` answer meanwhile (they
-/// waited for the whole import), `image ls` does not show the half-made
+/// engine: `ps`, `image ls`, `image inspect` and `snapshot ls` answer
+/// meanwhile (they waited for the whole import), `image ls` does not show the half-made
 /// image, and a writer (`run`) says whom it waits for, off a terminal too.
 fn readers_do_not_wait_for_an_import() {
     use snapshotter::image::write::{self, Entry, ImageSpec};
@@ -532,6 +532,8 @@ fn readers_do_not_wait_for_an_import() {
     let ls = read(&["image", "ls"]);
     assert!(ls.contains("bb:1") && !ls.contains("two:1"), "{ls}");
     assert!(read(&["image", "inspect", "bb:1"]).contains("bb:1"));
+    let snaps = read(&["--json", "snapshot", "ls"]);
+    assert!(snaps.contains("\"kind\""), "{snaps}");
 
     // A writer waits, and says for whom.
     let mut writer = root

@@ -93,6 +93,22 @@ impl EngineOptions {
         }
     }
 
+    /// The snapshot metadata to read (`thinbox snapshot ls|inspect`)
+    /// without waiting for a writer: see [`snapshotter::Reader`]. None
+    /// before the backend exists (or while its metadata still has to move
+    /// out of an older btrfs image: the caller then opens the engine).
+    pub fn read_snapshots(&self) -> Result<Option<snapshotter::Reader>> {
+        let Some(root) = self.used_root()? else {
+            return Ok(None);
+        };
+        let record: BackendRecord = read_toml(&root.join(RECORD))?;
+        let dir = match &record.source {
+            Source::Directory { path } => path.clone(),
+            _ => root.join("snapshots"),
+        };
+        Ok(snapshotter::Reader::open(&dir)?)
+    }
+
     /// Removes named pool `name` (see [`Pools::destroy`]), refusing the
     /// pool under the root's own snapshotter.
     pub fn destroy_pool(&self, name: &str) -> Result<()> {

@@ -87,6 +87,46 @@ pub struct Object<'a> {
     pub parents: &'a [SnapshotId],
 }
 
+/// Reads a snapshotter's metadata (`ROOT/metadata.db`) without its lock or
+/// backend, beside a process that has it open and may be writing: `walk`
+/// and `stat` see committed transactions only, so a snapshot being made
+/// shows once it is ready. For listing commands that must not wait.
+#[derive(Debug)]
+pub struct Reader {
+    store: Store,
+}
+
+impl Reader {
+    /// The reader of the snapshotter whose metadata lives in `root`; None
+    /// when it has none yet.
+    pub fn open(root: &Path) -> Result<Option<Reader>> {
+        let db = root.join("metadata.db");
+        if !db.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Reader {
+            store: Store::open_read_only(&db)?,
+        }))
+    }
+
+    /// As [`Snapshotter::stat`].
+    pub fn stat(&self, key: &Key) -> Result<Info> {
+        let rec = self.store.get(key.as_str())?;
+        self.store.info(&rec)
+    }
+
+    /// As [`Snapshotter::walk`].
+    pub fn walk(&self, filters: &[Filter], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        for rec in self.store.ready()? {
+            let info = self.store.info(&rec)?;
+            if matches_any(filters, &info) {
+                f(&info)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The storage underneath a [`Snapshots`]. Every method may be called again
 /// after a crash for the same object, so each must be idempotent.
 pub trait Backend: Send + fmt::Debug {

@@ -49,7 +49,7 @@ pub mod store;
 pub mod testsuite;
 pub mod types;
 
-pub use crate::core::{Backend, Snapshots, Snapshotter};
+pub use crate::core::{Backend, Reader, Snapshots, Snapshotter};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::filter::Filter;
 pub use crate::mount::{mount_all, unmount, MountGuard, MountSpec};

@@ -215,6 +215,14 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// Opens the existing database at `path` to read only, beside the
+    /// process that has the snapshotter open (see [`crate::core::Reader`]).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let conn = thinpool::sqlite::open_read_only(path, &SCHEMA_DEF)
+            .map_err(|e| open_error("open metadata", Some(path), e))?;
+        Ok(Store { conn })
+    }
+
     /// An in-memory database (tests).
     pub fn open_in_memory() -> Result<Store> {
         let conn = thinpool::sqlite::open_in_memory(&SCHEMA_DEF)
