@@ -118,12 +118,16 @@ fn default_is_remounted_after_reboot() {
         integration::fixtures::run("losetup", &["-d", &l]);
     }
     assert!(!is_mounted(&mnt));
+    // Listing reads the records only (it touches no mount).
     let r = root.run(&["--json", "snapshot", "ls"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stderr, "", "no new choice after a reboot");
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v[0]["name"], "base", "{v}");
     assert_eq!(v[0]["kind"], "committed", "{v}");
+    // The first command that needs the snapshots mounts the image again.
+    let r = root.run(&["snapshot", "prepare", "b", "base"]);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{r:?}");
     assert!(is_mounted(&mnt));
 }
 

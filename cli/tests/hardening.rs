@@ -52,6 +52,11 @@ fn main() -> ExitCode {
         )
         .needs(BTRFS),
         KernelTest::new(
+            "host_btrfs_concurrent_writers_take_turns",
+            concurrent_writers_take_turns,
+        )
+        .needs(BTRFS),
+        KernelTest::new(
             "host_bad_roots_and_configs_get_a_clear_error",
             bad_roots_and_configs_get_a_clear_error,
         )
@@ -476,10 +481,11 @@ fn wait_or_kill(mut child: std::process::Child, what: &str) -> std::process::Out
     child.wait_with_output().unwrap()
 }
 
-/// An import held after its first layer (`THINBOX_PAUSE_AT`) keeps the
-/// engine: `ps`, `image ls`, `image inspect` and `snapshot ls` answer
-/// meanwhile (they waited for the whole import), `image ls` does not show the half-made
-/// image, and a writer (`run`) says whom it waits for, off a terminal too.
+/// An import held after its first layer (`THINBOX_PAUSE_AT`) does not
+/// keep the root: `ps`, `image ls`, `image inspect` and `snapshot ls`
+/// answer meanwhile (they waited for the whole import), `image ls` does not
+/// show the half-made image, and writers of other things (`run`, `snapshot
+/// prepare`, `rm`) go ahead without waiting.
 fn readers_do_not_wait_for_an_import() {
     use snapshotter::image::write::{self, Entry, ImageSpec};
     let root = Root::new();
@@ -535,25 +541,69 @@ fn readers_do_not_wait_for_an_import() {
     let snaps = read(&["--json", "snapshot", "ls"]);
     assert!(snaps.contains("\"kind\""), "{snaps}");
 
-    // A writer waits, and says for whom.
-    let mut writer = root
-        .command(&["run", "--rm", "bb:1", "--", "true"])
-        .stdout(Stdio::null())
+    // So do writers of other things: a container runs, a snapshot is
+    // made and removed, all while the import holds the root.
+    let run = root
+        .command(&["run", "--rm", "bb:1", "--", "echo", "ran"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = std::io::BufReader::new(writer.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let out = wait_or_kill(run, "thinbox run");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
     assert!(
-        line.contains("waiting for another thinbox process")
-            && line.contains("image import")
-            && line.contains("engine.lock"),
-        "{line}"
+        !String::from_utf8_lossy(&out.stderr).contains("waiting"),
+        "{out:?}"
     );
+    read(&["snapshot", "prepare", "beside"]);
+    read(&["snapshot", "rm", "beside"]);
     fs::write(pause.path().join("go"), "").unwrap();
     let out = wait_or_kill(import, "the import");
     assert!(out.status.success(), "{out:?}");
-    assert!(writer.wait().unwrap().success());
     assert!(read(&["image", "ls"]).contains("two:1"));
+}
+
+/// Two processes making and removing snapshots on one root at once take
+/// turns on its locks: every command succeeds and nothing is left.
+fn concurrent_writers_take_turns() {
+    let root = Root::new();
+    busybox_image(&root, "bb:1");
+    let before = cli_support::snapshots(&root);
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let script = (0..8)
+                .map(|i| {
+                    format!(
+                        "{t} snapshot prepare w{w}-{i} && {t} snapshot rm w{w}-{i} && \
+                         {t} run --rm bb:1 -- true || exit 1",
+                        t = root_command(&root)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::process::Command::new("sh")
+                .args(["-ec", &script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let out = wait_or_kill(w, "a writer");
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(cli_support::snapshots(&root), before);
+    assert!(cli_support::containers(&root).is_empty());
+}
+
+/// The shell words that run the test binary against `root`.
+fn root_command(root: &Root) -> String {
+    format!(
+        "{} --root {} --config {}",
+        cli_support::THINBOX,
+        root.path().display(),
+        root.config.display()
+    )
 }

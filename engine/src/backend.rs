@@ -511,13 +511,29 @@ fn sectors(what: &str, s: Bytes) -> Result<Sectors> {
     })
 }
 
+/// How the engine has its root while opening the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Alone (`engine.lock` exclusive): the backend is made on first use,
+    /// and repairs run (a read-only btrfs image mounted again, metadata
+    /// moved out of an old image, quotas turned on, the pool autoextended).
+    Alone { fresh: bool },
+    /// Beside other engines (`engine.lock` shared): nothing is made or
+    /// repaired; what needs that asks for the root alone instead.
+    Shared,
+}
+
+/// Opens the backend `rec` describes; None when it needs repairs that
+/// [`Access::Shared`] cannot do (the caller then waits for the root alone).
 pub(crate) fn open_backend(
     root: &Path,
     config: &Config,
     opts: &EngineOptions,
     rec: &BackendRecord,
-    fresh: bool,
-) -> Result<Opened> {
+    access: Access,
+) -> Result<Option<Opened>> {
+    let fresh = access == Access::Alone { fresh: true };
+    let alone = access != Access::Shared;
     let (deps, observer) = (&opts.deps, opts.observer.as_ref());
     let snap_root = root.join("snapshots");
     let plain = |s: Box<dyn Snapshotter>| Opened {
@@ -526,7 +542,7 @@ pub(crate) fn open_backend(
         dm: None,
         pool_lock: None,
     };
-    Ok(match &rec.source {
+    Ok(Some(match &rec.source {
         Source::LoopbackPool {
             pool,
             base_size,
@@ -545,7 +561,13 @@ pub(crate) fn open_backend(
                     dir: pools.dir_of(pool),
                 });
             }
-            let open = if make {
+            // Other engines' changes to the pool take turns on the
+            // snapshotter's lock: hold it while the pool opens (reconciling
+            // its records) and the snapshotter recovers.
+            std::fs::create_dir_all(&snap_root)
+                .map_err(|e| Error::io("cannot create", &snap_root, e))?;
+            let held = snapshotter::core::lock_root(&snap_root)?;
+            let mut open = if make {
                 let d = &config.devmapper;
                 let defaults = crate::config::DevmapperSection::default();
                 let dir = pools.dir_of(pool);
@@ -564,17 +586,20 @@ pub(crate) fn open_backend(
                 cfg.metadata_size = metadata_size;
                 cfg.block_size = BlockSize::from_bytes(d.block_size)?;
                 pools.create_loopback(&cfg, &d.autoextend()?, d.free_space_floor)?
-            } else {
+            } else if alone {
                 pools.open_pool(pool)?
+            } else {
+                pools.open_pool_shared(pool)?
             };
-            let (mut p, rec, lock) = open.into_parts();
-            if !make {
+            if alone && !make {
                 // Autoextend on use, as the monitor would (a status ioctl
                 // when nothing needs growing).
-                if let Err(e) = p.maybe_extend(&rec.policy()) {
+                if let Err(e) = open.pool.maybe_extend(&open.record.policy()) {
                     tracing::warn!("pool {pool}: autoextend failed: {e}");
                 }
             }
+            open.share()?;
+            let (p, _, lock) = open.into_parts();
             let cfg = DevmapperConfig {
                 base_size: sectors("devmapper.base_size", *base_size)?,
                 fs: fs.parse()?,
@@ -588,7 +613,7 @@ pub(crate) fn open_backend(
                     size: Some(*base_size),
                 });
             }
-            let s = Devmapper::open(&snap_root, p, cfg)?;
+            let s = Devmapper::open_locked(&snap_root, p, cfg, held)?;
             if make {
                 observer.event(&Event::StepDone);
             }
@@ -614,20 +639,34 @@ pub(crate) fn open_backend(
                         ),
                     ));
                 }
+                if !alone
+                    && (!deps.fs.is_mountpoint(mountpoint)
+                        || deps.fs.mounted_read_only(mountpoint)
+                        || mountpoint.join("metadata.db").exists())
+                {
+                    return Ok(None);
+                }
                 ensure_btrfs_mounted(deps, observer, image, mountpoint)?;
             }
-            // The image is thinbox's own: quotas on, so container roots
-            // are bounded (roots made before they were are turned on here).
-            deps.fs.enable_btrfs_quotas(mountpoint)?;
+            if alone {
+                // The image is thinbox's own: quotas on, so container roots
+                // are bounded (roots made before they were are turned on here).
+                deps.fs.enable_btrfs_quotas(mountpoint)?;
+            }
             plain(Box::new(open_btrfs(mountpoint, &snap_root)?))
         }
-        Source::BtrfsDir { path } => plain(Box::new(open_btrfs(path, &snap_root)?)),
+        Source::BtrfsDir { path } => {
+            if !alone && path.join("metadata.db").exists() {
+                return Ok(None);
+            }
+            plain(Box::new(open_btrfs(path, &snap_root)?))
+        }
         Source::ZfsDataset { dataset } => plain(Box::new(Zfs::open(&snap_root, dataset)?)),
         Source::Directory { path } => match rec.backend {
             BackendKind::Naive => plain(Box::new(Naive::open(path)?)),
             _ => plain(Box::new(Overlay::open(path)?)),
         },
-    })
+    }))
 }
 pub(crate) fn check_agrees(config: &Config, rec: &BackendRecord, root: &Path) -> Result<()> {
     let wanted = match config.backend {

@@ -1,8 +1,15 @@
 //! The state root and the backend behind every command.
 //!
-//! [`Engine::open`] reads the configuration, takes `ROOT/engine.lock`
-//! (waiting while another thinbox process holds it), and opens the
-//! snapshotter on the backend recorded in `ROOT/backend.toml`. On first use
+//! [`Engine::open`] reads the configuration, takes `ROOT/engine.lock`, and
+//! opens the snapshotter on the backend recorded in `ROOT/backend.toml`.
+//! The lock is taken alone (exclusive) when nobody else has the root: then
+//! the backend is made on first use and repaired (see below); else it is
+//! shared with the engines already open (a long import does not keep a
+//! `run` waiting), which only wait for an open that is alone, and an open
+//! that finds repairs to do waits to be alone. Either way it is shared
+//! once open. What they change takes turns on finer locks: each snapshot
+//! mutation on the snapshotter's `ROOT/snapshots/lock`, each image change
+//! on `ROOT/images/lock`, containers on their store's rows. On first use
 //! of a root there is no record yet, so it picks one the way Docker did, but
 //! safely:
 //!
@@ -41,14 +48,17 @@ use snapshotter::Snapshotter;
 use thinpool::dm::DmControl;
 use thinpool::status::PoolStatus;
 
-use crate::backend::{check_agrees, choose, open_backend, undo, PARTIAL, RECORD};
+use crate::backend::{check_agrees, choose, open_backend, undo, Access, PARTIAL, RECORD};
 pub use crate::backend::{BackendKind, BackendRecord, Source};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::Event;
 pub use crate::options::EngineOptions;
 use crate::pools::Pools;
-use crate::state::{crash_point, lock_file, read_toml, try_lock_file, write_toml};
+use crate::state::{
+    crash_point, lock_file, lock_file_shared, read_toml, try_lock_file, try_lock_file_shared,
+    write_toml,
+};
 
 impl EngineOptions {
     /// The configuration and the state root, without opening the backend
@@ -74,10 +84,14 @@ impl EngineOptions {
     /// canonical; None for a root thinbox never used. Takes no lock: for
     /// readers beside a writer.
     pub fn used_root(&self) -> Result<Option<PathBuf>> {
-        let (root, _) = self.state_root()?;
-        if !root.join(RECORD).exists() {
+        let (root, config) = self.state_root()?;
+        let record_path = root.join(RECORD);
+        if !record_path.exists() {
             return Ok(None);
         }
+        // A config asking for another backend is refused here too.
+        let record: BackendRecord = read_toml(&record_path)?;
+        check_agrees(&config, &record, &root)?;
         Ok(Some(
             std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?,
         ))
@@ -264,22 +278,51 @@ impl Engine {
         std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
         let root = std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?;
         let lock_path = root.join("engine.lock");
-        let lock = if if_free {
-            match try_lock_file(&lock_path)? {
-                Some(l) => l,
-                None => return Ok(None),
-            }
-        } else {
-            lock_file(&lock_path, opts.observer.as_ref())?
-        };
         let record_path = root.join(RECORD);
         let partial_path = root.join(PARTIAL);
-        let (record, opened, chosen) = if record_path.exists() {
-            let record: BackendRecord = read_toml(&record_path)?;
-            check_agrees(&config, &record, &root)?;
-            let opened = open_backend(&root, &config, opts, &record, false)?;
-            (record, opened, false)
-        } else {
+        let observer = opts.observer.as_ref();
+        // Alone when nobody else has the root (making and repairing the
+        // backend); else beside the others (a long import, say) without
+        // waiting for them, unless the root needs repairs only done alone.
+        let mut need_alone = false;
+        let (lock, record, opened, chosen) = loop {
+            let (lock, alone) = match try_lock_file(&lock_path)? {
+                Some(l) => (l, true),
+                None if need_alone => {
+                    if if_free {
+                        return Ok(None);
+                    }
+                    (lock_file(&lock_path, observer)?, true)
+                }
+                None if if_free => match try_lock_file_shared(&lock_path)? {
+                    Some(l) => (l, false),
+                    None => return Ok(None),
+                },
+                None => (lock_file_shared(&lock_path, observer)?, false),
+            };
+            if record_path.exists() {
+                let record: BackendRecord = read_toml(&record_path)?;
+                check_agrees(&config, &record, &root)?;
+                let access = if alone {
+                    Access::Alone { fresh: false }
+                } else {
+                    Access::Shared
+                };
+                match open_backend(&root, &config, opts, &record, access)? {
+                    Some(opened) => break (lock, record, opened, false),
+                    None => {
+                        // Repairs wait for the others to finish.
+                        drop(lock);
+                        need_alone = true;
+                        continue;
+                    }
+                }
+            }
+            if !alone {
+                drop(lock);
+                need_alone = true;
+                continue;
+            }
             if partial_path.exists() {
                 if let Ok(old) = read_toml::<BackendRecord>(&partial_path) {
                     undo(&root, opts, &old);
@@ -288,12 +331,20 @@ impl Engine {
             }
             let record = choose(&config, &root, opts.deps.probe.as_ref())?;
             write_toml(&partial_path, &record)?;
-            match open_backend(&root, &config, opts, &record, true) {
-                Ok(opened) => {
+            match open_backend(&root, &config, opts, &record, Access::Alone { fresh: true }) {
+                Ok(Some(opened)) => {
                     crash_point("backend-opened");
                     std::fs::rename(&partial_path, &record_path)
                         .map_err(|e| Error::io("cannot write", &record_path, e))?;
-                    (record, opened, true)
+                    break (lock, record, opened, true);
+                }
+                // Opened alone, a backend never asks for the root alone.
+                Ok(None) => {
+                    let _ = std::fs::remove_file(&partial_path);
+                    return Err(Error::new(
+                        ErrorKind::Failed,
+                        "a new backend asked for repairs: remove the state root and retry",
+                    ));
                 }
                 Err(e) => {
                     undo(&root, opts, &record);
@@ -302,6 +353,13 @@ impl Engine {
                 }
             }
         };
+        // Done alone: let the others in beside this one.
+        lock.relock(nix::fcntl::FlockArg::LockShared).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot share {}: {e}", lock_path.display()),
+            )
+        })?;
         if chosen {
             opts.observer.event(&Event::BackendChosen {
                 backend: record.backend.to_string(),
@@ -398,7 +456,16 @@ impl Engine {
     /// Opens the image store (`ROOT/images`), settling any interrupted
     /// import, commit or removal.
     pub fn images(&self) -> Result<Images> {
-        Ok(Images::open(&self.root.join("images"), self.snapshotter())?)
+        let mut images = Images::open(&self.root.join("images"), self.snapshotter())?;
+        let observer = Arc::clone(&self.options.observer);
+        images.on_wait(move |path| {
+            let holder = crate::state::holder_of(path);
+            observer.event(&Event::WaitingForLock {
+                path: path.to_owned(),
+                holder,
+            });
+        });
+        Ok(images)
     }
 
     /// Imports an OCI image layout (directory or tar) or a `docker save`

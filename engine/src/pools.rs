@@ -202,6 +202,14 @@ pub struct OpenPool {
 }
 
 impl OpenPool {
+    /// Lets other users of the pool in (its lock becomes shared) once the
+    /// pool-wide work (autoextend on open) is done.
+    pub fn share(&self) -> Result<()> {
+        self.lock
+            .relock(nix::fcntl::FlockArg::LockShared)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot share a pool lock: {e}")))
+    }
+
     /// Releases the lock while keeping the pool open (for `monitor`,
     /// which only grows the pool and must not keep others out).
     pub fn unlock(self) -> (Pool, PoolRecord) {
@@ -495,8 +503,25 @@ impl Pools {
     /// Opens pool `name` for changes (activating it if needed), holding its
     /// lock; waits while another thinbox holds it.
     pub fn open_pool(&self, name: &str) -> Result<OpenPool> {
+        self.open_pool_locked(name, false)
+    }
+
+    /// [`Pools::open_pool`] beside other users of the pool (engines of one
+    /// root: their changes take turns on the snapshotter's lock): holds
+    /// its lock shared, so only pool-wide changes (extend, destroy) wait.
+    pub fn open_pool_shared(&self, name: &str) -> Result<OpenPool> {
+        self.open_pool_locked(name, true)
+    }
+
+    fn open_pool_locked(&self, name: &str, shared: bool) -> Result<OpenPool> {
         let rec = self.record(name)?;
-        let lock = self.lock(name)?;
+        let lock = if shared {
+            let d = self.dir_of(name);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("cannot create", &d, e))?;
+            crate::state::lock_file_shared(&d.join("lock"), self.observer.as_ref())?
+        } else {
+            self.lock(name)?
+        };
         let rec = self.record(name).unwrap_or(rec);
         if rec.state == RecordState::Creating {
             return Err(Error::new(

@@ -76,8 +76,9 @@ pub(crate) fn fit(
 }
 
 /// The sizes of a new loopback pool's data and metadata files in `dir`:
-/// checked together; defaults that do not fit share the room (data 31/32
-/// of it, in whole `block`s; metadata the rest, at least 16 MiB).
+/// checked together; a default that does not fit takes what the other
+/// leaves (both defaults: data 31/32 of the room, in whole `block`s,
+/// metadata the rest, at least 16 MiB).
 pub(crate) fn fit_pool(
     b: &Backing,
     dir: &Path,
@@ -86,27 +87,45 @@ pub(crate) fn fit_pool(
     block: Bytes,
 ) -> Result<(Bytes, Bytes, Option<String>)> {
     let total = data.0.saturating_add(metadata.0);
-    let both_default = data.1 && metadata.1;
-    if b.verdict(total) == Verdict::Fits || !both_default {
+    if b.verdict(total) == Verdict::Fits || (!data.1 && !metadata.1) {
+        let f = fit(b, dir, total, false, "devmapper.data_size", Bytes(0))?;
+        return Ok((data.0, metadata.0, f.warning));
+    }
+    let room = b.room();
+    let whole = |n: u64| n / block.0.max(1) * block.0.max(1);
+    let min_meta = Bytes::mib(16);
+    let (data_size, meta) = match (data.1, metadata.1) {
+        (true, true) => {
+            let meta = Bytes((room.0 / 32).max(min_meta.0)).round_down();
+            (Bytes(whole(room.0.saturating_sub(meta.0))), meta)
+        }
+        // A configured data size keeps it; the default metadata shrinks.
+        (false, _) => (
+            data.0,
+            Bytes(
+                room.0
+                    .saturating_sub(data.0 .0)
+                    .max(min_meta.0)
+                    .min(metadata.0 .0),
+            )
+            .round_down(),
+        ),
+        (true, false) => (
+            Bytes(whole(room.0.saturating_sub(metadata.0 .0))),
+            metadata.0,
+        ),
+    };
+    let explained = b.explain(dir, total);
+    if data_size.saturating_add(meta) > room || data_size < Bytes::mib(256) {
         let key = if data.1 {
             "devmapper.metadata_size"
         } else {
             "devmapper.data_size"
         };
-        let f = fit(b, dir, total, false, key, Bytes(0))?;
-        return Ok((data.0, metadata.0, f.warning));
-    }
-    let room = b.room();
-    let meta = Bytes((room.0 / 32).max(16 << 20)).round_down();
-    let whole = |n: u64| n / block.0.max(1) * block.0.max(1);
-    let data_size = Bytes(whole(room.0.saturating_sub(meta.0)));
-    let min = Bytes::mib(256);
-    if data_size < min {
         return Err(Error::new(
             ErrorKind::NoSpace,
             format!(
-                "{}; a pool needs at least {min} of data: free space under {} or give --root another filesystem",
-                b.explain(dir, total),
+                "{explained}; a pool needs at least 256 MiB of data: set {key} smaller, free space under {} or give --root another filesystem",
                 b.dir.display()
             ),
         ));
@@ -115,8 +134,7 @@ pub(crate) fn fit_pool(
         data_size,
         meta,
         Some(format!(
-            "{}; made its data {} and metadata {meta} instead of the defaults (set devmapper.data_size and metadata_size to choose)",
-            b.explain(dir, total),
+            "{explained}; made its data {} and metadata {meta} (set devmapper.data_size and metadata_size to choose)",
             data_size.round_down()
         )),
     ))
@@ -233,7 +251,18 @@ mod tests {
             "{data} {meta}"
         );
         assert!(w.unwrap().contains("devmapper.data_size"));
-        // Configured sizes are checked as they are.
+        // A configured data size stays; the default metadata shrinks to fit.
+        let (data, meta, _) = fit_pool(
+            &b,
+            Path::new("/small/pools/p"),
+            (Bytes::gib(1), false),
+            (Bytes::gib(2), true),
+            Bytes::kib(64),
+        )
+        .unwrap();
+        assert_eq!(data, Bytes::gib(1));
+        assert!(meta < Bytes::gib(1) && meta >= Bytes::mib(16), "{meta}");
+        // Configured sizes that do not fit are refused.
         let e = fit_pool(
             &b,
             Path::new("/small/pools/p"),

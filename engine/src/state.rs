@@ -65,17 +65,53 @@ pub fn try_lock_file(path: &Path) -> Result<Option<Flock<File>>> {
     }
 }
 
+/// Takes a shared lock on `path` if no exclusive holder has it; None if
+/// one does.
+pub fn try_lock_file_shared(path: &Path) -> Result<Option<Flock<File>>> {
+    match Flock::lock(open_lock(path)?, FlockArg::LockSharedNonblock) {
+        Ok(l) => Ok(Some(held(l))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(lock_error(path, e)),
+    }
+}
+
 /// Takes an exclusive lock on `path`, waiting for other holders (and
 /// telling `observer` that it waits, and for whom: the holder writes its
 /// pid and command line into the file).
 pub fn lock_file(path: &Path, observer: &dyn Observer) -> Result<Flock<File>> {
-    let f = match Flock::lock(open_lock(path)?, FlockArg::LockExclusiveNonblock) {
+    lock_waiting(path, observer, false)
+}
+
+/// [`lock_file`], shared: waits only for an exclusive holder.
+pub fn lock_file_shared(path: &Path, observer: &dyn Observer) -> Result<Flock<File>> {
+    lock_waiting(path, observer, true)
+}
+
+fn lock_waiting(path: &Path, observer: &dyn Observer, shared: bool) -> Result<Flock<File>> {
+    let (now, wait) = if shared {
+        (FlockArg::LockSharedNonblock, FlockArg::LockShared)
+    } else {
+        (FlockArg::LockExclusiveNonblock, FlockArg::LockExclusive)
+    };
+    let f = match Flock::lock(open_lock(path)?, now) {
         Ok(l) => return Ok(held(l)),
         Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
         Err((_, e)) => return Err(lock_error(path, e)),
     };
-    // The file names its last holder; trust it only while that pid lives.
-    let holder = std::fs::read_to_string(path)
+    let holder = holder_of(path);
+    observer.event(&Event::WaitingForLock {
+        path: path.to_owned(),
+        holder,
+    });
+    Flock::lock(f, wait)
+        .map(held)
+        .map_err(|(_, e)| lock_error(path, e))
+}
+
+/// Who holds lock file `path`, as it names its last holder (trusted only
+/// while that pid lives).
+pub fn holder_of(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| {
@@ -83,14 +119,7 @@ pub fn lock_file(path: &Path, observer: &dyn Observer) -> Result<Flock<File>> {
                 .and_then(|r| r.split(' ').next())
                 .and_then(|p| p.parse::<u32>().ok())
                 .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
-        });
-    observer.event(&Event::WaitingForLock {
-        path: path.to_owned(),
-        holder,
-    });
-    Flock::lock(f, FlockArg::LockExclusive)
-        .map(held)
-        .map_err(|(_, e)| lock_error(path, e))
+        })
 }
 
 fn open_lock(path: &Path) -> Result<File> {

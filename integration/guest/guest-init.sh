@@ -29,7 +29,9 @@ mount -t mqueue mqueue /dev/mqueue
 mkdir -p /run/host/tmp /run/host/var/tmp
 mount --bind /tmp /run/host/tmp
 mount --bind /var/tmp /run/host/var/tmp
-mount -t tmpfs -o mode=1777 tmpfs /tmp || fail "cannot mount /tmp"
+# Sized past RAM (tmpfs takes pages only as they are written) so the
+# sparse pool files tests make fit the room thinbox checks for them.
+mount -t tmpfs -o mode=1777,size=16g tmpfs /tmp || fail "cannot mount /tmp"
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 # THINBOX_VM_KEEP: host paths (colon-separated) the command needs, e.g. the
 # workspace; those under /tmp or /var/tmp are bound back in place, read-only.

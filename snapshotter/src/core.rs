@@ -178,7 +178,9 @@ pub trait Backend: Send + fmt::Debug {
 struct Inner<B> {
     store: Option<Store>,
     backend: B,
-    lock: Option<Flock<File>>,
+    /// `ROOT/lock`, taken for each mutation (so processes sharing a root
+    /// take turns); None for a store opened without a root lock.
+    lock: Option<PathBuf>,
 }
 
 /// A [`Snapshotter`] over backend `B`.
@@ -197,7 +199,10 @@ impl<B: Backend> fmt::Debug for Snapshots<B> {
     }
 }
 
-/// Takes the exclusive lock of a snapshotter root (`ROOT/lock`).
+/// Takes the lock of a snapshotter root (`ROOT/lock`), waiting while
+/// another process mutates it. Every mutation holds it from its intent to
+/// its done record, so whoever holds it sees only intents of processes that
+/// died: recovery runs under it.
 pub fn lock_root(root: &Path) -> Result<Flock<File>> {
     std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
     let path = root.join("lock");
@@ -207,33 +212,45 @@ pub fn lock_root(root: &Path) -> Result<Flock<File>> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        Error::new(ErrorKind::Busy, "open")
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
+        Error::new(ErrorKind::Io, "lock")
             .path(&path)
-            .detail("another snapshotter has this root open")
+            .detail("cannot lock the snapshotter root")
             .source(e)
     })
 }
 
 impl<B: Backend> Snapshots<B> {
-    /// Opens a snapshotter whose metadata lives in `ROOT/metadata.db`,
-    /// holding `ROOT/lock`, and reconciles interrupted mutations.
+    /// Opens a snapshotter whose metadata lives in `ROOT/metadata.db` and
+    /// reconciles interrupted mutations. Other processes may open the same
+    /// root: each mutation takes `ROOT/lock` for its duration.
     pub fn open(root: &Path, backend: B) -> Result<Snapshots<B>> {
-        let lock = lock_root(root)?;
-        let store = Store::open(&root.join("metadata.db"))?;
-        Self::with_store(root, store, backend, Some(lock))
+        let held = lock_root(root)?;
+        Self::open_locked(root, backend, held)
     }
 
-    /// Opens a snapshotter over an already open store (for example one
-    /// shared with thinpool's records).
+    /// [`Snapshots::open`] for a caller already holding `ROOT/lock` (from
+    /// [`lock_root`], to open the backend under it too); it is released
+    /// once recovery is done.
+    pub fn open_locked(root: &Path, backend: B, held: Flock<File>) -> Result<Snapshots<B>> {
+        let store = Store::open(&root.join("metadata.db"))?;
+        let s = Self::with_store(root, store, backend, Some(root.join("lock")))?;
+        s.recover()?;
+        drop(held);
+        Ok(s)
+    }
+
+    /// A snapshotter over an already open store whose mutations take
+    /// `lock` (None: the caller serialises them, as in tests). Recovers
+    /// nothing: [`Snapshots::open`] does, under the lock.
     pub fn with_store(
         root: &Path,
         store: Store,
         backend: B,
-        lock: Option<Flock<File>>,
+        lock: Option<PathBuf>,
     ) -> Result<Snapshots<B>> {
         let caps = backend.capabilities();
-        let s = Snapshots {
+        Ok(Snapshots {
             inner: Mutex::new(Inner {
                 store: Some(store),
                 backend,
@@ -241,9 +258,15 @@ impl<B: Backend> Snapshots<B> {
             }),
             caps,
             root: root.to_owned(),
-        };
-        s.recover()?;
-        Ok(s)
+        })
+    }
+
+    /// Takes `ROOT/lock` for one mutation (nothing when there is none).
+    fn mutating(g: &Inner<B>) -> Result<Option<Flock<File>>> {
+        match &g.lock {
+            Some(path) => lock_root(path.parent().unwrap_or(Path::new("/"))).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The root directory.
@@ -305,6 +328,7 @@ impl<B: Backend> Snapshots<B> {
         validate_labels(labels)?;
         let sized = max_size(labels)?.is_some();
         let mut g = self.guard();
+        let _held = Self::mutating(&g)?;
         if sized && !self.caps.max_size_label && !self.caps.bounds_size {
             return Err(Error::new(ErrorKind::InvalidArgument, op)
                 .key(key)
@@ -390,6 +414,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
     fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
         let key = Key::new(info.name.clone())?;
         let mut g = self.guard();
+        let _held = Self::mutating(&g)?;
         let (store, _) = Self::parts(&mut g, "update")?;
         let rec = store.update(key.as_str(), &info.labels, fieldpaths, SystemTime::now())?;
         store.info(&rec)
@@ -421,6 +446,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
     fn commit(&self, name: &Name, key: &Key, labels: &Labels) -> Result<()> {
         validate_labels(labels)?;
         let mut g = self.guard();
+        let _held = Self::mutating(&g)?;
         let (store, backend) = Self::parts(&mut g, "commit")?;
         let rec = store.begin_commit(key.as_str(), name.as_str(), labels, SystemTime::now())?;
         let parents = store.parents(rec.id)?;
@@ -438,6 +464,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
 
     fn remove(&self, key: &Key) -> Result<()> {
         let mut g = self.guard();
+        let _held = Self::mutating(&g)?;
         let (store, backend) = Self::parts(&mut g, "remove")?;
         let rec = store.begin_remove(key.as_str())?;
         match backend.remove(rec.id) {
@@ -470,6 +497,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
 
     fn cleanup(&self) -> Result<()> {
         let mut g = self.guard();
+        let _held = Self::mutating(&g)?;
         let (store, backend) = Self::parts(&mut g, "cleanup")?;
         let mut first_err = None;
         for rec in store.pending()? {
@@ -573,9 +601,12 @@ mod tests {
         s.remove(&key("v")).unwrap();
         s.remove(name("c").as_key()).unwrap();
         assert!(ids(&objects).is_empty());
-        // A second opener of the same root is refused.
-        let e = Snapshots::open(dir.path(), MemoryBackend::default()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Busy);
+        // A second opener of the same root shares it: each mutation takes
+        // the root's lock, and each sees what the other committed.
+        let other = Snapshots::open(dir.path(), MemoryBackend::default()).unwrap();
+        other.view(&key("seen"), None, &l).unwrap();
+        assert_eq!(s.stat(&key("seen")).unwrap().kind, Kind::View);
+        other.close().unwrap();
         s.close().unwrap();
         s.close().unwrap();
         assert_eq!(s.stat(&key("v")).unwrap_err().kind(), ErrorKind::Closed);

@@ -124,7 +124,20 @@ impl Devmapper {
     /// Opens a devmapper snapshotter with metadata at `root` over `pool`.
     pub fn open(root: &Path, pool: Pool, cfg: DevmapperConfig) -> Result<Snapshots<Devmapper>> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
-        Snapshots::open(root, Devmapper::new(pool, cfg, root)?)
+        let held = crate::core::lock_root(root)?;
+        Self::open_locked(root, pool, cfg, held)
+    }
+
+    /// [`Devmapper::open`] for a caller holding the root's lock (taken with
+    /// [`crate::core::lock_root`] before it opened the pool, so no other
+    /// process's change to the pool was half done meanwhile).
+    pub fn open_locked(
+        root: &Path,
+        pool: Pool,
+        cfg: DevmapperConfig,
+        held: nix::fcntl::Flock<std::fs::File>,
+    ) -> Result<Snapshots<Devmapper>> {
+        Snapshots::open_locked(root, Devmapper::new(pool, cfg, root)?, held)
     }
 
     /// A backend over `pool`, making the base device and its filesystem if

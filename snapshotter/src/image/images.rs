@@ -85,14 +85,18 @@ pub enum FaultPoint {
 }
 
 type FaultHook = Box<dyn Fn(FaultPoint) -> Result<()> + Send + Sync>;
+type WaitHook = Box<dyn Fn(&Path) + Send + Sync>;
 
 /// The image store. One per state directory; holds `DIR/lock`.
 pub struct Images {
     conn: Mutex<Connection>,
     dir: PathBuf,
-    /// The store's lock; None for a reader ([`Images::open_read_only`]).
-    lock: Option<Flock<File>>,
+    /// `DIR/lock`, which each change (import, commit, removal) holds for
+    /// its duration; None for a reader ([`Images::open_read_only`]).
+    lock: Option<PathBuf>,
     fault: Option<FaultHook>,
+    /// Told when a change waits for another process's (`DIR/lock`).
+    on_wait: Option<WaitHook>,
     /// Serialises imports, commits and removals within this process (the
     /// flock on `DIR/lock` does so between processes).
     op: Mutex<()>,
@@ -103,6 +107,24 @@ impl fmt::Debug for Images {
         f.debug_struct("Images")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
+    }
+}
+
+/// Locks the image store's `lock` file as `how` says; None when a
+/// non-blocking attempt finds it held.
+fn lock_images(path: &Path, how: FlockArg) -> Result<Option<Flock<File>>> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("lock images", path, e))?;
+    match Flock::lock(file, how) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::new(ErrorKind::Io, "lock images")
+            .path(path)
+            .source(e)),
     }
 }
 
@@ -192,24 +214,15 @@ fn clear_scratch(dir: &Path) {
 }
 
 impl Images {
-    /// Opens (creating) the image store in `dir` (`dir/images.db`, locked
-    /// through `dir/lock`) and settles whatever an interrupted import,
-    /// commit or removal left, using `sn`.
+    /// Opens (creating) the image store in `dir` (`dir/images.db`) and,
+    /// unless another process is changing it (holding `dir/lock`: its
+    /// intents are live), settles whatever an interrupted import, commit or
+    /// removal left, using `sn`. Several processes may have it open; their
+    /// changes take turns on `dir/lock`.
     pub fn open(dir: &Path, sn: &dyn Snapshotter) -> Result<Images> {
         fs::create_dir_all(dir).map_err(|e| Error::io("open images", dir, e))?;
         let lock_path = dir.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open images", &lock_path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            Error::new(ErrorKind::Busy, "open images")
-                .path(&lock_path)
-                .detail("another thinbox has this image store open")
-                .source(e)
-        })?;
+        let free = lock_images(&lock_path, FlockArg::LockExclusiveNonblock)?;
         let db = dir.join("images.db");
         let schema = thinpool::sqlite::Schema {
             sql: SCHEMA,
@@ -220,11 +233,15 @@ impl Images {
         let images = Images {
             conn: Mutex::new(conn),
             dir: dir.to_owned(),
-            lock: Some(lock),
+            lock: Some(lock_path),
             fault: None,
+            on_wait: None,
             op: Mutex::new(()),
         };
-        images.recover(sn)?;
+        if let Some(held) = free {
+            images.recover(sn)?;
+            drop(held);
+        }
         Ok(images)
     }
 
@@ -247,6 +264,7 @@ impl Images {
             dir: dir.to_owned(),
             lock: None,
             fault: None,
+            on_wait: None,
             op: Mutex::new(()),
         }))
     }
@@ -261,6 +279,12 @@ impl Images {
         self.fault = Some(Box::new(hook));
     }
 
+    /// Installs what to call when a change must wait for another
+    /// process's change to this store (with the lock file's path).
+    pub fn on_wait(&mut self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        self.on_wait = Some(Box::new(hook));
+    }
+
     fn fault(&self, p: FaultPoint) -> Result<()> {
         match &self.fault {
             Some(f) => f(p),
@@ -268,14 +292,27 @@ impl Images {
         }
     }
 
-    /// Serialises a change within this process; refused on a reader.
-    fn writer(&self, op: &'static str) -> Result<MutexGuard<'_, ()>> {
-        if self.lock.is_none() {
+    /// Serialises a change within this process and, through `DIR/lock`,
+    /// with other processes; refused on a reader.
+    fn writer(&self, op: &'static str) -> Result<(MutexGuard<'_, ()>, Flock<File>)> {
+        let Some(path) = &self.lock else {
             return Err(Error::new(ErrorKind::InvalidArgument, op)
                 .path(&self.dir)
                 .detail("the image store was opened read-only"));
+        };
+        let guard = self.op.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = lock_images(path, FlockArg::LockExclusiveNonblock)? {
+            return Ok((guard, held));
         }
-        Ok(self.op.lock().unwrap_or_else(|p| p.into_inner()))
+        if let Some(hook) = &self.on_wait {
+            hook(path);
+        }
+        let held = lock_images(path, FlockArg::LockExclusive)?.ok_or_else(|| {
+            Error::new(ErrorKind::Busy, op)
+                .path(path)
+                .detail("the image store stayed locked")
+        })?;
+        Ok((guard, held))
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
