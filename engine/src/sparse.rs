@@ -23,6 +23,12 @@ pub(crate) struct Fitted {
     pub warning: Option<String>,
 }
 
+/// What a default cut to the room leaves of it: the files and stores made
+/// right after (the pool's record store, mkfs) must not tip it over.
+fn usable(room: Bytes) -> Bytes {
+    Bytes(room.0.saturating_sub((room.0 / 64).max(16 << 20)))
+}
+
 /// Reads the filesystem under `file` (which does not exist yet, nor may
 /// its directory: the nearest existing one is asked).
 pub(crate) fn backing_of(file: &Path) -> Result<Backing> {
@@ -51,8 +57,8 @@ pub(crate) fn fit(
         });
     }
     let explained = b.explain(file, size);
-    let room = b.room().round_down();
     if is_default {
+        let room = usable(b.room()).round_down();
         if room < min {
             return Err(Error::new(
                 ErrorKind::NoSpace,
@@ -71,7 +77,10 @@ pub(crate) fn fit(
     }
     Err(Error::new(
         ErrorKind::NoSpace,
-        format!("{explained}: set {key} to at most {room}, or free space there"),
+        format!(
+            "{explained}: set {key} to at most {}, or free space there",
+            b.room().round_down()
+        ),
     ))
 }
 
@@ -91,7 +100,7 @@ pub(crate) fn fit_pool(
         let f = fit(b, dir, total, false, "devmapper.data_size", Bytes(0))?;
         return Ok((data.0, metadata.0, f.warning));
     }
-    let room = b.room();
+    let room = usable(b.room());
     let whole = |n: u64| n / block.0.max(1) * block.0.max(1);
     let min_meta = Bytes::mib(16);
     let (data_size, meta) = match (data.1, metadata.1) {
@@ -167,10 +176,14 @@ mod tests {
             Bytes::mib(128),
         )
         .unwrap();
-        assert_eq!(f.size, Bytes::mib(170));
+        assert_eq!(
+            f.size,
+            Bytes::mib(154),
+            "170 MiB of room less a 16 MiB margin"
+        );
         let w = f.warning.unwrap();
         assert!(
-            w.contains("20 GiB") && w.contains("made it 170 MiB") && w.contains("btrfs.image_size"),
+            w.contains("20 GiB") && w.contains("made it 154 MiB") && w.contains("btrfs.image_size"),
             "{w}"
         );
         // Too little room even for the minimum: refused, nothing to make.
