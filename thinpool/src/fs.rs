@@ -45,8 +45,11 @@ impl FromStr for Filesystem {
     }
 }
 
+/// Runs `tool` with its output captured: what it prints must not reach
+/// thinbox's own stdout (a `--json` report) or stderr; on failure its
+/// stderr is the error's source.
 fn run(tool: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
-    let status = Command::new(tool).args(args).status().map_err(|e| {
+    let out = Command::new(tool).args(args).output().map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ErrorKind::ToolMissing {
                 tool: tool.to_owned(),
@@ -56,11 +59,13 @@ fn run(tool: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
         };
         Error::new(kind).with_source(e)
     })?;
-    if !status.success() {
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         return Err(Error::new(ErrorKind::ToolFailed {
             tool: tool.to_owned(),
-            status: status.code(),
-        }));
+            status: out.status.code(),
+        })
+        .with_source(std::io::Error::other(said)));
     }
     Ok(())
 }

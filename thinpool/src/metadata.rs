@@ -151,13 +151,14 @@ impl MetadataTools for ThinTools {
 }
 
 fn thin_check(meta: MetaDev<'_>, args: &[&str]) -> Result<()> {
-    let status = Command::new("thin_check")
+    // Captured: its complaints go into thinbox's error, not onto its stdout.
+    let out = Command::new("thin_check")
         .arg("-q")
         .args(args)
         .arg(meta.path)
-        .status()
+        .output()
         .map_err(|e| tool_err("thin_check", e, meta.path))?;
-    if !status.success() {
+    if !out.status.success() {
         return Err(Error::new(ErrorKind::MetadataCheckFailed {
             device: meta.path.display().to_string(),
         })
