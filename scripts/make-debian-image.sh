@@ -108,7 +108,10 @@ printf '%s\n' var/run/app.pid etc/alternatives/awk usr/bin/awk usr/bin/dash usr/
     | tar_list "$l3" "$work/layer3.tar"
 # Keep only the link entry: its target, usr/bin/dash, comes from layer 2.
 tar --delete -f "$work/layer3.tar" usr/bin/dash
-tar -tvf "$work/layer3.tar" | grep -q '^h.* usr/bin/dash.hard link to usr/bin/dash$' \
+# (Listed first, not piped into grep -q: with pipefail, grep quitting
+# early would fail tar with SIGPIPE.)
+listing=$(tar -tvf "$work/layer3.tar")
+grep -q '^h.* usr/bin/dash.hard link to usr/bin/dash$' <<<"$listing" \
     || die "layer 3 lost its hard link entry"
 
 oci_layout "$out" "$name" "$arch" "scripts/make-debian-image.sh from $versions" \
