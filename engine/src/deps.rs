@@ -161,33 +161,40 @@ impl KernelProbe for RealProbe {
     }
 }
 
+/// Runs btrfs-progs' `tool ARGS PATH`, its output captured; its stderr
+/// goes into the error.
+fn btrfs_progs(tool: &str, args: &[&str], path: &Path) -> Result<()> {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::BackendUnavailable,
+                format!("cannot run {tool}: {e}: install btrfs-progs"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{tool} {} {} failed: {}",
+                args.join(" "),
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `mkfs.btrfs` and mount(2).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFilesystems;
 
 impl Filesystems for RealFilesystems {
     fn mkfs_btrfs(&self, on: &Path) -> Result<()> {
-        let out = std::process::Command::new("mkfs.btrfs")
-            .args(["-q", "-f"])
-            .arg(on)
-            .output()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::BackendUnavailable,
-                    format!("cannot run mkfs.btrfs: {e}: install btrfs-progs"),
-                )
-            })?;
-        if !out.status.success() {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "mkfs.btrfs {} failed: {}",
-                    on.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
-        Ok(())
+        btrfs_progs("mkfs.btrfs", &["-q", "-f"], on)
     }
 
     fn mount_btrfs(&self, dev: &Path, target: &Path) -> Result<()> {
@@ -215,27 +222,7 @@ impl Filesystems for RealFilesystems {
         if SystemBtrfs.quotas_enabled(mnt)? {
             return Ok(());
         }
-        let out = std::process::Command::new("btrfs")
-            .args(["quota", "enable"])
-            .arg(mnt)
-            .output()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::BackendUnavailable,
-                    format!("cannot run btrfs: {e}: install btrfs-progs"),
-                )
-            })?;
-        if !out.status.success() {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "btrfs quota enable {} failed: {}",
-                    mnt.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
-        Ok(())
+        btrfs_progs("btrfs", &["quota", "enable"], mnt)
     }
 
     fn is_mountpoint(&self, path: &Path) -> bool {

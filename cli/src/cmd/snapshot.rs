@@ -229,59 +229,27 @@ fn read(g: &Global, cmd: &SnapshotCommand, sn: &snapshotter::Reader) -> anyhow::
 /// Runs `thinbox snapshot ...`.
 pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
     // Listing reads the metadata beside a writer (an import) instead of
-    // waiting for it; a root without metadata yet opens (makes) the engine.
+    // waiting for it; a root without metadata yet opens (makes) the engine
+    // first, once.
     if matches!(
         cmd,
         SnapshotCommand::Ls { .. } | SnapshotCommand::Inspect { .. }
     ) {
-        if let Some(reader) = super::engine_options(g).read_snapshots()? {
-            return read(g, cmd, &reader);
+        let opts = super::engine_options(g);
+        if opts.read_snapshots()?.is_none() {
+            open_engine(g)?.close()?;
         }
+        let reader = opts
+            .read_snapshots()?
+            .ok_or_else(|| anyhow::anyhow!("the snapshot metadata of this root cannot be read"))?;
+        return read(g, cmd, &reader);
     }
     let engine = open_engine(g)?;
     let sn = engine.snapshotter();
     let r = (|| -> anyhow::Result<()> {
         match cmd {
-            SnapshotCommand::Ls { filter } => {
-                let filters = filter
-                    .iter()
-                    .map(|f| f.parse::<Filter>().map_err(sn_err))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut all = Vec::new();
-                sn.walk(&filters, &mut |i| {
-                    all.push(i.clone());
-                    Ok(())
-                })
-                .map_err(sn_err)?;
-                all.sort_by(|a, b| a.name.cmp(&b.name));
-                if g.json {
-                    return print_json(&Value::Array(all.iter().map(info_json).collect()));
-                }
-                println!("{:<40} {:<40} {:<10}", "KEY", "PARENT", "KIND");
-                for i in &all {
-                    println!(
-                        "{:<40} {:<40} {:<10}",
-                        i.name,
-                        i.parent.as_deref().unwrap_or("-"),
-                        i.kind
-                    );
-                }
-                Ok(())
-            }
-            SnapshotCommand::Inspect { key: k } => {
-                let i = sn.stat(&key(k)?).map_err(sn_err)?;
-                if g.json {
-                    return print_json(&info_json(&i));
-                }
-                println!("name:    {}", i.name);
-                println!("parent:  {}", i.parent.as_deref().unwrap_or("-"));
-                println!("kind:    {}", i.kind);
-                println!("created: {}", secs(i.created));
-                println!("updated: {}", secs(i.updated));
-                for (k, v) in &i.labels {
-                    println!("label:   {k}={v}");
-                }
-                Ok(())
+            SnapshotCommand::Ls { .. } | SnapshotCommand::Inspect { .. } => {
+                unreachable!("read through a snapshotter::Reader above")
             }
             SnapshotCommand::Prepare {
                 key: k,
