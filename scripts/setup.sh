@@ -43,7 +43,7 @@ host_packages=(
     qemu-system-x86 busybox-static kmod cpio
     btrfs-progs dmsetup lvm2 thin-provisioning-tools e2fsprogs xfsprogs util-linux
     iproute2 procps psmisc
-    crun runc
+    crun runc containerd
 )
 
 enable_contrib() {

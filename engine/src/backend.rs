@@ -470,7 +470,7 @@ pub(crate) fn undo(root: &Path, opts: &EngineOptions, rec: &BackendRecord) {
     match &rec.source {
         Source::LoopbackPool { pool, .. } => {
             if let Ok(pools) = Pools::for_engine(root, opts) {
-                let _ = pools.destroy(pool);
+                let _ = pools.destroy(pool, false);
             }
             let _ = std::fs::remove_dir_all(root.join("snapshots"));
         }
@@ -591,6 +591,14 @@ pub(crate) fn open_backend(
             } else {
                 pools.open_pool_shared(pool)?
             };
+            if let Some(to) = open.record.lent_to {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    format!(
+                        "pool {pool:?} is lent to {to}, which owns its thin devices: name another pool in [devmapper] pool_name, or take it back with `thinbox pool hand-over {pool} --to thinbox`"
+                    ),
+                ));
+            }
             if alone && !make {
                 // Autoextend on use, as the monitor would (a status ioctl
                 // when nothing needs growing).

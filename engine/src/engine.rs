@@ -125,7 +125,7 @@ impl EngineOptions {
 
     /// Removes named pool `name` (see [`Pools::destroy`]), refusing the
     /// pool under the root's own snapshotter.
-    pub fn destroy_pool(&self, name: &str) -> Result<()> {
+    pub fn destroy_pool(&self, name: &str, force: bool) -> Result<()> {
         let (root, _) = self.state_root()?;
         if crate::backend::engine_pool(&root).as_deref() == Some(name) {
             return Err(Error::new(
@@ -136,7 +136,32 @@ impl EngineOptions {
                 ),
             ));
         }
-        Pools::for_engine(&root, self)?.destroy(name)
+        Pools::for_engine(&root, self)?.destroy(name, force)
+    }
+
+    /// Lends pool `name` to another engine, or takes it back (`to` None):
+    /// see [`Pools::hand_over`]. Refused for the pool under the root's own
+    /// snapshotter, whose thin devices are thinbox's.
+    pub fn hand_over_pool(
+        &self,
+        name: &str,
+        to: Option<crate::pools::LentTo>,
+        settings: &crate::pools::EngineSettings,
+    ) -> Result<crate::pools::HandOver> {
+        let (root, _) = self.state_root()?;
+        if let (Some(t), true) = (
+            to,
+            crate::backend::engine_pool(&root).as_deref() == Some(name),
+        ) {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "pool {name:?} holds the snapshots of {}: {t} cannot have it; make another pool for {t} (`thinbox pool create --for {t}`)",
+                    root.display()
+                ),
+            ));
+        }
+        Pools::for_engine(&root, self)?.hand_over(name, to, settings)
     }
 }
 

@@ -49,12 +49,20 @@ impl ErrorKind {
             | T::MetadataTooSmall { .. }
             | T::Overflow { .. }
             | T::NotAThinPool { .. }
+            | T::CannotShrink { .. }
             | T::Unsupported { .. } => ErrorKind::InvalidArgument,
             T::NameTaken { .. } => ErrorKind::AlreadyExists,
             T::NotFound { .. } => ErrorKind::NotFound,
-            T::Busy { .. } | T::OwnedElsewhere { .. } | T::DeviceHasSignature { .. } => {
-                ErrorKind::InUse
-            }
+            T::Busy { .. }
+            | T::OwnedElsewhere { .. }
+            | T::DeviceHasSignature { .. }
+            | T::Lent { .. }
+            | T::HasThins { .. } => ErrorKind::InUse,
+            T::DeviceUnusable { found, .. } => match found {
+                thinpool::lvm::DeviceUse::Missing => ErrorKind::NotFound,
+                thinpool::lvm::DeviceUse::NotBlock { .. } => ErrorKind::InvalidArgument,
+                _ => ErrorKind::InUse,
+            },
             T::NotRoot => ErrorKind::NotRoot,
             T::DmThinUnsupported | T::DmUnavailable | T::ToolMissing { .. } => {
                 ErrorKind::BackendUnavailable
@@ -63,6 +71,7 @@ impl ErrorKind {
             | T::BelowFreeSpaceFloor { .. }
             | T::OutOfMetadataSpace { .. }
             | T::NoRoom { .. }
+            | T::VgTooSmall { .. }
             | T::ThinIdsExhausted => ErrorKind::NoSpace,
             T::MetadataCheckFailed { .. }
             | T::TransactionMismatch { .. }

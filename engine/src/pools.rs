@@ -93,6 +93,9 @@ pub struct PoolRecord {
     pub autoextend_percent: u8,
     /// Percent that must stay free for new thin devices.
     pub free_space_floor: u8,
+    /// The engine that owns the pool's thin devices, when lent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lent_to: Option<LentTo>,
 }
 
 impl PoolRecord {
@@ -189,6 +192,11 @@ pub struct PoolReport {
     pub autoextend_percent: u8,
     /// Percent that must stay free for new thin devices.
     pub free_space_floor: u8,
+    /// Whether less than the floor is free (a lent pool's engine is not
+    /// held to it: this is the view its monitoring reads).
+    pub below_floor: bool,
+    /// The engine the pool is lent to (it owns the thin devices).
+    pub lent_to: Option<LentTo>,
 }
 
 /// A pool opened for changes, with its lock held.
@@ -401,6 +409,7 @@ impl Pools {
             autoextend_threshold: policy.threshold_percent,
             autoextend_percent: policy.extend_percent,
             free_space_floor: floor,
+            lent_to: None,
         };
         let lock = self.start(&rec)?;
         match Pool::create_loopback(&self.deps, cfg) {
@@ -433,6 +442,7 @@ impl Pools {
             autoextend_threshold: cfg.autoextend.threshold_percent,
             autoextend_percent: cfg.autoextend.extend_percent,
             free_space_floor: floor,
+            lent_to: None,
         };
         let lock = self.start(&rec)?;
         match Pool::create_lvm(&self.deps, &cfg) {
@@ -467,6 +477,7 @@ impl Pools {
             autoextend_threshold: policy.threshold_percent,
             autoextend_percent: policy.extend_percent,
             free_space_floor: floor,
+            lent_to: None,
         };
         let lock = self.start(&rec)?;
         match Pool::adopt(&self.deps, dm_name, &store, allow_foreign) {
@@ -559,6 +570,8 @@ impl Pools {
             autoextend_threshold: rec.autoextend_threshold,
             autoextend_percent: rec.autoextend_percent,
             free_space_floor: rec.free_space_floor,
+            below_floor: false,
+            lent_to: rec.lent_to,
         };
         if rec.state == RecordState::Creating {
             report.mode = "half-made (run `thinbox pool destroy`)".to_owned();
@@ -593,6 +606,9 @@ impl Pools {
                 report.mode = u.mode.to_string();
                 report.transaction_id = Some(u.transaction_id.0);
                 report.data = Some(Space::new(u.used_data.get(), u.total_data.get(), bs));
+                report.below_floor = rec.free_space_floor > 0
+                    && u128::from(u.free_data().get()) * 100
+                        < u128::from(u.total_data.get()) * u128::from(rec.free_space_floor);
                 report.metadata = Some(Space::new(u.used_meta.get(), u.total_meta.get(), 4096));
                 report.needs_check = u.needs_check;
                 report.no_space_policy = Some(u.no_space.to_string());
@@ -601,32 +617,6 @@ impl Pools {
             None => {}
         }
         Ok(report)
-    }
-
-    /// Grows pool `name`'s data and/or metadata device to the given sizes.
-    pub fn extend(
-        &self,
-        name: &str,
-        data: Option<thinpool::Bytes>,
-        metadata: Option<thinpool::Bytes>,
-    ) -> Result<()> {
-        let mut p = self.open_pool(name)?;
-        if p.record.kind != PoolKind::Loopback {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "pool {name:?} is {}: extend its volume group's LV with lvextend (or run `thinbox pool monitor {name}`), thinbox extends only loopback pools to a given size",
-                    p.record.kind
-                ),
-            ));
-        }
-        if let Some(d) = data {
-            p.pool.extend_data(d)?;
-        }
-        if let Some(m) = metadata {
-            p.pool.extend_metadata(m)?;
-        }
-        Ok(())
     }
 
     /// Checks pool `name`'s metadata with `thin_check` on a metadata
@@ -698,8 +688,17 @@ impl Pools {
 
     /// Removes pool `name`: everything thinbox made for it (an adopted
     /// pool is only forgotten: its dm device is not thinbox's to remove).
-    pub fn destroy(&self, name: &str) -> Result<()> {
+    /// A lent pool holds its engine's thin devices: only `force` removes it.
+    pub fn destroy(&self, name: &str, force: bool) -> Result<()> {
         let rec = self.record(name)?;
+        if let (Some(to), false) = (rec.lent_to, force) {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "pool {name:?} is lent to {to}, whose thin devices it holds: stop {to} and take the pool back (`thinbox pool hand-over {name} --to thinbox`), or destroy it with --force"
+                ),
+            ));
+        }
         let lock = self.lock(name)?;
         match (rec.state, rec.kind) {
             (RecordState::Creating, _) => self.undo(&rec),
@@ -778,6 +777,12 @@ impl Pools {
         }
     }
 }
+
+mod grow;
+mod lend;
+
+pub use grow::{Extension, SizeChange};
+pub use lend::{merge_containerd, merge_docker, EngineSettings, HandOver, LentTo};
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::{Event, Observer};
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path` atomically (temp file, fsync, rename, fsync of
+/// the directory).
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let f = File::create(&tmp).map_err(|e| Error::io("cannot write", &tmp, e))?;
     use std::io::Write;

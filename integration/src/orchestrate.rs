@@ -99,7 +99,10 @@ pub fn main(options: &Options) -> ExitCode {
         }
     }
     if let Some(filter) = &options.filter {
-        kernel.retain(|c| c.listing.name.contains(filter.as_str()));
+        // Matched against PACKAGE::TARGET::TEST, so a filter can pick a target.
+        kernel.retain(|c| {
+            format!("{}::{}", c.binary.label, c.listing.name).contains(filter.as_str())
+        });
     }
 
     let host_env = Environment::probe();

@@ -207,6 +207,46 @@ pub enum ErrorKind {
         /// What it is (`volume group tb`, `physical volume /dev/vdb`).
         what: String,
     },
+    /// A device cannot become a PV of a new pool: missing, not a block
+    /// device, mounted, a PV of a VG, or held by dm ([`crate::lvm::DeviceUse`]).
+    DeviceUnusable {
+        /// The device as given.
+        device: String,
+        /// What it is used for.
+        found: crate::lvm::DeviceUse,
+    },
+    /// The pool is lent to another engine, which owns its thin devices:
+    /// thinbox makes, removes and reconciles none.
+    Lent {
+        /// The engine (`containerd`, `docker`).
+        to: String,
+    },
+    /// The pool still holds thin devices, so it cannot be lent (thinbox's)
+    /// or taken back (the other engine's).
+    HasThins {
+        /// How many.
+        count: usize,
+        /// Whose (`thinbox's`, `the engine's`).
+        whose: &'static str,
+    },
+    /// A volume group lacks the free space a growth needs.
+    VgTooSmall {
+        /// The VG.
+        vg: String,
+        /// Bytes the growth needs.
+        need: Bytes,
+        /// Bytes free in the VG.
+        free: Bytes,
+    },
+    /// A size smaller than the current one was asked for: pools only grow.
+    CannotShrink {
+        /// What (`data`, `metadata`).
+        what: &'static str,
+        /// The size asked for.
+        asked: Bytes,
+        /// The current size.
+        current: Bytes,
+    },
     /// A fault injected by a test double (never produced by real implementations).
     Injected,
 }
@@ -339,6 +379,29 @@ impl fmt::Display for ErrorKind {
             NotOurs { what } => write!(
                 f,
                 "{what} was not made by thinbox, so it is left alone: remove it by hand or choose another name or device"
+            ),
+            DeviceUnusable { device, found } => {
+                write!(f, "{device} {}", found.refusal().unwrap_or_default())
+            }
+            Lent { to } => write!(
+                f,
+                "the pool is lent to {to}, which owns its thin devices: thinbox makes none in it (take it back with `thinbox pool hand-over NAME --to thinbox` once {to} no longer uses it)"
+            ),
+            HasThins { count, whose } => write!(
+                f,
+                "the pool holds {count} of {whose} thin devices: remove them first"
+            ),
+            VgTooSmall { vg, need, free } => write!(
+                f,
+                "volume group {vg} has {free} free but the growth needs {need}: add a disk with `vgextend {vg} DEVICE`, or ask for less"
+            ),
+            CannotShrink {
+                what,
+                asked,
+                current,
+            } => write!(
+                f,
+                "{what} size {asked} is below the current {current}: pools only grow; give a size above {current} or +SIZE"
             ),
             Injected => write!(f, "injected fault"),
         }

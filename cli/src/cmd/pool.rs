@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use engine::config::Bytes;
-use engine::pools::{MonitorCheck, PoolKind, PoolReport};
+use engine::pools::{
+    EngineSettings, HandOver, LentTo, MonitorCheck, PoolKind, PoolReport, SizeChange,
+};
 use engine::{Error, ErrorKind};
 use thinpool::pool::{AutoextendPolicy, LoopbackConfig, LvmConfig};
 use thinpool::table::PoolFeatures;
@@ -29,17 +31,23 @@ pub enum PoolCommand {
         /// The pool.
         name: Option<String>,
     },
-    /// Grows a loopback pool's data or metadata file to SIZE.
+    /// Grows a pool's data and/or metadata to SIZE or by +SIZE: a loopback
+    /// pool's files, or a direct-lvm pool's LVs with lvextend in its VG.
     Extend {
         /// The pool.
         name: String,
-        /// New data size (a multiple of the block size).
-        #[arg(long, value_name = "SIZE")]
-        data: Option<Bytes>,
-        /// New metadata size.
-        #[arg(long, value_name = "SIZE")]
-        metadata: Option<Bytes>,
+        /// New data size, or +SIZE to grow by (loopback: a multiple of the block size).
+        #[arg(long, value_name = "SIZE|+SIZE", allow_hyphen_values = true)]
+        data: Option<SizeChange>,
+        /// New metadata size, or +SIZE to grow by.
+        #[arg(long, value_name = "SIZE|+SIZE", allow_hyphen_values = true)]
+        metadata: Option<SizeChange>,
     },
+    /// Lends a pool to containerd's devmapper snapshotter or Docker's
+    /// devicemapper driver (they make its thin devices; thinbox keeps the
+    /// pool), or takes it back with --to thinbox; prints (with --write,
+    /// merges) the engine's configuration.
+    HandOver(HandOverArgs),
     /// Checks the pool's metadata with thin_check, on a metadata snapshot
     /// so the pool keeps working.
     Check {
@@ -51,6 +59,9 @@ pub enum PoolCommand {
     Destroy {
         /// The pool.
         name: String,
+        /// Destroy a pool lent to another engine, with its thin devices.
+        #[arg(long)]
+        force: bool,
     },
     /// Keeps the pool healthy in the foreground: waits for its dm events
     /// and grows data and metadata past the autoextend threshold (see
@@ -148,6 +159,72 @@ pub struct CreateArgs {
     /// Adopt even a pool that seems to be in use by someone else.
     #[arg(long, requires = "adopt")]
     pub allow_foreign: bool,
+    /// Lend the new pool to this engine (see `thinbox pool hand-over`);
+    /// writes then queue when the pool is full unless --error-if-no-space,
+    /// giving `thinbox pool monitor` time to grow it. With --json, prints
+    /// {"status": ..., "hand_over": ...}.
+    #[arg(long = "for", value_name = "ENGINE", value_parser = ["containerd", "docker"])]
+    pub for_engine: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `thinbox pool hand-over` arguments.
+#[derive(Debug, Args)]
+pub struct HandOverArgs {
+    /// The pool.
+    pub name: String,
+    /// The engine that gets the pool, or thinbox to take it back.
+    #[arg(long, value_parser = ["containerd", "docker", "thinbox"])]
+    pub to: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// How the engine a pool is lent to is configured.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Merge the settings into the engine's config file (a copy of the
+    /// file as it was is kept beside it).
+    #[arg(long)]
+    pub write: bool,
+    /// The engine's config file (default /etc/containerd/config.toml or
+    /// /etc/docker/daemon.json).
+    #[arg(long, value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+    /// containerd: every snapshot's size (base_image_size).
+    #[arg(long, default_value = "10G", value_name = "SIZE")]
+    pub base_size: Bytes,
+    /// containerd: the snapshots' filesystem (fs_type).
+    #[arg(long, default_value = "ext4", value_parser = ["ext4", "xfs"])]
+    pub fs: String,
+    /// containerd: the snapshotter's metadata directory (root_path).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/containerd/io.containerd.snapshotter.v1.devmapper"
+    )]
+    pub root_path: PathBuf,
+    /// containerd: keep removed snapshots' blocks allocated (discard_blocks = false).
+    #[arg(long)]
+    pub no_discard_blocks: bool,
+    /// containerd: remove devices in the snapshotter's cleanup (async_remove).
+    #[arg(long)]
+    pub async_remove: bool,
+}
+
+impl EngineArgs {
+    fn settings(&self) -> EngineSettings {
+        EngineSettings {
+            root_path: self.root_path.clone(),
+            base_size: self.base_size,
+            fs: self.fs.clone(),
+            discard_blocks: !self.no_discard_blocks,
+            async_remove: self.async_remove,
+            config_file: self.config_file.clone(),
+            write: self.write,
+        }
+    }
 }
 
 fn block_size(s: Bytes) -> anyhow::Result<BlockSize> {
@@ -160,6 +237,13 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
         threshold_percent: a.autoextend_threshold,
         extend_percent: a.autoextend_percent,
         ..AutoextendPolicy::default()
+    };
+    let lend: Option<LentTo> = a.for_engine.as_deref().map(str::parse).transpose()?;
+    // For another engine, writes queue while the monitor grows the pool.
+    let error_when_full = if a.queue_if_no_space {
+        false
+    } else {
+        a.error_if_no_space || lend.is_none()
     };
     let opened = if let Some(dm_name) = &a.adopt {
         let name = a.name.clone().unwrap_or_else(|| dm_name.clone());
@@ -174,6 +258,7 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
             cfg.chunk_size = block_size(a.chunk_size)?;
             cfg.zero = a.zero;
             cfg.force = a.force;
+            cfg.error_when_full = error_when_full;
             cfg.autoextend = policy;
             cfg.profile_dir = a.profile_dir.clone();
             let progress = Progress::new(!g.json);
@@ -192,7 +277,7 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
                 ignore_discard: a.ignore_discard,
                 no_discard_passdown: a.no_discard_passdown,
                 read_only: false,
-                error_if_no_space: !a.queue_if_no_space,
+                error_if_no_space: error_when_full,
             };
             cfg.max_thins = a.max_thins;
             cfg.direct_io = !a.no_direct_io;
@@ -203,12 +288,69 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<()> {
     };
     let name = opened.record.name.clone();
     drop(opened);
+    let handed = match lend {
+        Some(to) => {
+            Some(engine_options(g).hand_over_pool(&name, Some(to), &a.engine.settings())?)
+        }
+        None => None,
+    };
     let report = pools.status(&name)?;
     if g.json {
-        print_json(&report)
+        return match handed {
+            Some(h) => print_json(&serde_json::json!({ "status": report, "hand_over": h })),
+            None => print_json(&report),
+        };
+    }
+    println!("created {} pool {name}", report.kind);
+    print_report(&report);
+    if let Some(h) = handed {
+        print_hand_over(&h);
+    }
+    Ok(())
+}
+
+fn print_hand_over(h: &HandOver) {
+    let name = &h.pool;
+    let Some(to) = h.lent_to else {
+        println!("pool {name} is thinbox's again");
+        return;
+    };
+    println!(
+        "pool {name} is lent to {to}: it makes the thin devices, thinbox keeps the pool (run `thinbox pool monitor {name}`, or enable thinbox-monitor@{name}.service)"
+    );
+    let file = h
+        .config_file
+        .as_deref()
+        .map_or_else(String::new, |f| f.display().to_string());
+    if h.written {
+        match &h.backup {
+            Some(b) => println!("merged into {file} (the file as it was: {})", b.display()),
+            None => println!("wrote {file}"),
+        }
+    } else if let Some(c) = &h.config {
+        println!(
+            "{to}'s settings for the pool (merge them into {file}, or run again with --write):"
+        );
+        print!("{c}");
+    }
+    match to {
+        LentTo::Containerd => println!(
+            "restart containerd to use it (`--snapshotter devmapper`); on a host without udev, run containerd with DM_DISABLE_UDEV=1"
+        ),
+        LentTo::Docker => println!("restart dockerd to use it"),
+    }
+}
+
+fn hand_over(g: &Global, a: &HandOverArgs) -> anyhow::Result<()> {
+    let to = match a.to.as_str() {
+        "thinbox" => None,
+        t => Some(t.parse::<LentTo>()?),
+    };
+    let h = engine_options(g).hand_over_pool(&a.name, to, &a.engine.settings())?;
+    if g.json {
+        print_json(&h)
     } else {
-        println!("created {} pool {name}", report.kind);
-        print_report(&report);
+        print_hand_over(&h);
         Ok(())
     }
 }
@@ -247,7 +389,14 @@ fn print_report(r: &PoolReport) {
         "autoextend:           at {}% used, by {}%",
         r.autoextend_threshold, r.autoextend_percent
     );
-    println!("free-space floor:     {}%", r.free_space_floor);
+    println!(
+        "free-space floor:     {}%{}",
+        r.free_space_floor,
+        if r.below_floor { " (less is free)" } else { "" }
+    );
+    if let Some(to) = r.lent_to {
+        println!("lent to:              {to}");
+    }
 }
 
 fn status(g: &Global, name: Option<&str>) -> anyhow::Result<()> {
@@ -334,6 +483,12 @@ fn print_check(g: &Global, name: &str, once: bool, c: &MonitorCheck) {
             );
         }
     }
+    if c.status.below_floor {
+        eprintln!(
+            "thinbox: pool {name} has less than its {}% free-space floor free: extend it (`thinbox pool extend {name} --data +SIZE`) or free space",
+            c.status.free_space_floor
+        );
+    }
     if c.needs_attention() {
         eprintln!(
             "thinbox: pool {name} is in mode {}{}: run `thinbox pool check {name}`",
@@ -382,12 +537,18 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
                 .into());
             }
             let pools = engine_options(g).pools()?;
-            pools.extend(name, *data, *metadata)?;
+            let x = pools.extend(name, *data, *metadata)?;
             let r = pools.status(name)?;
             if g.json {
-                print_json(&r)
+                print_json(&serde_json::json!({ "extension": x, "status": r }))
             } else {
-                println!("extended pool {name}");
+                println!(
+                    "extended pool {name}: data {} -> {}, metadata {} -> {}",
+                    human(x.data_before),
+                    human(x.data_after),
+                    human(x.metadata_before),
+                    human(x.metadata_after)
+                );
                 print_report(&r);
                 Ok(())
             }
@@ -401,8 +562,9 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-        PoolCommand::Destroy { name } => {
-            engine_options(g).destroy_pool(name)?;
+        PoolCommand::HandOver(a) => hand_over(g, a),
+        PoolCommand::Destroy { name, force } => {
+            engine_options(g).destroy_pool(name, *force)?;
             if g.json {
                 print_json(&serde_json::json!({ "pool": name, "destroyed": true }))
             } else {

@@ -212,7 +212,7 @@ pub const APPLETS: &[&str] = &[
 ];
 
 /// An image `name` with busybox and applet links, `PATH=/bin`, Cmd `sh`.
-pub fn busybox_image(root: &Root, name: &str) {
+pub fn busybox_spec(name: &str) -> ImageSpec {
     let busybox = fs::read("/bin/busybox").expect("/bin/busybox (install busybox-static)");
     let mut entries = vec![
         Entry::dir("bin"),
@@ -237,12 +237,13 @@ pub fn busybox_image(root: &Root, name: &str) {
         working_dir: "/".into(),
         user: String::new(),
     };
+    ImageSpec::new(config, vec![write::layer_tar(&entries).unwrap()]).name(name)
+}
+
+/// [`busybox_spec`] imported into `root` as `name`.
+pub fn busybox_image(root: &Root, name: &str) {
     let dir = root.path().join(format!("oci-{}", name.replace(':', "-")));
-    write::oci_dir(
-        &ImageSpec::new(config, vec![write::layer_tar(&entries).unwrap()]).name(name),
-        &dir,
-    )
-    .unwrap();
+    write::oci_dir(&busybox_spec(name), &dir).unwrap();
     root.ok(&["image", "import", dir.to_str().unwrap()]);
 }
 

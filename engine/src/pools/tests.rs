@@ -50,14 +50,42 @@ fn loopback_pool_life_cycle_over_fakes() {
     let e = p.create_loopback(&cfg(&p, "tp"), &policy, 0).unwrap_err();
     assert_eq!(e.kind, ErrorKind::AlreadyExists);
 
-    p.extend("tp", Some(Bytes::mib(512)), None).unwrap();
+    let x = p
+        .extend("tp", Some(SizeChange::To(Bytes::mib(512))), None)
+        .unwrap();
+    assert_eq!((x.data_before, x.data_after), (256 << 20, 512 << 20));
     assert_eq!(p.status("tp").unwrap().data.unwrap().total_bytes, 512 << 20);
+    let x = p
+        .extend("tp", Some(SizeChange::By(Bytes::mib(64))), None)
+        .unwrap();
+    assert_eq!(x.data_after, 576 << 20);
     let e = p
-        .extend("tp", Some(Bytes((100 << 20) + 512)), None)
+        .extend("tp", Some(SizeChange::To(Bytes((600 << 20) + 512))), None)
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{}", e.message);
+    let e = p
+        .extend("tp", Some(SizeChange::To(Bytes::mib(300))), None)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{}", e.message);
+    assert!(e.message.contains("only grow"), "{}", e.message);
 
-    p.destroy("tp").unwrap();
+    // Lent, the pool is its engine's: destroy needs --force.
+    let h = p
+        .hand_over("tp", Some(LentTo::Docker), &EngineSettings::default())
+        .unwrap();
+    assert_eq!(h.lent_to, Some(LentTo::Docker));
+    assert!(!h.written, "rendered only");
+    assert!(h.config.unwrap().contains("dm.thinpooldev=/dev/mapper/tp"));
+    assert_eq!(p.record("tp").unwrap().lent_to, Some(LentTo::Docker));
+    assert_eq!(p.status("tp").unwrap().lent_to, Some(LentTo::Docker));
+    let e = p.destroy("tp", false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InUse);
+    assert!(e.message.contains("--force"), "{}", e.message);
+    let h = p.hand_over("tp", None, &EngineSettings::default()).unwrap();
+    assert_eq!((h.lent_to, h.config), (None, None));
+    assert_eq!(p.record("tp").unwrap().lent_to, None);
+
+    p.destroy("tp", false).unwrap();
     assert!(p.names().unwrap().is_empty());
     assert!(!p.dir_of("tp").exists());
     assert_eq!(p.status("tp").unwrap_err().kind, ErrorKind::NotFound);
@@ -106,7 +134,7 @@ fn a_record_left_creating_is_undone() {
     let mut rec = p.record("tp").unwrap();
     rec.state = RecordState::Creating;
     p.save(&rec).unwrap();
-    p.destroy("tp").unwrap();
+    p.destroy("tp", false).unwrap();
     assert!(!p.dir_of("tp").exists());
 }
 
@@ -125,8 +153,10 @@ fn records_round_trip() {
         autoextend_threshold: 80,
         autoextend_percent: 20,
         free_space_floor: 0,
+        lent_to: Some(LentTo::Containerd),
     };
     let text = toml::to_string(&rec).unwrap();
+    assert!(text.contains("lent_to = \"containerd\""), "{text}");
     assert_eq!(toml::from_str::<PoolRecord>(&text).unwrap(), rec);
     assert_eq!(rec.dm_name(), "my--vg-p");
     assert!(toml::from_str::<PoolRecord>(&format!("{text}\nbogus = 1\n")).is_err());

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{LvChange, LvExtend, LvRow, LvmControl, PvInfo, ThinPoolSpec, VgInfo};
+use super::{DeviceUse, LvChange, LvExtend, LvRow, LvmControl, PvInfo, ThinPoolSpec, VgInfo};
 use crate::dm::{CrashWhen, DmControl, FakeDm};
 use crate::error::{Error, ErrorKind, Result};
 use crate::table::{DevRef, PoolFeatures, PoolTable, TargetLine};
@@ -59,6 +59,7 @@ impl Vg {
 struct State {
     disks: BTreeMap<PathBuf, u64>,
     signatures: BTreeMap<PathBuf, Vec<String>>,
+    uses: BTreeMap<PathBuf, DeviceUse>,
     pvs: BTreeMap<PathBuf, Option<String>>,
     vgs: BTreeMap<String, Vg>,
     dmeventd: bool,
@@ -112,6 +113,12 @@ impl FakeLvm {
         st.disks.insert(dev.clone(), size.0);
         st.signatures
             .insert(dev, signatures.iter().map(|s| (*s).to_owned()).collect());
+    }
+
+    /// What `device_use` reports for `dev` (a mount, dm holders) besides
+    /// what the fake knows itself (missing disks, PVs in a VG).
+    pub fn set_device_use(&self, dev: impl Into<PathBuf>, found: DeviceUse) {
+        self.lock().uses.insert(dev.into(), found);
     }
 
     /// Whether dmeventd is there (without it `lvchange --monitor y` fails).
@@ -240,6 +247,20 @@ impl FakeLvm {
 }
 
 impl LvmControl for FakeLvm {
+    fn device_use(&self, dev: &Path) -> Result<DeviceUse> {
+        let st = self.lock();
+        if !st.disks.contains_key(dev) {
+            return Ok(DeviceUse::Missing);
+        }
+        if let Some(u) = st.uses.get(dev) {
+            return Ok(u.clone());
+        }
+        Ok(match st.pvs.get(dev) {
+            Some(Some(vg)) => DeviceUse::PvOf { vg: vg.clone() },
+            _ => DeviceUse::Free,
+        })
+    }
+
     fn signatures(&self, dev: &Path) -> Result<Vec<String>> {
         self.cmd(format!("wipefs --no-act {}", dev.display()), |st| {
             st.signatures
@@ -478,13 +499,14 @@ impl LvmControl for FakeLvm {
             let l = v.lvs.get_mut(lvn).ok_or_else(|| failed(&desc, 5))?;
             let more = match extend {
                 LvExtend::DataPercent(p) => (l.data_extents * u64::from(p)).div_ceil(100),
+                LvExtend::DataBy(b) => b.0.div_ceil(EXTENT),
                 LvExtend::Metadata(b) => b.0.div_ceil(EXTENT),
             };
             if more > free {
                 return Err(failed(&desc, 5));
             }
             match extend {
-                LvExtend::DataPercent(_) => l.data_extents += more,
+                LvExtend::DataPercent(_) | LvExtend::DataBy(_) => l.data_extents += more,
                 LvExtend::Metadata(_) => l.meta_extents += more,
             }
             Ok(l.active)

@@ -8,9 +8,11 @@
 //! Needs lvm2 with thin support and `--reportformat json` (2.02.158+) and
 //! util-linux 2.29+ for `wipefs --json`.
 
+mod device;
 mod fake;
 mod real;
 
+pub use device::{probe, DeviceUse};
 pub use fake::FakeLvm;
 pub use real::RealLvm;
 
@@ -329,6 +331,8 @@ impl LvChange {
 pub enum LvExtend {
     /// Grow the data LV by this percentage of its size (`-l +N%LV`).
     DataPercent(u8),
+    /// Grow the data LV by this much (`-L +N`, rounded up to extents).
+    DataBy(Bytes),
     /// Grow the metadata LV by this much (`--poolmetadatasize +N`).
     Metadata(Bytes),
 }
@@ -338,6 +342,7 @@ impl LvExtend {
     pub fn args(&self) -> Vec<String> {
         match self {
             LvExtend::DataPercent(p) => vec!["-l".into(), format!("+{p}%LV")],
+            LvExtend::DataBy(b) => vec!["-L".into(), format!("+{}k", b.0.div_ceil(1024))],
             LvExtend::Metadata(b) => vec![
                 "--poolmetadatasize".into(),
                 format!("+{}k", b.0.div_ceil(1024)),
@@ -352,6 +357,8 @@ impl LvExtend {
 pub trait LvmControl: Send + Sync + std::fmt::Debug {
     /// Signatures (partition tables, filesystems, PV labels) on a device.
     fn signatures(&self, dev: &Path) -> Result<Vec<String>>;
+    /// What a device is used for ([`probe`] on the live system).
+    fn device_use(&self, dev: &Path) -> Result<DeviceUse>;
     /// Erases every signature on a device (`wipefs -a`).
     fn wipe(&self, dev: &Path) -> Result<()>;
     /// Makes PVs (`pvcreate`).
@@ -522,6 +529,7 @@ mod tests {
             ["--metadataprofile", "p"]
         );
         assert_eq!(LvExtend::DataPercent(20).args(), ["-l", "+20%LV"]);
+        assert_eq!(LvExtend::DataBy(Bytes::gib(1)).args(), ["-L", "+1048576k"]);
         assert_eq!(
             LvExtend::Metadata(Bytes::mib(3)).args(),
             ["--poolmetadatasize", "+3072k"]

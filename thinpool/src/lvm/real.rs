@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    parse_lvs, parse_pvs, parse_vgs, run, signatures, LvChange, LvExtend, LvRow, LvmControl,
-    PvInfo, ThinPoolSpec, VgInfo, LV_COLUMNS, VG_COLUMNS,
+    parse_lvs, parse_pvs, parse_vgs, probe, run, signatures, DeviceUse, LvChange, LvExtend, LvRow,
+    LvmControl, PvInfo, ThinPoolSpec, VgInfo, LV_COLUMNS, VG_COLUMNS,
 };
 use crate::error::Result;
 
@@ -25,6 +25,11 @@ fn run_with(tool: &str, fixed: &[&str], more: &[String]) -> Result<String> {
 impl LvmControl for RealLvm {
     fn signatures(&self, dev: &Path) -> Result<Vec<String>> {
         signatures(dev)
+    }
+
+    fn device_use(&self, dev: &Path) -> Result<DeviceUse> {
+        let pvs = self.pvs()?;
+        probe(dev, &pvs)
     }
 
     fn wipe(&self, dev: &Path) -> Result<()> {

@@ -222,6 +222,7 @@ impl Pool {
             .config("floor_percent")?
             .and_then(|f| f.parse().ok())
             .unwrap_or(0);
+        let store_lent_to = store.config("lent_to")?;
         let mut pool = Pool {
             name,
             deps: deps.clone(),
@@ -230,8 +231,12 @@ impl Pool {
             backing,
             floor_percent,
             reconciliation: Reconciliation::default(),
+            lent_to: store_lent_to,
         };
-        pool.reconcile()?;
+        if pool.lent_to.is_none() {
+            // A lent pool's thin devices are its engine's (see `lend.rs`).
+            pool.reconcile()?;
+        }
         pool.reconciliation.checked = checked;
         Ok(pool)
     }

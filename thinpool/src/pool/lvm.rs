@@ -54,6 +54,16 @@ impl Pool {
                 }));
             }
             for d in &cfg.devices {
+                let found = deps.lvm.device_use(d)?;
+                if found != crate::lvm::DeviceUse::Free {
+                    return Err(Error::new(ErrorKind::DeviceUnusable {
+                        device: d.display().to_string(),
+                        found,
+                    })
+                    .path(d));
+                }
+            }
+            for d in &cfg.devices {
                 let found = deps.lvm.signatures(d)?;
                 if !found.is_empty() && !cfg.force {
                     return Err(Error::new(ErrorKind::DeviceHasSignature {

@@ -39,6 +39,7 @@ use crate::units::{BlockSize, Bytes, DataBlocks, Sectors, ThinId, TransactionId}
 
 mod adopt;
 mod config;
+mod lend;
 mod loopback;
 mod lvm;
 mod reconcile;
@@ -49,6 +50,7 @@ mod thin;
 pub use config::{
     AutoextendPolicy, Extended, LoopbackConfig, LvmConfig, Monitor, Reconciliation, WatchOptions,
 };
+pub use lend::PoolSizes;
 
 /// The kernel interfaces a pool drives, passed in by the caller.
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ pub struct Pool {
     backing: Backing,
     floor_percent: u8,
     reconciliation: Reconciliation,
+    lent_to: Option<String>,
 }
 
 /// What a pool's data and metadata devices are.

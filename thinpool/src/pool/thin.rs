@@ -88,6 +88,7 @@ impl Pool {
     /// writable and above its free-space floor, and the transaction id is
     /// the one the records expect.
     pub(super) fn reserve_new_thin(&self, name: &str) -> Result<(ThinId, TransactionId)> {
+        self.refuse_if_lent()?;
         if self.store.thin(name)?.is_some() {
             return Err(Error::new(ErrorKind::NameTaken {
                 name: name.to_owned(),
@@ -501,6 +502,8 @@ impl Pool {
     /// Deletes thin ids the pool has that no record explains (as reported by
     /// reconciliation in [`Reconciliation::unknown_ids`]). Returns what it removed.
     pub fn remove_unknown(&mut self) -> Result<Vec<ThinId>> {
+        self.refuse_if_lent()
+            .map_err(|e| self.err(e, "remove unknown thin ids"))?;
         let ids = std::mem::take(&mut self.reconciliation.unknown_ids);
         let recorded: Vec<ThinId> = self.store.thins()?.iter().map(|t| t.id).collect();
         let mut removed = Vec::new();

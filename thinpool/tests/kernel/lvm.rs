@@ -181,6 +181,9 @@ impl LvmControl for KillLvm {
     fn signatures(&self, dev: &Path) -> thinpool::Result<Vec<String>> {
         self.inner.signatures(dev)
     }
+    fn device_use(&self, dev: &Path) -> thinpool::Result<thinpool::lvm::DeviceUse> {
+        self.inner.device_use(dev)
+    }
     fn wipe(&self, dev: &Path) -> thinpool::Result<()> {
         self.around("wipefs", || self.inner.wipe(dev))
     }

@@ -61,6 +61,7 @@ fn recorded_ids(p: &Pool) -> Vec<u32> {
 const DISK: &str = "/dev/fake-vda";
 
 mod crash;
+mod lend;
 mod loopback;
 mod lvm;
 mod space;
