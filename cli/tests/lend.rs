@@ -29,6 +29,11 @@ fn main() -> ExitCode {
         )
         .needs(&[Need::Root, Need::Lvm, Need::Disks(1)])
         .timeout(Duration::from_secs(900)),
+        KernelTest::new(
+            "hand_over_a_pool_to_docker_and_back",
+            hand_over_a_pool_to_docker_and_back,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::DmThin]),
         KernelTest::new("extend_loopback_to_and_by", extend_loopback_to_and_by).needs(&[
             Need::Root,
             Need::Loop,
@@ -338,6 +343,100 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     assert!(!try_run("vgs", &[&vg]), "volume group removed");
     let left = run("dmsetup", &["ls"]);
     assert!(!left.contains(&dm_name), "{left}");
+}
+
+fn hand_over_a_pool_to_docker_and_back() {
+    let root = Root::new();
+    let name = unique_name("dock");
+    root.ok(&[
+        "pool",
+        "create",
+        "--name",
+        &name,
+        "--data-size",
+        "256M",
+        "--metadata-size",
+        "64M",
+    ]);
+    // thinbox's own thin devices (a root's snapshotter on the pool) keep it thinbox's.
+    let busy = unique_name("busy");
+    root.ok(&[
+        "pool",
+        "create",
+        "--name",
+        &busy,
+        "--data-size",
+        "256M",
+        "--metadata-size",
+        "64M",
+    ]);
+    let own = Root::with_config(&format!(
+        "backend = \"devmapper\"\n[devmapper]\npool_name = \"{busy}\"\nbase_size = \"64M\"\n"
+    ));
+    let _ = std::fs::remove_dir(own.path().join("pools"));
+    std::os::unix::fs::symlink(root.path().join("pools"), own.path().join("pools")).unwrap();
+    own.ok(&["snapshot", "prepare", "mine"]);
+    let line = root.fails(&["pool", "hand-over", &busy, "--to", "docker"], 4);
+    assert!(line.contains("of thinbox's thin devices"), "{line}");
+    assert!(root.json(&["pool", "status", &busy])["lent_to"].is_null());
+    own.ok(&["snapshot", "rm", "mine"]);
+    std::fs::remove_file(own.path().join("backend.toml")).unwrap();
+    std::fs::remove_file(own.path().join("pools")).unwrap();
+    root.ok(&["pool", "destroy", &busy]);
+
+    let file = root.path().join("daemon.json");
+    std::fs::write(
+        &file,
+        "{\"log-driver\": \"journald\", \"storage-opts\": [\"dm.basesize=20G\"]}\n",
+    )
+    .unwrap();
+    // Without --write the settings are printed and the file is left.
+    let out = root.ok(&[
+        "pool",
+        "hand-over",
+        &name,
+        "--to",
+        "docker",
+        "--config-file",
+        s(&file),
+    ]);
+    assert!(
+        out.contains(&format!("dm.thinpooldev=/dev/mapper/{name}")),
+        "{out}"
+    );
+    assert!(out.contains("--write"), "{out}");
+    assert!(!std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("devicemapper"));
+    let h = root.json(&[
+        "pool",
+        "hand-over",
+        &name,
+        "--to",
+        "docker",
+        "--write",
+        "--config-file",
+        s(&file),
+    ]);
+    assert_eq!(h["written"], true, "{h}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(v["storage-driver"], "devicemapper");
+    assert_eq!(v["log-driver"], "journald");
+    assert_eq!(v["storage-opts"][0], "dm.basesize=20G");
+    assert_eq!(
+        v["storage-opts"][1],
+        format!("dm.thinpooldev=/dev/mapper/{name}")
+    );
+    assert!(PathBuf::from(h["backup"].as_str().unwrap()).exists());
+    assert_eq!(root.json(&["pool", "status", &name])["lent_to"], "docker");
+    let text = root.ok(&["pool", "status", &name]);
+    assert!(text.contains("lent to:              docker"), "{text}");
+    // Back to thinbox: the pool is empty, so it is.
+    let h = root.json(&["pool", "hand-over", &name, "--to", "thinbox"]);
+    assert!(h["lent_to"].is_null(), "{h}");
+    assert!(root.json(&["pool", "status", &name])["lent_to"].is_null());
+    root.ok(&["pool", "destroy", &name]);
 }
 
 fn extend_loopback_to_and_by() {
