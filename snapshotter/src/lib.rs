@@ -34,7 +34,7 @@
 //!
 //! Backends differ only in [`Capabilities`]; nothing branches on a
 //! backend's name.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod core;
@@ -45,6 +45,8 @@ pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod store;
+#[allow(unsafe_code)]
+mod sys;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod types;

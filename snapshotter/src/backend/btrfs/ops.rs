@@ -1,6 +1,6 @@
 //! The seam between the btrfs backend and the kernel: [`BtrfsOps`], with
-//! [`SystemBtrfs`] driving btrfs through libbtrfsutil (subvolume ioctls)
-//! btrfs-progs (`qgroup limit`, `send | receive --dump`,
+//! [`SystemBtrfs`] driving btrfs through libbtrfsutil (subvolume ioctls),
+//! the qgroup-limit ioctl (`crate::sys`), btrfs-progs (`send | receive --dump`,
 //! `inspect-internal inode-resolve`) and sysfs (qgroup counters), as [`super::super::zfs::ZfsCli`] does
 //! for zfs. Tests pass a fake, so the backend's logic (layout, commit
 //! idempotence, leftovers, fallbacks) is tested without btrfs.
@@ -39,8 +39,8 @@ pub trait BtrfsOps: Send + std::fmt::Debug {
     /// The counters of qgroup `0/ID` of subvolume `id` on the filesystem
     /// holding `path`; None when quotas are off or it has none.
     fn qgroup(&self, path: &Path, id: u64) -> Result<Option<Qgroup>>;
-    /// Limits what subvolume `path` references to `bytes` (`btrfs qgroup
-    /// limit`); writes past it fail with EDQUOT.
+    /// Limits what subvolume `path` references to `bytes` (as `btrfs qgroup
+    /// limit` does); writes past it fail with EDQUOT.
     fn qgroup_limit(&self, path: &Path, bytes: u64) -> Result<()>;
     /// The paths that differ between read-only subvolumes `parent` and
     /// `source` (`send --no-data -p | receive --dump`); None when that
@@ -147,21 +147,12 @@ impl BtrfsOps for SystemBtrfs {
     }
 
     fn qgroup_limit(&self, path: &Path, bytes: u64) -> Result<()> {
-        let out = Command::new("btrfs")
-            .args(["qgroup", "limit", &bytes.to_string()])
-            .arg(path)
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|e| tool_missing("qgroup limit", e))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(Error::new(ErrorKind::Io, "qgroup limit")
-            .path(path)
-            .detail(format!(
-                "btrfs qgroup limit {bytes} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
+        let dir = std::fs::File::open(path).map_err(|e| Error::io("qgroup limit", path, e))?;
+        crate::sys::set_qgroup_max_referenced(&dir, bytes).map_err(|e| {
+            Error::new(ErrorKind::Io, "qgroup limit")
+                .path(path)
+                .detail(format!("setting the subvolume's limit to {bytes} bytes failed: {e}"))
+        })
     }
 
     fn send_dump(&self, parent: &Path, source: &Path) -> Result<Option<BTreeSet<PathBuf>>> {
