@@ -231,6 +231,15 @@ impl OpenPool {
     }
 }
 
+/// What `check` found besides the metadata being sound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// Thin ids in the pool that no record explains (another tool's).
+    pub unknown_ids: Vec<u32>,
+    /// Recorded thin devices the pool no longer has.
+    pub missing: Vec<String>,
+}
+
 /// One check of [`Pools::monitor`]: what grew, and the pool's state after.
 #[derive(Debug, Clone, Serialize)]
 pub struct MonitorCheck {
@@ -620,10 +629,24 @@ impl Pools {
     }
 
     /// Checks pool `name`'s metadata with `thin_check` on a metadata
-    /// snapshot of the live pool (so the pool keeps working meanwhile).
-    pub fn check(&self, name: &str) -> Result<()> {
-        let p = self.open_pool(name)?;
-        p.pool.check_live().map_err(|e| {
+    /// snapshot of the live pool (so the pool keeps working meanwhile),
+    /// then compares its thin ids with thinbox's records (a lent pool's are
+    /// its engine's): what another tool made or deleted is reported.
+    pub fn check(&self, name: &str) -> Result<CheckReport> {
+        let mut p = self.open_pool(name)?;
+        self.check_metadata(name, &p.pool)?;
+        if p.record.lent_to.is_some() {
+            return Ok(CheckReport::default());
+        }
+        let r = p.pool.rescan()?;
+        Ok(CheckReport {
+            unknown_ids: r.unknown_ids.iter().map(|i| i.get()).collect(),
+            missing: r.missing.clone(),
+        })
+    }
+
+    fn check_metadata(&self, name: &str, pool: &Pool) -> Result<()> {
+        pool.check_live().map_err(|e| {
             let damaged = matches!(e.kind(), thinpool::ErrorKind::MetadataCheckFailed { .. });
             let err = Error::from(e);
             if damaged {

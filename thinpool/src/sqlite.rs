@@ -129,10 +129,14 @@ mod tests {
         let wal = dir.path().join("s.db-wal");
         assert!(wal.metadata().unwrap().len() > 0, "the log is kept");
         let conn = open(&path, &SCHEMA).unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM a WHERE id = 7", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM a WHERE id = 7", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
         let ro = open_read_only(&path, &SCHEMA).unwrap();
-        let n: i64 = ro.query_row("SELECT count(*) FROM a", [], |r| r.get(0)).unwrap();
+        let n: i64 = ro
+            .query_row("SELECT count(*) FROM a", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
     }
 

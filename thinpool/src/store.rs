@@ -232,6 +232,9 @@ fn i64_of(v: u64) -> i64 {
     v as i64
 }
 
+/// The config key of [`Store::ids_checked_at`].
+const IDS_CHECKED: &str = "ids_checked_txn";
+
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -291,6 +294,24 @@ impl Store {
             })
             .optional()
             .map_err(|e| self.err(e, "read configuration"))
+    }
+
+    /// The transaction id at which the thin rows were last known to match
+    /// the pool's thin ids: set by a full comparison (thin_ls) that found
+    /// them equal, carried forward by each operation thinbox settles from
+    /// that transaction id, and so unchanged by anything else. An open that
+    /// finds the pool at this id, with nothing pending, need not compare.
+    pub fn ids_checked_at(&self) -> Result<Option<TransactionId>> {
+        self.config(IDS_CHECKED)?.map(|s| s.parse()).transpose()
+    }
+
+    /// Records that the thin rows match the pool's ids at `txn` (None:
+    /// not known to).
+    pub fn set_ids_checked_at(&self, txn: Option<TransactionId>) -> Result<()> {
+        match txn {
+            Some(t) => self.set_config(IDS_CHECKED, &t.to_string()),
+            None => self.remove_config(IDS_CHECKED),
+        }
     }
 
     /// The transaction id the records expect the pool to have.
@@ -405,6 +426,13 @@ impl Store {
             "INSERT INTO config(key, value) VALUES ('txn', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [txn.to_string()],
+        )
+        .map_err(e)?;
+        // Records that matched the pool's ids before this operation match
+        // them after it: thinbox made the only change (see `ids_checked_at`).
+        tx.execute(
+            "UPDATE config SET value = ?1 WHERE key = ?2 AND value = ?3",
+            params![txn.to_string(), IDS_CHECKED, op.intent.txn_from.to_string()],
         )
         .map_err(e)?;
         tx.commit().map_err(e)?;

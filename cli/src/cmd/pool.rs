@@ -554,13 +554,29 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             }
         }
         PoolCommand::Check { name } => {
-            engine_options(g).pools()?.check(name)?;
+            let r = engine_options(g).pools()?.check(name)?;
             if g.json {
-                print_json(&serde_json::json!({ "pool": name, "metadata": "ok" }))
-            } else {
-                println!("pool {name}: metadata ok");
-                Ok(())
+                return print_json(&serde_json::json!({
+                    "pool": name,
+                    "metadata": "ok",
+                    "unknown_ids": r.unknown_ids,
+                    "missing": r.missing,
+                }));
             }
+            println!("pool {name}: metadata ok");
+            if !r.unknown_ids.is_empty() {
+                println!(
+                    "pool {name}: thin ids no record explains (another tool's?): {:?}",
+                    r.unknown_ids
+                );
+            }
+            if !r.missing.is_empty() {
+                println!(
+                    "pool {name}: recorded thin devices the pool lacks: {}",
+                    r.missing.join(", ")
+                );
+            }
+            Ok(())
         }
         PoolCommand::HandOver(a) => hand_over(g, a),
         PoolCommand::Destroy { name, force } => {

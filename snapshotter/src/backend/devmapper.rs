@@ -170,11 +170,12 @@ impl Devmapper {
         })
     }
 
-    /// Discards every block of thin device `name` (`blkdiscard`, on the
-    /// device activated for the moment): its exclusive blocks go back to
-    /// the pool, which passes the discards down to the data device. It is
-    /// deactivated first, which fails while anyone has it open (a mounted
-    /// filesystem is never discarded under its users).
+    /// Discards the mapped blocks of thin device `name` (`BLKDISCARD` up
+    /// to its highest mapped sector, on the device activated for the
+    /// moment): its exclusive blocks go back to the pool, which passes the
+    /// discards down to the data device. It is deactivated first, which
+    /// fails while anyone has it open (a mounted filesystem is never
+    /// discarded under its users).
     fn discard(&self, name: &str) -> Result<()> {
         self.pool
             .deactivate(name, false)
@@ -183,27 +184,40 @@ impl Devmapper {
             .pool
             .activate(name)
             .map_err(|e| dm_err("discard", name, e))?;
-        let out = std::process::Command::new("blkdiscard")
-            .arg("--force")
-            .arg(&dev)
-            .output();
+        let discarded = self.discard_mapped(name, &dev);
         let deactivated = self.pool.deactivate(name, false);
-        let out = out.map_err(|e| {
-            Error::new(ErrorKind::BackendUnavailable, "discard")
-                .key(name)
-                .detail("cannot run blkdiscard; install util-linux")
-                .source(e)
-        })?;
-        if !out.status.success() {
-            return Err(Error::new(ErrorKind::Io, "discard")
+        discarded?;
+        deactivated.map_err(|e| dm_err("discard", name, e))
+    }
+
+    fn discard_mapped(&self, name: &str, dev: &Path) -> Result<()> {
+        let highest = match self.pool.thin_status(name) {
+            Ok(thinpool::status::ThinStatus::Working {
+                highest_mapped: Some(h),
+                ..
+            }) => h,
+            // Nothing mapped: nothing to give back.
+            Ok(thinpool::status::ThinStatus::Working { .. }) => return Ok(()),
+            Ok(other) => {
+                return Err(Error::new(ErrorKind::Io, "discard")
+                    .key(name)
+                    .detail(format!("the thin device's status is {other}")))
+            }
+            Err(e) => return Err(dm_err("discard", name, e)),
+        };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dev)
+            .map_err(|e| Error::io("discard", dev, e))?;
+        let len = (highest.get() + 1).saturating_mul(512);
+        crate::sys::discard(&f, 0, len).map_err(|e| {
+            Error::new(ErrorKind::Io, "discard")
                 .key(name)
                 .detail(format!(
-                    "blkdiscard {} failed: {}",
-                    dev.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-        }
-        deactivated.map_err(|e| dm_err("discard", name, e))
+                    "BLKDISCARD of {len} bytes on {} failed: {e}",
+                    dev.display()
+                ))
+        })
     }
 
     /// The pool underneath.

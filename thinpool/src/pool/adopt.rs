@@ -85,6 +85,7 @@ impl Pool {
                     table,
                     Backing::Adopted { meta, meta_devnum },
                     false,
+                    true,
                 )
             })();
             r.inspect_err(|_| {
@@ -141,6 +142,8 @@ impl Pool {
                 table,
                 Backing::Adopted { meta, meta_devnum },
                 false,
+                // Another tool's pool: always compared.
+                true,
             )
         })();
         r.map_err(|e| e.op("open adopted pool").path(store_path))

@@ -229,6 +229,9 @@ pub struct Reconciliation {
     /// The metadata could not be scanned (thin-provisioning-tools missing),
     /// so unknown and missing ids were not looked for.
     pub unscanned: bool,
+    /// Ids were not compared: the records were known to match the pool at
+    /// its transaction id and nothing was pending ([`Pool::rescan`] compares).
+    pub trusted: bool,
 }
 
 impl Reconciliation {
@@ -236,6 +239,7 @@ impl Reconciliation {
     pub fn is_clean(&self) -> bool {
         Reconciliation {
             checked: false,
+            trusted: false,
             ..self.clone()
         } == Reconciliation::default()
     }

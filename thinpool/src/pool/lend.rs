@@ -85,7 +85,7 @@ impl Pool {
             }
             self.store.remove_config("lent_to")?;
             self.lent_to = None;
-            self.reconcile()
+            self.reconcile(true)
         })();
         r.map_err(|e| self.err(e, "take back pool"))
     }

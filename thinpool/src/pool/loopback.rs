@@ -137,6 +137,8 @@ impl Pool {
                 features,
             };
             let mut checked = false;
+            // Activated now (after a reboot, say): ids are compared on open.
+            let mut activated = true;
             match deps.dm.info(&name)? {
                 None => {
                     if unclean {
@@ -154,6 +156,7 @@ impl Pool {
                 }
                 Some(info) if !info.live_table => Self::load_pool(deps, &name, &table)?,
                 Some(info) => {
+                    activated = false;
                     let live = deps.dm.table(&name)?;
                     let found = live.first().map(PoolTable::from_target).transpose()?;
                     let same_devices = found.as_ref().is_some_and(|f| {
@@ -178,9 +181,9 @@ impl Pool {
                     }
                 }
             }
-            Ok((data_loop, meta_loop, table, checked))
+            Ok((data_loop, meta_loop, table, checked, activated))
         })();
-        let (data_loop, meta_loop, table, checked) = match (r, undo) {
+        let (data_loop, meta_loop, table, checked, activated) = match (r, undo) {
             (Ok(v), _) => v,
             // Creating: the caller's undo list removes everything.
             (Err(e), Some(u)) => {
@@ -205,7 +208,7 @@ impl Pool {
             data_loop,
             meta_loop,
         };
-        Self::finish_open(deps, name, store, table, backing, checked)
+        Self::finish_open(deps, name, store, table, backing, checked, activated)
     }
 
     pub(super) fn finish_open(
@@ -215,6 +218,7 @@ impl Pool {
         table: PoolTable,
         backing: Backing,
         checked: bool,
+        scan: bool,
     ) -> Result<Pool> {
         store.set_config("state", "ready")?;
         store.set_config("clean", "false")?;
@@ -235,7 +239,7 @@ impl Pool {
         };
         if pool.lent_to.is_none() {
             // A lent pool's thin devices are its engine's (see `lend.rs`).
-            pool.reconcile()?;
+            pool.reconcile(scan)?;
         }
         pool.reconciliation.checked = checked;
         Ok(pool)

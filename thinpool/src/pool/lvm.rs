@@ -252,6 +252,9 @@ impl Pool {
         let devices = get("devices")?.split('\n').map(PathBuf::from).collect();
         let profile = PathBuf::from(get("profile")?);
         let full = format!("{vg}/{lv}");
+        // lvm2's dm name while the pool has no thin LVs (ours never has).
+        let expected = format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"));
+        let activated = deps.dm.info(&expected)?.is_none_or(|i| !i.live_table);
         deps.lvm.lvchange(&full, &LvChange::Activate)?;
         let row = crate::lvm::lv(&*deps.lvm, &vg, &lv)?;
         if store.config("monitor")?.as_deref() == Some("false") && row.is_monitored() {
@@ -274,7 +277,7 @@ impl Pool {
             meta: meta_info.devnode(),
             meta_devnum: meta_info.devnum,
         };
-        Self::finish_open(deps, name, store, table, backing, false)
+        Self::finish_open(deps, name, store, table, backing, false, activated)
     }
 
     pub(super) fn existing_store(path: &Path) -> Result<Store> {

@@ -4,7 +4,23 @@
 use super::*;
 
 impl Pool {
-    pub(super) fn reconcile(&mut self) -> Result<()> {
+    /// Compares the records with the pool's thin ids (thin_ls on a metadata
+    /// snapshot) whatever the records say: thin ids another tool made or
+    /// deleted without a transaction id of its own are found here, and by
+    /// every open that activates the pool (see [`Pool::reconcile`]).
+    pub fn rescan(&mut self) -> Result<&Reconciliation> {
+        self.refuse_if_lent()
+            .map_err(|e| self.err(e, "reconcile pool records"))?;
+        self.reconcile(true)?;
+        Ok(&self.reconciliation)
+    }
+
+    /// Reconciliation on open. The id comparison (thin_ls, which costs
+    /// more as the pool fills) runs when `scan`, when an operation was left
+    /// pending, or when the records are not known to match the pool at its
+    /// transaction id ([`Store::ids_checked_at`]); otherwise the last
+    /// command ended cleanly and the open costs a status ioctl and a list.
+    pub(super) fn reconcile(&mut self, scan: bool) -> Result<()> {
         let r = (|| -> Result<()> {
             let mut report = Reconciliation::default();
             let txn = match self.status_inner()? {
@@ -16,7 +32,9 @@ impl Pool {
                 }
             };
             let mut txn = txn;
-            for op in self.store.pending()? {
+            let pending = self.store.pending()?;
+            let scan = scan || !pending.is_empty();
+            for op in pending {
                 let done = txn == op.intent.txn_to || op.intent.kind == OpKind::Resize;
                 txn = self.resolve(op.clone(), txn)?;
                 if done {
@@ -31,6 +49,11 @@ impl Pool {
                     kernel: txn.0,
                     recorded: recorded.0,
                 }));
+            }
+            if !scan && self.store.ids_checked_at()? == Some(txn) {
+                report.trusted = true;
+                self.reconciliation = report;
+                return self.resume_and_clean_thins();
             }
             let in_pool: Vec<ThinId> = match self.usage_inner() {
                 Ok(v) => v.iter().map(|u| u.id).collect(),
@@ -55,6 +78,9 @@ impl Pool {
                 .into_iter()
                 .filter(|id| !recorded.contains(id))
                 .collect();
+            // Unknown ids keep every open comparing (and reporting them).
+            self.store
+                .set_ids_checked_at(report.unknown_ids.is_empty().then_some(txn))?;
             self.reconciliation = report;
             self.resume_and_clean_thins()
         })();

@@ -105,51 +105,68 @@ impl Pool {
 
     /// Creates a thin device of `size` (a multiple of the block size).
     pub fn create_thin(&mut self, name: &str, size: Sectors) -> Result<ThinId> {
-        let r = (|| -> Result<ThinId> {
-            check_name(name)?;
-            self.table.block_size.blocks_exact("thin device", size)?;
-            if size == Sectors::ZERO {
-                return Err(Error::new(ErrorKind::SizeTooSmall {
-                    what: "thin device",
-                    size: Bytes(0),
-                    min: self.table.block_size.bytes(),
-                }));
-            }
-            let (id, txn) = self.reserve_new_thin(name)?;
-            let intent = self.new_intent(OpKind::Create, id, name, size, None, txn)?;
-            self.mutate(intent, &format!("create_thin {id}"), |_| Ok(None))?;
-            Ok(id)
-        })();
+        let r = self.retry_if_id_taken(|p| p.create_thin_once(name, size));
         self.thin_context(r, "create thin device", name)
+    }
+
+    fn create_thin_once(&mut self, name: &str, size: Sectors) -> Result<ThinId> {
+        check_name(name)?;
+        self.table.block_size.blocks_exact("thin device", size)?;
+        if size == Sectors::ZERO {
+            return Err(Error::new(ErrorKind::SizeTooSmall {
+                what: "thin device",
+                size: Bytes(0),
+                min: self.table.block_size.bytes(),
+            }));
+        }
+        let (id, txn) = self.reserve_new_thin(name)?;
+        let intent = self.new_intent(OpKind::Create, id, name, size, None, txn)?;
+        self.mutate(intent, &format!("create_thin {id}"), |_| Ok(None))?;
+        Ok(id)
     }
 
     /// Snapshots `origin` as `name`. An active origin is suspended for the
     /// moment of the snapshot and always resumed.
     pub fn snapshot(&mut self, origin: &str, name: &str) -> Result<ThinId> {
-        let r = (|| -> Result<ThinId> {
-            check_name(name)?;
-            let o = self.record(origin)?;
-            let (id, txn) = self.reserve_new_thin(name)?;
-            let intent = self.new_intent(OpKind::Snapshot, id, name, o.size, Some(o.id), txn)?;
-            let origin_dm = self.thin_dm_name(origin);
-            let fs = self.filesystem(origin)?;
-            self.mutate(intent, &format!("create_snap {id} {}", o.id), |p| {
-                match p.deps.dm.info(&origin_dm)? {
-                    Some(i) if i.live_table && !i.suspended => {
-                        p.deps.dm.suspend(&origin_dm)?;
-                        Ok(Some(origin_dm.clone()))
-                    }
-                    _ => Ok(None),
-                }
-            })?;
-            if let Some(fs) = fs {
-                // Snapshots keep their filesystem even after the origin is deleted.
-                self.store
-                    .set_config(&format!("fs:{name}"), &fs.to_string())?;
-            }
-            Ok(id)
-        })();
+        let r = self.retry_if_id_taken(|p| p.snapshot_once(origin, name));
         self.thin_context(r, "snapshot thin device", name)
+    }
+
+    fn snapshot_once(&mut self, origin: &str, name: &str) -> Result<ThinId> {
+        check_name(name)?;
+        let o = self.record(origin)?;
+        let (id, txn) = self.reserve_new_thin(name)?;
+        let intent = self.new_intent(OpKind::Snapshot, id, name, o.size, Some(o.id), txn)?;
+        let origin_dm = self.thin_dm_name(origin);
+        let fs = self.filesystem(origin)?;
+        self.mutate(intent, &format!("create_snap {id} {}", o.id), |p| {
+            match p.deps.dm.info(&origin_dm)? {
+                Some(i) if i.live_table && !i.suspended => {
+                    p.deps.dm.suspend(&origin_dm)?;
+                    Ok(Some(origin_dm.clone()))
+                }
+                _ => Ok(None),
+            }
+        })?;
+        if let Some(fs) = fs {
+            // Snapshots keep their filesystem even after the origin is deleted.
+            self.store
+                .set_config(&format!("fs:{name}"), &fs.to_string())?;
+        }
+        Ok(id)
+    }
+
+    /// Runs `f` again after comparing the records with the pool when the
+    /// kernel refused a new thin id as taken: another tool made it without
+    /// a transaction id of its own, so the open trusted the records.
+    fn retry_if_id_taken<T>(&mut self, f: impl Fn(&mut Pool) -> Result<T>) -> Result<T> {
+        match f(self) {
+            Err(e) if matches!(e.kind(), ErrorKind::NameTaken { name } if *name == self.name) => {
+                self.reconcile(true)?;
+                f(self)
+            }
+            r => r,
+        }
     }
 
     /// Deletes a thin device (deactivating it first; fails if it is busy).

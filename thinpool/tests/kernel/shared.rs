@@ -73,9 +73,12 @@ pub fn thin_ops_and_usage(kind: Kind) {
     assert_eq!(kernel_thin_ids(&name, &meta), vec![0]);
     assert_eq!(recorded_ids(&tp), vec![0]);
 
-    // Another tool adds a thin id: reported on open, removed on request.
+    // Another tool adds a thin id without a transaction id of its own: an
+    // open of the active pool trusts the records (an adopted pool's always
+    // compares), a rescan reports it, and it is removed on request.
     run("dmsetup", &["message", &name, "0", "create_thin 77"]);
     let pool = tp.reopen();
+    pool.rescan().unwrap();
     assert_eq!(pool.reconciliation().unknown_ids.len(), 1);
     assert_eq!(pool.reconciliation().unknown_ids[0].get(), 77);
     assert_eq!(pool.remove_unknown().unwrap().len(), 1);

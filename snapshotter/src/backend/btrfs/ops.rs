@@ -151,7 +151,9 @@ impl BtrfsOps for SystemBtrfs {
         crate::sys::set_qgroup_max_referenced(&dir, bytes).map_err(|e| {
             Error::new(ErrorKind::Io, "qgroup limit")
                 .path(path)
-                .detail(format!("setting the subvolume's limit to {bytes} bytes failed: {e}"))
+                .detail(format!(
+                    "setting the subvolume's limit to {bytes} bytes failed: {e}"
+                ))
         })
     }
 

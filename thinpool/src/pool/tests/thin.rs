@@ -123,6 +123,28 @@ fn failed_resize_changes_nothing() {
 }
 
 #[test]
+fn an_id_taken_behind_the_records_back_is_found_and_skipped() {
+    let e = env();
+    let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
+    let a = p.create_thin("a", MIB16).unwrap();
+    // Another tool takes the id thinbox would give next, keeping the
+    // transaction id: the reopen trusts the records.
+    e.dm.message("tp", &format!("create_thin {}", a.get() + 1))
+        .unwrap();
+    drop(p);
+    let mut p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+    assert!(p.reconciliation().trusted);
+    // The kernel refuses the id; thinbox compares, and takes another.
+    let b = p.create_thin("b", MIB16).unwrap();
+    assert_ne!(b.get(), a.get() + 1);
+    assert_eq!(
+        p.reconciliation().unknown_ids,
+        vec![ThinId::new(u64::from(a.get()) + 1).unwrap()]
+    );
+    assert_eq!(p.store().pending().unwrap().len(), 0);
+}
+
+#[test]
 fn unknown_and_missing_ids_are_reported() {
     let e = env();
     let mut p = Pool::create_loopback(&e.deps, &cfg(&e)).unwrap();
@@ -132,10 +154,21 @@ fn unknown_and_missing_ids_are_reported() {
     e.dm.message("tp", "create_thin 5").unwrap();
     e.dm.message("tp", "delete 1").unwrap();
     drop(p);
+    // The pool is still active and its transaction id is the records':
+    // the open trusts them (no thin_ls)...
+    let mut p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
+    assert!(p.reconciliation().trusted && p.reconciliation().is_clean());
+    // ...until a comparison is asked for, which finds both changes.
+    let r = p.rescan().unwrap().clone();
+    assert_eq!(r.unknown_ids, vec![ThinId::new(5).unwrap()]);
+    assert_eq!(r.missing, vec!["b".to_owned()]);
+    assert!(!r.trusted);
+    // While unknown ids stay, every open compares.
+    drop(p);
     let mut p = Pool::open_loopback(&e.deps, &e.dir).unwrap();
     let r = p.reconciliation().clone();
     assert_eq!(r.unknown_ids, vec![ThinId::new(5).unwrap()]);
-    assert_eq!(r.missing, vec!["b".to_owned()]);
+    assert!(!r.trusted);
     // New devices do not collide with the unknown id.
     for n in ["c", "d", "e", "f", "g"] {
         p.create_thin(n, MIB16).unwrap();
