@@ -20,12 +20,11 @@
 //! it in the VM with pure cgroup v1 and v2.
 #![forbid(unsafe_code)]
 
-use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::Bundle;
 use criterion::{criterion_group, Criterion, SamplingMode};
 use runner::config::default_cgroup_path;
 use runner::{ContainerConfig, Runtime};
@@ -33,56 +32,19 @@ use runner::{ContainerConfig, Runtime};
 /// Set in the re-executed child: the bundle directory it runs.
 const CHILD_ENV: &str = "THINBOX_BENCH_CHILD";
 
-/// A busybox rootfs inside one OCI bundle directory, shared by every runtime.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    rootfs: PathBuf,
-    bundle: PathBuf,
-    id: String,
+/// The shared busybox bundle, and the two ways of running it.
+struct Fixture(Bundle);
+
+impl std::ops::Deref for Fixture {
+    type Target = Bundle;
+    fn deref(&self) -> &Bundle {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let pid = std::process::id();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("thinbox-test-{pid}-bench-"))
-            .tempdir()
-            .expect("temp dir");
-        let bundle = dir.path().join("bundle");
-        let rootfs = bundle.join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
-            fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("copy /bin/busybox (install busybox-static)");
-        // In a chroot so the applet links point at /bin/busybox inside the
-        // rootfs, not at the temp dir's host path.
-        run(Command::new("chroot")
-            .arg(&rootfs)
-            .args(["/bin/busybox", "--install", "-s", "/bin"]));
-        if !rootfs.join("bin/true").exists() {
-            symlink("busybox", rootfs.join("bin/true")).unwrap();
-        }
-        fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
-
-        // `runc spec` writes the default bundle config; crun and thinbox
-        // (the process variant) read the same.
-        run(Command::new("runc").arg("spec").current_dir(&bundle));
-        let path = bundle.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        spec["process"]["args"] = serde_json::json!(["/bin/true"]);
-        spec["process"]["terminal"] = serde_json::json!(false);
-        spec["root"]["path"] = serde_json::json!(rootfs.to_str().unwrap());
-        fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-
-        Fixture {
-            _dir: dir,
-            rootfs,
-            bundle,
-            id: format!("thinbox-test-{pid}-bench"),
-        }
+        Fixture(Bundle::new())
     }
 
     /// One `<runtime> run` of the bundle; Err with its output on failure.
@@ -127,16 +89,6 @@ impl Fixture {
             ))
         }
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The re-executed child: what a thinbox runtime process does with a

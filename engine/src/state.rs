@@ -115,7 +115,7 @@ fn lock_waiting(path: &Path, observer: &dyn Observer, shared: bool) -> Result<Fl
 pub fn holder_of(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
-        .map(|s| s.trim().to_owned())
+        .map(|s| s.lines().next().unwrap_or_default().trim().to_owned())
         .filter(|s| {
             s.strip_prefix("pid ")
                 .and_then(|r| r.split(' ').next())
@@ -141,10 +141,15 @@ fn lock_error(path: &Path, e: nix::errno::Errno) -> Error {
     )
 }
 
+/// The size of the holder record in a lock file.
+const HOLDER_BYTES: usize = 512;
+
 /// Writes who holds the lock into its file (best effort: it only names
-/// the holder to whoever waits).
-fn held(mut lock: Flock<File>) -> Flock<File> {
-    use std::io::{Seek, Write};
+/// the holder to whoever waits), over the last holder's record in place:
+/// one fixed-size record, padded, so the file never shrinks or grows (an
+/// ftruncate of it cost about 8 ms on ext4, once per lock).
+fn held(lock: Flock<File>) -> Flock<File> {
+    use std::os::unix::fs::FileExt;
     let cmdline = std::fs::read("/proc/self/cmdline")
         .map(|b| {
             b.split(|c| *c == 0)
@@ -154,11 +159,21 @@ fn held(mut lock: Flock<File>) -> Flock<File> {
                 .join(" ")
         })
         .unwrap_or_default();
-    let f: &mut File = &mut lock;
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = writeln!(f, "pid {} ({cmdline})", std::process::id());
+    let _ = lock.write_at(&holder_record(std::process::id(), &cmdline), 0);
     lock
+}
+
+fn holder_record(pid: u32, cmdline: &str) -> Vec<u8> {
+    let mut text = format!("pid {pid} ({cmdline})");
+    let mut end = text.len().min(HOLDER_BYTES - 1);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    let mut record = text.into_bytes();
+    record.resize(HOLDER_BYTES - 1, b' ');
+    record.push(b'\n');
+    record
 }
 
 /// Test hook: when the environment variable `THINBOX_PAUSE_AT` names
@@ -188,5 +203,32 @@ pub fn pause_point(step: &str) {
 pub fn crash_point(step: &str) {
     if std::env::var_os("THINBOX_CRASH_AT").is_some_and(|v| v == step) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_record_overwrites_in_place() {
+        let r = holder_record(7, "thinbox run x");
+        assert_eq!(r.len(), HOLDER_BYTES);
+        assert!(r.starts_with(b"pid 7 (thinbox run x)   "));
+        let long = holder_record(7, &"é".repeat(400));
+        assert_eq!(long.len(), HOLDER_BYTES);
+        assert!(String::from_utf8(long).is_ok(), "cut on a char boundary");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        std::fs::write(&path, "x".repeat(2000)).unwrap();
+        let lock = try_lock_file(&path).unwrap().unwrap();
+        let me = holder_of(&path).expect("names this process");
+        assert!(
+            me.starts_with(&format!("pid {} (", std::process::id())),
+            "{me}"
+        );
+        assert!(me.ends_with(')'), "only the record's line: {me}");
+        drop(lock);
     }
 }
