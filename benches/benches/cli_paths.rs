@@ -21,7 +21,8 @@
 //! median of the per-round ratios, which docs/benchmarks.md records. Needs
 //! root, the release binary (`cargo build --release -p cli`, or
 //! `THINBOX_BIN`), runc, busybox-static and the Debian archive for
-//! `scripts/make-busybox-image.sh`. Setup is outside every timed region.
+//! `scripts/make-busybox-image.sh` (or a layout it made, named by
+//! `THINBOX_BENCH_IMAGE`). Setup is outside every timed region.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -111,11 +112,20 @@ fn thinbox_exe() -> PathBuf {
     exe
 }
 
-/// The busybox layout from the project's script, and its one layer blob.
+/// The busybox layout from the project's script (or the one named by
+/// `THINBOX_BENCH_IMAGE`, for the VM, which cannot reach the archive), and
+/// its one layer blob.
 fn busybox_layout(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = dir.join("busybox-oci");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
-    run(Command::new(script).arg(&out));
+    let out = match std::env::var_os("THINBOX_BENCH_IMAGE") {
+        Some(given) => PathBuf::from(given),
+        None => {
+            let out = dir.join("busybox-oci");
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
+            run(Command::new(script).arg(&out));
+            out
+        }
+    };
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
     let blob = |digest: &str| {

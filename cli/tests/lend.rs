@@ -345,31 +345,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     assert!(!left.contains(&dm_name), "{left}");
 }
 
+/// A loopback pool of 256 MiB data, 64 MiB metadata.
+fn small_pool(root: &Root, name: &str) {
+    root.ok(&[
+        "pool",
+        "create",
+        "--name",
+        name,
+        "--data-size",
+        "256M",
+        "--metadata-size",
+        "64M",
+    ]);
+}
+
 fn hand_over_a_pool_to_docker_and_back() {
     let root = Root::new();
     let name = unique_name("dock");
-    root.ok(&[
-        "pool",
-        "create",
-        "--name",
-        &name,
-        "--data-size",
-        "256M",
-        "--metadata-size",
-        "64M",
-    ]);
+    small_pool(&root, &name);
     // thinbox's own thin devices (a root's snapshotter on the pool) keep it thinbox's.
     let busy = unique_name("busy");
-    root.ok(&[
-        "pool",
-        "create",
-        "--name",
-        &busy,
-        "--data-size",
-        "256M",
-        "--metadata-size",
-        "64M",
-    ]);
+    small_pool(&root, &busy);
     let own = Root::with_config(&format!(
         "backend = \"devmapper\"\n[devmapper]\npool_name = \"{busy}\"\nbase_size = \"64M\"\n"
     ));
@@ -442,16 +438,7 @@ fn hand_over_a_pool_to_docker_and_back() {
 fn extend_loopback_to_and_by() {
     let root = Root::new();
     let name = unique_name("grow");
-    root.ok(&[
-        "pool",
-        "create",
-        "--name",
-        &name,
-        "--data-size",
-        "256M",
-        "--metadata-size",
-        "64M",
-    ]);
+    small_pool(&root, &name);
     let data = || {
         root.json(&["pool", "status", &name])["data"]["total_bytes"]
             .as_u64()

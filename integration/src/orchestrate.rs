@@ -387,6 +387,11 @@ fn run_doc_tests(packages: &[String], failures: &mut Vec<String>) -> Tally {
     tally
 }
 
+/// The guest's results file for the `i`th binary of a boot.
+fn results_file(i: usize) -> String {
+    format!("results-{i}.jsonl")
+}
+
 /// Groups cases by binary, keeping the order.
 fn by_binary(cases: &[KernelCase]) -> Vec<(TestBinary, Vec<String>)> {
     let mut groups: Vec<(TestBinary, Vec<String>)> = Vec::new();
@@ -501,9 +506,13 @@ fn run_kernel_in_vm(
         .prefix("thinbox-vm-")
         .tempdir()
         .expect("share directory");
-    let results_in_guest = format!("{GUEST_SHARE}/results.jsonl");
+    // One results file per binary: tests of the same name in two binaries
+    // (`loopback_pool_lifecycle` in thinpool and cli) must not take each
+    // other's outcome.
+    let groups = by_binary(cases);
     let mut script = String::new();
-    for (binary, names) in by_binary(cases) {
+    for (i, (binary, names)) in groups.iter().enumerate() {
+        let results_in_guest = format!("{GUEST_SHARE}/{}", results_file(i));
         let quoted: Vec<String> = names.iter().map(|n| vm::shell_quote(n)).collect();
         script.push_str(&format!(
             "echo '== {} (vm, cgroup {layout})'\ncd {} && {RESULTS_ENV}={} {} --exact {}\n",
@@ -537,7 +546,6 @@ fn run_kernel_in_vm(
         ..VmConfig::default()
     };
     let result = vm::run_script(image, &config, &script);
-    let outcomes = read_outcomes(&share.path().join("results.jsonl"));
     let reason = match &result {
         Ok(out) => {
             println!(
@@ -555,7 +563,16 @@ fn run_kernel_in_vm(
             "the VM failed before reporting it".to_owned()
         }
     };
-    let tally = tally_outcomes("vm", cases, &outcomes, &reason, failures);
+    let mut tally = Tally::default();
+    for (i, (binary, _)) in groups.iter().enumerate() {
+        let outcomes = read_outcomes(&share.path().join(results_file(i)));
+        let mine: Vec<KernelCase> = cases
+            .iter()
+            .filter(|c| c.binary.exe == binary.exe)
+            .cloned()
+            .collect();
+        tally.add(tally_outcomes("vm", &mine, &outcomes, &reason, failures));
+    }
     if tally.failed > 0 {
         if let Ok(out) = &result {
             let tail: Vec<&str> = out.dmesg.lines().rev().take(40).collect();

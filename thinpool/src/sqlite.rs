@@ -61,8 +61,24 @@ pub enum OpenError {
 }
 
 /// Opens (creating if needed) the store at `path` with `schema`.
+///
+/// Two processes making the same new store can both hold it shared while
+/// switching it to WAL; SQLite then answers one of them "database is
+/// locked" at once rather than call the busy handler (which could
+/// deadlock), so that answer is retried here until [`BUSY_TIMEOUT`].
 pub fn open(path: &Path, schema: &Schema) -> Result<Connection, OpenError> {
-    init(Connection::open(path)?, schema)
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match init(Connection::open(path)?, schema) {
+            Err(OpenError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Opens the existing store at `path` to read only, beside a writer in
@@ -123,6 +139,29 @@ mod tests {
               CREATE TABLE IF NOT EXISTS b (a INTEGER NOT NULL REFERENCES a(id));",
         version: 2,
     };
+
+    #[test]
+    fn two_makers_of_one_store_both_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let makers: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let c = open(&path, &SCHEMA).expect("open while another makes it");
+                    c.execute("INSERT INTO a DEFAULT VALUES", []).unwrap();
+                })
+            })
+            .collect();
+        for m in makers {
+            m.join().unwrap();
+        }
+        let c = open(&path, &SCHEMA).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM a", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 8);
+    }
 
     #[test]
     fn the_log_outlives_its_connection() {

@@ -540,7 +540,10 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             let x = pools.extend(name, *data, *metadata)?;
             let r = pools.status(name)?;
             if g.json {
-                print_json(&serde_json::json!({ "extension": x, "status": r }))
+                // The status, as before, with what grew beside it.
+                let mut v = serde_json::to_value(&r)?;
+                v["extension"] = serde_json::to_value(&x)?;
+                print_json(&v)
             } else {
                 println!(
                     "extended pool {name}: data {} -> {}, metadata {} -> {}",

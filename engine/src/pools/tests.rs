@@ -161,3 +161,23 @@ fn records_round_trip() {
     assert_eq!(rec.dm_name(), "my--vg-p");
     assert!(toml::from_str::<PoolRecord>(&format!("{text}\nbogus = 1\n")).is_err());
 }
+
+#[test]
+fn status_says_when_less_than_the_floor_is_free() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, dm) = pools(tmp.path());
+    let mut opened = p
+        .create_loopback(&cfg(&p, "tp"), &AutoextendPolicy::default(), 50)
+        .unwrap();
+    assert!(!p.status("tp").unwrap().below_floor);
+    // 256 MiB of 64 KiB blocks: 4096; a writer takes 3000 of them.
+    opened
+        .pool
+        .create_thin("t", thinpool::Sectors::new(2048 * 512))
+        .unwrap();
+    opened.pool.activate("t").unwrap();
+    dm.provision("tp-t", 3000).unwrap();
+    let st = p.status("tp").unwrap();
+    assert!(st.below_floor, "{st:?}");
+    assert_eq!(st.free_space_floor, 50);
+}

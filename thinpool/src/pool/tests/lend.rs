@@ -5,15 +5,7 @@ use super::*;
 use crate::lvm::DeviceUse;
 
 fn lvm_pool(e: &Env) -> Pool {
-    fs::create_dir_all(&e.dir).unwrap();
-    e.lvm.add_disk(DISK, Bytes::gib(1), &[]);
-    let mut c = LvmConfig::new(
-        vec![PathBuf::from(DISK)],
-        "vg0",
-        "pool",
-        e.dir.join("lvm.db"),
-    );
-    c.profile_dir = e.dir.join("profile");
+    let mut c = super::lvm::lvm_cfg(e);
     c.data_percent = 20;
     c.metadata_percent = 1;
     Pool::create_lvm(&e.deps, &c).unwrap()
@@ -100,7 +92,7 @@ fn grows_loopback_files_to_a_size() {
 
 #[test]
 fn grows_an_lvm_pool_within_its_vg() {
-    let e = env();
+    let e = super::lvm::lvm_env(&[]);
     let mut p = lvm_pool(&e);
     let before = p.sizes().unwrap();
     // 1 GiB disk: 255 extents; 20% data = 51 extents (204 MiB).

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn lvm_cfg(e: &Env) -> LvmConfig {
+pub(super) fn lvm_cfg(e: &Env) -> LvmConfig {
     let mut c = LvmConfig::new(
         vec![PathBuf::from(DISK)],
         "vg0",
@@ -15,7 +15,7 @@ fn lvm_cfg(e: &Env) -> LvmConfig {
     c
 }
 
-fn lvm_env(signatures: &[&str]) -> Env {
+pub(super) fn lvm_env(signatures: &[&str]) -> Env {
     let e = env();
     fs::create_dir_all(&e.dir).unwrap();
     e.lvm.add_disk(DISK, Bytes::gib(1), signatures);
