@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_support::{busybox_spec, Root};
+use cli_support::{busybox_spec, disks, Root, VgGuard};
 use integration::fixtures::{run, try_run, unique_name};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -50,40 +50,6 @@ fn main() -> ExitCode {
         )
         .needs(&[Need::Root, Need::Lvm, Need::Disks(2)]),
     ])
-}
-
-fn disks() -> Vec<String> {
-    std::env::var(integration::vm::DISKS_ENV)
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Removes the VG (after any dm device stacked on its pool) and the PV
-/// labels, whatever the test left.
-struct VgGuard {
-    vg: String,
-    disks: Vec<String>,
-}
-
-impl Drop for VgGuard {
-    fn drop(&mut self) {
-        let prefix = format!("{}-", self.vg.replace('-', "--"));
-        if let Ok(o) = Command::new("dmsetup").args(["ls"]).output() {
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
-                let n = line.split_whitespace().next().unwrap_or_default();
-                if n.starts_with(&prefix) && n.contains("-snap-") {
-                    try_run("dmsetup", &["remove", n]);
-                }
-            }
-        }
-        try_run("vgremove", &["-f", &self.vg]);
-        for d in &self.disks {
-            try_run("pvremove", &["-ff", "-y", d]);
-            try_run("wipefs", &["-a", d]);
-        }
-    }
 }
 
 /// Kills a child (containerd, a monitor) the test left running.

@@ -8,7 +8,7 @@ mod cli_support;
 
 use std::process::ExitCode;
 
-use cli_support::{dm_devices, loops_under, Root};
+use cli_support::{disks, dm_devices, loops_under, Root, VgGuard};
 use integration::fixtures::{run, sparse_file, try_run, unique_name, LoopDevice, ZfsPool};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -250,28 +250,19 @@ fn monitor_grows_the_default_pool() {
     root.ok(&["snapshot", "rm", "a"]);
 }
 
-/// Removes a test VG and wipes its disk on drop.
-struct VgGuard(String, String);
-
-impl Drop for VgGuard {
-    fn drop(&mut self) {
-        try_run("vgremove", &["-f", &self.0]);
-        try_run("pvremove", &["-ff", "-y", &self.1]);
-        try_run("wipefs", &["-a", &self.1]);
-    }
-}
-
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
 fn lvm_pool_on_a_virtio_disk() {
-    let disk = std::env::var(integration::vm::DISKS_ENV).unwrap();
-    let disk = disk.split_whitespace().next().unwrap().to_owned();
+    let disk = disks().remove(0);
     let root = Root::new();
     let name = unique_name("lvm");
     let vg = unique_name("vg").replace('-', "_");
-    let _guard = VgGuard(vg.clone(), disk.clone());
+    let _guard = VgGuard {
+        vg: vg.clone(),
+        disks: vec![disk.clone()],
+    };
     let create = |force: bool| {
         let mut a = vec![
             "pool",

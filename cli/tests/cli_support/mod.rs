@@ -280,3 +280,42 @@ pub fn start_sleeper(root: &Root, name: &str) -> std::process::Child {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ---- lvm ----------------------------------------------------------------
+
+/// The VM's spare disks (`THINBOX_VM_DISKS`).
+pub fn disks() -> Vec<String> {
+    std::env::var(integration::vm::DISKS_ENV)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes the VG (after any dm device stacked on its pool) and the PV
+/// labels, whatever the test left.
+pub struct VgGuard {
+    /// The VG.
+    pub vg: String,
+    /// Its disks.
+    pub disks: Vec<String>,
+}
+
+impl Drop for VgGuard {
+    fn drop(&mut self) {
+        let prefix = format!("{}-", self.vg.replace('-', "--"));
+        if let Ok(o) = Command::new("dmsetup").args(["ls"]).output() {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                let n = line.split_whitespace().next().unwrap_or_default();
+                if n.starts_with(&prefix) && n.contains("-snap-") {
+                    try_run("dmsetup", &["remove", n]);
+                }
+            }
+        }
+        try_run("vgremove", &["-f", &self.vg]);
+        for d in &self.disks {
+            try_run("pvremove", &["-ff", "-y", d]);
+            try_run("wipefs", &["-a", d]);
+        }
+    }
+}
