@@ -293,7 +293,16 @@ fn main() -> ExitCode {
             };
             msg("create_thin 1").unwrap();
             let thin = format!("{pool}-snap");
-            let table = format!("0 2097152 thin /dev/mapper/{pool} 2");
+            // By device number: without udev there may be no /dev/mapper node.
+            let num = run(Command::new("dmsetup").args([
+                "info",
+                "-c",
+                "--noheadings",
+                "-o",
+                "major,minor",
+                &pool,
+            ]));
+            let table = format!("0 2097152 thin {} 2", num.trim());
             let p = pair_bench(&mut c, "snapshot_cycle", &mut thinbox_cycle, &mut || {
                 timed(Command::new("dmsetup").args(["message", &pool, "0", "create_snap 2 1"]))
                     + timed(Command::new("dmsetup").args(["create", &thin, "--table", &table]))

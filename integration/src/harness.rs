@@ -105,6 +105,16 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The variable that asks for every point of the long matrices.
+pub const FULL_ENV: &str = "THINBOX_FULL";
+
+/// Whether `THINBOX_FULL=1`: tests with a long matrix (crash points) run
+/// all of it; otherwise (CI's default) a subset that still covers each
+/// path through the code. docs/testing.md lists them.
+pub fn full_matrix() -> bool {
+    std::env::var(FULL_ENV).is_ok_and(|v| v == "1" || v == "true")
+}
+
 #[derive(Debug, Default)]
 struct Args {
     filters: Vec<String>,

@@ -525,8 +525,10 @@ fn run_kernel_in_vm(
     }
     let test_time: u64 = cases.iter().map(|c| c.listing.timeout_secs).sum();
     let mut env = vec![];
-    if let Ok(ci) = std::env::var("CI") {
-        env.push(("CI".to_owned(), ci));
+    for var in ["CI", crate::harness::FULL_ENV] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var.to_owned(), v));
+        }
     }
     let config = VmConfig {
         cgroup: layout,
