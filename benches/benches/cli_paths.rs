@@ -272,7 +272,7 @@ fn main() -> ExitCode {
             );
             lines.push(p.report("cli_paths import", "thinbox", "tar"));
         }
-        "devmapper" => {
+        "dm-thin" | "devmapper" => {
             // A second pool like the root's, driven with dmsetup alone.
             let raw = Root::new(&exe, &work, "raw");
             let pool = format!("thinbox-test-{}-rawpool", std::process::id());
