@@ -304,12 +304,10 @@ pub struct VgGuard {
 impl Drop for VgGuard {
     fn drop(&mut self) {
         let prefix = format!("{}-", self.vg.replace('-', "--"));
-        if let Ok(o) = Command::new("dmsetup").args(["ls"]).output() {
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
-                let n = line.split_whitespace().next().unwrap_or_default();
-                if n.starts_with(&prefix) && n.contains("-snap-") {
-                    try_run("dmsetup", &["remove", n]);
-                }
+        // containerd's thin devices on the pool hold it open.
+        for n in integration::fixtures::dm_names(&prefix) {
+            if n.contains("-snap-") {
+                try_run("dmsetup", &["remove", &n]);
             }
         }
         try_run("vgremove", &["-f", &self.vg]);
