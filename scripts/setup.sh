@@ -44,6 +44,9 @@ host_packages=(
     btrfs-progs dmsetup lvm2 thin-provisioning-tools e2fsprogs xfsprogs util-linux
     iproute2 procps psmisc
     crun runc containerd
+    # thinbox serve: protoc for containerd's protos (containerd-snapshots);
+    # containerd's own snapshotter suite, built with Debian's Go.
+    protobuf-compiler golang-go golang-github-containerd-containerd-dev
 )
 
 enable_contrib() {

@@ -72,6 +72,11 @@ enum Command {
     Ps(cmd::run::PsArgs),
     /// Removes containers.
     Rm(cmd::run::RmArgs),
+    /// Serves containerd's snapshots API on a unix socket (a proxy plugin).
+    Serve(cmd::serve::ServeArgs),
+    /// containerd: the config that makes thinbox its snapshotter.
+    #[command(subcommand)]
+    Containerd(cmd::serve::ContainerdCommand),
 }
 
 /// Whether `--json` is among thinbox's own arguments (not after `--`,
@@ -112,6 +117,8 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(g, a),
         Command::Ps(a) => cmd::run::ps(g, a),
         Command::Rm(a) => cmd::run::rm(g, a),
+        Command::Serve(a) => cmd::serve::serve(g, a),
+        Command::Containerd(c) => cmd::serve::containerd(g, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

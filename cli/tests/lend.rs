@@ -10,10 +10,10 @@
 mod cli_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_support::{busybox_spec, disks, Root, VgGuard};
+use cli_support::{busybox_spec, disks, sigterm, Reap, Root, VgGuard};
 use integration::fixtures::{run, try_run, unique_name};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -50,24 +50,6 @@ fn main() -> ExitCode {
         )
         .needs(&[Need::Root, Need::Lvm, Need::Disks(2)]),
     ])
-}
-
-/// Kills a child (containerd, a monitor) the test left running.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sigterm(c: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
 }
 
 fn s(p: &Path) -> &str {

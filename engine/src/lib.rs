@@ -14,6 +14,8 @@
 //!   snapshots and mounts, runs through the `runner` crate, `--commit`;
 //! - [`pools`]: named thin-pools under `ROOT/pools` (loopback, direct-lvm,
 //!   adopted) for `thinbox pool ...`;
+//! - [`clients`]: keys of snapshots made for containerd (`thinbox serve`),
+//!   kept apart from the CLI's;
 //! - [`options`]: [`EngineOptions`], how a front end opens the engine;
 //! - [`deps`]: the kernel seams (probes, thin-pool seams, loop devices,
 //!   mkfs and mount), real or fake;
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod clients;
 pub mod config;
 pub mod containers;
 pub mod deps;

@@ -10,6 +10,7 @@ use std::path::Path;
 use snapshotter::layer::DiffStats;
 use snapshotter::{Key, Labels, MountSpec, Name};
 
+use crate::clients::Client;
 use crate::containers::{self, Containers};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -71,12 +72,17 @@ pub enum Owner {
         /// Whether it runs (or is starting).
         running: bool,
     },
+    /// containerd made it, through `thinbox serve`.
+    Containerd,
 }
 
 impl Engine {
     /// Who owns snapshot `key`: the images it is a layer of, or the
     /// container whose root it is; `None` when it is the user's own.
     pub fn snapshot_owner(&self, key: &Key) -> Result<Option<Owner>> {
+        if Client::of(key.as_str()) == Client::Containerd {
+            return Ok(Some(Owner::Containerd));
+        }
         let mut users: Vec<String> = self
             .images()?
             .list()?
@@ -121,6 +127,10 @@ impl Engine {
                  stop it first (`thinbox rm --force {name}`)"
             )),
             Some(_) if force => Ok(()),
+            Some(Owner::Containerd) => refuse(format!(
+                "cannot {what} snapshot {key}: containerd made it through `thinbox serve`; \
+                 remove it with `ctr snapshots --snapshotter thinbox rm`, or give --force"
+            )),
             Some(Owner::Container { name, .. }) => refuse(format!(
                 "cannot {what} snapshot {key}: it is the root of container {name:?}; \
                  remove the container with `thinbox rm {name}`, or give --force"

@@ -15,12 +15,15 @@
 //!   and spare virtio disks, and runs a command inside;
 //! - [`orchestrate`]: `thinbox-test`, which runs every test of the workspace
 //!   where it can run and prints `host:`, `vm:` and `total:` lines;
+//! - [`containerd`]: containerd's own snapshotter test suite, built from
+//!   Debian's Go sources, and its verdicts;
 //! - [`fixtures`]: self-removing loop devices, mounts and names, and a sweep
 //!   for what killed tests leave behind.
 //!
 //! The guest is prepared by `scripts/setup.sh`; see docs/testing.md.
 #![deny(unsafe_code)]
 
+pub mod containerd;
 pub mod fixtures;
 pub mod harness;
 pub mod need;

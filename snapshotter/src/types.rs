@@ -184,13 +184,39 @@ pub fn validate_labels(labels: &Labels) -> Result<()> {
 /// the per-snapshot form (Docker's `--storage-opt size=`).
 pub const MAX_SIZE_LABEL: &str = "thinbox.io/max-size";
 
-/// Parses a size as [`MAX_SIZE_LABEL`] takes it.
-pub fn parse_size(value: &str) -> Result<Bytes> {
-    let bad = |why: &str| {
-        Err(Error::new(ErrorKind::InvalidArgument, "label")
+/// containerd's name for [`MAX_SIZE_LABEL`] (containerd#14070), honoured
+/// the same way, so a CRI client's label sizes a thinbox snapshot.
+pub const CONTAINERD_MAX_SIZE_LABEL: &str = "containerd.io/snapshot/max-size";
+
+/// The size label on `labels` and its value: [`MAX_SIZE_LABEL`] or
+/// [`CONTAINERD_MAX_SIZE_LABEL`]; both at once must agree.
+pub fn size_label(labels: &Labels) -> Result<Option<(&'static str, &str)>> {
+    let ours = labels.get(MAX_SIZE_LABEL).map(String::as_str);
+    let theirs = labels.get(CONTAINERD_MAX_SIZE_LABEL).map(String::as_str);
+    match (ours, theirs) {
+        (Some(a), Some(b)) if a != b => Err(Error::new(ErrorKind::InvalidArgument, "label")
             .key(MAX_SIZE_LABEL)
             .detail(format!(
-                "{MAX_SIZE_LABEL}={value:?}: {why}; give bytes, e.g. 536870912 or 512M"
+                "{MAX_SIZE_LABEL}={a:?} and {CONTAINERD_MAX_SIZE_LABEL}={b:?} disagree; give one"
+            ))),
+        (Some(a), _) => Ok(Some((MAX_SIZE_LABEL, a))),
+        (None, Some(b)) => Ok(Some((CONTAINERD_MAX_SIZE_LABEL, b))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Parses a size as [`MAX_SIZE_LABEL`] takes it.
+pub fn parse_size(value: &str) -> Result<Bytes> {
+    parse_size_label(MAX_SIZE_LABEL, value)
+}
+
+/// Parses the value of size label `label` (named in the error).
+fn parse_size_label(label: &str, value: &str) -> Result<Bytes> {
+    let bad = |why: &str| {
+        Err(Error::new(ErrorKind::InvalidArgument, "label")
+            .key(label)
+            .detail(format!(
+                "{label}={value:?}: {why}; give bytes, e.g. 536870912 or 512M"
             )))
     };
     // The label's form is stricter than what people type at the CLI: digits
@@ -220,22 +246,22 @@ pub fn size_bound(key: &str, kind: Kind, labels: &Labels) -> Result<Option<Bytes
     let Some(bytes) = max_size(labels)? else {
         return Ok(None);
     };
-    let value = labels.get(MAX_SIZE_LABEL).map_or("", String::as_str);
+    let (label, value) = size_label(labels)?.unwrap_or((MAX_SIZE_LABEL, ""));
     if kind == Kind::View {
         return Err(Error::new(ErrorKind::InvalidArgument, "create")
             .key(key)
             .detail(format!(
-                "{MAX_SIZE_LABEL}={value:?}: views are read-only and need no size; prepare instead"
+                "{label}={value:?}: views are read-only and need no size; prepare instead"
             )));
     }
     Ok(Some(bytes))
 }
 
-/// The size [`MAX_SIZE_LABEL`] asks for, if the label is there.
+/// The size [`MAX_SIZE_LABEL`] (or containerd's
+/// [`CONTAINERD_MAX_SIZE_LABEL`]) asks for, if the label is there.
 pub fn max_size(labels: &Labels) -> Result<Option<Bytes>> {
-    labels
-        .get(MAX_SIZE_LABEL)
-        .map(|v| parse_size(v))
+    size_label(labels)?
+        .map(|(label, v)| parse_size_label(label, v))
         .transpose()
 }
 

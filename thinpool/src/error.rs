@@ -462,10 +462,19 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ctx = self.context.to_string();
         if ctx.is_empty() {
-            write!(f, "{}", self.kind)
+            write!(f, "{}", self.kind)?;
         } else {
-            write!(f, "{ctx}: {}", self.kind)
+            write!(f, "{ctx}: {}", self.kind)?;
         }
+        // A tool's own last word on why (mkfs.xfs: "Filesystem must be
+        // larger than 300MB"), kept with its exit code.
+        if let (ErrorKind::ToolFailed { .. }, Some(said)) = (&*self.kind, &self.source) {
+            let said = said.to_string();
+            if let Some(line) = said.lines().rev().find(|l| !l.trim().is_empty()) {
+                write!(f, " ({})", line.trim())?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod image;
 pub mod pool;
 pub mod run;
+pub mod serve;
 pub mod snapshot;
 
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use snapshotter::{Filter, Info, Key, Labels, MountSpec, Name};
 
+use engine::clients::Client;
 use engine::snapshots::DiffTarget;
 
 use super::{open_engine, print_json};
@@ -117,6 +118,7 @@ fn info_json(i: &Info) -> Value {
         "labels": i.labels,
         "created": secs(i.created),
         "updated": secs(i.updated),
+        "made_by": Client::of(&i.name).as_str(),
     })
 }
 
@@ -149,6 +151,12 @@ fn labels(v: &[String]) -> anyhow::Result<Labels> {
 
 fn key(s: &str) -> anyhow::Result<Key> {
     Ok(Key::new(s).map_err(sn_err)?)
+}
+
+/// A key for a snapshot the CLI makes: not one kept for containerd's.
+fn new_key(s: &str) -> anyhow::Result<Key> {
+    engine::clients::check_cli_key(s)?;
+    key(s)
 }
 
 fn name(s: &str) -> anyhow::Result<Name> {
@@ -196,13 +204,14 @@ fn read(g: &Global, cmd: &SnapshotCommand, sn: &snapshotter::Reader) -> anyhow::
             if g.json {
                 return print_json(&Value::Array(all.iter().map(info_json).collect()));
             }
-            println!("{:<40} {:<40} {:<10}", "KEY", "PARENT", "KIND");
+            println!("{:<40} {:<40} {:<10} MADE BY", "KEY", "PARENT", "KIND");
             for i in &all {
                 println!(
-                    "{:<40} {:<40} {:<10}",
+                    "{:<40} {:<40} {:<10} {}",
                     i.name,
                     i.parent.as_deref().unwrap_or("-"),
-                    i.kind
+                    i.kind,
+                    Client::of(&i.name).as_str()
                 );
             }
             Ok(())
@@ -259,7 +268,7 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
             } => {
                 let parent = parent.as_deref().map(name).transpose()?;
                 let m = sn
-                    .prepare(&key(k)?, parent.as_ref(), &labels(label)?)
+                    .prepare(&new_key(k)?, parent.as_ref(), &labels(label)?)
                     .map_err(sn_err)?;
                 show_mounts(g, k, &m, mount.as_deref())
             }
@@ -270,7 +279,7 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 label,
             } => {
                 let m = sn
-                    .view(&key(k)?, Some(&name(parent)?), &labels(label)?)
+                    .view(&new_key(k)?, Some(&name(parent)?), &labels(label)?)
                     .map_err(sn_err)?;
                 show_mounts(g, k, &m, mount.as_deref())
             }
@@ -284,6 +293,7 @@ pub fn main(g: &Global, cmd: &SnapshotCommand) -> anyhow::Result<()> {
                 label,
                 force,
             } => {
+                engine::clients::check_cli_key(n)?;
                 engine.commit_snapshot(&name(n)?, &key(k)?, &labels(label)?, *force)?;
                 if g.json {
                     return print_json(&info_json(&sn.stat(&key(n)?).map_err(sn_err)?));

@@ -317,3 +317,106 @@ impl Drop for VgGuard {
         }
     }
 }
+
+// ---- children the tests start: containerd, thinbox serve -------------
+
+/// Kills a child (containerd, a daemon, a monitor) the test left running.
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends SIGTERM to `c`.
+pub fn sigterm(c: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// Debian's containerd, kept wholly inside `dir` (root, state, socket,
+/// log), with `extra` appended to its config (proxy plugins, say).
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub child: Reap,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until `ctr version` answers.
+    pub fn start(dir: &Path, extra: &str) -> Containerd {
+        fs::create_dir_all(dir).unwrap();
+        let sock = dir.join("containerd.sock");
+        let cfg = dir.join("config.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.zfs\"]\n\
+                 [grpc]\n  address = \"{s}\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n{extra}",
+                d = dir.display(),
+                s = sock.display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Reap(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&cfg)
+                .env("DM_DISABLE_UDEV", "1")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("containerd (install Debian's containerd)"),
+        );
+        let c = Containerd {
+            dir: dir.to_owned(),
+            sock,
+            child,
+        };
+        let started = Instant::now();
+        while !c.ctr(&["version"]).0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "containerd never answered: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        c
+    }
+
+    /// Runs `ctr` against it in namespace `thinbox-test`: success and output.
+    pub fn ctr(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(["--namespace", "thinbox-test"])
+            .args(args)
+            .env("DM_DISABLE_UDEV", "1")
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Stops it with SIGTERM and waits.
+    pub fn stop(mut self) {
+        sigterm(&self.child.0);
+        self.child.0.wait().unwrap();
+    }
+}

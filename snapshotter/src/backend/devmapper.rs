@@ -31,7 +31,7 @@ use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mount::{MountGuard, MountSpec};
 use crate::store::SnapshotId;
-use crate::types::{max_size, Bytes, Capabilities, Kind, Labels, Usage, MAX_SIZE_LABEL};
+use crate::types::{max_size, size_label, Bytes, Capabilities, Kind, Labels, Usage, MAX_SIZE_LABEL};
 
 /// The base thin device's name in the pool.
 pub const BASE: &str = "base";
@@ -100,6 +100,10 @@ fn empty_root(dev: &Path, fs: Filesystem, target: &Path) -> Result<()> {
 
 fn thin_name(id: SnapshotId) -> String {
     format!("{PREFIX}{id}")
+}
+
+fn name_of(obj: &Object<'_>) -> String {
+    thin_name(obj.id)
 }
 
 impl Devmapper {
@@ -242,11 +246,11 @@ impl Devmapper {
         let Some(bytes) = max_size(labels)? else {
             return Ok(None);
         };
-        let value = labels.get(MAX_SIZE_LABEL).map_or("", String::as_str);
+        let (label, value) = size_label(labels)?.unwrap_or((MAX_SIZE_LABEL, ""));
         let refuse = |why: String| {
             Err(Error::new(ErrorKind::InvalidArgument, "create")
                 .key(thin_name(obj.id))
-                .detail(format!("{MAX_SIZE_LABEL}={value:?}: {why}")))
+                .detail(format!("{label}={value:?}: {why}")))
         };
         if obj.kind == Kind::View {
             return refuse("views are read-only and cannot be grown; prepare instead".into());
@@ -344,10 +348,15 @@ impl Backend for Devmapper {
     }
 
     fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
-        let name = thin_name(obj.id);
+        // A committed snapshot's device is not used directly again; it is
+        // deactivated so that tools (lvm2, blkid) leave it alone. A client
+        // may commit one still mounted (containerd's suite does): the
+        // removal is deferred until its last close, as containerd's
+        // devmapper snapshotter defers it. Snapshots of it suspend an
+        // origin still open meanwhile.
         self.pool
-            .deactivate(&name, false)
-            .map_err(|e| dm_err("commit", &name, e))
+            .deactivate(&name_of(obj), true)
+            .map_err(|e| dm_err("commit", &name_of(obj), e))
     }
 
     fn remove(&mut self, id: SnapshotId) -> Result<()> {

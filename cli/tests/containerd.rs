@@ -1,0 +1,400 @@
+//! thinbox as containerd's snapshotter (`thinbox serve`), tested with
+//! containerd's own code and binaries:
+//!
+//! - containerd's snapshotter test suite (Debian's
+//!   golang-github-containerd-containerd-dev, built with Debian's Go)
+//!   through containerd's proxy client, one `thinbox serve` per case, on
+//!   every backend: btrfs, overlay and naive on the host; dm-thin (ext4 and
+//!   xfs), zfs and btrfs in the VM. Bad input over gRPC gets containerd's
+//!   errdefs codes with nothing half-made (the suite's `TestThinboxErrors`);
+//! - Debian's containerd with the proxy plugin `thinbox containerd config`
+//!   prints: `ctr images import` and `ctr run --snapshotter thinbox`, a
+//!   write inside the container seen in the snapshot, the CLI working
+//!   beside the daemon, and removal reclaiming the snapshots.
+//!
+//! The whole suite runs on the host's backends and on dm-thin ext4 in the
+//! VM. On dm-thin xfs, zfs and the guest's btrfs, CI runs a smoke subset
+//! ([`SMOKE_CASES`], about a minute under TCG); `THINBOX_FULL=1` runs all.
+#![forbid(unsafe_code)]
+
+mod cli_support;
+
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use cli_support::{busybox_spec, sigterm, Containerd, Reap, Root, THINBOX};
+use integration::containerd::{suite_binary, verdicts, Verdicts};
+use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount, ZfsPool};
+use integration::harness::{self, KernelTest};
+use integration::need::Need;
+use serde_json::Value;
+use snapshotter::image::write;
+
+fn main() -> ExitCode {
+    const LONG: Duration = Duration::from_secs(1800);
+    harness::main(&[
+        KernelTest::new("suite_on_btrfs", suite_on_btrfs).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::Btrfs,
+        ]),
+        KernelTest::new("suite_on_overlay", suite_on_overlay).needs(&[Need::Root, Need::Overlay]),
+        KernelTest::new("suite_on_naive", suite_on_naive).needs(&[Need::Root]),
+        KernelTest::new("suite_on_devmapper_ext4", suite_on_devmapper_ext4)
+            .needs(&[Need::Root, Need::Loop, Need::DmThin])
+            .timeout(LONG),
+        KernelTest::new("suite_on_devmapper_xfs", suite_on_devmapper_xfs)
+            .needs(&[Need::Root, Need::Loop, Need::DmThin])
+            .timeout(LONG),
+        KernelTest::new("suite_on_zfs", suite_on_zfs)
+            .needs(&[Need::Root, Need::Zfs])
+            .timeout(LONG),
+        KernelTest::new("suite_on_btrfs_in_vm", suite_on_btrfs)
+            .needs(&[Need::Root, Need::Loop, Need::Btrfs, Need::Vm])
+            .timeout(LONG),
+        KernelTest::new("ctr_runs_on_btrfs", ctr_runs_on_btrfs)
+            .needs(&[Need::Root, Need::Loop, Need::Btrfs])
+            .timeout(Duration::from_secs(600)),
+        KernelTest::new("ctr_runs_on_devmapper", ctr_runs_on_devmapper)
+            .needs(&[Need::Root, Need::Loop, Need::DmThin])
+            .timeout(LONG),
+        KernelTest::new("ctr_runs_on_zfs", ctr_runs_on_zfs)
+            .needs(&[Need::Root, Need::Zfs])
+            .timeout(LONG),
+    ])
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every case of containerd's suite (1.6.20) and of `TestThinboxErrors`.
+const SUITE_CASES: &[&str] = &[
+    "Basic",
+    "StatActive",
+    "StatComitted",
+    "TransitivityTest",
+    "PreareViewFailingtest",
+    "Update",
+    "Remove",
+    "Walk",
+    "LayerFileupdate",
+    "RemoveDirectoryInLowerLayer",
+    "Chown",
+    "DirectoryPermissionOnCommit",
+    "RemoveIntermediateSnapshot",
+    "DeletedFilesInChildSnapshot",
+    "MoveFileFromLowerLayer",
+    "ViewReadonly",
+    "StatInWalk",
+    "CloseTwice",
+    "RootPermission",
+    "128LayersMount",
+];
+
+/// Error cases of `TestThinboxErrors`.
+const ERROR_CASES: usize = 13;
+
+/// The cases the VM's smoke runs (CI) on the backends whose whole suite
+/// runs only with `THINBOX_FULL=1`: the life cycle, refusals, views,
+/// labels, a walk and removal.
+const SMOKE_CASES: &[&str] = &[
+    "Basic",
+    "PreareViewFailingtest",
+    "Update",
+    "Remove",
+    "ViewReadonly",
+    "StatInWalk",
+];
+
+/// How much of the suite a test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cover {
+    /// Every case.
+    All,
+    /// [`SMOKE_CASES`], unless `THINBOX_FULL=1`.
+    Smoke,
+}
+
+/// Runs the suite with `env`, and checks every case passed but the one
+/// containerd skips for every snapshotter (Rename).
+fn suite(backend: &str, env: &[(&str, &str)], cover: Cover) -> Verdicts {
+    let bin = suite_binary(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let tmp = temp_dir();
+    let cases: &[&str] = if cover == Cover::Smoke && !integration::harness::full_matrix() {
+        SMOKE_CASES
+    } else {
+        SUITE_CASES
+    };
+    let started = Instant::now();
+    let out = Command::new(&bin)
+        .args(["-test.v", "-test.timeout=50m"])
+        // Go matches each level of a subtest's name on its own.
+        .arg(format!(
+            "-test.run=^TestThinbox(Errors)?$/^({}{}|Refuses.*)$",
+            cases.join("|"),
+            if cases == SUITE_CASES { "|Rename" } else { "" }
+        ))
+        .env("THINBOX_BIN", THINBOX)
+        .env("THINBOX_SUITE_BACKEND", backend)
+        .env("TMPDIR", tmp.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let v = verdicts(&text);
+    eprintln!(
+        "containerd's suite on {backend}{}: {} passed, {} skipped ({}), {} failed, in {:.0?}",
+        env.iter()
+            .find(|(k, _)| *k == "THINBOX_SUITE_FS")
+            .map_or(String::new(), |(_, v)| format!(" ({v})")),
+        v.passed.len(),
+        v.skipped.len(),
+        v.skipped.join(", "),
+        v.failed.len(),
+        started.elapsed()
+    );
+    assert!(v.failed.is_empty(), "failed: {:?}\n{text}", v.failed);
+    assert!(out.status.success(), "the suite failed: {:?}\n{text}", out.status);
+    if cases == SUITE_CASES {
+        assert_eq!(v.skipped, ["Rename"], "{text}");
+    }
+    assert_eq!(v.passed.len(), cases.len() + ERROR_CASES, "{text}");
+    // What the cases left: nothing mounted or attached under their roots.
+    let left: Vec<_> = integration::fixtures::mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(tmp.path()))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    v
+}
+
+/// A btrfs filesystem on a loop device, mounted for the test.
+struct LoopBtrfs {
+    mount: Mount,
+    _device: LoopDevice,
+    _dir: tempfile::TempDir,
+}
+
+fn loop_btrfs(size: u64) -> LoopBtrfs {
+    let dir = temp_dir();
+    let img = dir.path().join("btrfs.img");
+    sparse_file(&img, size);
+    let device = LoopDevice::attach(&img);
+    run("mkfs.btrfs", &["-q", device.as_str()]);
+    let mount = Mount::new(device.as_str(), &dir.path().join("mnt"), Some("btrfs"), "");
+    LoopBtrfs {
+        mount,
+        _device: device,
+        _dir: dir,
+    }
+}
+
+fn suite_on_btrfs() {
+    let fs = loop_btrfs(4 << 30);
+    // The host runs it whole; the guest's kernel gets the smoke.
+    let cover = if std::env::var_os(integration::vm::IN_VM_ENV).is_some() {
+        Cover::Smoke
+    } else {
+        Cover::All
+    };
+    suite("btrfs", &[("THINBOX_SUITE_BTRFS", s(&fs.mount.target))], cover);
+    // The cases' subvolumes go with the filesystem.
+    drop(fs);
+}
+
+fn suite_on_overlay() {
+    suite("overlay", &[], Cover::All);
+}
+
+fn suite_on_naive() {
+    suite("naive", &[], Cover::All);
+}
+
+fn suite_on_devmapper_ext4() {
+    suite("devmapper", &[("THINBOX_SUITE_FS", "ext4")], Cover::All);
+}
+
+fn suite_on_devmapper_xfs() {
+    suite("devmapper", &[("THINBOX_SUITE_FS", "xfs")], Cover::Smoke);
+}
+
+fn suite_on_zfs() {
+    let zpool = ZfsPool::create(4 << 30);
+    let parent = format!("{}/suite", zpool.name);
+    run("zfs", &["create", &parent]);
+    suite("zfs", &[("THINBOX_SUITE_ZFS", &parent)], Cover::Smoke);
+}
+
+// ---- real containerd ---------------------------------------------------
+
+/// `thinbox serve` on `root`, up once its socket is.
+fn serve(root: &Root, socket: &Path) -> Reap {
+    let log = std::fs::File::create(root.path().join("serve.log")).unwrap();
+    let child = Reap(
+        root.command(&["serve", "--socket", s(socket)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "thinbox serve made no socket: {}",
+            std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// containerd's snapshots as `thinbox snapshot ls --json` shows them.
+fn containerd_snapshots(root: &Root) -> Vec<Value> {
+    let all = root.json(&["snapshot", "ls"]);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["made_by"] == "containerd")
+        .cloned()
+        .collect()
+}
+
+/// Waits (containerd's garbage collector removes snapshots in the
+/// background) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The test on one backend: `config` picks it.
+fn ctr_runs_through_thinbox(config: &str) {
+    let root = Root::with_config(config);
+    let socket = root.path().join("thinbox.sock");
+    let daemon = serve(&root, &socket);
+    assert_eq!(
+        std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap(),
+        0o600
+    );
+
+    // The lines `thinbox containerd config` prints, as containerd reads them.
+    let snippet = root.ok(&["containerd", "config", "--socket", s(&socket)]);
+    let plugin = &snippet[snippet.find("[proxy_plugins]").expect("the proxy plugin table")..];
+    let plugin = &plugin[..plugin.find("# Kubernetes").unwrap_or(plugin.len())];
+    let ctd = Containerd::start(&root.path().join("containerd"), plugin);
+    let (ok, plugins) = ctd.ctr(&["plugins", "ls"]);
+    assert!(ok, "{plugins}");
+    assert!(
+        plugins
+            .lines()
+            .any(|l| l.contains("io.containerd.snapshotter.v1") && l.contains("thinbox") && l.trim_end().ends_with("ok")),
+        "the proxy plugin: {plugins}\n{}",
+        ctd.log()
+    );
+
+    let image = "docker.io/library/busybox:latest";
+    let tar = root.path().join("busybox.tar");
+    write::docker_tar(&busybox_spec(image), &tar).unwrap();
+    let (ok, o) = ctd.ctr(&["images", "import", "--snapshotter", "thinbox", s(&tar)]);
+    assert!(ok, "ctr images import: {o}\n{}", ctd.log());
+    let layers = containerd_snapshots(&root);
+    assert!(
+        layers.iter().any(|i| i["kind"] == "committed"),
+        "the image's layer, made by containerd: {layers:?}"
+    );
+
+    // A container's output, through a root thinbox made.
+    let (ok, o) = ctd.ctr(&[
+        "run", "--rm", "--snapshotter", "thinbox", image, "hello", "sh", "-c", "echo hello from thinbox",
+    ]);
+    assert!(ok && o.contains("hello from thinbox"), "ctr run: {o}\n{}", ctd.log());
+
+    // A write inside a container, seen in its snapshot; the CLI works
+    // beside the daemon the while.
+    let cli = std::thread::spawn({
+        let root_path = root.path().to_owned();
+        move || {
+            for i in 0..5 {
+                let k = format!("mine-{i}");
+                let prepare = Command::new(THINBOX)
+                    .args(["--root", s(&root_path), "--config", s(&root_path.join("config.toml"))])
+                    .args(["snapshot", "prepare", &k])
+                    .output()
+                    .unwrap();
+                assert!(prepare.status.success(), "{}", String::from_utf8_lossy(&prepare.stderr));
+                let rm = Command::new(THINBOX)
+                    .args(["--root", s(&root_path), "--config", s(&root_path.join("config.toml"))])
+                    .args(["snapshot", "rm", &k])
+                    .output()
+                    .unwrap();
+                assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+            }
+        }
+    });
+    let (ok, o) = ctd.ctr(&[
+        "run", "--snapshotter", "thinbox", image, "keep", "sh", "-c", "echo written > /marker",
+    ]);
+    assert!(ok, "ctr run: {o}\n{}", ctd.log());
+    cli.join().expect("the CLI beside the daemon");
+    let keep = containerd_snapshots(&root)
+        .into_iter()
+        .find(|i| i["name"].as_str().unwrap().ends_with("/keep"))
+        .unwrap_or_else(|| panic!("the container's snapshot: {:?}", containerd_snapshots(&root)));
+    let key = keep["name"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("@containerd/thinbox-test/"), "{key}");
+    assert_eq!(keep["kind"], "active");
+    let look = temp_dir();
+    let mnt = look.path().join("root");
+    std::fs::create_dir_all(&mnt).unwrap();
+    root.ok(&["snapshot", "mounts", &key, "--mount", s(&mnt)]);
+    let marker = std::fs::read_to_string(mnt.join("marker"));
+    run("umount", &[s(&mnt)]);
+    assert_eq!(marker.unwrap(), "written\n");
+    // containerd's snapshots are containerd's to change.
+    let line = root.fails(&["snapshot", "rm", &key], 4);
+    assert!(line.contains("containerd made it"), "{line}");
+    let line = root.fails(&["snapshot", "prepare", "@containerd/mine"], 2);
+    assert!(line.contains("kept for containerd"), "{line}");
+
+    // Removal reaches thinbox: the container's snapshot, then the image's.
+    let (ok, o) = ctd.ctr(&["containers", "rm", "keep"]);
+    assert!(ok, "{o}");
+    eventually("the container's snapshot removed", || {
+        !containerd_snapshots(&root).iter().any(|i| i["name"] == key.as_str())
+    });
+    let (ok, o) = ctd.ctr(&["images", "rm", "--sync", image]);
+    assert!(ok, "{o}");
+    eventually("the image's layers removed", || containerd_snapshots(&root).is_empty());
+    ctd.stop();
+
+    // SIGTERM: the daemon finishes, releases the root and its socket.
+    sigterm(&daemon.0);
+    let mut daemon = daemon;
+    let status = daemon.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "thinbox serve: {status:?} {}",
+        std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default()
+    );
+    assert!(!socket.exists(), "socket removed");
+}
+
+fn ctr_runs_on_btrfs() {
+    ctr_runs_through_thinbox("backend = \"btrfs\"\n[btrfs]\nimage_size = \"2G\"\n");
+}
+
+fn ctr_runs_on_devmapper() {
+    ctr_runs_through_thinbox("backend = \"devmapper\"\n[devmapper]\ndata_size = \"2G\"\nbase_size = \"256M\"\n");
+}
+
+fn ctr_runs_on_zfs() {
+    let zpool = ZfsPool::create(2 << 30);
+    let dataset = format!("{}/thinbox", zpool.name);
+    run("zfs", &["create", &dataset]);
+    ctr_runs_through_thinbox(&format!("backend = \"zfs\"\n[zfs]\ndataset = \"{dataset}\"\n"));
+}

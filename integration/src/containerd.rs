@@ -1,0 +1,139 @@
+//! containerd's own snapshotter test suite (`snapshots/testsuite`, from
+//! Debian's `golang-github-containerd-containerd-dev`) against `thinbox
+//! serve`: the Go test in `integration/containerd-suite`, built with
+//! Debian's `golang-go` in GOPATH mode (`GO111MODULE=off`), and its
+//! verdicts per case.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where Debian puts Go sources.
+pub const GOCODE: &str = "/usr/share/gocode";
+
+/// The suite's Go source directory.
+pub const SUITE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/containerd-suite");
+
+/// Builds the suite's test binary under `out` (once per source change:
+/// the source's size and mtime name it) and returns its path; panics
+/// naming what to install when Go or containerd's sources are missing.
+pub fn suite_binary(out: &Path) -> PathBuf {
+    let source = Path::new(SUITE_SOURCE).join("suite_test.go");
+    let meta = std::fs::metadata(&source).expect("integration/containerd-suite/suite_test.go");
+    let stamp = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let name = format!("containerd-suite-{}-{stamp}.test", meta.len());
+    // Built on the host, the guest finds it in the shared target directory.
+    if out.join(&name).exists() {
+        return out.join(&name);
+    }
+    let out = writable(out);
+    let bin = out.join(&name);
+    if bin.exists() {
+        return bin;
+    }
+    assert!(
+        Path::new(GOCODE)
+            .join("src/github.com/containerd/containerd/snapshots/testsuite")
+            .is_dir(),
+        "containerd's Go sources are missing: apt-get install golang-github-containerd-containerd-dev (scripts/setup.sh)"
+    );
+    let gopath = tempfile::tempdir_in(&out).expect("GOPATH directory");
+    let pkg = gopath.path().join("src/thinboxsuite");
+    std::fs::create_dir_all(pkg.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(SUITE_SOURCE, &pkg).unwrap();
+    let partial = out.join(format!("containerd-suite.{}.partial", std::process::id()));
+    let o = Command::new("go")
+        .args(["test", "-c", "-o"])
+        .arg(&partial)
+        .arg(".")
+        .current_dir(&pkg)
+        .env("GOPATH", format!("{}:{GOCODE}", gopath.path().display()))
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", out.join("go-cache"))
+        .env("HOME", &out)
+        .output()
+        .expect("go (apt-get install golang-go; scripts/setup.sh)");
+    assert!(
+        o.status.success(),
+        "building containerd's snapshotter suite failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Renamed into place: a concurrent build only replaces an equal file.
+    std::fs::rename(&partial, &bin).unwrap();
+    bin
+}
+
+/// `dir` if this process can write there (the guest sees the host's
+/// target directory read-only), else the temporary directory.
+fn writable(dir: &Path) -> PathBuf {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&probe, b"").is_ok() {
+        let _ = std::fs::remove_file(&probe);
+        return dir.to_owned();
+    }
+    let tmp = std::env::temp_dir().join("thinbox-containerd-suite");
+    std::fs::create_dir_all(&tmp).unwrap();
+    tmp
+}
+
+/// The verdicts of one run of the suite.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Cases that passed.
+    pub passed: Vec<String>,
+    /// Cases the suite skipped.
+    pub skipped: Vec<String>,
+    /// Cases that failed.
+    pub failed: Vec<String>,
+}
+
+/// Reads `go test -test.v` output: the `--- PASS|SKIP|FAIL: TestX/Case`
+/// lines of the cases (the parent test's own line is left out).
+pub fn verdicts(output: &str) -> Verdicts {
+    let mut v = Verdicts::default();
+    for line in output.lines() {
+        let line = line.trim_start();
+        let Some(rest) = line.strip_prefix("--- ") else {
+            continue;
+        };
+        let Some((verdict, rest)) = rest.split_once(": ") else {
+            continue;
+        };
+        let name = rest.split_whitespace().next().unwrap_or_default();
+        let Some((_, case)) = name.split_once('/') else {
+            continue;
+        };
+        let list = match verdict {
+            "PASS" => &mut v.passed,
+            "SKIP" => &mut v.skipped,
+            "FAIL" => &mut v.failed,
+            _ => continue,
+        };
+        list.push(case.to_owned());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_case_verdicts() {
+        let out = "=== RUN   TestThinbox\n\
+            --- FAIL: TestThinbox (0.00s)\n    \
+            --- PASS: TestThinbox/Basic (0.10s)\n    \
+            --- SKIP: TestThinbox/Rename (0.03s)\n    \
+            testsuite.go:808: write failed\n    \
+            --- FAIL: TestThinbox/128LayersMount (5.29s)\nFAIL\n";
+        let v = verdicts(out);
+        assert_eq!(v.passed, ["Basic"]);
+        assert_eq!(v.skipped, ["Rename"]);
+        assert_eq!(v.failed, ["128LayersMount"]);
+    }
+}
