@@ -39,7 +39,7 @@ export DEBIAN_FRONTEND=noninteractive
 # --- Debian packages -----------------------------------------------------------
 host_packages=(
     build-essential pkg-config libclang-dev clang
-    libdevmapper-dev libbtrfsutil-dev libseccomp-dev
+    libdevmapper-dev libbtrfsutil-dev libbtrfs-dev libseccomp-dev
     qemu-system-x86 busybox-static kmod cpio
     btrfs-progs dmsetup lvm2 thin-provisioning-tools e2fsprogs xfsprogs util-linux
     iproute2 procps psmisc

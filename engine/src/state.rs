@@ -199,11 +199,10 @@ pub fn pause_point(step: &str) {
 /// `step`, the process kills itself there with SIGKILL, so
 /// tests can prove that every step of making a backend or a pool is
 /// recovered by the next run. Steps: `btrfs-image`, `btrfs-mkfs`,
-/// `btrfs-mount`, `backend-opened`, `pool-created`.
+/// `btrfs-mount`, `backend-opened`, `pool-created` (and the snapshotter's,
+/// [`snapshotter::core::crash_point`]).
 pub fn crash_point(step: &str) {
-    if std::env::var_os("THINBOX_CRASH_AT").is_some_and(|v| v == step) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
+    snapshotter::core::crash_point(step)
 }
 
 #[cfg(test)]

@@ -13,18 +13,25 @@ pub const GOCODE: &str = "/usr/share/gocode";
 /// The suite's Go source directory.
 pub const SUITE_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/containerd-suite");
 
-/// Builds the suite's test binary under `out` (once per source change:
-/// the source's size and mtime name it) and returns its path; panics
+/// Builds the suite's test binary under `out` (once per change of its Go
+/// files: their sizes and mtimes name it) and returns its path; panics
 /// naming what to install when Go or containerd's sources are missing.
 pub fn suite_binary(out: &Path) -> PathBuf {
-    let source = Path::new(SUITE_SOURCE).join("suite_test.go");
-    let meta = std::fs::metadata(&source).expect("integration/containerd-suite/suite_test.go");
-    let stamp = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    let name = format!("containerd-suite-{}-{stamp}.test", meta.len());
+    let (mut bytes, mut newest) = (0u64, 0u64);
+    for e in std::fs::read_dir(SUITE_SOURCE).expect("integration/containerd-suite") {
+        let e = e.unwrap();
+        if e.path().extension().is_some_and(|x| x == "go") {
+            let meta = e.metadata().unwrap();
+            bytes += meta.len();
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            newest = newest.max(mtime);
+        }
+    }
+    let name = format!("containerd-suite-{bytes}-{newest}.test");
     // Built on the host, the guest finds it in the shared target directory.
     if out.join(&name).exists() {
         return out.join(&name);

@@ -199,6 +199,26 @@ impl<B: Backend> fmt::Debug for Snapshots<B> {
     }
 }
 
+/// Test hook: when the environment variable `THINBOX_CRASH_AT` names
+/// `step`, the process kills itself there with SIGKILL, so tests prove
+/// that a mutation cut at that step is settled by the next open. The
+/// snapshotter's steps are `snapshot-VERB-recorded` (the intent is in the
+/// store, the backend untouched) and `snapshot-VERB-made` (the backend
+/// done, the store not yet), VERB one of prepare, view, commit, remove.
+pub fn crash_point(step: &str) {
+    if std::env::var_os("THINBOX_CRASH_AT").is_some_and(|v| v == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// [`crash_point`] at `snapshot-{verb}-{when}`, formatted only when the
+/// hook is set.
+fn crash_at(verb: &str, when: &str) {
+    if std::env::var_os("THINBOX_CRASH_AT").is_some() {
+        crash_point(&format!("snapshot-{verb}-{when}"));
+    }
+}
+
 /// Takes the lock of a snapshotter root (`ROOT/lock`), waiting while
 /// another process mutates it. Every mutation holds it from its intent to
 /// its done record, so whoever holds it sees only intents of processes that
@@ -346,6 +366,7 @@ impl<B: Backend> Snapshots<B> {
             labels,
             SystemTime::now(),
         )?;
+        crash_at(op, "recorded");
         let parents = store.parents(rec.id)?;
         let obj = Object {
             id: rec.id,
@@ -357,6 +378,7 @@ impl<B: Backend> Snapshots<B> {
             .and_then(|()| backend.mounts(&obj));
         match made {
             Ok(mounts) => {
+                crash_at(op, "made");
                 store.finish(op, rec.id)?;
                 Ok(mounts)
             }
@@ -449,6 +471,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
         let _held = Self::mutating(&g)?;
         let (store, backend) = Self::parts(&mut g, "commit")?;
         let rec = store.begin_commit(key.as_str(), name.as_str(), labels, SystemTime::now())?;
+        crash_at("commit", "recorded");
         let parents = store.parents(rec.id)?;
         let obj = Object {
             id: rec.id,
@@ -459,6 +482,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
             store.abort_commit(rec.id)?;
             return Err(e);
         }
+        crash_at("commit", "made");
         store.finish("commit", rec.id)
     }
 
@@ -467,8 +491,12 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
         let _held = Self::mutating(&g)?;
         let (store, backend) = Self::parts(&mut g, "remove")?;
         let rec = store.begin_remove(key.as_str())?;
+        crash_at("remove", "recorded");
         match backend.remove(rec.id) {
-            Ok(()) => store.delete("remove", rec.id),
+            Ok(()) => {
+                crash_at("remove", "made");
+                store.delete("remove", rec.id)
+            }
             Err(e) => {
                 tracing::warn!("removal of {key} deferred to cleanup: {e}");
                 Ok(())

@@ -330,6 +330,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn containerds_size_label_sizes_as_ours_does() {
+        let mut l = Labels::new();
+        l.insert(CONTAINERD_MAX_SIZE_LABEL.into(), "64M".into());
+        assert_eq!(max_size(&l).unwrap(), Some(Bytes(64 << 20)));
+        // A bad value names containerd's label.
+        l.insert(CONTAINERD_MAX_SIZE_LABEL.into(), "lots".into());
+        let e = max_size(&l).unwrap_err().to_string();
+        assert!(e.contains(CONTAINERD_MAX_SIZE_LABEL), "{e}");
+        // Both at once: they must agree.
+        l.insert(CONTAINERD_MAX_SIZE_LABEL.into(), "64M".into());
+        l.insert(MAX_SIZE_LABEL.into(), "64M".into());
+        assert_eq!(max_size(&l).unwrap(), Some(Bytes(64 << 20)));
+        l.insert(MAX_SIZE_LABEL.into(), "32M".into());
+        let e = max_size(&l).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("disagree"), "{e}");
+        // Views refuse either.
+        let mut v = Labels::new();
+        v.insert(CONTAINERD_MAX_SIZE_LABEL.into(), "64M".into());
+        let e = size_bound("k", Kind::View, &v).unwrap_err().to_string();
+        assert!(e.contains(CONTAINERD_MAX_SIZE_LABEL), "{e}");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("536870912").unwrap(), Bytes(512 << 20));
         assert_eq!(parse_size("512M").unwrap(), Bytes(512 << 20));
