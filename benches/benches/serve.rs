@@ -12,14 +12,26 @@
 //!   devmapper snapshotter on a pool made by hand with dmsetup the same way
 //!   (same sizes, block size, sparse files on the same filesystem).
 //!
-//! It prints `bench concurrent_prepare_mounts ... thinbox/PEER = R.RRRx`,
-//! the median of the per-round ratios, which docs/benchmarks.md records.
+//! And `ctr run --rm` of busybox's `/bin/true` through Debian's containerd
+//! with `--snapshotter thinbox` (thinbox serve on btrfs) vs containerd's
+//! built-in btrfs and overlayfs snapshotters (containerd's root on the
+//! same btrfs), interleaved with [`benches::Pairs`].
+//!
+//! It prints `bench concurrent_prepare_mounts ... thinbox/PEER = R.RRRx`
+//! and `serve ctr_run_rm thinbox/PEER = R.RRRx`, medians of the per-round
+//! ratios, which docs/benchmarks.md records. `THINBOX_BENCH_RUNS` sets the
+//! `ctr run` rounds (default 20).
 //! Needs root, the release binary (`cargo build --release -p cli`, or
 //! `THINBOX_BIN`), Go and containerd's sources (scripts/setup.sh).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use benches::Pairs;
+use snapshotter::image::write::{self, Entry, ImageSpec};
+use snapshotter::image::ImageConfig;
 
 use integration::containerd::suite_binary;
 use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount};
@@ -102,6 +114,7 @@ fn main() -> ExitCode {
             ("THINBOX_BENCH_PEER_ROOT", s(&overlay_root)),
         ],
     );
+    ctr_run_rm(&mnt.target);
     drop(mnt);
     drop(dev);
     if Path::new("/dev/mapper/control").exists() {
@@ -146,4 +159,133 @@ fn devmapper(dir: &Path) {
             let _ = Command::new("dmsetup").args(["remove", "--force", &dev]).status();
         }
     }
+}
+
+/// Kills a child left running.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ctr run --rm` through thinbox serve vs containerd's built-in
+/// snapshotters, everything on the btrfs at `fs`.
+fn ctr_run_rm(fs: &Path) {
+    let work = fs.join("ctr-bench");
+    let tb_root = work.join("thinbox");
+    let objects = work.join("thinbox-objects");
+    std::fs::create_dir_all(&tb_root).unwrap();
+    std::fs::create_dir_all(&objects).unwrap();
+    let config = work.join("thinbox.toml");
+    std::fs::write(
+        &config,
+        format!("backend = \"btrfs\"\n[btrfs]\npath = \"{}\"\n", objects.display()),
+    )
+    .unwrap();
+    let socket = work.join("thinbox.sock");
+    let _daemon = Reap(
+        Command::new(thinbox_exe())
+            .args(["--root", s(&tb_root), "--config", s(&config), "serve", "--socket", s(&socket)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "thinbox serve made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ctd = work.join("containerd");
+    std::fs::create_dir_all(&ctd).unwrap();
+    let ctd_sock = ctd.join("containerd.sock");
+    let cfg = ctd.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{s}\"\n\
+             [proxy_plugins.thinbox]\n  type = \"snapshot\"\n  address = \"{t}\"\n",
+            d = ctd.display(),
+            s = ctd_sock.display(),
+            t = socket.display()
+        ),
+    )
+    .unwrap();
+    let _containerd = Reap(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("containerd"),
+    );
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&ctd_sock)
+            .args(["--namespace", "bench"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    while !ctr(&["version"]).status.success() {
+        assert!(started.elapsed() < Duration::from_secs(60), "containerd never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let image = "docker.io/library/busybox:latest";
+    let tar = work.join("busybox.tar");
+    write::docker_tar(&busybox(image), &tar).unwrap();
+    let peers = ["btrfs", "overlayfs"];
+    for sn in ["thinbox"].iter().chain(peers.iter()) {
+        let o = ctr(&["images", "import", "--snapshotter", sn, s(&tar)]);
+        assert!(o.status.success(), "import for {sn}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let rounds: u64 = std::env::var("THINBOX_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let n = std::cell::Cell::new(0u64);
+    let run = |sn: &str| {
+        n.set(n.get() + 1);
+        let id = format!("bench-{}", n.get());
+        let t = Instant::now();
+        let o = ctr(&["run", "--rm", "--snapshotter", sn, image, &id, "/bin/true"]);
+        let d = t.elapsed();
+        assert!(o.status.success(), "ctr run on {sn}: {}", String::from_utf8_lossy(&o.stderr));
+        d
+    };
+    for peer in peers {
+        let mut pairs = Pairs::default();
+        // One untimed run each first: containerd's first task start is slow.
+        run("thinbox");
+        run(peer);
+        for r in 0..rounds {
+            pairs.round(r, &mut || run("thinbox"), &mut || run(peer));
+        }
+        println!("serve {}", pairs.report("ctr_run_rm", "thinbox", peer));
+    }
+}
+
+/// busybox-static's binary with the applets `ctr run` needs.
+fn busybox(name: &str) -> ImageSpec {
+    let bin = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut entries = vec![Entry::dir("bin"), Entry::file("bin/busybox", &bin, 0o755)];
+    for a in ["sh", "true", "echo"] {
+        entries.push(Entry::symlink(&format!("bin/{a}"), "busybox"));
+    }
+    let config = ImageConfig {
+        env: vec!["PATH=/bin".into()],
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        working_dir: "/".into(),
+        user: String::new(),
+    };
+    ImageSpec::new(config, vec![write::layer_tar(&entries).unwrap()]).name(name)
 }
