@@ -54,13 +54,18 @@ fn pair(label: &str, env: &[(&str, &str)]) {
     let bin = suite_binary(Path::new(env!("CARGO_TARGET_TMPDIR")));
     let tmp = temp_dir();
     let out = Command::new(&bin)
-        .args(["-test.v", "-test.timeout=60m", "-test.run=^TestBenchConcurrentPrepare$"])
+        .args([
+            "-test.v",
+            "-test.timeout=60m",
+            "-test.run=^TestBenchConcurrentPrepare$",
+        ])
         .env("THINBOX_BIN", thinbox_exe())
         .env("TMPDIR", tmp.path())
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{label}: {text}");
     for line in text.lines().filter(|l| l.starts_with("bench ")) {
         println!("serve {label}: {line}");
@@ -133,7 +138,15 @@ fn devmapper(dir: &Path) {
     sparse_file(&meta, 2 << 30);
     let d = LoopDevice::attach(&data);
     let m = LoopDevice::attach(&meta);
-    run("dd", &["if=/dev/zero", &format!("of={}", m.as_str()), "bs=4096", "count=1"]);
+    run(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={}", m.as_str()),
+            "bs=4096",
+            "count=1",
+        ],
+    );
     let name = integration::fixtures::unique_name("peer-pool");
     let table = format!(
         "0 {} thin-pool {} {} 128 0 1 error_if_no_space",
@@ -156,7 +169,9 @@ fn devmapper(dir: &Path) {
     );
     for _ in 0..3 {
         for dev in integration::fixtures::dm_names(&name) {
-            let _ = Command::new("dmsetup").args(["remove", "--force", &dev]).status();
+            let _ = Command::new("dmsetup")
+                .args(["remove", "--force", &dev])
+                .status();
         }
     }
 }
@@ -182,13 +197,24 @@ fn ctr_run_rm(fs: &Path) {
     let config = work.join("thinbox.toml");
     std::fs::write(
         &config,
-        format!("backend = \"btrfs\"\n[btrfs]\npath = \"{}\"\n", objects.display()),
+        format!(
+            "backend = \"btrfs\"\n[btrfs]\npath = \"{}\"\n",
+            objects.display()
+        ),
     )
     .unwrap();
     let socket = work.join("thinbox.sock");
     let _daemon = Reap(
         Command::new(thinbox_exe())
-            .args(["--root", s(&tb_root), "--config", s(&config), "serve", "--socket", s(&socket)])
+            .args([
+                "--root",
+                s(&tb_root),
+                "--config",
+                s(&config),
+                "serve",
+                "--socket",
+                s(&socket),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -196,7 +222,10 @@ fn ctr_run_rm(fs: &Path) {
     );
     let started = Instant::now();
     while !socket.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "thinbox serve made no socket");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "thinbox serve made no socket"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let ctd = work.join("containerd");
@@ -236,7 +265,10 @@ fn ctr_run_rm(fs: &Path) {
     };
     let started = Instant::now();
     while !ctr(&["version"]).status.success() {
-        assert!(started.elapsed() < Duration::from_secs(60), "containerd never answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "containerd never answered"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let image = "docker.io/library/busybox:latest";
@@ -245,7 +277,11 @@ fn ctr_run_rm(fs: &Path) {
     let peers = ["btrfs", "overlayfs"];
     for sn in ["thinbox"].iter().chain(peers.iter()) {
         let o = ctr(&["images", "import", "--snapshotter", sn, s(&tar)]);
-        assert!(o.status.success(), "import for {sn}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "import for {sn}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let rounds: u64 = std::env::var("THINBOX_BENCH_RUNS")
         .ok()
@@ -258,7 +294,11 @@ fn ctr_run_rm(fs: &Path) {
         let t = Instant::now();
         let o = ctr(&["run", "--rm", "--snapshotter", sn, image, &id, "/bin/true"]);
         let d = t.elapsed();
-        assert!(o.status.success(), "ctr run on {sn}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ctr run on {sn}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         d
     };
     for peer in peers {

@@ -12,9 +12,10 @@
 //!   write inside the container seen in the snapshot, the CLI working
 //!   beside the daemon, and removal reclaiming the snapshots.
 //!
-//! The whole suite runs on the host's backends and on dm-thin ext4 in the
-//! VM. On dm-thin xfs, zfs and the guest's btrfs, CI runs a smoke subset
-//! ([`SMOKE_CASES`], about a minute under TCG); `THINBOX_FULL=1` runs all.
+//! The whole suite runs on the host's backends, and all of it but the
+//! 128-layer mount on dm-thin ext4 in the VM. On dm-thin xfs, zfs and the
+//! guest's btrfs, CI runs a smoke subset ([`SMOKE_CASES`]); `THINBOX_FULL=1`
+//! runs every case everywhere.
 #![forbid(unsafe_code)]
 
 mod cli_support;
@@ -116,6 +117,10 @@ const SMOKE_CASES: &[&str] = &[
 enum Cover {
     /// Every case.
     All,
+    /// Every case but the 128-layer mount (90 s under TCG; thinbox's own
+    /// conformance suite mounts 128 dm-thin layers in CI), unless
+    /// `THINBOX_FULL=1`.
+    Most,
     /// [`SMOKE_CASES`], unless `THINBOX_FULL=1`.
     Smoke,
 }
@@ -125,10 +130,16 @@ enum Cover {
 fn suite(backend: &str, env: &[(&str, &str)], cover: Cover) -> Verdicts {
     let bin = suite_binary(Path::new(env!("CARGO_TARGET_TMPDIR")));
     let tmp = temp_dir();
-    let cases: &[&str] = if cover == Cover::Smoke && !integration::harness::full_matrix() {
-        SMOKE_CASES
-    } else {
-        SUITE_CASES
+    let most: Vec<&str> = SUITE_CASES
+        .iter()
+        .copied()
+        .filter(|c| *c != "128LayersMount")
+        .collect();
+    let cases: &[&str] = match cover {
+        _ if integration::harness::full_matrix() => SUITE_CASES,
+        Cover::All => SUITE_CASES,
+        Cover::Most => &most,
+        Cover::Smoke => SMOKE_CASES,
     };
     let started = Instant::now();
     let out = Command::new(&bin)
@@ -137,7 +148,11 @@ fn suite(backend: &str, env: &[(&str, &str)], cover: Cover) -> Verdicts {
         .arg(format!(
             "-test.run=^TestThinbox(Errors)?$/^({}{}|Refuses.*)$",
             cases.join("|"),
-            if cases == SUITE_CASES { "|Rename" } else { "" }
+            if cases.len() >= most.len() {
+                "|Rename"
+            } else {
+                ""
+            }
         ))
         .env("THINBOX_BIN", THINBOX)
         .env("THINBOX_SUITE_BACKEND", backend)
@@ -145,7 +160,8 @@ fn suite(backend: &str, env: &[(&str, &str)], cover: Cover) -> Verdicts {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let v = verdicts(&text);
     eprintln!(
         "containerd's suite on {backend}{}: {} passed, {} skipped ({}), {} failed, in {:.0?}",
@@ -159,8 +175,12 @@ fn suite(backend: &str, env: &[(&str, &str)], cover: Cover) -> Verdicts {
         started.elapsed()
     );
     assert!(v.failed.is_empty(), "failed: {:?}\n{text}", v.failed);
-    assert!(out.status.success(), "the suite failed: {:?}\n{text}", out.status);
-    if cases == SUITE_CASES {
+    assert!(
+        out.status.success(),
+        "the suite failed: {:?}\n{text}",
+        out.status
+    );
+    if cases.len() >= most.len() {
         assert_eq!(v.skipped, ["Rename"], "{text}");
     }
     assert_eq!(v.passed.len(), cases.len() + ERROR_CASES, "{text}");
@@ -202,7 +222,11 @@ fn suite_on_btrfs() {
     } else {
         Cover::All
     };
-    suite("btrfs", &[("THINBOX_SUITE_BTRFS", s(&fs.mount.target))], cover);
+    suite(
+        "btrfs",
+        &[("THINBOX_SUITE_BTRFS", s(&fs.mount.target))],
+        cover,
+    );
     // The cases' subvolumes go with the filesystem.
     drop(fs);
 }
@@ -216,7 +240,7 @@ fn suite_on_naive() {
 }
 
 fn suite_on_devmapper_ext4() {
-    suite("devmapper", &[("THINBOX_SUITE_FS", "ext4")], Cover::All);
+    suite("devmapper", &[("THINBOX_SUITE_FS", "ext4")], Cover::Most);
 }
 
 fn suite_on_devmapper_xfs() {
@@ -304,13 +328,17 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
     let socket = root.path().join("thinbox.sock");
     let daemon = serve(&root, &socket);
     assert_eq!(
-        std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap(),
+        std::fs::metadata(&socket)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap(),
         0o600
     );
 
     // The lines `thinbox containerd config` prints, as containerd reads them.
     let snippet = root.ok(&["containerd", "config", "--socket", s(&socket)]);
-    let plugin = &snippet[snippet.find("[proxy_plugins]").expect("the proxy plugin table")..];
+    let plugin = &snippet[snippet
+        .find("[proxy_plugins]")
+        .expect("the proxy plugin table")..];
     let plugin = &plugin[..plugin.find("# Kubernetes").unwrap_or(plugin.len())];
     let ctd = Containerd::start(&root.path().join("containerd"), plugin);
     let (ok, plugins) = ctd.ctr(&["plugins", "ls"]);
@@ -318,7 +346,9 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
     assert!(
         plugins
             .lines()
-            .any(|l| l.contains("io.containerd.snapshotter.v1") && l.contains("thinbox") && l.trim_end().ends_with("ok")),
+            .any(|l| l.contains("io.containerd.snapshotter.v1")
+                && l.contains("thinbox")
+                && l.trim_end().ends_with("ok")),
         "the proxy plugin: {plugins}\n{}",
         ctd.log()
     );
@@ -336,9 +366,21 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
 
     // A container's output, through a root thinbox made.
     let (ok, o) = ctd.ctr(&[
-        "run", "--rm", "--snapshotter", "thinbox", image, "hello", "sh", "-c", "echo hello from thinbox",
+        "run",
+        "--rm",
+        "--snapshotter",
+        "thinbox",
+        image,
+        "hello",
+        "sh",
+        "-c",
+        "echo hello from thinbox",
     ]);
-    assert!(ok && o.contains("hello from thinbox"), "ctr run: {o}\n{}", ctd.log());
+    assert!(
+        ok && o.contains("hello from thinbox"),
+        "ctr run: {o}\n{}",
+        ctd.log()
+    );
 
     // A write inside a container, seen in its snapshot; the CLI works
     // beside the daemon the while.
@@ -348,17 +390,35 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
             for i in 0..5 {
                 let k = format!("mine-{i}");
                 let prepare = Command::new(THINBOX)
-                    .args(["--root", s(&root_path), "--config", s(&root_path.join("config.toml"))])
+                    .args([
+                        "--root",
+                        s(&root_path),
+                        "--config",
+                        s(&root_path.join("config.toml")),
+                    ])
                     .args(["snapshot", "prepare", &k])
                     .output()
                     .unwrap();
-                assert!(prepare.status.success(), "{}", String::from_utf8_lossy(&prepare.stderr));
+                assert!(
+                    prepare.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&prepare.stderr)
+                );
                 let rm = Command::new(THINBOX)
-                    .args(["--root", s(&root_path), "--config", s(&root_path.join("config.toml"))])
+                    .args([
+                        "--root",
+                        s(&root_path),
+                        "--config",
+                        s(&root_path.join("config.toml")),
+                    ])
                     .args(["snapshot", "rm", &k])
                     .output()
                     .unwrap();
-                assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+                assert!(
+                    rm.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&rm.stderr)
+                );
             }
         }
     });
@@ -367,13 +427,27 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
     } else {
         "echo written > /marker"
     };
-    let (ok, o) = ctd.ctr(&["run", "--snapshotter", "thinbox", image, "keep", "sh", "-c", script]);
+    let (ok, o) = ctd.ctr(&[
+        "run",
+        "--snapshotter",
+        "thinbox",
+        image,
+        "keep",
+        "sh",
+        "-c",
+        script,
+    ]);
     assert!(ok, "ctr run: {o}\n{}", ctd.log());
     cli.join().expect("the CLI beside the daemon");
     let keep = containerd_snapshots(&root)
         .into_iter()
         .find(|i| i["name"].as_str().unwrap().ends_with("/keep"))
-        .unwrap_or_else(|| panic!("the container's snapshot: {:?}", containerd_snapshots(&root)));
+        .unwrap_or_else(|| {
+            panic!(
+                "the container's snapshot: {:?}",
+                containerd_snapshots(&root)
+            )
+        });
     let key = keep["name"].as_str().unwrap().to_owned();
     assert!(key.starts_with("@containerd/thinbox-test/"), "{key}");
     assert_eq!(keep["kind"], "active");
@@ -395,7 +469,9 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
     let (ok, o) = ctd.ctr(&["containers", "rm", "keep"]);
     assert!(ok, "{o}");
     eventually("the container's snapshot removed", || {
-        !containerd_snapshots(&root).iter().any(|i| i["name"] == key.as_str())
+        !containerd_snapshots(&root)
+            .iter()
+            .any(|i| i["name"] == key.as_str())
     });
     if space_back {
         // Its blocks were discarded: the pool's sparse data file shrank
@@ -408,7 +484,9 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
     }
     let (ok, o) = ctd.ctr(&["images", "rm", "--sync", image]);
     assert!(ok, "{o}");
-    eventually("the image's layers removed", || containerd_snapshots(&root).is_empty());
+    eventually("the image's layers removed", || {
+        containerd_snapshots(&root).is_empty()
+    });
     ctd.stop();
 
     // SIGTERM: the daemon finishes, releases the root and its socket.
@@ -458,7 +536,8 @@ fn btrfs_objects(dir: &Path) -> usize {
 /// client reconnects with a backoff.
 fn reachable(ctd: &Containerd) {
     eventually("containerd reaches thinbox serve", || {
-        ctd.ctr(&["snapshots", "--snapshotter", "thinbox", "info", "base"]).0
+        ctd.ctr(&["snapshots", "--snapshotter", "thinbox", "info", "base"])
+            .0
     });
 }
 
@@ -559,9 +638,11 @@ fn daemon_killed_at_each_step() {
                         let _ = snap(&ctd, &["prepare", &dummy]);
                         let _ = snap(&ctd, &["rm", &dummy]);
                         let rows = root.json(&["snapshot", "ls"]);
-                        !rows.as_array().unwrap().iter().any(|r| {
-                            r["name"].as_str().unwrap().ends_with(&format!("/{k}"))
-                        })
+                        !rows
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|r| r["name"].as_str().unwrap().ends_with(&format!("/{k}")))
                     })
                 }
                 // The store rolls an interrupted commit forward: the name

@@ -237,8 +237,13 @@ impl containerd_snapshots::Snapshotter for Service {
 
     async fn mounts(&self, k: String) -> Result<Vec<Mount>, Status> {
         let k = key(&k)?;
-        self.blocking(move |e| e.snapshotter().mounts(&k).map(mounts).map_err(snapshot_status))
-            .await
+        self.blocking(move |e| {
+            e.snapshotter()
+                .mounts(&k)
+                .map(mounts)
+                .map_err(snapshot_status)
+        })
+        .await
     }
 
     async fn prepare(
@@ -304,7 +309,8 @@ impl containerd_snapshots::Snapshotter for Service {
                 e.snapshotter()
                     .walk(&[], &mut |i| {
                         if let Some(i) = own(i) {
-                            if filters.is_empty() || snapshotter::filter::matches_any(&filters, &i) {
+                            if filters.is_empty() || snapshotter::filter::matches_any(&filters, &i)
+                            {
                                 all.push(Ok(to_containerd(i)));
                             }
                         }

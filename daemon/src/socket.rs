@@ -37,7 +37,10 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<UnixListener> {
     let listener = bound.map_err(|e| Error::io("cannot listen on", path, e))?;
     if let Some(gid) = group {
         chown(path, None, Some(gid)).map_err(|e| {
-            Error::new(ErrorKind::Io, format!("cannot give {} to group {gid}: {e}", path.display()))
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot give {} to group {gid}: {e}", path.display()),
+            )
         })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .map_err(|e| Error::io("cannot set the mode of", path, e))?;

@@ -49,7 +49,10 @@ impl Client {
 /// NUL or another control character, or with a `..` path component.
 pub fn containerd_key(key: &str) -> Result<Key> {
     if key.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidArgument, "key must not be empty"));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "key must not be empty",
+        ));
     }
     if key.split('/').any(|c| c == "..") {
         return Err(Error::new(
@@ -77,7 +80,10 @@ pub fn check_labels(labels: &Labels) -> Result<()> {
         if k.chars().chain(v.chars()).any(|c| c == '\0') {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!("label {:?}: names and values must not hold NUL", k.escape_debug()),
+                format!(
+                    "label {:?}: names and values must not hold NUL",
+                    k.escape_debug()
+                ),
             ));
         }
     }
@@ -126,10 +132,16 @@ mod tests {
         l.insert("ok".into(), "fine".into());
         check_labels(&l).unwrap();
         l.insert("bad\0".into(), "v".into());
-        assert_eq!(check_labels(&l).unwrap_err().kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            check_labels(&l).unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
         let mut l = Labels::new();
         l.insert("k".into(), "v\0".into());
-        assert_eq!(check_labels(&l).unwrap_err().kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            check_labels(&l).unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
         assert!(check_cli_key("@containerd/x").is_err());
         assert!(check_cli_key("mine").is_ok());
     }

@@ -55,5 +55,7 @@ pub use crate::core::{Backend, Reader, Snapshots, Snapshotter};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::filter::Filter;
 pub use crate::mount::{mount_all, unmount, MountGuard, MountSpec};
-pub use crate::types::{Bytes, Capabilities, Info, Key, Kind, Labels, Name, Usage, CONTAINERD_MAX_SIZE_LABEL, MAX_SIZE_LABEL,
+pub use crate::types::{
+    Bytes, Capabilities, Info, Key, Kind, Labels, Name, Usage, CONTAINERD_MAX_SIZE_LABEL,
+    MAX_SIZE_LABEL,
 };

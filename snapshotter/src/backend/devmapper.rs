@@ -31,7 +31,9 @@ use crate::core::{Backend, Object, Snapshots};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mount::{MountGuard, MountSpec};
 use crate::store::SnapshotId;
-use crate::types::{max_size, size_label, Bytes, Capabilities, Kind, Labels, Usage, MAX_SIZE_LABEL};
+use crate::types::{
+    max_size, size_label, Bytes, Capabilities, Kind, Labels, Usage, MAX_SIZE_LABEL,
+};
 
 /// The base thin device's name in the pool.
 pub const BASE: &str = "base";
