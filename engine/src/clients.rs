@@ -11,8 +11,10 @@ use snapshotter::{Key, Labels};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The first character of every key reserved for a client.
-pub const RESERVED: char = '@';
+/// The first character of every key reserved for a client (the
+/// snapshotter undoes a client's cut commits: see
+/// [`snapshotter::types::CLIENT_KEY_PREFIX`]).
+pub const RESERVED: char = snapshotter::types::CLIENT_KEY_PREFIX;
 
 /// The prefix of the keys stored for containerd.
 pub const CONTAINERD_PREFIX: &str = "@containerd/";

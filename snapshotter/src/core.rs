@@ -21,7 +21,8 @@ use crate::filter::{matches_any, Filter};
 use crate::mount::MountSpec;
 use crate::store::{Record, SnapshotId, State, Store};
 use crate::types::{
-    max_size, validate_labels, Capabilities, Info, Key, Kind, Labels, Name, Usage, MAX_SIZE_LABEL,
+    is_client_key, max_size, validate_labels, Capabilities, Info, Key, Kind, Labels, Name, Usage,
+    MAX_SIZE_LABEL,
 };
 
 /// containerd's snapshotter interface.
@@ -147,6 +148,11 @@ pub trait Backend: Send + fmt::Debug {
     /// Makes active `obj` committed (read-only from now on). Calling it again
     /// when it is done or half-done completes it.
     fn commit(&mut self, obj: &Object<'_>) -> Result<()>;
+    /// Makes `obj`, whose commit was cut before its record was done, the
+    /// active snapshot it was before (writable, at its active path), from
+    /// whatever state the cut commit left; calling it again completes it.
+    /// Used for a remote client's snapshot, whose client saw the commit fail.
+    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()>;
     /// Deletes the object, whatever state it is in; an absent object is fine.
     fn remove(&mut self, id: SnapshotId) -> Result<()>;
     /// How to mount `obj`.
@@ -330,8 +336,16 @@ impl<B: Backend> Snapshots<B> {
                     kind: Kind::Active,
                     parents: &parents,
                 };
-                backend.commit(&obj)?;
-                store.finish("recover", rec.id)
+                // A remote client (containerd) saw the call fail and kept
+                // the active snapshot in its own records: undo. Our own
+                // callers finish what they began.
+                if rec.old_key.as_deref().is_some_and(is_client_key) {
+                    backend.uncommit(&obj)?;
+                    store.abort_commit(rec.id)
+                } else {
+                    backend.commit(&obj)?;
+                    store.finish("recover", rec.id)
+                }
             }
             State::Ready => Ok(()),
         }
@@ -708,6 +722,51 @@ mod tests {
                     .collect::<Vec<_>>(),
                 vec![Kind::Committed]
             );
+        }
+    }
+
+    #[test]
+    fn crash_during_a_clients_commit_is_undone_on_open() {
+        for fault in [Fault::CrashBefore("commit"), Fault::CrashAfter("commit")] {
+            let dir = tempfile::tempdir().unwrap();
+            let objects = Objects::default();
+            {
+                let s = open(dir.path(), &objects, None);
+                s.prepare(&key("@containerd/a"), None, &Labels::new())
+                    .unwrap();
+            }
+            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
+                let _ = s.commit(
+                    &name("@containerd/c"),
+                    &key("@containerd/a"),
+                    &Labels::new(),
+                );
+            });
+            assert_eq!(
+                s.stat(&key("@containerd/a")).unwrap().kind,
+                Kind::Active,
+                "{fault:?}"
+            );
+            assert_eq!(
+                s.stat(name("@containerd/c").as_key()).unwrap_err().kind(),
+                ErrorKind::NotFound
+            );
+            assert_eq!(
+                objects
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .copied()
+                    .collect::<Vec<_>>(),
+                vec![Kind::Active]
+            );
+            // And the client can commit it again.
+            s.commit(
+                &name("@containerd/c"),
+                &key("@containerd/a"),
+                &Labels::new(),
+            )
+            .unwrap();
         }
     }
 

@@ -154,6 +154,17 @@ impl FromStr for Kind {
     }
 }
 
+/// The first character of the keys of a remote client's snapshots
+/// (`thinbox serve` stores containerd's as `@containerd/KEY`). Such a
+/// client saw a cut commit fail, so recovery undoes it rather than
+/// finishing it; local callers never use it.
+pub const CLIENT_KEY_PREFIX: char = '@';
+
+/// Whether `key` is a remote client's (see [`CLIENT_KEY_PREFIX`]).
+pub fn is_client_key(key: &str) -> bool {
+    key.starts_with(CLIENT_KEY_PREFIX)
+}
+
 /// Labels: free-form metadata attached to a snapshot.
 pub type Labels = BTreeMap<String, String>;
 

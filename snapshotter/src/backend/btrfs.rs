@@ -204,6 +204,20 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
         Ok(())
     }
 
+    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()> {
+        let src = self.path(Kind::Active, obj.id);
+        let dst = self.path(Kind::Committed, obj.id);
+        // The commit may have deleted the active subvolume already: a
+        // writable snapshot of the committed one brings it back.
+        if !exists(&src) && exists(&dst) {
+            self.ops.snapshot(&dst, &src, false)?;
+        }
+        if exists(&dst) {
+            self.ops.delete_subvolume(&dst)?;
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         let paths = [Kind::Active, Kind::View, Kind::Committed].map(|k| self.path(k, id));
         for p in std::iter::once(self.diff_path(id)).chain(paths) {

@@ -361,6 +361,11 @@ impl Backend for Devmapper {
             .map_err(|e| dm_err("commit", &name_of(obj), e))
     }
 
+    fn uncommit(&mut self, _obj: &Object<'_>) -> Result<()> {
+        // Committing only deactivated the device; mounting activates it.
+        Ok(())
+    }
+
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         let name = thin_name(id);
         if Self::exists(&self.pool, &name)? {

@@ -88,6 +88,13 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()> {
+        let id = obj.id;
+        self.step("uncommit", |m| {
+            m.insert(id, Kind::Active);
+        })
+    }
+
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         self.step("remove", |m| {
             m.remove(&id);

@@ -94,6 +94,10 @@ impl Backend for Naive {
         Ok(())
     }
 
+    fn uncommit(&mut self, _obj: &Object<'_>) -> Result<()> {
+        Ok(())
+    }
+
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         remove_tree(&self.path(id))
     }

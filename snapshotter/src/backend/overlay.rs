@@ -172,6 +172,10 @@ impl Backend for Overlay {
         Ok(())
     }
 
+    fn uncommit(&mut self, _obj: &Object<'_>) -> Result<()> {
+        Ok(())
+    }
+
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         remove_tree(&self.path(id))?;
         if let (Some(mnt), Ok(project)) = (&self.project_quota, project_id(id)) {

@@ -200,6 +200,16 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         Ok(())
     }
 
+    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()> {
+        // No clone of it exists yet: the commit never finished.
+        self.must("uncommit", &["set", "readonly=off", &self.name(obj.id)])?;
+        let snap = self.snap(obj.id);
+        if self.exists(&snap, "snapshot")? {
+            self.must("uncommit", &["destroy", &snap])?;
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         let name = self.name(id);
         if self.exists(&name, "filesystem")? {
