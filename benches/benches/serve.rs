@@ -82,6 +82,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let dir = temp_dir();
+    // THINBOX_BENCH_ONLY=devmapper: the dm-thin pairing alone (the VM).
+    if std::env::var("THINBOX_BENCH_ONLY").as_deref() == Ok("devmapper") {
+        devmapper(dir.path());
+        return ExitCode::SUCCESS;
+    }
     // btrfs: both on one loop btrfs filesystem.
     let img = dir.path().join("btrfs.img");
     sparse_file(&img, 8 << 30);

@@ -409,7 +409,25 @@ fn systemd_unit_runs_a_valid_command() {
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("an ExecStart line");
     let words: Vec<&str> = exec.split_whitespace().collect();
-    assert_eq!(words[0], "/usr/local/bin/thinbox", "{exec}");
+    // Where the packages install it (issue 15), the same in both units.
+    assert_eq!(words[0], "/usr/bin/thinbox", "{exec}");
+    let serve = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/thinbox.service"
+    ))
+    .unwrap();
+    let serve_exec = serve
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line in thinbox.service");
+    let serve_words: Vec<&str> = serve_exec.split_whitespace().collect();
+    assert_eq!(serve_words[0], "/usr/bin/thinbox", "{serve_exec}");
+    assert!(serve.contains("Before=containerd.service"), "{serve}");
+    // Its arguments parse: `--help` after them prints the usage, exit 0.
+    let mut help: Vec<&str> = serve_words[1..].to_vec();
+    help.push("--help");
+    let r = Root::new().run(&help);
+    assert_eq!(r.code, 0, "{r:?}");
     let root = Root::new();
     let pool = integration::fixtures::unique_name("pool");
     let args: Vec<String> = words[1..].iter().map(|w| w.replace("%i", &pool)).collect();
