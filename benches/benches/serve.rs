@@ -19,7 +19,8 @@
 //!
 //! It prints `bench concurrent_prepare_mounts ... thinbox/PEER = R.RRRx`
 //! and `serve ctr_run_rm thinbox/PEER = R.RRRx`, medians of the per-round
-//! ratios, which docs/benchmarks.md records. `THINBOX_BENCH_RUNS` sets the
+//! ratios, which docs/benchmarks.md records. `THINBOX_BENCH_ONLY=devmapper`
+//! runs the dm-thin pairing alone (the VM). `THINBOX_BENCH_RUNS` sets the
 //! `ctr run` rounds (default 20).
 //! Needs root, the release binary (`cargo build --release -p cli`, or
 //! `THINBOX_BIN`), Go and containerd's sources (scripts/setup.sh).
@@ -159,7 +160,14 @@ fn devmapper(dir: &Path) {
         m.as_str(),
         d.as_str()
     );
-    run("dmsetup", &["create", &name, "--table", &table]);
+    // Without udev (the VM), libdevmapper makes /dev/mapper/NAME itself,
+    // which containerd's devmapper snapshotter opens.
+    let made = Command::new("dmsetup")
+        .args(["create", &name, "--table", &table])
+        .env("DM_DISABLE_UDEV", "1")
+        .status()
+        .unwrap();
+    assert!(made.success(), "dmsetup create {name}");
     let root = dir.join("containerd-devmapper");
     std::fs::create_dir_all(&root).unwrap();
     pair(
