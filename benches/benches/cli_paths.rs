@@ -100,16 +100,7 @@ fn timed(cmd: &mut Command) -> Duration {
 }
 
 fn thinbox_exe() -> PathBuf {
-    let exe = std::env::var_os("THINBOX_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/thinbox"),
-        PathBuf::from,
-    );
-    assert!(
-        exe.exists(),
-        "cli_paths needs the release thinbox at {}: run `cargo build --release -p cli` (or set THINBOX_BIN)",
-        exe.display()
-    );
-    exe
+    benches::thinbox_exe("cli_paths")
 }
 
 /// The busybox layout from the project's script (or the one named by

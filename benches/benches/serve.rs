@@ -38,16 +38,7 @@ use integration::containerd::suite_binary;
 use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount};
 
 fn thinbox_exe() -> PathBuf {
-    let exe = std::env::var_os("THINBOX_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/thinbox"),
-        PathBuf::from,
-    );
-    assert!(
-        exe.exists(),
-        "serve needs the release thinbox at {}: run `cargo build --release -p cli` (or set THINBOX_BIN)",
-        exe.display()
-    );
-    exe
+    benches::thinbox_exe("serve")
 }
 
 /// One pairing: the Go driver with these settings; its result lines.

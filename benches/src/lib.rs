@@ -211,3 +211,18 @@ mod tests {
             .starts_with("x A/B = 2.100x (median of 3"));
     }
 }
+
+/// The release `thinbox` binary (`THINBOX_BIN`, else
+/// `target/release/thinbox`); panics naming how to build it for `bench`.
+pub fn thinbox_exe(bench: &str) -> PathBuf {
+    let exe = std::env::var_os("THINBOX_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/thinbox"),
+        PathBuf::from,
+    );
+    assert!(
+        exe.exists(),
+        "{bench} needs the release thinbox at {}: run `cargo build --release -p cli` (or set THINBOX_BIN)",
+        exe.display()
+    );
+    exe
+}

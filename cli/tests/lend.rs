@@ -10,10 +10,10 @@
 mod cli_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_support::{busybox_spec, disks, sigterm, Reap, Root, VgGuard};
+use cli_support::{busybox_spec, disks, sigterm, Containerd, Reap, Root, VgGuard};
 use integration::fixtures::{run, try_run, unique_name};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -166,39 +166,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     // Debian's containerd on the written config. Without udev in the
     // guest, libdevmapper makes the nodes itself.
-    let log = std::fs::File::create(ctd.join("containerd.log")).unwrap();
-    let containerd = Reap(
-        Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .env("DM_DISABLE_UDEV", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (install Debian's containerd)"),
-    );
-    let ctr = |args: &[&str]| {
-        let o = Command::new("ctr")
-            .args(["--address", s(&sock), "--namespace", "thinbox-test"])
-            .args(args)
-            .env("DM_DISABLE_UDEV", "1")
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-        )
-    };
-    let log_text = || std::fs::read_to_string(ctd.join("containerd.log")).unwrap_or_default();
-    let started = Instant::now();
-    while !ctr(&["version"]).0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "containerd never answered: {}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let containerd = Containerd::start_on(&ctd, &sock, &cfg);
+    let ctr = |args: &[&str]| containerd.ctr(args);
+    let log_text = || containerd.log();
     let (ok, plugins) = ctr(&["plugins", "ls"]);
     assert!(ok, "{plugins}");
     let devmapper = plugins
@@ -283,9 +253,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         .count();
     assert!(grew >= 1, "{text}");
 
-    sigterm(&containerd.0);
-    let mut containerd = containerd;
-    containerd.0.wait().unwrap();
+    containerd.stop();
     // The engine's thin devices go with a forced destroy.
     root.ok(&["pool", "destroy", &name, "--force"]);
     assert!(!try_run("vgs", &[&vg]), "volume group removed");

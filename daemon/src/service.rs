@@ -90,6 +90,29 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Prepare (`Kind::Active`) or View.
+    async fn create(
+        &self,
+        kind: Kind,
+        k: String,
+        p: String,
+        l: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Status> {
+        let (k, p, l) = (key(&k)?, parent(&p)?, labels(l)?);
+        self.blocking(move |e| {
+            let sn = e.snapshotter();
+            match kind {
+                Kind::View => sn.view(&k, p.as_ref(), &l),
+                _ => sn.prepare(&k, p.as_ref(), &l),
+            }
+            .map(mounts)
+            .map_err(snapshot_status)
+        })
+        .await
+    }
+}
+
 /// containerd's errdefs code for a snapshotter error.
 pub fn snapshot_status(e: snapshotter::Error) -> Status {
     use snapshotter::ErrorKind as K;
@@ -252,14 +275,7 @@ impl containerd_snapshots::Snapshotter for Service {
         p: String,
         l: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
-        let (k, p, l) = (key(&k)?, parent(&p)?, labels(l)?);
-        self.blocking(move |e| {
-            e.snapshotter()
-                .prepare(&k, p.as_ref(), &l)
-                .map(mounts)
-                .map_err(snapshot_status)
-        })
-        .await
+        self.create(Kind::Active, k, p, l).await
     }
 
     async fn view(
@@ -268,14 +284,7 @@ impl containerd_snapshots::Snapshotter for Service {
         p: String,
         l: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
-        let (k, p, l) = (key(&k)?, parent(&p)?, labels(l)?);
-        self.blocking(move |e| {
-            e.snapshotter()
-                .view(&k, p.as_ref(), &l)
-                .map(mounts)
-                .map_err(snapshot_status)
-        })
-        .await
+        self.create(Kind::View, k, p, l).await
     }
 
     async fn commit(&self, n: String, k: String, l: HashMap<String, String>) -> Result<(), Status> {

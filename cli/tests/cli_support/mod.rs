@@ -365,11 +365,17 @@ impl Containerd {
             ),
         )
         .unwrap();
+        Containerd::start_on(dir, &sock, &cfg)
+    }
+
+    /// Starts containerd on config file `cfg` (its log in `dir`, its
+    /// socket `sock`) and waits until `ctr version` answers.
+    pub fn start_on(dir: &Path, sock: &Path, cfg: &Path) -> Containerd {
         let log = fs::File::create(dir.join("containerd.log")).unwrap();
         let child = Reap(
             Command::new("containerd")
                 .arg("--config")
-                .arg(&cfg)
+                .arg(cfg)
                 .env("DM_DISABLE_UDEV", "1")
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -378,7 +384,7 @@ impl Containerd {
         );
         let c = Containerd {
             dir: dir.to_owned(),
-            sock,
+            sock: sock.to_owned(),
             child,
         };
         let started = Instant::now();
