@@ -178,6 +178,21 @@ fn median_f(sorted: &[f64]) -> f64 {
     }
 }
 
+/// The release `thinbox` binary (`THINBOX_BIN`, else
+/// `target/release/thinbox`); panics naming how to build it for `bench`.
+pub fn thinbox_exe(bench: &str) -> PathBuf {
+    let exe = std::env::var_os("THINBOX_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/thinbox"),
+        PathBuf::from,
+    );
+    assert!(
+        exe.exists(),
+        "{bench} needs the release thinbox at {}: run `cargo build --release -p cli` (or set THINBOX_BIN)",
+        exe.display()
+    );
+    exe
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,19 +225,4 @@ mod tests {
             .report("x", "A", "B")
             .starts_with("x A/B = 2.100x (median of 3"));
     }
-}
-
-/// The release `thinbox` binary (`THINBOX_BIN`, else
-/// `target/release/thinbox`); panics naming how to build it for `bench`.
-pub fn thinbox_exe(bench: &str) -> PathBuf {
-    let exe = std::env::var_os("THINBOX_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/thinbox"),
-        PathBuf::from,
-    );
-    assert!(
-        exe.exists(),
-        "{bench} needs the release thinbox at {}: run `cargo build --release -p cli` (or set THINBOX_BIN)",
-        exe.display()
-    );
-    exe
 }
