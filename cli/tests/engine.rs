@@ -398,33 +398,29 @@ fn configured_btrfs_directory() {
     drop(mnt);
 }
 
+/// A unit file of `cli/systemd` and the words of its `ExecStart=`.
+fn unit_exec(file: &str) -> (String, Vec<String>) {
+    let path = format!("{}/systemd/{file}", env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(&path).unwrap();
+    let words = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_else(|| panic!("an ExecStart line in {path}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (unit, words)
+}
+
 fn systemd_unit_runs_a_valid_command() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/thinbox-monitor@.service"
-    ))
-    .unwrap();
-    let exec = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("an ExecStart line");
-    let words: Vec<&str> = exec.split_whitespace().collect();
     // Where the packages install it (issue 15), the same in both units.
-    assert_eq!(words[0], "/usr/bin/thinbox", "{exec}");
-    let serve = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/thinbox.service"
-    ))
-    .unwrap();
-    let serve_exec = serve
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("an ExecStart line in thinbox.service");
-    let serve_words: Vec<&str> = serve_exec.split_whitespace().collect();
-    assert_eq!(serve_words[0], "/usr/bin/thinbox", "{serve_exec}");
+    let (_, words) = unit_exec("thinbox-monitor@.service");
+    assert_eq!(words[0], "/usr/bin/thinbox", "{words:?}");
+    let (serve, serve_words) = unit_exec("thinbox.service");
+    assert_eq!(serve_words[0], "/usr/bin/thinbox", "{serve_words:?}");
     assert!(serve.contains("Before=containerd.service"), "{serve}");
     // Its arguments parse: `--help` after them prints the usage, exit 0.
-    let mut help: Vec<&str> = serve_words[1..].to_vec();
+    let mut help: Vec<&str> = serve_words[1..].iter().map(String::as_str).collect();
     help.push("--help");
     let r = Root::new().run(&help);
     assert_eq!(r.code, 0, "{r:?}");
