@@ -47,6 +47,9 @@ host_packages=(
     # thinbox serve: protoc for containerd's protos (containerd-snapshots);
     # containerd's own snapshotter suite, built with Debian's Go.
     protobuf-compiler golang-go golang-github-containerd-containerd-dev
+    # image pull: a real registry to pull from, skopeo to push into it,
+    # openssl for its test CA, htpasswd for its basic auth.
+    docker-registry skopeo openssl apache2-utils
 )
 
 enable_contrib() {

@@ -12,6 +12,8 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::NotRoot => 5,
         ErrorKind::BackendUnavailable => 6,
         ErrorKind::NoSpace => 7,
+        ErrorKind::Unauthorized => 8,
+        ErrorKind::Unreachable => 9,
         _ => 1,
     }
 }
@@ -28,6 +30,8 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::NoSpace => "no_space",
         ErrorKind::Io => "io",
         ErrorKind::Corrupt => "corrupt",
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::Unreachable => "unreachable",
         _ => "failed",
     }
 }
@@ -59,6 +63,8 @@ mod tests {
             ErrorKind::NotRoot,
             ErrorKind::BackendUnavailable,
             ErrorKind::NoSpace,
+            ErrorKind::Unauthorized,
+            ErrorKind::Unreachable,
         ]
         .map(code);
         let mut sorted = codes.to_vec();

@@ -39,6 +39,8 @@ Exit codes:
   5  not root: run as root
   6  backend unavailable (no dm-thin, btrfs, zfs or a needed tool)
   7  out of space (pool full or below its free-space floor)
+  8  a registry wants credentials, or refused them: log in
+  9  a registry cannot be reached or does not answer in time
 
 With no configuration, state lives under /var/lib/thinbox and the backend
 is chosen on first use: a loopback dm-thin pool when the kernel has dm-thin,

@@ -2,6 +2,7 @@
 //! stderr when it is a terminal and not `--json`; the backend choice and
 //! lock waits (naming the holder, terminal or not) as one line each.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::print::human;
 pub struct Progress {
     bars: Option<MultiProgress>,
     current: Mutex<Option<ProgressBar>>,
+    downloads: Mutex<HashMap<String, ProgressBar>>,
 }
 
 impl Progress {
@@ -25,6 +27,7 @@ impl Progress {
         Progress {
             bars: (enabled && terminal).then(MultiProgress::new),
             current: Mutex::new(None),
+            downloads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,6 +170,44 @@ impl Observer for Progress {
             ),
             Event::LayerDone { reused } => {
                 self.finish(Some(if *reused { "already present" } else { "done" }))
+            }
+            Event::Download { digest, size } => {
+                let Some(multi) = &self.bars else { return };
+                let bar = multi.add(ProgressBar::new(*size));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_message(format!("fetching {}", short(digest)));
+                if let Ok(mut d) = self.downloads.lock() {
+                    d.insert(digest.clone(), bar);
+                }
+            }
+            Event::Downloading { digest, bytes } => {
+                if let Some(bar) = self
+                    .downloads
+                    .lock()
+                    .ok()
+                    .and_then(|d| d.get(digest).cloned())
+                {
+                    bar.set_position(*bytes);
+                }
+            }
+            Event::DownloadDone { digest, ok } => {
+                if let Some(bar) = self
+                    .downloads
+                    .lock()
+                    .ok()
+                    .and_then(|mut d| d.remove(digest))
+                {
+                    if *ok {
+                        bar.finish_with_message(format!("fetched {}", short(digest)));
+                    } else {
+                        bar.abandon_with_message(format!("failed {}", short(digest)));
+                    }
+                }
             }
             _ => {}
         }

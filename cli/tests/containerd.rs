@@ -488,7 +488,8 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
         let after = pool_data_allocated(root.path());
         assert!(
             allocated >= after + (32 << 20),
-            "the data file held {allocated} bytes before the removal, {after} after"
+            "the data file held {allocated} bytes before the removal, {after} after\n{}",
+            std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default()
         );
     }
     let (ok, o) = ctd.ctr(&["images", "rm", "--sync", image]);

@@ -236,6 +236,45 @@ pub struct Config {
     pub zfs: ZfsSection,
     /// `[run]`.
     pub run: RunSection,
+    /// `[registry]`.
+    pub registry: RegistrySection,
+}
+
+/// `[registry]`: how `image pull` reaches registries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Hosts (`host:port`) reached over plain http when https fails
+    /// (localhost and 127.0.0.0/8 always may be).
+    pub insecure: Vec<String>,
+    /// Registry → mirror URLs tried in order before it
+    /// (`[registry.mirrors]` `"docker.io" = ["https://mirror:5000"]`).
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// Directories with a `HOST/` directory of CA certificates each
+    /// (default `/etc/containers/certs.d` and `/etc/docker/certs.d`).
+    pub certs_dirs: Option<Vec<PathBuf>>,
+    /// Auth files read before podman's and docker's.
+    pub auth_files: Vec<PathBuf>,
+    /// Layers downloaded at once.
+    pub parallel: usize,
+    /// Seconds to wait for an answer, or for the next bytes of one.
+    pub timeout: u64,
+    /// Tries after the first on a refused connection, 429 or 5xx.
+    pub retries: u32,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            insecure: Vec::new(),
+            mirrors: Default::default(),
+            certs_dirs: None,
+            auth_files: Vec::new(),
+            parallel: 3,
+            timeout: 30,
+            retries: 3,
+        }
+    }
 }
 
 impl Config {

@@ -505,24 +505,13 @@ impl Engine {
     ) -> Result<Vec<Imported>> {
         let observer = self.options.observer.as_ref();
         Ok(images.import(self.snapshotter(), source, name, &mut |p| {
-            observer.event(&match p {
-                ImportProgress::Layer {
-                    index,
-                    count,
-                    digest,
-                    size,
-                } => Event::Layer {
-                    index,
-                    count,
-                    digest: digest.to_string(),
-                    size,
-                },
-                ImportProgress::LayerDone { reused, .. } => {
-                    crate::state::pause_point("import-layer");
-                    Event::LayerDone { reused }
-                }
-            })
+            observer.event(&import_event(p))
         })?)
+    }
+
+    /// Where this engine reports progress.
+    pub(crate) fn observer(&self) -> &dyn crate::Observer {
+        self.options.observer.as_ref()
     }
 
     /// What can run out under a container root at `rootfs` (mounted from
@@ -564,5 +553,29 @@ impl Engine {
         self.pool_lock = None;
         self.lock = None;
         Ok(r?)
+    }
+}
+
+/// An import's progress as an [`Event`] (and the test hooks between layers).
+pub(crate) fn import_event(p: ImportProgress<'_>) -> Event {
+    match p {
+        ImportProgress::Layer {
+            index,
+            count,
+            digest,
+            size,
+        } => Event::Layer {
+            index,
+            count,
+            digest: digest.to_string(),
+            size,
+        },
+        ImportProgress::LayerDone { reused, .. } => {
+            crate::state::pause_point("import-layer");
+            if !reused {
+                crate::state::crash_point("pull-layer-applied");
+            }
+            Event::LayerDone { reused }
+        }
     }
 }

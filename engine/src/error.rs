@@ -32,6 +32,10 @@ pub enum ErrorKind {
     NoSpace,
     /// Stored state (a record, a pool's metadata) is damaged or inconsistent.
     Corrupt,
+    /// A registry wants other credentials, or refused these.
+    Unauthorized,
+    /// A registry could not be reached or did not answer in time.
+    Unreachable,
     /// Anything else (a container failed to start, ...).
     Failed,
 }
@@ -144,6 +148,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Io => "i/o error",
             ErrorKind::NoSpace => "out of space",
             ErrorKind::Corrupt => "damaged state",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Unreachable => "unreachable",
             ErrorKind::Failed => "failed",
         })
     }

@@ -44,6 +44,7 @@ pub mod mounts;
 pub mod observer;
 pub mod options;
 pub mod pools;
+pub mod pull;
 pub mod snapshots;
 mod sparse;
 pub mod state;

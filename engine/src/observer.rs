@@ -72,6 +72,27 @@ pub enum Event {
         /// Whether it was already present.
         reused: bool,
     },
+    /// A layer blob starts downloading.
+    Download {
+        /// Its digest.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Bytes of a download so far.
+    Downloading {
+        /// Its digest.
+        digest: String,
+        /// Bytes received in this pull.
+        bytes: u64,
+    },
+    /// A download ended.
+    DownloadDone {
+        /// Its digest.
+        digest: String,
+        /// Whether the blob is whole and verified.
+        ok: bool,
+    },
     /// Something the user should know and may want to change.
     Warning {
         /// What, with the figures and the key or command that changes it.

@@ -1,4 +1,4 @@
-//! `thinbox image import|ls|inspect|rm`: images as committed snapshots on
+//! `thinbox image import|pull|ls|inspect|rm`: images as committed snapshots on
 //! the engine's backend, recorded in `ROOT/images/images.db` by
 //! [`snapshotter::image::Images`], opened by [`engine::Engine::images`].
 
@@ -24,6 +24,23 @@ pub enum ImageCommand {
         /// The image's name (default: the name the source records).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Pulls an image from a registry: `busybox`, `HOST[:PORT]/NAME:TAG`,
+    /// `NAME@sha256:…`. Layers already stored are not fetched; the rest
+    /// download in parallel and are applied as each arrives. Credentials
+    /// come from podman's and docker's auth files; `[registry]` in the
+    /// config sets mirrors, insecure hosts and CA directories. Atomic; a
+    /// killed pull is resumed by the next.
+    Pull {
+        /// The image reference.
+        reference: String,
+        /// The platform to pick from a multi-platform image
+        /// (`OS/ARCH[/VARIANT]`, default this host's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Layers downloaded at once (default `[registry] parallel`, 3).
+        #[arg(long)]
+        parallel: Option<usize>,
     },
     /// Lists images.
     Ls,
@@ -158,10 +175,25 @@ fn read(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn pull_options(platform: &Option<String>, parallel: &Option<usize>) -> engine::pull::PullOptions {
+    engine::pull::PullOptions {
+        platform: platform.clone(),
+        parallel: *parallel,
+    }
+}
+
 /// Runs `thinbox image ...`.
 pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
     if matches!(cmd, ImageCommand::Ls | ImageCommand::Inspect { .. }) {
         return read(global, cmd);
+    }
+    if let ImageCommand::Pull {
+        reference,
+        platform,
+        parallel,
+    } = cmd
+    {
+        pull_options(platform, parallel).check(reference)?;
     }
     let engine = open_engine(global)?;
     let images = engine.images()?;
@@ -202,6 +234,43 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
                     }
                     _ => println!("imported {what}"),
                 }
+            }
+            Ok(())
+        }
+        ImageCommand::Pull {
+            reference,
+            platform,
+            parallel,
+        } => {
+            let p = engine.pull_image(&images, reference, &pull_options(platform, parallel))?;
+            if global.json {
+                let mut v = image_json(&p.imported.image);
+                if let (Some(m), Ok(serde_json::Value::Object(o))) =
+                    (v.as_object_mut(), serde_json::to_value(&p))
+                {
+                    for (k, val) in o {
+                        m.entry(k).or_insert(val);
+                    }
+                }
+                return print_json(&v);
+            }
+            let i = &p.imported.image;
+            match p.imported.outcome {
+                ImportOutcome::AlreadyPresent => {
+                    println!("{}: up to date (manifest {})", i.name, i.manifest)
+                }
+                _ => println!(
+                    "pulled {} ({} layer{}, {}, manifest {}) from {}: {} fetched ({}), {} already stored",
+                    i.name,
+                    i.layers.len(),
+                    if i.layers.len() == 1 { "" } else { "s" },
+                    human(i.size()),
+                    i.manifest,
+                    p.endpoint,
+                    p.layers_fetched,
+                    human(p.bytes_fetched),
+                    p.layers_reused
+                ),
             }
             Ok(())
         }

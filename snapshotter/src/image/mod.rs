@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::Name;
 
-pub use digest::{chain_id, chain_ids, Digest, HashingReader, HashingWriter};
+pub use digest::{chain_id, chain_ids, Digest, Hasher, HashingReader, HashingWriter};
 pub use images::{validate_name, FaultPoint, Images};
 pub use source::MAX_LAYERS;
 

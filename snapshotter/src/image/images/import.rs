@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// What an import reports to and waits on.
+pub(super) struct Hooks<'a> {
+    progress: &'a mut dyn FnMut(ImportProgress<'_>),
+    ready: &'a (dyn Fn(&Digest) -> Result<()> + Sync),
+}
+
 impl Images {
     /// Imports every image in `source` (an OCI layout directory or tar, or
     /// a docker-save tar), named `name` (only when the source holds one
@@ -18,6 +24,22 @@ impl Images {
         source: &Path,
         name: Option<&str>,
         progress: &mut dyn FnMut(ImportProgress<'_>),
+    ) -> Result<Vec<Imported>> {
+        self.import_gated(sn, source, name, progress, &|_| Ok(()))
+    }
+
+    /// [`Images::import`] of a source whose layer blobs may still be
+    /// arriving (a pull): `ready(digest)` is called before a layer blob
+    /// is read and returns once it is whole (or why it never will be).
+    /// A layer already stored needs no blob in `source`: its descriptor's
+    /// digest and size are recorded.
+    pub fn import_gated(
+        &self,
+        sn: &dyn Snapshotter,
+        source: &Path,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(ImportProgress<'_>),
+        ready: &(dyn Fn(&Digest) -> Result<()> + Sync),
     ) -> Result<Vec<Imported>> {
         let _op = self.writer("import")?;
         let archive = Archive::open(source)?;
@@ -77,7 +99,8 @@ impl Images {
         }
 
         let intent = self.new_intent("import", None)?;
-        let result = self.import_found(sn, &archive, &found, intent, &moved, progress);
+        let hooks = Hooks { progress, ready };
+        let result = self.import_found(sn, &archive, &found, intent, &moved, hooks);
         match result {
             Ok(images) => {
                 let mut out: Vec<Imported> = images
@@ -112,8 +135,9 @@ impl Images {
         found: &[Found],
         intent: i64,
         moved: &[(String, Digest)],
-        progress: &mut dyn FnMut(ImportProgress<'_>),
+        hooks: Hooks<'_>,
     ) -> Result<Vec<Image>> {
+        let Hooks { progress, ready } = hooks;
         let scratch = self.scratch(intent);
         let mut seq = 0usize;
         let mut images = Vec::new();
@@ -133,11 +157,6 @@ impl Images {
                     size,
                 });
                 let what = format!("layer {} of {}", i + 1, f.layers.len());
-                // The blob itself, before anything is applied.
-                let (digest, len) = archive.hash_file(&lr.path)?;
-                if let Some(expected) = &lr.digest {
-                    check_size_digest(archive_top(archive), &what, expected, lr.size, len, digest)?;
-                }
                 let chain = chains[i];
                 let chain_name = Name::new(chain.to_string())?;
                 let reused = match exists(sn, chain_name.as_str())? {
@@ -148,6 +167,28 @@ impl Images {
                             .detail("a snapshot that is not committed has this layer's chain id; remove it (thinbox snapshot rm)"))
                     }
                     None => false,
+                };
+                // The blob itself, before anything is applied; a stored
+                // layer a pull did not fetch is known by its descriptor.
+                let (digest, len) = match (reused, lr.digest, lr.size) {
+                    (true, Some(d), Some(n)) if !archive.has(&lr.path) => (d, n),
+                    _ => {
+                        if let Some(d) = &lr.digest {
+                            ready(d)?;
+                        }
+                        let (digest, len) = archive.hash_file(&lr.path)?;
+                        if let Some(expected) = &lr.digest {
+                            check_size_digest(
+                                archive_top(archive),
+                                &what,
+                                expected,
+                                lr.size,
+                                len,
+                                digest,
+                            )?;
+                        }
+                        (digest, len)
+                    }
                 };
                 if !reused {
                     let key = Key::new(format!("thinbox-import-{intent}-{seq}"))?;
