@@ -50,6 +50,8 @@ host_packages=(
     # image pull: a real registry to pull from, skopeo to push into it,
     # openssl for its test CA, htpasswd for its basic auth.
     docker-registry skopeo openssl apache2-utils
+    # benches: peak RSS of each contender (GNU time).
+    time
 )
 
 enable_contrib() {

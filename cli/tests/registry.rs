@@ -23,11 +23,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cli_support::registry::{auth_file, free_port, s, Registry, RegistryOptions, TokenServer};
 use cli_support::{busybox_spec, Root};
 use integration::fixtures::temp_dir;
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
+use integration::registry::{auth_file, free_port, s, Registry, RegistryOptions, TokenServer};
 use serde_json::{json, Value};
 use snapshotter::image::write::{self, Compression, Entry, ImageSpec, LayerSpec};
 

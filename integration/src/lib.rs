@@ -28,6 +28,7 @@ pub mod fixtures;
 pub mod harness;
 pub mod need;
 pub mod orchestrate;
+pub mod registry;
 // The one module whose `unsafe` blocks the crate allows, each with a SAFETY comment.
 #[allow(unsafe_code)]
 mod sys;

@@ -11,8 +11,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::fixtures::{temp_dir, try_run};
-
-pub mod registry;
 use serde_json::Value;
 use snapshotter::image::write::{self, Entry, ImageSpec};
 use snapshotter::image::ImageConfig;

@@ -9,15 +9,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration::fixtures::{run, temp_dir};
 use serde_json::json;
 
-use super::Reap;
+use crate::fixtures::{run, temp_dir};
 
+/// A child process killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A path as the `&str` a command line takes.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A TCP port free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -27,16 +39,22 @@ pub fn free_port() -> u16 {
 }
 
 /// A docker-registry on 127.0.0.1, stopped when dropped.
+#[derive(Debug)]
 pub struct Registry {
+    /// Its directory: config, storage (`data/`), access log, certificates.
     pub dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`.
     pub host: String,
-    pub _proc: Reap,
+    /// The registry process.
+    pub _proc: Child,
+    /// With TLS: the `certs.d` directory holding `HOST/ca.crt`.
     pub tls: Option<PathBuf>,
     /// Pushing needs `pusher:secret`.
     pub creds: bool,
 }
 
-#[derive(Default)]
+/// How [`Registry::start`] sets the registry up.
+#[derive(Debug, Default)]
 pub struct RegistryOptions {
     /// Serve https with a certificate from a CA of its own.
     pub tls: bool,
@@ -47,6 +65,7 @@ pub struct RegistryOptions {
 }
 
 impl Registry {
+    /// Starts one as `o` says, waiting until it accepts connections.
     pub fn start(o: RegistryOptions) -> Registry {
         let dir = temp_dir();
         let port = free_port();
@@ -129,7 +148,7 @@ impl Registry {
         let creds = o.user.is_some() || o.token.is_some();
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let proc = Reap(
+        let proc = Child(
             Command::new("docker-registry")
                 .args(["serve", s(&dir.path().join("config.yml"))])
                 .stdout(log.try_clone().unwrap())
@@ -155,6 +174,7 @@ impl Registry {
         }
     }
 
+    /// Its log so far (access log and its own lines).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
@@ -224,6 +244,8 @@ impl Registry {
     }
 }
 
+/// An auth file (podman's and docker's format) in `dir` with `user` and
+/// `password` for `host`.
 pub fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -242,9 +264,13 @@ pub fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf 
 /// `openssl dgst`) with the key whose certificate the registry trusts.
 /// Anyone else gets a 401. Test code: the registry checking the JWTs is
 /// the real one.
+#[derive(Debug)]
 pub struct TokenServer {
+    /// Its URL, for the registry's `auth.token.realm`.
     pub realm: String,
+    /// The certificate whose key signs the tokens.
     pub cert: PathBuf,
+    /// Requests served so far.
     pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -270,6 +296,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl TokenServer {
+    /// Starts one on 127.0.0.1 with a key and certificate made in `dir`.
     pub fn start(dir: &Path) -> TokenServer {
         use base64::Engine as _;
         use std::io::{BufRead, BufReader};
