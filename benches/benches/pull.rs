@@ -22,9 +22,12 @@
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::run as run_ok;
+
 use benches::Pairs;
+use integration::containerd::Containerd;
 use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount};
-use integration::registry::{s, Child, Registry, RegistryOptions};
+use integration::registry::{s, Registry, RegistryOptions};
 use snapshotter::image::write::{self, Compression, Entry, ImageSpec, LayerSpec};
 use snapshotter::image::ImageConfig;
 
@@ -149,44 +152,8 @@ fn main() -> ExitCode {
     };
 
     // containerd with its overlayfs snapshotter, its root on the same btrfs.
-    let ctd = fs.join("containerd");
-    std::fs::create_dir_all(&ctd).unwrap();
-    let ctd_sock = ctd.join("containerd.sock");
-    let cfg = ctd.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{s}\"\n",
-            d = ctd.display(),
-            s = ctd_sock.display()
-        ),
-    )
-    .unwrap();
-    let _containerd = Child(
-        Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("containerd"),
-    );
-    let ctr = |args: &[&str]| {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(&ctd_sock)
-            .args(["--namespace", "bench"])
-            .args(args);
-        c
-    };
-    let started = Instant::now();
-    while !ctr(&["version"]).output().unwrap().status.success() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "containerd never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ctd = Containerd::start(&fs.join("containerd"), "");
+    let ctr = |args: &[&str]| ctd.ctr_command(args);
     let ctr_rm = || {
         let _ = ctr(&["images", "rm", "--sync", &reference]).output();
     };
@@ -206,21 +173,14 @@ fn main() -> ExitCode {
     // One untimed pull each first (page cache, containerd's first pull).
     pull_tb(&mut Vec::new());
     ctr_rm();
-    run(
-        "ctr",
-        &[
-            "--address",
-            s(&ctd_sock),
-            "--namespace",
-            "bench",
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &reference,
-        ],
-    );
+    run_ok(&mut ctr(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "overlayfs",
+        &reference,
+    ]));
     for r in 0..rounds {
         vs_ctr.round(r, &mut || pull_tb(&mut rss_tb), &mut || {
             ctr_rm();

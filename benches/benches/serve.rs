@@ -27,15 +27,15 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use benches::Pairs;
 use snapshotter::image::write::{self, Entry, ImageSpec};
 use snapshotter::image::ImageConfig;
 
-use integration::containerd::suite_binary;
-use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount};
+use integration::containerd::{suite_binary, Containerd};
+use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount, Reap};
 
 fn thinbox_exe() -> PathBuf {
     benches::thinbox_exe("serve")
@@ -180,16 +180,6 @@ fn devmapper(dir: &Path) {
     }
 }
 
-/// Kills a child left running.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `ctr run --rm` through thinbox serve vs containerd's built-in
 /// snapshotters, everything on the btrfs at `fs`.
 fn ctr_run_rm(fs: &Path) {
@@ -232,49 +222,14 @@ fn ctr_run_rm(fs: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let ctd = work.join("containerd");
-    std::fs::create_dir_all(&ctd).unwrap();
-    let ctd_sock = ctd.join("containerd.sock");
-    let cfg = ctd.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{s}\"\n\
-             [proxy_plugins.thinbox]\n  type = \"snapshot\"\n  address = \"{t}\"\n",
-            d = ctd.display(),
-            s = ctd_sock.display(),
-            t = socket.display()
+    let ctd = Containerd::start(
+        &work.join("containerd"),
+        &format!(
+            "[proxy_plugins.thinbox]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+            socket.display()
         ),
-    )
-    .unwrap();
-    let _containerd = Reap(
-        Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("containerd"),
     );
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&ctd_sock)
-            .args(["--namespace", "bench"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let started = Instant::now();
-    while !ctr(&["version"]).status.success() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "containerd never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ctr = |args: &[&str]| ctd.ctr_command(args).output().unwrap();
     let image = "docker.io/library/busybox:latest";
     let tar = work.join("busybox.tar");
     write::docker_tar(&busybox(image), &tar).unwrap();

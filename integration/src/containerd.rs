@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{sigterm, Reap};
 
 /// Where Debian puts Go sources.
 pub const GOCODE: &str = "/usr/share/gocode";
@@ -142,5 +145,101 @@ mod tests {
         assert_eq!(v.passed, ["Basic"]);
         assert_eq!(v.skipped, ["Rename"]);
         assert_eq!(v.failed, ["128LayersMount"]);
+    }
+}
+
+/// Debian's containerd, kept wholly inside `dir` (root, state, socket,
+/// log), with `extra` appended to its config (proxy plugins, say).
+#[derive(Debug)]
+pub struct Containerd {
+    /// Its directory: root, state, config, log.
+    pub dir: PathBuf,
+    /// Its socket.
+    pub sock: PathBuf,
+    /// The process.
+    pub child: Reap,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until `ctr version` answers.
+    pub fn start(dir: &Path, extra: &str) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let sock = dir.join("containerd.sock");
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.zfs\"]\n\
+                 [grpc]\n  address = \"{s}\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n{extra}",
+                d = dir.display(),
+                s = sock.display()
+            ),
+        )
+        .unwrap();
+        Containerd::start_on(dir, &sock, &cfg)
+    }
+
+    /// Starts containerd on config file `cfg` (its log in `dir`, its
+    /// socket `sock`) and waits until `ctr version` answers.
+    pub fn start_on(dir: &Path, sock: &Path, cfg: &Path) -> Containerd {
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Reap(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(cfg)
+                .env("DM_DISABLE_UDEV", "1")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("containerd (install Debian's containerd)"),
+        );
+        let c = Containerd {
+            dir: dir.to_owned(),
+            sock: sock.to_owned(),
+            child,
+        };
+        let started = Instant::now();
+        while !c.ctr(&["version"]).0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "containerd never answered: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        c
+    }
+
+    /// The `ctr` command line against it, in namespace `thinbox-test`.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&self.sock)
+            .args(["--namespace", "thinbox-test"])
+            .args(args)
+            .env("DM_DISABLE_UDEV", "1");
+        c
+    }
+
+    /// Runs `ctr` against it in namespace `thinbox-test`: success and output.
+    pub fn ctr(&self, args: &[&str]) -> (bool, String) {
+        let o = self.ctr_command(args).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Stops it with SIGTERM and waits.
+    pub fn stop(mut self) {
+        sigterm(&self.child.0);
+        self.child.0.wait().unwrap();
     }
 }

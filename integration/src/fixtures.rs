@@ -340,3 +340,24 @@ mod tests {
         );
     }
 }
+
+/// Kills a child (containerd, a daemon, a registry) a test left running,
+/// and reaps it, when dropped.
+#[derive(Debug)]
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends SIGTERM to `c`.
+pub fn sigterm(c: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}

@@ -11,18 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::fixtures::{run, temp_dir};
-
-/// A child process killed and reaped when dropped.
-#[derive(Debug)]
-pub struct Child(pub std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::fixtures::{run, temp_dir, Reap};
 
 /// A path as the `&str` a command line takes.
 pub fn s(p: &Path) -> &str {
@@ -46,7 +35,7 @@ pub struct Registry {
     /// `127.0.0.1:PORT`.
     pub host: String,
     /// The registry process.
-    pub _proc: Child,
+    pub _proc: Reap,
     /// With TLS: the `certs.d` directory holding `HOST/ca.crt`.
     pub tls: Option<PathBuf>,
     /// Pushing needs `pusher:secret`.
@@ -78,21 +67,7 @@ impl Registry {
         if o.tls {
             let d = dir.path();
             let ossl = |args: &[&str]| run("openssl", args);
-            ossl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=thinbox test CA",
-                "-keyout",
-                s(&d.join("ca.key")),
-                "-out",
-                s(&d.join("ca.crt")),
-            ]);
+            self_signed(&d.join("ca"), "thinbox test CA");
             ossl(&[
                 "req",
                 "-newkey",
@@ -148,7 +123,7 @@ impl Registry {
         let creds = o.user.is_some() || o.token.is_some();
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let proc = Child(
+        let proc = Reap(
             Command::new("docker-registry")
                 .args(["serve", s(&dir.path().join("config.yml"))])
                 .stdout(log.try_clone().unwrap())
@@ -244,6 +219,29 @@ impl Registry {
     }
 }
 
+/// Makes a key and a self-signed certificate for `cn`: `PREFIX.key`,
+/// `PREFIX.crt`.
+fn self_signed(prefix: &Path, cn: &str) {
+    let (key, crt) = (prefix.with_extension("key"), prefix.with_extension("crt"));
+    let subject = format!("/CN={cn}");
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &subject,
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&crt),
+    ];
+    run("openssl", &args);
+}
+
 /// An auth file (podman's and docker's format) in `dir` with `user` and
 /// `password` for `host`.
 pub fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
@@ -302,24 +300,7 @@ impl TokenServer {
         use std::io::{BufRead, BufReader};
         let key = dir.join("token.key");
         let cert = dir.join("token.crt");
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=thinbox test token issuer",
-                "-keyout",
-                s(&key),
-                "-out",
-                s(&cert),
-            ],
-        );
+        self_signed(&dir.join("token"), "thinbox test token issuer");
         let der = Command::new("openssl")
             .args(["x509", "-in", s(&cert), "-outform", "DER"])
             .output()
