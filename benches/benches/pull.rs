@@ -173,25 +173,19 @@ fn main() -> ExitCode {
     // One untimed pull each first (page cache, containerd's first pull).
     pull_tb(&mut Vec::new());
     ctr_rm();
-    run_ok(&mut ctr(&[
+    let ctr_pull = [
         "images",
         "pull",
         "--plain-http",
         "--snapshotter",
         "overlayfs",
         &reference,
-    ]));
+    ];
+    run_ok(&mut ctr(&ctr_pull));
     for r in 0..rounds {
         vs_ctr.round(r, &mut || pull_tb(&mut rss_tb), &mut || {
             ctr_rm();
-            let (d, m) = timed(&mut ctr(&[
-                "images",
-                "pull",
-                "--plain-http",
-                "--snapshotter",
-                "overlayfs",
-                &reference,
-            ]));
+            let (d, m) = timed(&mut ctr(&ctr_pull));
             rss_ctr.push(m);
             d
         });

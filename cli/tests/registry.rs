@@ -19,7 +19,7 @@
 mod cli_support;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -266,6 +266,18 @@ fn layers_of_every_compression_and_platforms() {
     assert!(line.contains("OS/ARCH"), "{line}");
 }
 
+/// busybox pushed to `reg` as `name` (with `pusher:secret`): its
+/// reference, and a directory with an auth file with the right password
+/// and one with a wrong one.
+fn private_image(reg: &Registry, name: &str) -> (String, tempfile::TempDir, PathBuf, PathBuf) {
+    let img = layout(&busybox_spec(name));
+    reg.push(img.path(), name, false);
+    let files = temp_dir();
+    let good = auth_file(files.path(), &reg.host, "pusher", "secret");
+    let bad = auth_file(files.path(), &reg.host, "pusher", "wrong");
+    (format!("{}/{name}", reg.host), files, good, bad)
+}
+
 fn tls_with_basic_auth() {
     let reg = Registry::start(RegistryOptions {
         tls: true,
@@ -273,12 +285,7 @@ fn tls_with_basic_auth() {
         ..RegistryOptions::default()
     });
     let certs = reg.tls.clone().unwrap();
-    let img = layout(&busybox_spec("private:1"));
-    reg.push(img.path(), "team/private:1", false);
-    let reference = format!("{}/team/private:1", reg.host);
-    let files = temp_dir();
-    let good = auth_file(files.path(), &reg.host, "pusher", "secret");
-    let bad = auth_file(files.path(), &reg.host, "pusher", "wrong");
+    let (reference, files, good, bad) = private_image(&reg, "team/private:1");
 
     // Without the CA: the certificate is not trusted, and the line says where the CA goes.
     let no_ca = root_for(&format!(
@@ -521,12 +528,7 @@ fn token_auth() {
         token: Some((tokens.realm.clone(), tokens.cert.clone())),
         ..RegistryOptions::default()
     });
-    let img = layout(&busybox_spec("tok:1"));
-    reg.push(img.path(), "team/tok:1", false);
-    let reference = format!("{}/team/tok:1", reg.host);
-    let files = temp_dir();
-    let good = auth_file(files.path(), &reg.host, "pusher", "secret");
-    let bad = auth_file(files.path(), &reg.host, "pusher", "wrong");
+    let (reference, files, good, bad) = private_image(&reg, "team/tok:1");
 
     let anon = root_for(&format!(
         "auth_files = [\"{}\"]\n",
