@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::{self, Status};
@@ -26,7 +28,7 @@ pub async fn serve(engine: Arc<Engine>, listener: UnixListener, stop: Stop) -> e
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| engine::Error::new(engine::ErrorKind::Io, format!("cannot serve: {e}")))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let service = containerd_snapshots::server(Arc::new(Service { engine }));
+    let service = containerd_snapshots::server(Arc::new(Service::new(engine)));
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stop.wait())
@@ -70,12 +72,49 @@ impl Stop {
 #[derive(Debug)]
 pub struct Service {
     engine: Arc<Engine>,
+    /// A retry of deferred removals is scheduled.
+    retry_scheduled: Arc<AtomicBool>,
 }
+
+/// When removals a busy device deferred are tried again after a Remove:
+/// a container's mount namespace releases its root device a moment after
+/// its last process exits, so containerd's own Remove (and the Cleanup it
+/// sends after garbage collection) can come too soon.
+const RETRY_DEFERRED: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(10),
+];
 
 impl Service {
     /// A service over `engine`.
     pub fn new(engine: Arc<Engine>) -> Service {
-        Service { engine }
+        Service {
+            engine,
+            retry_scheduled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs the snapshotter's cleanup at each of [`RETRY_DEFERRED`] from
+    /// now, unless such a round is already scheduled. A cleanup with
+    /// nothing deferred only reads the records.
+    fn retry_deferred_removals(&self) {
+        if self.retry_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (engine, scheduled) = (self.engine.clone(), self.retry_scheduled.clone());
+        tokio::spawn(async move {
+            for delay in RETRY_DEFERRED {
+                tokio::time::sleep(delay).await;
+                let engine = engine.clone();
+                let done =
+                    tokio::task::spawn_blocking(move || engine.snapshotter().cleanup()).await;
+                if let Ok(Err(e)) = done {
+                    tracing::debug!("retrying deferred removals: {e}");
+                }
+            }
+            scheduled.store(false, Ordering::Release);
+        });
     }
 
     /// Runs `f` on the engine on a blocking thread.
@@ -295,8 +334,13 @@ impl containerd_snapshots::Snapshotter for Service {
 
     async fn remove(&self, k: String) -> Result<(), Status> {
         let k = key(&k)?;
-        self.blocking(move |e| e.snapshotter().remove(&k).map_err(snapshot_status))
-            .await
+        let r = self
+            .blocking(move |e| e.snapshotter().remove(&k).map_err(snapshot_status))
+            .await;
+        if r.is_ok() {
+            self.retry_deferred_removals();
+        }
+        r
     }
 
     async fn clear(&self) -> Result<(), Status> {

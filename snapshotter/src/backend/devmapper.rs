@@ -38,9 +38,6 @@ use crate::types::{
 /// The base thin device's name in the pool.
 pub const BASE: &str = "base";
 const PREFIX: &str = "snap-";
-/// How long a removal waits for a device busy for a moment (see
-/// `deactivate_settled`).
-const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How the base device is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,29 +182,9 @@ impl Devmapper {
     /// discards down to the data device. It is deactivated first, which
     /// fails while anyone has it open (a mounted filesystem is never
     /// discarded under its users).
-    /// Deactivates `name` now, waiting out a brief hold: the mounts of a
-    /// container's mount namespace are released asynchronously when its
-    /// last process exits, so its root device can stay busy for a moment
-    /// after the container is gone (containerd and Docker retry their dm
-    /// removals for the same reason). A device still busy after
-    /// [`BUSY_WAIT`] is really in use.
-    fn deactivate_settled(&self, name: &str) -> thinpool::Result<()> {
-        let deadline = std::time::Instant::now() + BUSY_WAIT;
-        loop {
-            match self.pool.deactivate(name, false) {
-                Err(e)
-                    if matches!(e.kind(), thinpool::ErrorKind::Busy { .. })
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                r => return r,
-            }
-        }
-    }
-
     fn discard(&self, name: &str) -> Result<()> {
-        self.deactivate_settled(name)
+        self.pool
+            .deactivate(name, false)
             .map_err(|e| dm_err("discard", name, e))?;
         let dev = self
             .pool
@@ -392,12 +369,6 @@ impl Backend for Devmapper {
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
         let name = thin_name(id);
         if Self::exists(&self.pool, &name)? {
-            if !self.discard_blocks {
-                // Busy for a moment after a container's exit: see there.
-                if let Err(e) = self.deactivate_settled(&name) {
-                    tracing::debug!("{name} still busy: {e}");
-                }
-            }
             if self.discard_blocks {
                 // Only space, never correctness: a failed discard is logged.
                 if let Err(e) = self.discard(&name) {
