@@ -340,6 +340,21 @@ fn tls_with_basic_auth() {
     );
 }
 
+/// `image pull reference`, which must die by SIGKILL at crash point `step`.
+fn pull_killed_at(root: &Root, reference: &str, step: &str) {
+    let out = root
+        .command(&["image", "pull", reference])
+        .env("THINBOX_CRASH_AT", step)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "killed at {step}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn killed_pulls_resume() {
     let reg = Registry::start(RegistryOptions::default());
     // A second layer of 24 MiB that gzip cannot shrink, for a blob to die in.
@@ -363,17 +378,7 @@ fn killed_pulls_resume() {
     let root = root_for("parallel = 1\n");
 
     // Killed half way through a blob: the next pull asks for the rest.
-    let out = root
-        .command(&["image", "pull", &reference])
-        .env("THINBOX_CRASH_AT", "pull-blob-half")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        None,
-        "killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pull_killed_at(&root, &reference, "pull-blob-half");
     assert!(
         root.json(&["image", "ls"]).as_array().unwrap().is_empty(),
         "no image from a killed pull"
@@ -420,17 +425,7 @@ fn killed_pulls_resume() {
     let root = root_for("parallel = 1\n");
     let first_layer = p["layers"][0]["digest"].as_str().unwrap().to_owned();
     let fetched_before = reg.blob_gets(Some(&first_layer)).len();
-    let out = root
-        .command(&["image", "pull", &reference])
-        .env("THINBOX_CRASH_AT", "pull-layer-applied")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        None,
-        "killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pull_killed_at(&root, &reference, "pull-layer-applied");
     assert_eq!(reg.blob_gets(Some(&first_layer)).len(), fetched_before + 1);
     let p = pull(&root, &[&reference]);
     assert_eq!(p["outcome"], "new");
