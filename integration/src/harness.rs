@@ -38,6 +38,9 @@ pub struct KernelTest {
     pub timeout: Duration,
     /// The test body; it fails by panicking.
     pub body: fn(),
+    /// Left out of CI's smoke run (`thinbox-test --smoke`), naming the
+    /// smoke test that covers the same code; `None` for smoke tests.
+    pub not_in_smoke: Option<&'static str>,
 }
 
 impl KernelTest {
@@ -48,12 +51,21 @@ impl KernelTest {
             needs: &[],
             timeout: Duration::from_secs(300),
             body,
+            not_in_smoke: None,
         }
     }
 
     /// The same test with these needs.
     pub const fn needs(mut self, needs: &'static [Need]) -> KernelTest {
         self.needs = needs;
+        self
+    }
+
+    /// The same test left out of CI's smoke run: a slow duplicate whose
+    /// code `covered_by` (a test of the same binary, or
+    /// `PACKAGE::TARGET::TEST`) exercises in the smoke run.
+    pub const fn not_in_smoke(mut self, covered_by: &'static str) -> KernelTest {
+        self.not_in_smoke = Some(covered_by);
         self
     }
 
@@ -73,6 +85,9 @@ pub struct TestListing {
     pub needs: Vec<Need>,
     /// Its timeout in seconds.
     pub timeout_secs: u64,
+    /// The smoke test covering it, when CI's smoke run leaves it out.
+    #[serde(default)]
+    pub not_in_smoke: Option<String>,
 }
 
 /// How one test ended.
@@ -109,8 +124,9 @@ pub fn in_ci() -> bool {
 pub const FULL_ENV: &str = "THINBOX_FULL";
 
 /// Whether `THINBOX_FULL=1`: tests with a long matrix (crash points) run
-/// all of it; otherwise (CI's default) a subset that still covers each
-/// path through the code. docs/testing.md lists them.
+/// all of it; otherwise a subset that still covers each path through the
+/// code. `thinbox-test` sets it for every test but in a `--smoke` run
+/// (CI's); docs/testing.md lists the matrices.
 pub fn full_matrix() -> bool {
     std::env::var(FULL_ENV).is_ok_and(|v| v == "1" || v == "true")
 }
@@ -159,6 +175,7 @@ pub fn main(tests: &[KernelTest]) -> ExitCode {
                 name: t.name.to_owned(),
                 needs: t.needs.to_vec(),
                 timeout_secs: t.timeout.as_secs(),
+                not_in_smoke: t.not_in_smoke.map(str::to_owned),
             })
             .collect();
         println!("{}", serde_json::to_string(&listing).unwrap_or_default());

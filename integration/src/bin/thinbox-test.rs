@@ -1,7 +1,10 @@
 //! Runs every thinbox test where it can run: plain tests on the host,
 //! real-kernel tests on the host or in the Debian-kernel VM by their needs.
 //!
-//! `thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]`
+//! `thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--smoke] [--disk-size SIZE] [FILTER]`
+//!
+//! `--smoke` is CI's run: it leaves out the slow duplicates marked
+//! `not_in_smoke` and runs the long matrices' subsets.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -19,6 +22,7 @@ fn main() -> ExitCode {
                 None => return usage("--package needs a package name"),
             },
             "--vm-only" => options.vm_only = true,
+            "--smoke" => options.smoke = true,
             "--disk-size" => match args.next().map(|s| s.parse()) {
                 Some(Ok(size)) => options.disk_size = Some(size),
                 Some(Err(e)) => return usage(&e.to_string()),
@@ -26,7 +30,7 @@ fn main() -> ExitCode {
             },
             "-h" | "--help" => {
                 println!(
-                    "usage: thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]"
+                    "usage: thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--smoke] [--disk-size SIZE] [FILTER]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -42,6 +46,6 @@ fn main() -> ExitCode {
 }
 
 fn usage(message: &str) -> ExitCode {
-    eprintln!("thinbox-test: {message}\nusage: thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--disk-size SIZE] [FILTER]");
+    eprintln!("thinbox-test: {message}\nusage: thinbox-test [-p PACKAGE]... [--host-only | --vm-only] [--smoke] [--disk-size SIZE] [FILTER]");
     ExitCode::from(2)
 }
