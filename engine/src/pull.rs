@@ -3,9 +3,11 @@
 //! The manifest is resolved first (mirrors, platform), then the config;
 //! its diff ids say which layers are stored already (by chain id), and
 //! only the others are fetched, `[registry] parallel` at a time, bottom
-//! first, into `ROOT/pulls/MANIFEST/` (an OCI layout). The import applies
-//! each layer as soon as its blob is whole, while the ones above it are
-//! still arriving, and records the image atomically
+//! first, into `ROOT/pulls/MANIFEST/` (an OCI layout). The import reads
+//! each layer from its blob's file as the fetch writes it (a [`Follower`]),
+//! so a layer is decompressed and applied while it downloads and the ones
+//! above it arrive too; its digest is checked before it is committed, and
+//! the image is recorded atomically
 //! ([`snapshotter::image::Images::import_gated`]).
 //!
 //! Crash safety: blobs are named by their digest only once they match it
@@ -16,9 +18,12 @@
 //! directory goes when the image is recorded.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use registry::{Client, Reference, Resolved, Settings};
 use serde::Serialize;
@@ -127,23 +132,41 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    /// Waits until `d` is whole; a blob not being fetched is there already.
-    fn ready(&self, d: &Digest) -> snapshotter::Result<()> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            match slots.get(d) {
-                None | Some(Slot::Whole) => return Ok(()),
-                Some(Slot::Failed(e)) => {
-                    return Err(snapshotter::Error::new(
-                        snapshotter::ErrorKind::InvalidImage,
-                        "pull",
-                    )
-                    .detail(format!("cannot fetch layer {d}: {e}")))
-                }
-                Some(Slot::Fetching) => {
-                    slots = self.changed.wait(slots).unwrap_or_else(|p| p.into_inner());
-                }
-            }
+    /// Wakes readers waiting for more of a blob.
+    fn grew(&self) {
+        self.changed.notify_all();
+    }
+
+    /// Where the fetch of `d` stands: None when it is not being fetched
+    /// (whole already), else whether it is still running.
+    fn peek(&self, d: &Digest) -> Peek {
+        match self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(d) {
+            None | Some(Slot::Whole) => Peek::Whole,
+            Some(Slot::Fetching) => Peek::Fetching,
+            Some(Slot::Failed(e)) => Peek::Failed(e.to_string()),
+        }
+    }
+
+    /// Waits for the next change or write, at most a moment (a write's
+    /// wake-up can come between a read and this wait).
+    fn wait(&self) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.changed.wait_timeout(slots, Duration::from_millis(20));
+    }
+
+    /// A reader of blob `d` (written to `path`) while it is being
+    /// fetched; None once it is whole in the layout.
+    fn follow(&self, d: &Digest, path: PathBuf) -> snapshotter::Result<Option<Box<dyn Read + '_>>> {
+        match self.peek(d) {
+            Peek::Whole => Ok(None),
+            Peek::Failed(e) => Err(fetch_failed(d, &e)),
+            Peek::Fetching => Ok(Some(Box::new(Follower {
+                gate: self,
+                digest: *d,
+                partial: registry::partial_path(&path),
+                whole: path,
+                file: None,
+            }))),
         }
     }
 
@@ -157,6 +180,57 @@ impl Gate {
         match slots.remove(&d) {
             Some(Slot::Failed(e)) => Some(e),
             _ => None,
+        }
+    }
+}
+
+enum Peek {
+    Fetching,
+    Whole,
+    Failed(String),
+}
+
+fn fetch_failed(d: &Digest, e: &str) -> snapshotter::Error {
+    snapshotter::Error::new(snapshotter::ErrorKind::InvalidImage, "pull")
+        .detail(format!("cannot fetch layer {d}: {e}"))
+}
+
+/// Reads a blob while its fetch writes it: `HEX.partial` as it grows (or
+/// `HEX` once whole and renamed: an open file reads on), waiting at its
+/// end until the fetch writes more, finishes or fails. The fetch appends
+/// and, when a registry ignores a Range, rewrites the same bytes, so what
+/// was read stays true; the import checks the digest of all of it.
+struct Follower<'g> {
+    gate: &'g Gate,
+    digest: Digest,
+    partial: PathBuf,
+    whole: PathBuf,
+    file: Option<File>,
+}
+
+impl Read for Follower<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // Looked at before reading: a fetch seen whole has written
+            // every byte, so an empty read after it is the end.
+            let state = self.gate.peek(&self.digest);
+            if self.file.is_none() {
+                self.file = File::open(&self.partial)
+                    .or_else(|_| File::open(&self.whole))
+                    .ok();
+            }
+            if let Some(f) = &mut self.file {
+                let n = f.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+            match state {
+                Peek::Whole if self.file.is_some() => return Ok(0),
+                Peek::Whole => self.file = Some(File::open(&self.whole)?),
+                Peek::Failed(e) => return Err(io::Error::other(fetch_failed(&self.digest, &e))),
+                Peek::Fetching => self.gate.wait(),
+            }
         }
     }
 }
@@ -377,6 +451,7 @@ impl Engine {
                             }
                             got += n;
                             fetched.fetch_add(n, Ordering::Relaxed);
+                            gate.grew();
                             observer.event(&Event::Downloading {
                                 digest: d.to_string(),
                                 bytes: got,
@@ -402,7 +477,7 @@ impl Engine {
                 &dir,
                 Some(&name),
                 &mut |p| observer.event(&crate::engine::import_event(p)),
-                &|d| gate.ready(d),
+                &|d| gate.follow(d, blob(d)),
             );
             if r.is_err() {
                 cancel.store(true, Ordering::Relaxed);
@@ -465,29 +540,79 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_waits_for_whole_blobs_and_reports_failures() {
+    fn followers_read_blobs_as_they_are_written_and_report_failures() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
         let gate = Gate::default();
         let a: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         let b: Digest = format!("sha256:{}", "b".repeat(64)).parse().unwrap();
-        assert!(gate.ready(&a).is_ok(), "not fetched: present");
+        let (pa, pb) = (tmp.path().join("a"), tmp.path().join("b"));
+        assert!(
+            gate.follow(&a, pa.clone()).unwrap().is_none(),
+            "not fetched: whole"
+        );
         gate.set(a, Slot::Fetching);
         gate.set(b, Slot::Fetching);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let first_read = AtomicBool::new(false);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| gate.ready(&a));
+            // The reader starts before the file exists, reads what the
+            // fetch has written while it is still running, and gets every
+            // byte once the fetch renames it and says whole.
+            let read = s.spawn(|| {
+                let mut reader = gate.follow(&a, pa.clone()).unwrap().expect("a reader");
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match reader.read(&mut buf).unwrap() {
+                        0 => return got,
+                        n => got.extend_from_slice(&buf[..n]),
+                    }
+                    if got.len() >= 70_000 {
+                        first_read.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+            let partial = registry::partial_path(&pa);
+            std::thread::sleep(Duration::from_millis(30));
+            let mut f = File::create(&partial).unwrap();
+            for (i, chunk) in data.chunks(70_000).enumerate() {
+                f.write_all(chunk).unwrap();
+                gate.grew();
+                if i == 0 {
+                    let waited = std::time::Instant::now();
+                    while !first_read.load(Ordering::SeqCst) {
+                        assert!(
+                            waited.elapsed() < Duration::from_secs(10),
+                            "the reader waited for the whole blob"
+                        );
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            std::fs::rename(&partial, &pa).unwrap();
             gate.set(a, Slot::Whole);
-            assert!(waiter.join().unwrap().is_ok());
-            let waiter = s.spawn(|| gate.ready(&b));
-            gate.set(
-                b,
-                Slot::Failed(registry::Error::new(
-                    registry::ErrorKind::NotFound,
-                    "r",
-                    "gone",
-                )),
-            );
-            let e = waiter.join().unwrap().unwrap_err();
-            assert!(e.to_string().contains("gone"), "{e}");
+            assert!(read.join().unwrap() == data, "every byte, in order");
         });
+        // What was written is read; a failed fetch is the reader's error.
+        std::fs::write(registry::partial_path(&pb), &data[..1000]).unwrap();
+        let mut reader = gate.follow(&b, pb.clone()).unwrap().expect("a reader");
+        let mut head = vec![0u8; 1000];
+        reader.read_exact(&mut head).unwrap();
+        assert!(head == data[..1000]);
+        gate.set(
+            b,
+            Slot::Failed(registry::Error::new(
+                registry::ErrorKind::NotFound,
+                "r",
+                "gone",
+            )),
+        );
+        let e = reader.read(&mut head).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
+        drop(reader);
+        let e = gate.follow(&b, pb).err().expect("a failed fetch");
+        assert!(e.to_string().contains("gone"), "{e}");
         let e = gate.failure().unwrap();
         assert_eq!(e.kind(), registry::ErrorKind::NotFound);
         assert!(gate.failure().is_none(), "taken out");

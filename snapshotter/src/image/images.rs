@@ -38,6 +38,8 @@ use super::{Image, ImageConfig, ImportOutcome, ImportProgress, Imported, Layer};
 mod commit;
 mod import;
 
+pub use import::Arriving;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
     name TEXT PRIMARY KEY,

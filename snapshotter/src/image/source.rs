@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
 
-use super::digest::{Digest, HashingReader};
+use super::digest::Digest;
 use super::{host_platform, ImageConfig, CONTAINERD_NAME, REF_NAME};
 
 /// Largest manifest, index or config blob read into memory.
@@ -225,14 +225,6 @@ impl Archive {
         let buf = self.read_json_file(&rel)?;
         check_blob(self.top(), what, digest, size, &buf, Digest::sha256(&buf))?;
         Ok(buf)
-    }
-
-    /// Hashes file `rel` whole: its digest and length.
-    pub(crate) fn hash_file(&self, rel: &str) -> Result<(Digest, u64)> {
-        let (r, _) = self.open_file(rel)?;
-        HashingReader::new(r)
-            .drain()
-            .map_err(|e| Error::io("import", self.top().join(rel), e))
     }
 }
 
@@ -625,8 +617,16 @@ pub(crate) fn read(a: &Archive) -> Result<Vec<Found>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::digest::HashingReader;
     use super::super::write::{self, Compression, Entry, ImageSpec};
     use super::*;
+
+    fn hash_file(a: &Archive, rel: &str) -> Digest {
+        HashingReader::new(a.open_file(rel).unwrap().0)
+            .drain()
+            .unwrap()
+            .0
+    }
 
     fn spec(name: &str) -> ImageSpec {
         let l1 = write::layer_tar(&[Entry::file("a", b"a", 0o644)]).unwrap();
@@ -691,7 +691,7 @@ mod tests {
         let a = Archive::open(&dir.path().join("oci")).unwrap();
         check(&read(&a).unwrap(), &w, "d");
         assert_eq!(
-            a.hash_file(&w.layers[0].digest_path()).unwrap().0,
+            hash_file(&a, &w.layers[0].digest_path()),
             w.layers[0].digest
         );
 
@@ -700,7 +700,7 @@ mod tests {
         let a = Archive::open(&tar).unwrap();
         check(&read(&a).unwrap(), &w, "t");
         assert_eq!(
-            a.hash_file(&w.layers[1].digest_path()).unwrap().0,
+            hash_file(&a, &w.layers[1].digest_path()),
             w.layers[1].digest
         );
 

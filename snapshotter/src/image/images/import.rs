@@ -2,12 +2,18 @@
 //! already stored reused, names already holding the manifest left as they
 //! are and taken names moved, all under one intent rolled back on failure.
 
+use std::io::Read;
+
 use super::*;
 
-/// What an import reports to and waits on.
-pub(super) struct Hooks<'a> {
-    progress: &'a mut dyn FnMut(ImportProgress<'_>),
-    ready: &'a (dyn Fn(&Digest) -> Result<()> + Sync),
+/// A reader of layer blob `digest` while it is still arriving (a pull
+/// writing it), or None when the source holds it whole.
+pub type Arriving<'a> = dyn Fn(&Digest) -> Result<Option<Box<dyn Read + 'a>>> + Sync + 'a;
+
+/// What an import reports to and reads arriving blobs from.
+pub(super) struct Hooks<'h, 'r> {
+    progress: &'h mut dyn FnMut(ImportProgress<'_>),
+    arriving: &'h Arriving<'r>,
 }
 
 impl Images {
@@ -25,21 +31,22 @@ impl Images {
         name: Option<&str>,
         progress: &mut dyn FnMut(ImportProgress<'_>),
     ) -> Result<Vec<Imported>> {
-        self.import_gated(sn, source, name, progress, &|_| Ok(()))
+        self.import_gated(sn, source, name, progress, &|_| Ok(None))
     }
 
     /// [`Images::import`] of a source whose layer blobs may still be
-    /// arriving (a pull): `ready(digest)` is called before a layer blob
-    /// is read and returns once it is whole (or why it never will be).
-    /// A layer already stored needs no blob in `source`: its descriptor's
-    /// digest and size are recorded.
+    /// arriving (a pull): a layer is read from `arriving(digest)` when it
+    /// gives a reader (which returns the blob's bytes as they come, and
+    /// its end once it is whole), so a layer is decompressed and applied
+    /// while it downloads. A layer already stored needs no blob in
+    /// `source`: its descriptor's digest and size are recorded.
     pub fn import_gated(
         &self,
         sn: &dyn Snapshotter,
         source: &Path,
         name: Option<&str>,
         progress: &mut dyn FnMut(ImportProgress<'_>),
-        ready: &(dyn Fn(&Digest) -> Result<()> + Sync),
+        arriving: &Arriving<'_>,
     ) -> Result<Vec<Imported>> {
         let _op = self.writer("import")?;
         let archive = Archive::open(source)?;
@@ -99,7 +106,7 @@ impl Images {
         }
 
         let intent = self.new_intent("import", None)?;
-        let hooks = Hooks { progress, ready };
+        let hooks = Hooks { progress, arriving };
         let result = self.import_found(sn, &archive, &found, intent, &moved, hooks);
         match result {
             Ok(images) => {
@@ -135,9 +142,9 @@ impl Images {
         found: &[Found],
         intent: i64,
         moved: &[(String, Digest)],
-        hooks: Hooks<'_>,
+        hooks: Hooks<'_, '_>,
     ) -> Result<Vec<Image>> {
-        let Hooks { progress, ready } = hooks;
+        let Hooks { progress, arriving } = hooks;
         let scratch = self.scratch(intent);
         let mut seq = 0usize;
         let mut images = Vec::new();
@@ -168,29 +175,30 @@ impl Images {
                     }
                     None => false,
                 };
-                // The blob itself, before anything is applied; a stored
-                // layer a pull did not fetch is known by its descriptor.
-                let (digest, len) = match (reused, lr.digest, lr.size) {
-                    (true, Some(d), Some(n)) if !archive.has(&lr.path) => (d, n),
-                    _ => {
-                        if let Some(d) = &lr.digest {
-                            ready(d)?;
+                let (digest, len) = if reused {
+                    // A stored layer a pull did not fetch is known by its
+                    // descriptor; one in the source is checked.
+                    match (lr.digest, lr.size) {
+                        (Some(d), Some(n)) if !archive.has(&lr.path) => (d, n),
+                        _ => {
+                            let blob = open_blob(archive, &lr.path, lr.digest.as_ref(), arriving)?;
+                            let (digest, len) = HashingReader::new(blob).drain().map_err(|e| {
+                                Error::io("import", archive_top(archive).join(&lr.path), e)
+                            })?;
+                            if let Some(expected) = &lr.digest {
+                                check_size_digest(
+                                    archive_top(archive),
+                                    &what,
+                                    expected,
+                                    lr.size,
+                                    len,
+                                    digest,
+                                )?;
+                            }
+                            (digest, len)
                         }
-                        let (digest, len) = archive.hash_file(&lr.path)?;
-                        if let Some(expected) = &lr.digest {
-                            check_size_digest(
-                                archive_top(archive),
-                                &what,
-                                expected,
-                                lr.size,
-                                len,
-                                digest,
-                            )?;
-                        }
-                        (digest, len)
                     }
-                };
-                if !reused {
+                } else {
                     let key = Key::new(format!("thinbox-import-{intent}-{seq}"))?;
                     self.record_snapshot(intent, seq, key.as_str(), chain_name.as_str())?;
                     seq += 1;
@@ -200,39 +208,41 @@ impl Images {
                         .transpose()?;
                     let mnt = scratch.join("mnt");
                     fs::create_dir_all(&mnt).map_err(|e| Error::io("import", &mnt, e))?;
-                    let (blob, _) = archive.open_file(&lr.path)?;
-                    let decompressed = layer::decompress(blob)
-                        .map_err(|e| layer_error(archive, &what, &digest, e))?;
-                    let mut hr = Watched {
-                        inner: HashingReader::new(decompressed),
-                        failed: None,
-                    };
-                    let applied = layer::apply_to_snapshot(
-                        sn,
-                        &key,
-                        parent.as_ref(),
-                        &Labels::new(),
-                        &mnt,
-                        &mut hr,
-                    );
-                    if let (Err(e), Some(read_err)) = (&applied, hr.failed.take()) {
-                        // The stream broke (truncated gzip, short tar), not the snapshot.
-                        return Err(Error::new(ErrorKind::InvalidImage, "import")
-                            .path(archive_top(archive))
-                            .detail(format!(
-                                "{what} ({digest}) is truncated or corrupt: {read_err}; the image is damaged, fetch it again"
-                            ))
-                            .source(io::Error::other(e.to_string())));
-                    }
-                    applied.map_err(|e| layer_error(archive, &what, &digest, e))?;
-                    let (diff_id, _) = hr.inner.drain().map_err(|e| {
-                        layer_error(
-                            archive,
+                    // One pass: the blob is hashed as it is decompressed and
+                    // applied, and checked before the layer is committed (a
+                    // failed check leaves an active snapshot the intent's
+                    // rollback removes).
+                    let blob = open_blob(archive, &lr.path, lr.digest.as_ref(), arriving)?;
+                    let mut compressed = HashingReader::new(blob);
+                    let applied = apply_blob(sn, &key, parent.as_ref(), &mnt, &mut compressed)
+                        .map_err(|e| layer_error(archive, &what, &shown, e));
+                    // The decompressor may stop before the blob's last bytes.
+                    let (digest, len) = compressed
+                        .drain()
+                        .map_err(|e| Error::io("import", archive_top(archive).join(&lr.path), e))?;
+                    // A wrong blob is the cause of whatever its apply said.
+                    if let Some(expected) = &lr.digest {
+                        check_size_digest(
+                            archive_top(archive),
                             &what,
-                            &digest,
-                            Error::new(ErrorKind::InvalidLayer, "import").source(e),
-                        )
-                    })?;
+                            expected,
+                            lr.size,
+                            len,
+                            digest,
+                        )?;
+                    }
+                    let diff_id = match applied? {
+                        Applied::Whole(diff_id) => diff_id,
+                        Applied::Broken { read, apply } => {
+                            // The stream broke (truncated gzip, short tar), not the snapshot.
+                            return Err(Error::new(ErrorKind::InvalidImage, "import")
+                                .path(archive_top(archive))
+                                .detail(format!(
+                                    "{what} ({digest}) is truncated or corrupt: {read}; the image is damaged, fetch it again"
+                                ))
+                                .source(io::Error::other(apply.to_string())));
+                        }
+                    };
                     if diff_id != f.diff_ids[i] {
                         return Err(Error::new(ErrorKind::DigestMismatch, "import")
                             .path(archive_top(archive))
@@ -243,7 +253,8 @@ impl Images {
                     }
                     sn.commit(&chain_name, &key, &Labels::new())?;
                     self.fault(FaultPoint::LayerCommitted(seq - 1))?;
-                }
+                    (digest, len)
+                };
                 progress(ImportProgress::LayerDone { index: i, reused });
                 layers.push(Layer {
                     digest,
@@ -283,5 +294,56 @@ impl Images {
             .map_err(store_err("record image"))?;
         tx.commit().map_err(store_err("record image"))?;
         Ok(images)
+    }
+}
+
+/// A layer blob: what `arriving` gives for it while a pull writes it,
+/// else the source's file.
+fn open_blob<'x, 'r: 'x>(
+    archive: &'x Archive,
+    path: &str,
+    digest: Option<&Digest>,
+    arriving: &Arriving<'r>,
+) -> Result<Box<dyn Read + 'x>> {
+    if let Some(d) = digest {
+        if let Some(reader) = arriving(d)? {
+            return Ok(reader);
+        }
+    }
+    Ok(archive.open_file(path)?.0)
+}
+
+/// How applying a layer stream went.
+enum Applied {
+    /// Applied; the diff id of the uncompressed stream.
+    Whole(Digest),
+    /// The stream broke (`read`), so the apply failed (`apply`).
+    Broken { read: io::Error, apply: Error },
+}
+
+/// Decompresses `blob` into a new snapshot `key` on `parent`.
+fn apply_blob(
+    sn: &dyn Snapshotter,
+    key: &Key,
+    parent: Option<&Name>,
+    mnt: &Path,
+    blob: &mut dyn Read,
+) -> Result<Applied> {
+    let decompressed = layer::decompress(blob)?;
+    let mut hr = Watched {
+        inner: HashingReader::new(decompressed),
+        failed: None,
+    };
+    let applied = layer::apply_to_snapshot(sn, key, parent, &Labels::new(), mnt, &mut hr);
+    match (applied, hr.failed.take()) {
+        (Err(apply), Some(read)) => Ok(Applied::Broken { read, apply }),
+        (Err(e), None) => Err(e),
+        (Ok(_), _) => {
+            let (diff_id, _) = hr
+                .inner
+                .drain()
+                .map_err(|e| Error::new(ErrorKind::InvalidLayer, "import").source(e))?;
+            Ok(Applied::Whole(diff_id))
+        }
     }
 }
