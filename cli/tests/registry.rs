@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             layers_of_every_compression_and_platforms,
         ),
         t("tls_with_basic_auth", tls_with_basic_auth),
+        t("credential_helpers", credential_helpers),
         t("token_auth", token_auth),
         t("killed_pulls_resume", killed_pulls_resume),
         t(
@@ -276,6 +277,106 @@ fn private_image(reg: &Registry, name: &str) -> (String, tempfile::TempDir, Path
     let good = auth_file(files.path(), &reg.host, "pusher", "secret");
     let bad = auth_file(files.path(), &reg.host, "pusher", "wrong");
     (format!("{}/{name}", reg.host), files, good, bad)
+}
+
+/// A `docker-credential-NAME` helper in `dir`: answers `get` for `host`
+/// with `user`/`password`, and "not found" for anything else, as docker's
+/// helpers do.
+fn credential_helper(dir: &Path, name: &str, host: &str, user: &str, password: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 3\nread -r server\n\
+             if [ \"$server\" = '{host}' ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$server\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Credentials from helpers named in docker's config.json: `credsStore`
+/// for every registry, `credHelpers` for one (which wins); a helper with
+/// nothing for the registry is anonymous; a missing helper is named.
+fn credential_helpers() {
+    let reg = Registry::start(RegistryOptions {
+        tls: true,
+        user: Some(("pusher", "secret")),
+        ..RegistryOptions::default()
+    });
+    let certs = reg.tls.clone().unwrap();
+    let (reference, files, _, _) = private_image(&reg, "team/helped:1");
+    let bin = files.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    credential_helper(&bin, "good", &reg.host, "pusher", "secret");
+    credential_helper(&bin, "wrong", &reg.host, "pusher", "wrong");
+    credential_helper(&bin, "other", "elsewhere:5000", "pusher", "secret");
+    let path = format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default());
+    let config = |name: &str, json: &str| {
+        let f = files.path().join(name);
+        std::fs::write(&f, json).unwrap();
+        root_for(&format!(
+            "certs_dirs = [\"{}\"]\nauth_files = [\"{}\"]\n",
+            s(&certs),
+            s(&f)
+        ))
+    };
+    let pull_with_path = |root: &Root| {
+        root.command(&["--json", "image", "pull", &reference])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+
+    let store = config("store.json", r#"{"auths": {}, "credsStore": "good"}"#);
+    let out = pull_with_path(&store);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        store.ok(&["run", "--rm", &reference, "--", "cat", "/etc/motd"]),
+        "original\n"
+    );
+
+    // credHelpers for this host wins over credsStore and auths.
+    let helpers = config(
+        "helpers.json",
+        &format!(
+            r#"{{"auths": {{"{}": {{"auth": "cHVzaGVyOndyb25n"}}}}, "credsStore": "wrong", "credHelpers": {{"{}": "good"}}}}"#,
+            reg.host, reg.host
+        ),
+    );
+    assert!(pull_with_path(&helpers).status.success());
+
+    // A helper with nothing for this registry: anonymous, so "log in".
+    let nothing = config("nothing.json", r#"{"credsStore": "other"}"#);
+    let out = pull_with_path(&nothing);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log in"));
+    // Wrong credentials from a helper are refused as any others.
+    let wrong = config("wrong.json", r#"{"credsStore": "wrong"}"#);
+    let out = pull_with_path(&wrong);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the credentials"));
+    // A helper that is not installed: named, with the fix; nothing recorded.
+    let missing = config("missing.json", r#"{"credsStore": "nosuch"}"#);
+    let out = pull_with_path(&missing);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("docker-credential-nosuch") && err.contains("install it"),
+        "{err}"
+    );
+    assert!(missing
+        .json(&["image", "ls"])
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 fn tls_with_basic_auth() {

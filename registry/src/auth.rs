@@ -3,8 +3,12 @@
 //! Credentials come from the files podman and docker write, first match
 //! wins: `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 //! `~/.config/containers/auth.json`, `~/.docker/config.json`; each holds
-//! `{"auths": {"HOST": {"auth": base64("user:password")}}}`. Credential
-//! helpers (`credsStore`, `credHelpers`) are not run.
+//! `{"auths": {"HOST": {"auth": base64("user:password")}}}`. In a file
+//! that names credential helpers, as docker reads it: `credHelpers.HOST`
+//! first, else `credsStore` for every registry, else `auths`; a helper is
+//! `docker-credential-NAME get` on `$PATH`, given the registry on stdin
+//! and answering `{"Username": …, "Secret": …}` (docker's protocol, which
+//! podman's helpers speak too).
 //!
 //! A registry asks for credentials with `WWW-Authenticate` (RFC 7235):
 //! `Basic realm="…"` or `Bearer realm="…",service="…",scope="…"`, the
@@ -66,9 +70,22 @@ pub fn default_auth_files() -> Vec<PathBuf> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct AuthFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default)]
+    creds_store: Option<String>,
+}
+
+/// What a credential helper answers to `get`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperAnswer {
+    username: String,
+    secret: String,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +128,19 @@ pub fn find_credentials(files: &[PathBuf], registry: &str) -> Result<Option<Cred
                 format!("not an auth file ({e}); it is JSON with an \"auths\" object, as `podman login` and `docker login` write it"),
             )
         })?;
+        let helper = parsed
+            .cred_helpers
+            .iter()
+            .find(|(k, _)| host_of_key(k) == registry)
+            .map(|(_, v)| v)
+            .or(parsed.creds_store.as_ref())
+            .filter(|h| !h.is_empty());
+        if let Some(helper) = helper {
+            match run_helper(helper, registry, f)? {
+                Some(c) => return Ok(Some(c)),
+                None => continue,
+            }
+        }
         let entry = parsed
             .auths
             .iter()
@@ -145,6 +175,86 @@ pub fn find_credentials(files: &[PathBuf], registry: &str) -> Result<Option<Cred
         }
     }
     Ok(None)
+}
+
+/// Asks credential helper `docker-credential-NAME` for `registry`'s
+/// credentials (None when it has none). `file` named it.
+fn run_helper(name: &str, registry: &str, file: &Path) -> Result<Option<Credentials>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{name}");
+    if name.contains('/') {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            file.display(),
+            format!("credential helper {name:?} is not a name; helpers are docker-credential-NAME programs on $PATH"),
+        ));
+    }
+    // Docker Hub's credentials are stored under its v1 URL.
+    let server = if registry == DOCKER_HUB {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                file.display(),
+                format!("cannot run credential helper {program} ({e}); install it, or take \"{name}\" out of credsStore/credHelpers"),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading its stdin says so below.
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(&program, e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // The protocol's answer for a registry it has nothing for.
+        if stdout.contains("credentials not found") {
+            return Ok(None);
+        }
+        let said = format!(
+            "{} {}",
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return Err(Error::new(
+            ErrorKind::Unauthorized,
+            registry,
+            format!(
+                "credential helper {program} failed ({}): {}",
+                out.status,
+                said.trim()
+            ),
+        ));
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            registry,
+            format!("credential helper {program} answered something other than {{\"Username\", \"Secret\"}} ({e})"),
+        )
+    })?;
+    if answer.username == "<token>" {
+        return Err(Error::new(
+            ErrorKind::Unauthorized,
+            registry,
+            format!("credential helper {program} holds an identity token, which thinbox cannot use yet; log in with a password or access token"),
+        ));
+    }
+    Ok(Some(Credentials {
+        username: answer.username,
+        password: answer.secret,
+    }))
 }
 
 /// A parsed `WWW-Authenticate` challenge.
