@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         ),
         t("tls_with_basic_auth", tls_with_basic_auth),
         t("credential_helpers", credential_helpers),
+        t("client_certificates", client_certificates),
         t("token_auth", token_auth),
         t("killed_pulls_resume", killed_pulls_resume),
         t(
@@ -377,6 +378,56 @@ fn credential_helpers() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// A registry that wants a TLS client certificate: the `client.cert` /
+/// `client.key` pair in its certs.d directory is sent; without it the
+/// handshake fails with one line; a certificate without its key is named.
+fn client_certificates() {
+    let reg = Registry::start(RegistryOptions {
+        tls: true,
+        client_certs: true,
+        ..RegistryOptions::default()
+    });
+    let certs = reg.tls.clone().unwrap();
+    let img = layout(&busybox_spec("mtls:1"));
+    reg.push(img.path(), "mtls:1", false);
+    let reference = format!("{}/mtls:1", reg.host);
+    let root_with = |dir: &Path| root_for(&format!("certs_dirs = [\"{}\"]\n", s(dir)));
+
+    let root = root_with(&certs);
+    let p = pull(&root, &[&reference]);
+    assert_eq!(p["endpoint"], format!("https://{}", reg.host), "{p}");
+    assert_eq!(
+        root.ok(&["run", "--rm", &reference, "--", "cat", "/etc/motd"]),
+        "original\n"
+    );
+
+    // The CA alone: the registry ends the handshake.
+    let only_ca = temp_dir();
+    let host_dir = only_ca.path().join(&reg.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(
+        certs.join(&reg.host).join("ca.crt"),
+        host_dir.join("ca.crt"),
+    )
+    .unwrap();
+    let line = root_with(only_ca.path()).fails(&["image", "pull", &reference], 9);
+    assert!(line.contains("wants a client certificate"), "{line}");
+
+    // A certificate without its key: exit 2 naming where the key goes.
+    std::fs::copy(
+        certs.join(&reg.host).join("client.cert"),
+        host_dir.join("me.cert"),
+    )
+    .unwrap();
+    let half = root_with(only_ca.path());
+    let line = half.fails(&["image", "pull", &reference], 2);
+    assert!(
+        line.contains("me.key") && line.contains("without its key"),
+        "{line}"
+    );
+    assert!(half.json(&["image", "ls"]).as_array().unwrap().is_empty());
 }
 
 fn tls_with_basic_auth() {

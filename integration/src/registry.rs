@@ -51,6 +51,9 @@ pub struct RegistryOptions {
     pub user: Option<(&'static str, &'static str)>,
     /// Token auth: the token service's realm and the certificate it signs with.
     pub token: Option<(String, PathBuf)>,
+    /// With `tls`: TLS client authentication, a certificate from the same
+    /// CA required; the pair is `certs.d/HOST/client.cert` and `.key`.
+    pub client_certs: bool,
 }
 
 impl Registry {
@@ -107,6 +110,46 @@ impl Registry {
             let certs = d.join("certs.d").join(&host);
             std::fs::create_dir_all(&certs).unwrap();
             std::fs::copy(d.join("ca.crt"), certs.join("ca.crt")).unwrap();
+            if o.client_certs {
+                cfg.push_str(&format!(
+                    "    clientcas:\n      - {}\n",
+                    s(&d.join("ca.crt"))
+                ));
+                ossl(&[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=thinbox test client",
+                    "-keyout",
+                    s(&certs.join("client.key")),
+                    "-out",
+                    s(&d.join("client.csr")),
+                ]);
+                std::fs::write(
+                    d.join("client.cnf"),
+                    "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+                )
+                .unwrap();
+                ossl(&[
+                    "x509",
+                    "-req",
+                    "-days",
+                    "2",
+                    "-in",
+                    s(&d.join("client.csr")),
+                    "-CA",
+                    s(&d.join("ca.crt")),
+                    "-CAkey",
+                    s(&d.join("ca.key")),
+                    "-CAcreateserial",
+                    "-extfile",
+                    s(&d.join("client.cnf")),
+                    "-out",
+                    s(&certs.join("client.cert")),
+                ]);
+            }
             tls = Some(d.join("certs.d"));
         }
         if let Some((u, p)) = o.user {
@@ -203,6 +246,9 @@ impl Registry {
             "--format",
             "{{.Digest}}",
         ]);
+        if let Some(certs) = &self.tls {
+            c.args(["--cert-dir", s(&certs.join(&self.host))]);
+        }
         if self.creds {
             c.args(["--creds", "pusher:secret"]);
         }

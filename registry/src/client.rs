@@ -4,16 +4,18 @@
 //!
 //! TLS roots: the system bundle (`/etc/ssl/certs/ca-certificates.crt`)
 //! plus every `*.crt` in `CERTS_DIR/HOST/` (`/etc/containers/certs.d`,
-//! `/etc/docker/certs.d`), as podman and docker read them.
+//! `/etc/docker/certs.d`), as podman and docker read them. A
+//! `NAME.cert` there with its `NAME.key` is the client certificate sent
+//! to that host (the first pair, by name).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ureq::http::{self, Response};
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 use ureq::{Agent, Body};
 
 use crate::auth::{find_credentials, Challenge, Credentials, TokenAnswer};
@@ -115,6 +117,7 @@ fn transport(url: &str, e: ureq::Error) -> Error {
         ureq::Error::HostNotFound => (ErrorKind::Transport, "the host name does not resolve; check the reference".to_owned()),
         ureq::Error::ConnectionFailed => (ErrorKind::Transport, "cannot connect; is the registry running, and is it the right port?".to_owned()),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => (ErrorKind::Transport, "connection refused; is the registry running, and is it the right port?".to_owned()),
+        e if wants_client_certificate(e) => (ErrorKind::Transport, format!("TLS: {e}; the registry wants a client certificate: put NAME.cert and NAME.key in /etc/containers/certs.d/HOST/")),
         e if is_certificate_error(e) => (ErrorKind::Transport, format!("TLS: {e}; if the registry's certificate is signed by your own CA, put the CA in /etc/containers/certs.d/HOST/ca.crt")),
         other => (ErrorKind::Transport, other.to_string()),
     };
@@ -127,10 +130,19 @@ fn is_certificate_error(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Rustls(_) => true,
         ureq::Error::Io(io) => {
-            io.kind() == std::io::ErrorKind::InvalidData && io.to_string().contains("certificate")
+            let said = io.to_string().to_lowercase();
+            io.kind() == std::io::ErrorKind::InvalidData
+                && (said.contains("certificate") || said.contains("alert"))
         }
         _ => false,
     }
+}
+
+/// The server ended the handshake for want of a client certificate (TLS
+/// 1.3's `certificate_required` alert, 1.2's `bad_certificate`).
+fn wants_client_certificate(e: &ureq::Error) -> bool {
+    let said = e.to_string().to_lowercase();
+    said.contains("certificaterequired") || said.contains("badcertificate")
 }
 
 /// Worth another try: refused, reset or timed out; 429 and 5xx.
@@ -187,12 +199,59 @@ impl Client {
         roots
     }
 
+    /// The client certificate for `host`: the first `NAME.cert` (by
+    /// name) in a `CERTS_DIR/HOST/` that has its `NAME.key`. A pair that
+    /// does not parse is an error naming it, not a silent anonymous TLS.
+    fn client_cert_for(&self, host: &str) -> Result<Option<ClientCert>> {
+        for dir in &self.inner.settings.certs_dirs {
+            let Ok(entries) = std::fs::read_dir(dir.join(host)) else {
+                continue;
+            };
+            let mut certs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cert"))
+                .collect();
+            certs.sort();
+            if let Some(cert) = certs.into_iter().next() {
+                let key = cert.with_extension("key");
+                if !key.exists() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        cert.display(),
+                        format!(
+                            "a client certificate without its key; put it in {}",
+                            key.display()
+                        ),
+                    ));
+                }
+                let bad = |what: &Path, e: &dyn std::fmt::Display| {
+                    Error::new(
+                        ErrorKind::InvalidArgument,
+                        what.display(),
+                        format!("not a PEM client certificate or key ({e})"),
+                    )
+                };
+                let cert_pem = std::fs::read(&cert).map_err(|e| Error::io(cert.display(), e))?;
+                let key_pem = std::fs::read(&key).map_err(|e| Error::io(key.display(), e))?;
+                let chain = pem_certs(&cert_pem);
+                if chain.is_empty() {
+                    return Err(bad(&cert, &"no certificate in it"));
+                }
+                let private = PrivateKey::from_pem(&key_pem).map_err(|e| bad(&key, &e))?;
+                return Ok(Some(ClientCert::new_with_certs(&chain, private)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The agent for `host` (its own TLS roots).
-    fn agent(&self, host: &str) -> Agent {
+    fn agent(&self, host: &str) -> Result<Agent> {
         let mut agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = agents.get(host) {
-            return a.clone();
+            return Ok(a.clone());
         }
+        let client_cert = self.client_cert_for(host)?;
         let s = &self.inner.settings;
         let roots = self.roots_for(host);
         let roots = if roots.is_empty() {
@@ -207,11 +266,16 @@ impl Client {
             .timeout_per_read(Some(s.read_timeout))
             .accept_encoding("identity")
             .user_agent(concat!("thinbox/", env!("CARGO_PKG_VERSION")))
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(roots)
+                    .client_cert(client_cert)
+                    .build(),
+            )
             .build();
         let a = Agent::new_with_config(config);
         agents.insert(host.to_owned(), a.clone());
-        a
+        Ok(a)
     }
 
     fn plain_allowed(&self, host: &str) -> bool {
@@ -241,7 +305,7 @@ impl Client {
         }
         let https = format!("https://{host}");
         let base = if self.plain_allowed(&host) {
-            match self.agent(&host).get(format!("{https}/v2/")).call() {
+            match self.agent(&host)?.get(format!("{https}/v2/")).call() {
                 Ok(_) => https,
                 // It speaks TLS with a certificate not trusted here: say
                 // so on the request rather than go around it.
@@ -323,7 +387,7 @@ impl Client {
                 service,
                 scope: asked,
             } => {
-                let mut req = self.agent(&ep.host).get(realm);
+                let mut req = self.agent(&ep.host)?.get(realm);
                 if let Some(s) = service {
                     req = req.query("service", s);
                 }
@@ -377,7 +441,7 @@ impl Client {
     ) -> Result<Response<Body>> {
         let url = format!("{}{path}", ep.base);
         let key = (ep.host.clone(), scope.to_owned());
-        let agent = self.agent(&ep.host);
+        let agent = self.agent(&ep.host)?;
         let mut tries = 0;
         let mut authenticated = false;
         loop {
