@@ -8,7 +8,10 @@
 //! - a multi-layer image with gzip, zstd and plain layers; a two-platform
 //!   index, the host's platform by default and `--platform`;
 //! - TLS from a CA the test makes (in a `certs.d` directory) with
-//!   htpasswd basic auth, credentials from an auth file;
+//!   htpasswd basic auth, credentials from an auth file or a credential
+//!   helper; TLS client certificates;
+//! - push (registry/push.rs): a committed image pushed, inspected by
+//!   skopeo, pulled back; pushed again, mounted, chunked, killed;
 //! - SIGKILL mid-blob (resumed with a Range) and after a layer was
 //!   applied (its blob not fetched again);
 //! - bad input: a bad reference, a missing tag, a damaged blob, a
@@ -23,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[path = "registry/push.rs"]
+mod push;
 use cli_support::{busybox_spec, Root};
 use integration::fixtures::temp_dir;
 use integration::harness::{self, KernelTest};
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         t("client_certificates", client_certificates),
         t("token_auth", token_auth),
         t("killed_pulls_resume", killed_pulls_resume),
+        t("push_a_committed_image", push::push_a_committed_image),
         t(
             "bad_pulls_say_why_and_leave_nothing",
             bad_pulls_say_why_and_leave_nothing,

@@ -261,6 +261,9 @@ pub struct RegistrySection {
     pub timeout: u64,
     /// Tries after the first on a refused connection, 429 or 5xx.
     pub retries: u32,
+    /// `image push` sends a blob larger than this in PATCH chunks of
+    /// this size (one PUT otherwise).
+    pub push_chunk_size: Bytes,
 }
 
 impl Default for RegistrySection {
@@ -273,6 +276,7 @@ impl Default for RegistrySection {
             parallel: 3,
             timeout: 30,
             retries: 3,
+            push_chunk_size: Bytes::mib(16),
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod observer;
 pub mod options;
 pub mod pools;
 pub mod pull;
+pub mod push;
 pub mod snapshots;
 mod sparse;
 pub mod state;

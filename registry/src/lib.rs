@@ -11,6 +11,10 @@
 //! matches. Applying the layers is the image store's
 //! ([`snapshotter::image::Images::import_gated`]).
 //!
+//! A push goes blob by blob ([`Client::push_blob`]: skipped when the
+//! repository has it, mounted from another repository that has it, else
+//! one PUT or PATCH chunks), then [`Client::push_manifest`].
+//!
 //! Auth and transport are what docker and podman users have configured:
 //! their auth files, `certs.d` CA directories, insecure registries and
 //! mirrors ([`Settings`]); Bearer tokens and Basic auth answered from a
@@ -26,6 +30,7 @@ mod client;
 pub mod error;
 mod manifest;
 pub mod reference;
+mod upload;
 
 pub use blob::{partial_path, Blob};
 pub use client::{Client, Endpoint, Settings};
@@ -34,3 +39,4 @@ pub use manifest::{
     Descriptor, Platform, Resolved, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
 pub use reference::Reference;
+pub use upload::Uploaded;

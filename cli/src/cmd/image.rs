@@ -1,4 +1,4 @@
-//! `thinbox image import|pull|ls|inspect|rm`: images as committed snapshots on
+//! `thinbox image import|pull|push|ls|inspect|rm`: images as committed snapshots on
 //! the engine's backend, recorded in `ROOT/images/images.db` by
 //! [`snapshotter::image::Images`], opened by [`engine::Engine::images`].
 
@@ -41,6 +41,22 @@ pub enum ImageCommand {
         /// Layers downloaded at once (default `[registry] parallel`, 3).
         #[arg(long)]
         parallel: Option<usize>,
+    },
+    /// Pushes an image (imported, pulled or made by `run --commit`) to a
+    /// registry as `HOST[:PORT]/NAME:TAG`. Its layers are regenerated from
+    /// their snapshots as gzip blobs (deterministically: a second push
+    /// sends nothing); blobs the repository has are skipped, blobs pushed
+    /// before to another repository of the registry are mounted from it.
+    /// The manifest goes last.
+    Push {
+        /// Name, or manifest digest (or a unique prefix of it).
+        image: String,
+        /// Where to: `HOST[:PORT]/NAME:TAG`.
+        reference: String,
+        /// Blobs larger than this go in PATCH chunks of this many bytes
+        /// (default `[registry] push_chunk_size`, 16 MiB).
+        #[arg(long)]
+        chunk_size: Option<u64>,
     },
     /// Lists images.
     Ls,
@@ -182,6 +198,12 @@ fn pull_options(platform: &Option<String>, parallel: &Option<usize>) -> engine::
     }
 }
 
+fn push_options(chunk_size: &Option<u64>) -> engine::push::PushOptions {
+    engine::push::PushOptions {
+        chunk_size: *chunk_size,
+    }
+}
+
 /// Runs `thinbox image ...`.
 pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
     if matches!(cmd, ImageCommand::Ls | ImageCommand::Inspect { .. }) {
@@ -194,6 +216,14 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
     } = cmd
     {
         pull_options(platform, parallel).check(reference)?;
+    }
+    if let ImageCommand::Push {
+        reference,
+        chunk_size,
+        ..
+    } = cmd
+    {
+        push_options(chunk_size).check(reference)?;
     }
     let engine = open_engine(global)?;
     let images = engine.images()?;
@@ -272,6 +302,31 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
                     p.layers_reused
                 ),
             }
+            Ok(())
+        }
+        ImageCommand::Push {
+            image,
+            reference,
+            chunk_size,
+        } => {
+            let p = engine.push_image(&images, image, reference, &push_options(chunk_size))?;
+            if global.json {
+                return print_json(&p);
+            }
+            println!(
+                "pushed {} to {}: {} blob{} uploaded ({}), {} mounted, {} already there",
+                p.image,
+                p.reference,
+                p.blobs_monolithic + p.blobs_chunked,
+                if p.blobs_monolithic + p.blobs_chunked == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                human(p.bytes_uploaded),
+                p.blobs_mounted,
+                p.blobs_present
+            );
             Ok(())
         }
         ImageCommand::Ls | ImageCommand::Inspect { .. } => read(global, cmd),

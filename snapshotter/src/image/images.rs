@@ -36,8 +36,10 @@ use super::write::uncompressed_manifest_digest;
 use super::{Image, ImageConfig, ImportOutcome, ImportProgress, Imported, Layer};
 
 mod commit;
+mod export;
 mod import;
 
+pub use export::{ExportedImage, ExportedLayer};
 pub use import::Arriving;
 
 const SCHEMA: &str = "

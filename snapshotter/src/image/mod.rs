@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::Name;
 
 pub use digest::{chain_id, chain_ids, Digest, Hasher, HashingReader, HashingWriter};
-pub use images::{validate_name, Arriving, FaultPoint, Images};
+pub use images::{validate_name, Arriving, ExportedImage, ExportedLayer, FaultPoint, Images};
 pub use source::MAX_LAYERS;
 
 /// The index.json annotation naming an image (`skopeo copy ... oci:DIR:NAME`).

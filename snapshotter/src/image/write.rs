@@ -207,6 +207,15 @@ fn manifest_json(config: &Blob, layers: &[(Digest, u64, &str)]) -> Vec<u8> {
     }))
 }
 
+/// The OCI manifest of `config` (its bytes) and gzip layers `(digest, size)`.
+pub(crate) fn gzip_manifest_json(config: &[u8], layers: &[(Digest, u64)]) -> Vec<u8> {
+    let layers: Vec<(Digest, u64, &str)> = layers
+        .iter()
+        .map(|(d, size)| (*d, *size, Compression::Gzip.media_type()))
+        .collect();
+    manifest_json(&Blob::new(config.to_vec()), &layers)
+}
+
 /// The digest of the OCI manifest an image with `config` and uncompressed
 /// layers `(diff id, size)` has, as an export of it would write.
 pub(crate) fn uncompressed_manifest_digest(

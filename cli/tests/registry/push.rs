@@ -1,0 +1,162 @@
+//! `thinbox image push` against the real registry (see registry.rs).
+
+use serde_json::Value;
+
+use crate::cli_support::busybox_spec;
+use crate::{layout, pull, root_for};
+use integration::registry::{free_port, Registry, RegistryOptions};
+
+/// Access-log lines of thinbox's requests with `method` whose path has `part`.
+fn requests(reg: &Registry, method: &str, part: &str) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("\"{method} /v2/")) && l.contains(part) && l.contains("\"thinbox/")
+        })
+        .count()
+}
+
+/// `skopeo inspect` of an image in `reg`: its JSON.
+fn skopeo_inspect(reg: &Registry, name: &str) -> Value {
+    let out = std::process::Command::new("skopeo")
+        .args(["--insecure-policy", "inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}/{name}", reg.host))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `run --commit`, pushed; skopeo and a fresh root see it; a second push
+/// sends nothing; a push to another repository mounts every blob; small
+/// chunks go as PATCHes; and the bad cases.
+pub fn push_a_committed_image() {
+    let reg = Registry::start(RegistryOptions::default());
+    let img = layout(&busybox_spec("busybox:1"));
+    reg.push(img.path(), "library/busybox:1", false);
+    let root = root_for("");
+    let base = format!("{}/library/busybox:1", reg.host);
+    pull(&root, &[&base]);
+    root.ok(&[
+        "run",
+        "--commit",
+        "app:1",
+        &base,
+        "--",
+        "sh",
+        "-c",
+        "echo changed >/etc/motd",
+    ]);
+    let layers = root.json(&["image", "inspect", "app:1"])["layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(layers, 2);
+
+    let target = format!("{}/team/app:1", reg.host);
+    let p = root.json(&["image", "push", "app:1", &target]);
+    assert_eq!(p["blobs_monolithic"], layers + 1, "layers and config: {p}");
+    assert_eq!(p["blobs_present"], 0, "{p}");
+    let manifest = p["manifest"].as_str().unwrap().to_owned();
+    assert_eq!(p["reference"], format!("{target}@{manifest}"), "{p}");
+    let seen = skopeo_inspect(&reg, "team/app:1");
+    assert_eq!(seen["Digest"], manifest.as_str(), "{seen}");
+    assert_eq!(seen["Layers"].as_array().unwrap().len(), layers, "{seen}");
+    assert_eq!(reg.digest("team/app:1"), manifest);
+
+    // Pulled into a fresh root and run: the committed change is there.
+    let back = root_for("");
+    pull(&back, &[&target]);
+    assert_eq!(
+        back.ok(&["run", "--rm", &target, "--", "cat", "/etc/motd"]),
+        "changed\n"
+    );
+
+    // The export is deterministic: a second push sends no byte.
+    let patches_before = requests(&reg, "PATCH", "/blobs/uploads/");
+    let again = root.json(&["image", "push", "app:1", &target]);
+    assert_eq!(again["blobs_present"], layers + 1, "{again}");
+    assert_eq!(again["bytes_uploaded"], 0, "{again}");
+    assert_eq!(again["manifest"], manifest.as_str(), "{again}");
+
+    // Another repository: every blob mounted from team/app.
+    let other = format!("{}/other/app:2", reg.host);
+    let m = root.json(&["image", "push", "app:1", &other]);
+    assert_eq!(m["blobs_mounted"], layers + 1, "{m}");
+    assert_eq!(m["bytes_uploaded"], 0, "{m}");
+    assert!(requests(&reg, "POST", "mount=") > layers);
+    assert_eq!(
+        skopeo_inspect(&reg, "other/app:2")["Digest"],
+        manifest.as_str()
+    );
+
+    // Chunks: the fresh root has no records, so it uploads, 4 KiB a PATCH.
+    let chunked = format!("{}/chunked/app:1", reg.host);
+    let c = back.json(&["image", "push", "--chunk-size", "4096", &target, &chunked]);
+    assert!(c["blobs_chunked"].as_u64().unwrap() >= 1, "{c}");
+    assert!(requests(&reg, "PATCH", "/blobs/uploads/") > patches_before + 10);
+    let seen = skopeo_inspect(&reg, "chunked/app:1");
+    assert_eq!(seen["Digest"], c["manifest"], "{seen}");
+
+    // Killed after its first blob: the tag is not there (the manifest
+    // goes last); the next push sends only what is missing.
+    let killed = format!("{}/killed/app:1", reg.host);
+    let out = back
+        .command(&["image", "push", &target, &killed])
+        .env("THINBOX_CRASH_AT", "push-blob-sent")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("skopeo")
+        .args(["--insecure-policy", "inspect", "--tls-verify=false"])
+        .arg(format!("docker://{killed}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a killed push left a tag");
+    let k = back.json(&["image", "push", &target, &killed]);
+    assert_eq!(k["blobs_present"], 1, "the blob sent before the kill: {k}");
+    assert_eq!(
+        skopeo_inspect(&reg, "killed/app:1")["Digest"],
+        c["manifest"]
+    );
+
+    // Bad input: one line, the right exit code.
+    let line = root.fails(&["image", "push", "nosuch:1", &target], 3);
+    assert!(line.contains("nosuch"), "{line}");
+    let line = root.fails(
+        &[
+            "image",
+            "push",
+            "app:1",
+            &format!("{}/x@sha256:{}", reg.host, "a".repeat(64)),
+        ],
+        2,
+    );
+    assert!(line.contains("not a digest"), "{line}");
+    let closed = format!("127.0.0.1:{}/x:1", free_port());
+    let line = root.fails(&["image", "push", "app:1", &closed], 9);
+    assert!(line.contains("127.0.0.1"), "{line}");
+    let private = Registry::start(RegistryOptions {
+        user: Some(("pusher", "secret")),
+        ..RegistryOptions::default()
+    });
+    let line = root.fails(
+        &[
+            "image",
+            "push",
+            "app:1",
+            &format!("{}/team/app:1", private.host),
+        ],
+        8,
+    );
+    assert!(line.contains("log in"), "{line}");
+}
