@@ -285,6 +285,7 @@ fn busybox(name: &str) -> ImageSpec {
         cmd: vec!["/bin/sh".into()],
         working_dir: "/".into(),
         user: String::new(),
+        ..Default::default()
     };
     ImageSpec::new(config, vec![write::layer_tar(&entries).unwrap()]).name(name)
 }

@@ -499,6 +499,7 @@ fn readers_do_not_wait_for_an_import() {
         cmd: vec!["/bin/sh".into()],
         working_dir: "/".into(),
         user: String::new(),
+        ..Default::default()
     };
     write::oci_dir(
         &ImageSpec::new(config, vec![layer("a"), layer("b")]).name("two:1"),

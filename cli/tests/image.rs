@@ -69,6 +69,7 @@ fn config() -> ImageConfig {
         cmd: vec!["/bin/sh".into()],
         working_dir: "/".into(),
         user: String::new(),
+        ..Default::default()
     }
 }
 

@@ -120,6 +120,11 @@ fn config() -> ImageConfig {
         cmd: vec!["--flag".into()],
         working_dir: "/srv".into(),
         user: "1000:1000".into(),
+        // As an import records it: the writer stamps this host's.
+        platform: {
+            let (os, arch) = snapshotter::image::host_platform();
+            format!("{os}/{arch}")
+        },
     }
 }
 

@@ -75,6 +75,10 @@ pub struct ImageConfig {
     pub working_dir: String,
     /// `user[:group]`, names or ids (empty: root).
     pub user: String,
+    /// `os/architecture[/variant]` from the config (empty: not said,
+    /// taken as this host's); a push writes it back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub platform: String,
 }
 
 /// One layer of an image.

@@ -331,6 +331,12 @@ struct ConfigFile {
     #[serde(default)]
     config: Option<RuntimeConfig>,
     rootfs: RootFs,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: String,
 }
 
 #[derive(Deserialize)]
@@ -394,6 +400,11 @@ fn image_config(top: &Path, buf: &[u8]) -> Result<(ImageConfig, Vec<Digest>)> {
             cmd: r.cmd.unwrap_or_default(),
             working_dir: r.working_dir.unwrap_or_default(),
             user: r.user.unwrap_or_default(),
+            platform: match (c.os.as_str(), c.architecture.as_str(), c.variant.as_str()) {
+                ("", _, _) | (_, "", _) => String::new(),
+                (os, arch, "") => format!("{os}/{arch}"),
+                (os, arch, v) => format!("{os}/{arch}/{v}"),
+            },
         },
         diff_ids,
     ))
@@ -682,6 +693,40 @@ mod tests {
             e.to_string().contains("deep has 129 layers") && e.to_string().contains("at most 128"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_config_platform_is_read_and_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut arm = spec("arm");
+        arm.platform = ("linux".into(), "arm64".into());
+        write::oci_dir(&arm, &dir.path().join("oci")).unwrap();
+        let a = Archive::open(&dir.path().join("oci")).unwrap();
+        let found = read(&a).unwrap();
+        assert_eq!(found[0].config.platform, "linux/arm64");
+        let back = |platform: &str| -> serde_json::Value {
+            let c = ImageConfig {
+                platform: platform.into(),
+                ..found[0].config.clone()
+            };
+            serde_json::from_slice(&write::config_json_own_platform(&c, &found[0].diff_ids))
+                .unwrap()
+        };
+        let v = back("linux/arm/v7");
+        assert_eq!(
+            (
+                v["os"].as_str(),
+                v["architecture"].as_str(),
+                v["variant"].as_str()
+            ),
+            (Some("linux"), Some("arm"), Some("v7"))
+        );
+        let v = back("linux/arm64");
+        assert_eq!(v["architecture"], "arm64");
+        assert!(v.get("variant").is_none());
+        // Not said: this host's.
+        let v = back("");
+        assert_eq!(v["architecture"], super::super::host_platform().1);
     }
 
     #[test]

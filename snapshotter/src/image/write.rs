@@ -186,6 +186,25 @@ pub(crate) fn config_json(
     to_json(&v)
 }
 
+/// [`config_json`] for the platform `config` records (`os/arch[/variant]`),
+/// this host's when it records none.
+pub(crate) fn config_json_own_platform(config: &ImageConfig, diff_ids: &[Digest]) -> Vec<u8> {
+    let mut parts = config.platform.splitn(3, '/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    let (Some(os), Some(arch)) = (os.filter(|o| !o.is_empty()), arch) else {
+        return config_json(config, diff_ids, host_platform());
+    };
+    let bytes = config_json(config, diff_ids, (os, arch));
+    match variant {
+        Some(v) => {
+            let mut value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            value["variant"] = json!(v);
+            to_json(&value)
+        }
+        None => bytes,
+    }
+}
+
 fn spec_config(spec: &ImageSpec) -> Vec<u8> {
     let diff_ids: Vec<Digest> = spec.layers.iter().map(|l| Digest::sha256(&l.tar)).collect();
     config_json(

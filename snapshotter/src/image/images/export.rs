@@ -14,8 +14,8 @@ use std::io::{BufWriter, Write};
 use flate2::write::GzEncoder;
 
 use super::*;
-use crate::image::write::{config_json, gzip_manifest_json};
-use crate::image::{host_platform, MEDIA_MANIFEST};
+use crate::image::write::{config_json_own_platform, gzip_manifest_json};
+use crate::image::MEDIA_MANIFEST;
 
 /// One layer as a blob file.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ impl Images {
             });
         }
         let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
-        let config = config_json(&image.config, &diff_ids, host_platform());
+        let config = config_json_own_platform(&image.config, &diff_ids);
         let sizes: Vec<(Digest, u64)> = layers.iter().map(|l| (l.digest, l.size)).collect();
         Ok(ExportedImage {
             manifest: gzip_manifest_json(&config, &sizes),
