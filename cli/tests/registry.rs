@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             .needs(NEEDS)
             .timeout(Duration::from_secs(600))
     };
+    let dm_thin = KernelTest::new("vm_dmthin_push_a_committed_image", push::push_on_dm_thin)
+        .needs(&[Need::Root, Need::Loop, Need::DmThin])
+        .timeout(Duration::from_secs(600));
     harness::main(&[
+        dm_thin,
         t("pull_run_and_pull_again", pull_run_and_pull_again),
         t(
             "layers_of_every_compression_and_platforms",

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::cli_support::busybox_spec;
+use crate::cli_support::{busybox_spec, Root};
 use crate::{layout, pull, root_for};
 use integration::registry::{free_port, Registry, RegistryOptions};
 
@@ -35,6 +35,20 @@ fn skopeo_inspect(reg: &Registry, name: &str) -> Value {
 /// sends nothing; a push to another repository mounts every blob; small
 /// chunks go as PATCHes; and the bad cases.
 pub fn push_a_committed_image() {
+    push_from(root_for);
+}
+
+/// The same from dm-thin roots (in the VM): the layers are diffs of thin
+/// snapshots.
+pub fn push_on_dm_thin() {
+    push_from(|section| {
+        let root = Root::with_config(&format!("backend = \"devmapper\"\n[registry]\n{section}"));
+        root.ok(&["snapshot", "ls"]);
+        root
+    });
+}
+
+fn push_from(root_for: impl Fn(&str) -> Root) {
     let reg = Registry::start(RegistryOptions::default());
     let img = layout(&busybox_spec("busybox:1"));
     reg.push(img.path(), "library/busybox:1", false);
