@@ -32,7 +32,9 @@ use cli_support::{busybox_spec, Root};
 use integration::fixtures::temp_dir;
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
-use integration::registry::{auth_file, free_port, s, Registry, RegistryOptions, TokenServer};
+use integration::registry::{
+    auth_file, free_port, s, LocalAddress, Registry, RegistryOptions, TokenServer,
+};
 use serde_json::{json, Value};
 use snapshotter::image::write::{self, Compression, Entry, ImageSpec, LayerSpec};
 
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         t("tls_with_basic_auth", tls_with_basic_auth),
         t("credential_helpers", credential_helpers),
         t("client_certificates", client_certificates),
+        t("insecure_registries", insecure_registries),
         t("token_auth", token_auth),
         t("killed_pulls_resume", killed_pulls_resume),
         t("push_a_committed_image", push::push_a_committed_image),
@@ -438,6 +441,32 @@ fn client_certificates() {
         "{line}"
     );
     assert!(half.json(&["image", "ls"]).as_array().unwrap().is_empty());
+}
+
+/// Plain http to a registry that is not on loopback only when the config
+/// names it insecure; without that, one line saying where to name it.
+fn insecure_registries() {
+    let addr = LocalAddress::add(std::net::Ipv4Addr::new(198, 51, 100, 7));
+    let reg = Registry::start(RegistryOptions {
+        address: Some(addr.0),
+        ..RegistryOptions::default()
+    });
+    let img = layout(&busybox_spec("plain:1"));
+    reg.push(img.path(), "plain:1", false);
+    let reference = format!("{}/plain:1", reg.host);
+
+    let strict = root_for("retries = 0\n");
+    let line = strict.fails(&["image", "pull", &reference], 9);
+    assert!(line.contains("[registry] insecure"), "{line}");
+    assert!(strict.json(&["image", "ls"]).as_array().unwrap().is_empty());
+
+    let named = root_for(&format!("insecure = [\"{}\"]\n", reg.host));
+    let p = pull(&named, &[&reference]);
+    assert_eq!(p["endpoint"], format!("http://{}", reg.host), "{p}");
+    assert_eq!(
+        named.ok(&["run", "--rm", &reference, "--", "cat", "/etc/motd"]),
+        "original\n"
+    );
 }
 
 fn tls_with_basic_auth() {

@@ -27,6 +27,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An address of this machine that is not loopback as thinbox sees it
+/// (not 127.0.0.0/8): `ADDR/32` added to `lo` for as long as it lives, so
+/// a registry there is one only `[registry] insecure` may reach over
+/// plain http.
+#[derive(Debug)]
+pub struct LocalAddress(pub std::net::Ipv4Addr);
+
+impl LocalAddress {
+    /// Adds `addr` (from a documentation range, 198.51.100.0/24) to `lo`.
+    pub fn add(addr: std::net::Ipv4Addr) -> LocalAddress {
+        run(
+            "ip",
+            &["addr", "replace", &format!("{addr}/32"), "dev", "lo"],
+        );
+        LocalAddress(addr)
+    }
+}
+
+impl Drop for LocalAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .status();
+    }
+}
+
 /// A docker-registry on 127.0.0.1, stopped when dropped.
 #[derive(Debug)]
 pub struct Registry {
@@ -54,6 +80,8 @@ pub struct RegistryOptions {
     /// With `tls`: TLS client authentication, a certificate from the same
     /// CA required; the pair is `certs.d/HOST/client.cert` and `.key`.
     pub client_certs: bool,
+    /// Listen on this IPv4 address instead of 127.0.0.1.
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Registry {
@@ -61,7 +89,10 @@ impl Registry {
     pub fn start(o: RegistryOptions) -> Registry {
         let dir = temp_dir();
         let port = free_port();
-        let host = format!("127.0.0.1:{port}");
+        let host = match o.address {
+            Some(a) => format!("{a}:{port}"),
+            None => format!("127.0.0.1:{port}"),
+        };
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: thinbox-test\n",
             s(&dir.path().join("data"))

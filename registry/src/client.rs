@@ -119,6 +119,7 @@ fn transport(url: &str, e: ureq::Error) -> Error {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => (ErrorKind::Transport, "connection refused; is the registry running, and is it the right port?".to_owned()),
         e if wants_client_certificate(e) => (ErrorKind::Transport, format!("TLS: {e}; the registry wants a client certificate: put NAME.cert and NAME.key in /etc/containers/certs.d/HOST/")),
         e if is_certificate_error(e) => (ErrorKind::Transport, format!("TLS: {e}; if the registry's certificate is signed by your own CA, put the CA in /etc/containers/certs.d/HOST/ca.crt")),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => (ErrorKind::Transport, format!("TLS: {e}; if the registry serves plain http, name it in [registry] insecure = [\"HOST:PORT\"]")),
         other => (ErrorKind::Transport, other.to_string()),
     };
     Error::new(kind, url, detail).source(e)
