@@ -509,6 +509,19 @@ impl Engine {
         })?)
     }
 
+    /// Removes image `name` from `images` (and the layers no other image
+    /// uses), then the kept blobs no image names any more
+    /// ([`crate::content::Content::sweep`]). Returns the image removed.
+    pub fn remove_image(&self, images: &Images, name: &str) -> Result<snapshotter::image::Image> {
+        let image = images.get(name)?;
+        images.remove(self.snapshotter(), &image.name)?;
+        // Blobs are a cache for pushes: one left by a failed sweep costs
+        // only disk, and the next removal sweeps it.
+        let remaining = images.list()?;
+        crate::content::Content::new(self.root()).sweep(&remaining);
+        Ok(image)
+    }
+
     /// Where this engine reports progress.
     pub(crate) fn observer(&self) -> &dyn crate::Observer {
         self.options.observer.as_ref()

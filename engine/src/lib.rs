@@ -37,6 +37,7 @@ pub mod backend;
 pub mod clients;
 pub mod config;
 pub mod containers;
+pub mod content;
 pub mod deps;
 pub mod engine;
 pub mod error;

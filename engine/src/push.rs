@@ -1,10 +1,13 @@
 //! `image push`: an image from the store to a registry.
 //!
-//! The image is exported into `ROOT/pushes/MANIFEST/` (its layers
-//! regenerated from their snapshots as gzip blobs, a config and an OCI
-//! manifest: [`snapshotter::image::Images::export_blobs`]), then each blob
-//! goes up unless the repository has it: mounted from another repository
-//! of the same registry that thinbox pushed it to before, else in one PUT
+//! A pulled image whose manifest, config and layers are all kept
+//! ([`crate::content`]) goes byte for byte. Any other image is exported
+//! into `ROOT/pushes/MANIFEST/` (its layers regenerated from their
+//! snapshots as gzip blobs, a config and an OCI manifest:
+//! [`snapshotter::image::Images::export_blobs`]). Then each blob goes up
+//! unless the repository has it: mounted from another repository of the
+//! same registry that thinbox pushed it to before (or, for a kept image,
+//! the repository it was pulled from), else in one PUT
 //! or in `[registry] push_chunk_size` PATCH chunks; the config; the
 //! manifest last, so the tag names a whole image or nothing new.
 //!
@@ -21,6 +24,7 @@ use registry::{Reference, Uploaded};
 use serde::Serialize;
 use snapshotter::image::{Digest, Images};
 
+use crate::content::Content;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -131,38 +135,48 @@ impl Engine {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot remove", &dir, e))?;
         }
-        let sn = self.snapshotter();
-        let exported = images.export_blobs(sn, &image.name, &dir, &mut |_, _| {})?;
+        // A pulled image whose blobs are kept goes byte for byte; any
+        // other is exported from its snapshots.
+        let (manifest, media_type, blobs) = match Content::new(self.root()).image(&image) {
+            Some(kept) => (kept.manifest, kept.media_type, kept.blobs),
+            None => {
+                let e =
+                    images.export_blobs(self.snapshotter(), &image.name, &dir, &mut |_, _| {})?;
+                let config_path = dir.join("config.json");
+                std::fs::write(&config_path, &e.config)
+                    .map_err(|err| Error::io("cannot write", &config_path, err))?;
+                let mut blobs: Vec<(Digest, u64, PathBuf)> =
+                    vec![(e.config_digest, e.config.len() as u64, config_path)];
+                blobs.extend(e.layers.iter().map(|l| (l.digest, l.size, l.path.clone())));
+                (e.manifest, e.media_type.to_owned(), blobs)
+            }
+        };
         crate::state::crash_point("push-exported");
+        // The repository a pulled image came from has its kept blobs.
+        let origin = image
+            .name
+            .parse::<Reference>()
+            .ok()
+            .filter(|o| o.registry == r.registry && o.repository != r.repository)
+            .map(|o| o.repository);
 
         let records_path = pushes.join("pushed.json");
         let mut pushed = Pushed {
             image: image.name.clone(),
             reference: String::new(),
             endpoint: ep.base.clone(),
-            manifest: Digest::sha256(&exported.manifest),
+            manifest: Digest::sha256(&manifest),
             blobs_present: 0,
             blobs_mounted: 0,
             blobs_monolithic: 0,
             blobs_chunked: 0,
             bytes_uploaded: 0,
         };
-        let config_path = dir.join("config.json");
-        std::fs::write(&config_path, &exported.config)
-            .map_err(|e| Error::io("cannot write", &config_path, e))?;
-        let mut blobs: Vec<(Digest, PathBuf, u64)> = exported
-            .layers
-            .iter()
-            .map(|l| (l.digest, l.path.clone(), l.size))
-            .collect();
-        blobs.push((
-            exported.config_digest,
-            config_path,
-            exported.config.len() as u64,
-        ));
-        for (i, (digest, path, size)) in blobs.iter().enumerate() {
+        for (i, (digest, size, path)) in blobs.iter().enumerate() {
             let records = PushRecords::load(&records_path);
-            let from = records.source(&ep.host, digest, &r.repository);
+            let from = records
+                .source(&ep.host, digest, &r.repository)
+                .or(origin.as_deref());
             let mut sent = 0u64;
             let how = client.push_blob(&ep, &r, digest, path, *size, from, chunk, &mut |n| {
                 sent += n
@@ -189,7 +203,7 @@ impl Engine {
                 crate::state::crash_point("push-blob-sent");
             }
         }
-        let manifest = client.push_manifest(&ep, &r, exported.media_type, &exported.manifest)?;
+        let manifest = client.push_manifest(&ep, &r, &media_type, &manifest)?;
         pushed.manifest = manifest;
         pushed.reference = format!("{r}@{manifest}");
         if let Err(e) = std::fs::remove_dir_all(&dir) {

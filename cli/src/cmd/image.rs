@@ -227,7 +227,6 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
     }
     let engine = open_engine(global)?;
     let images = engine.images()?;
-    let sn = engine.snapshotter();
     match cmd {
         ImageCommand::Import { source, name } => {
             let imported = engine.import_image(&images, source, name.as_deref())?;
@@ -331,8 +330,7 @@ pub fn main(global: &Global, cmd: &ImageCommand) -> anyhow::Result<()> {
         }
         ImageCommand::Ls | ImageCommand::Inspect { .. } => read(global, cmd),
         ImageCommand::Rm { name } => {
-            let i = images.get(name)?;
-            images.remove(sn, &i.name)?;
+            let i = engine.remove_image(&images, name)?;
             if global.json {
                 return print_json(&json!({ "removed": i.name, "manifest": i.manifest }));
             }

@@ -108,13 +108,22 @@ fn push_from(root_for: impl Fn(&str) -> Root) {
         manifest.as_str()
     );
 
-    // Chunks: the fresh root has no records, so it uploads, 4 KiB a PATCH.
-    let chunked = format!("{}/chunked/app:1", reg.host);
-    let c = back.json(&["image", "push", "--chunk-size", "4096", &target, &chunked]);
+    // A pulled image's kept blobs mount from where it was pulled.
+    let mirrored = format!("{}/mirrored/app:1", reg.host);
+    let p = back.json(&["image", "push", &target, &mirrored]);
+    assert_eq!(p["blobs_mounted"], layers + 1, "{p}");
+    assert_eq!(p["manifest"], manifest.as_str(), "byte for byte: {p}");
+
+    // Chunks, to a registry with nothing yet: 4 KiB a PATCH.
+    let reg2 = Registry::start(RegistryOptions::default());
+    let chunked = format!("{}/chunked/app:1", reg2.host);
+    let c = root.json(&["image", "push", "--chunk-size", "4096", "app:1", &chunked]);
     assert!(c["blobs_chunked"].as_u64().unwrap() >= 1, "{c}");
-    assert!(requests(&reg, "PATCH", "/blobs/uploads/") > patches_before + 10);
-    let seen = skopeo_inspect(&reg, "chunked/app:1");
+    assert!(requests(&reg2, "PATCH", "/blobs/uploads/") > 10);
+    assert_eq!(requests(&reg, "PATCH", "/blobs/uploads/"), patches_before);
+    let seen = skopeo_inspect(&reg2, "chunked/app:1");
     assert_eq!(seen["Digest"], c["manifest"], "{seen}");
+    assert_eq!(c["manifest"], manifest.as_str(), "the same export");
 
     // Killed after its first blob: the tag is not there (the manifest
     // goes last); the next push sends only what is missing.
@@ -140,8 +149,31 @@ fn push_from(root_for: impl Fn(&str) -> Root) {
     assert_eq!(k["blobs_present"], 1, "the blob sent before the kill: {k}");
     assert_eq!(
         skopeo_inspect(&reg, "killed/app:1")["Digest"],
-        c["manifest"]
+        manifest.as_str()
     );
+
+    // A pulled image goes byte for byte (its blobs were kept), every blob
+    // mounted from the repository it came from.
+    let copy = format!("{}/team/busybox:1", reg.host);
+    let b = root.json(&["image", "push", &base, &copy]);
+    assert_eq!(b["manifest"], reg.digest("library/busybox:1"), "{b}");
+    assert_eq!(b["blobs_mounted"], 2, "config and layer: {b}");
+    assert_eq!(b["bytes_uploaded"], 0, "{b}");
+    assert_eq!(
+        reg.digest("team/busybox:1"),
+        reg.digest("library/busybox:1")
+    );
+    // Removing the image sweeps its kept blobs (the committed image that
+    // shares its layer has none kept).
+    let kept = root.path().join("content/blobs/sha256");
+    assert_eq!(
+        std::fs::read_dir(&kept).unwrap().count(),
+        3,
+        "manifest, config, layer"
+    );
+    root.ok(&["image", "rm", &base]);
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0);
+    assert!(root.ok(&["image", "ls"]).contains("app:1"));
 
     // Bad input: one line, the right exit code.
     let line = root.fails(&["image", "push", "nosuch:1", &target], 3);
