@@ -100,38 +100,14 @@ impl Registry {
         let mut tls = None;
         if o.tls {
             let d = dir.path();
-            let ossl = |args: &[&str]| run("openssl", args);
             self_signed(&d.join("ca"), "thinbox test CA");
-            ossl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
+            signed_by_ca(
+                d,
                 "/CN=127.0.0.1",
-                "-keyout",
-                s(&d.join("server.key")),
-                "-out",
-                s(&d.join("server.csr")),
-            ]);
-            std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-            ossl(&[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                s(&d.join("server.csr")),
-                "-CA",
-                s(&d.join("ca.crt")),
-                "-CAkey",
-                s(&d.join("ca.key")),
-                "-CAcreateserial",
-                "-extfile",
-                s(&d.join("ext.cnf")),
-                "-out",
-                s(&d.join("server.crt")),
-            ]);
+                &format!("subjectAltName=IP:{}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n", host.split(':').next().unwrap_or("127.0.0.1")),
+                &d.join("server.key"),
+                &d.join("server.crt"),
+            );
             cfg.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 s(&d.join("server.crt")),
@@ -146,40 +122,13 @@ impl Registry {
                     "    clientcas:\n      - {}\n",
                     s(&d.join("ca.crt"))
                 ));
-                ossl(&[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
+                signed_by_ca(
+                    d,
                     "/CN=thinbox test client",
-                    "-keyout",
-                    s(&certs.join("client.key")),
-                    "-out",
-                    s(&d.join("client.csr")),
-                ]);
-                std::fs::write(
-                    d.join("client.cnf"),
                     "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-                )
-                .unwrap();
-                ossl(&[
-                    "x509",
-                    "-req",
-                    "-days",
-                    "2",
-                    "-in",
-                    s(&d.join("client.csr")),
-                    "-CA",
-                    s(&d.join("ca.crt")),
-                    "-CAkey",
-                    s(&d.join("ca.key")),
-                    "-CAcreateserial",
-                    "-extfile",
-                    s(&d.join("client.cnf")),
-                    "-out",
-                    s(&certs.join("client.cert")),
-                ]);
+                    &certs.join("client.key"),
+                    &certs.join("client.cert"),
+                );
             }
             tls = Some(d.join("certs.d"));
         }
@@ -267,16 +216,11 @@ impl Registry {
         );
     }
 
-    /// `skopeo inspect` of `name`: the manifest digest.
-    pub fn digest(&self, name: &str) -> String {
+    /// `skopeo inspect` of `name`: its JSON, or None when skopeo finds
+    /// no such image.
+    pub fn inspect(&self, name: &str) -> Option<serde_json::Value> {
         let mut c = Command::new("skopeo");
-        c.args([
-            "--insecure-policy",
-            "inspect",
-            "--tls-verify=false",
-            "--format",
-            "{{.Digest}}",
-        ]);
+        c.args(["--insecure-policy", "inspect", "--tls-verify=false"]);
         if let Some(certs) = &self.tls {
             c.args(["--cert-dir", s(&certs.join(&self.host))]);
         }
@@ -286,14 +230,63 @@ impl Registry {
         let out = c
             .arg(format!("docker://{}/{name}", self.host))
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+            .expect("skopeo (Debian's skopeo package)");
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("skopeo's JSON"))
     }
+
+    /// `skopeo inspect` of `name`: the manifest digest.
+    pub fn digest(&self, name: &str) -> String {
+        let v = self
+            .inspect(name)
+            .unwrap_or_else(|| panic!("skopeo inspect {name}: no such image in {}", self.host));
+        v["Digest"].as_str().expect("a digest").to_owned()
+    }
+}
+
+/// Makes `key` and a certificate `cert` for `subject` with extensions
+/// `ext`, signed by the CA in `dir` (`ca.crt`, `ca.key`).
+fn signed_by_ca(dir: &Path, subject: &str, ext: &str, key: &Path, cert: &Path) {
+    let csr = dir.join("req.csr");
+    let cnf = dir.join("req.cnf");
+    std::fs::write(&cnf, ext).unwrap();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            s(key),
+            "-out",
+            s(&csr),
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&dir.join("ca.crt")),
+            "-CAkey",
+            s(&dir.join("ca.key")),
+            "-CAcreateserial",
+            "-extfile",
+            s(&cnf),
+            "-out",
+            s(cert),
+        ],
+    );
 }
 
 /// Makes a key and a self-signed certificate for `cn`: `PREFIX.key`,

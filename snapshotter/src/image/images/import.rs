@@ -182,20 +182,7 @@ impl Images {
                         (Some(d), Some(n)) if !archive.has(&lr.path) => (d, n),
                         _ => {
                             let blob = open_blob(archive, &lr.path, lr.digest.as_ref(), arriving)?;
-                            let (digest, len) = HashingReader::new(blob).drain().map_err(|e| {
-                                Error::io("import", archive_top(archive).join(&lr.path), e)
-                            })?;
-                            if let Some(expected) = &lr.digest {
-                                check_size_digest(
-                                    archive_top(archive),
-                                    &what,
-                                    expected,
-                                    lr.size,
-                                    len,
-                                    digest,
-                                )?;
-                            }
-                            (digest, len)
+                            finish_blob(archive, lr, &what, HashingReader::new(blob))?
                         }
                     }
                 } else {
@@ -216,21 +203,8 @@ impl Images {
                     let mut compressed = HashingReader::new(blob);
                     let applied = apply_blob(sn, &key, parent.as_ref(), &mnt, &mut compressed)
                         .map_err(|e| layer_error(archive, &what, &shown, e));
-                    // The decompressor may stop before the blob's last bytes.
-                    let (digest, len) = compressed
-                        .drain()
-                        .map_err(|e| Error::io("import", archive_top(archive).join(&lr.path), e))?;
                     // A wrong blob is the cause of whatever its apply said.
-                    if let Some(expected) = &lr.digest {
-                        check_size_digest(
-                            archive_top(archive),
-                            &what,
-                            expected,
-                            lr.size,
-                            len,
-                            digest,
-                        )?;
-                    }
+                    let (digest, len) = finish_blob(archive, lr, &what, compressed)?;
                     let diff_id = match applied? {
                         Applied::Whole(diff_id) => diff_id,
                         Applied::Broken { read, apply } => {
@@ -295,6 +269,23 @@ impl Images {
         tx.commit().map_err(store_err("record image"))?;
         Ok(images)
     }
+}
+
+/// Reads the rest of a layer blob (a decompressor may stop before its
+/// last bytes) and checks its digest and size against the descriptor's.
+fn finish_blob(
+    archive: &Archive,
+    lr: &source::LayerRef,
+    what: &str,
+    blob: HashingReader<impl Read>,
+) -> Result<(Digest, u64)> {
+    let (digest, len) = blob
+        .drain()
+        .map_err(|e| Error::io("import", archive_top(archive).join(&lr.path), e))?;
+    if let Some(expected) = &lr.digest {
+        check_size_digest(archive_top(archive), what, expected, lr.size, len, digest)?;
+    }
+    Ok((digest, len))
 }
 
 /// A layer blob: what `arriving` gives for it while a pull writes it,
