@@ -161,16 +161,33 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd and waits until `ctr version` answers.
+    /// Starts containerd without its CRI plugin and waits until `ctr
+    /// version` answers.
     pub fn start(dir: &Path, extra: &str) -> Containerd {
+        Containerd::start_with(dir, extra, false)
+    }
+
+    /// Starts containerd with its CRI plugin (a Kubernetes node's
+    /// containerd: the caller's `extra` configures it, its state stays in
+    /// `dir`) and waits until `ctr version` answers.
+    pub fn start_with_cri(dir: &Path, extra: &str) -> Containerd {
+        Containerd::start_with(dir, extra, true)
+    }
+
+    fn start_with(dir: &Path, extra: &str, cri: bool) -> Containerd {
         std::fs::create_dir_all(dir).unwrap();
+        let disabled = if cri {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\", "
+        };
         let sock = dir.join("containerd.sock");
         let cfg = dir.join("config.toml");
         std::fs::write(
             &cfg,
             format!(
                 "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.zfs\"]\n\
+                 disabled_plugins = [{disabled}\"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.zfs\"]\n\
                  [grpc]\n  address = \"{s}\"\n\
                  [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n{extra}",
                 d = dir.display(),
@@ -214,10 +231,16 @@ impl Containerd {
 
     /// The `ctr` command line against it, in namespace `thinbox-test`.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in("thinbox-test", args)
+    }
+
+    /// The `ctr` command line against it, in `namespace` (`k8s.io` is the
+    /// CRI plugin's).
+    pub fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
             .arg(&self.sock)
-            .args(["--namespace", "thinbox-test"])
+            .args(["--namespace", namespace])
             .args(args)
             .env("DM_DISABLE_UDEV", "1");
         c
