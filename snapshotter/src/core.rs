@@ -7,11 +7,27 @@
 //! measures the objects it is told about, by [`SnapshotId`]. Each backend
 //! mutation is bracketed by an intent and a done record in the store, and
 //! [`Snapshots::open`] reconciles whatever a crash left in between.
+//!
+//! Only the records take turns: each mutation holds the store's mutex for
+//! its intent and again for its done record, and runs the backend's work
+//! between them unlocked, so many calls at once (containerd's, through
+//! `thinbox serve`) overlap their snapshot ioctls, mounts and tool runs.
+//! Whoever settles interrupted intents (open, cleanup) takes the root's
+//! lock exclusively, which every mutation in flight holds shared, so it
+//! sees only the intents of callers that died.
+//!
+//! Durability is a group commit: SQLite does not sync the log at each
+//! commit; a mutation syncs it before the backend acts on an intent (commit,
+//! remove) and before it returns, and one sync covers every commit before
+//! it, so calls at once share their syncs. A create's intent alone goes
+//! unsynced: lost, it leaves an object without a record, which cleanup
+//! removes.
 
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -130,7 +146,11 @@ impl Reader {
 
 /// The storage underneath a [`Snapshots`]. Every method may be called again
 /// after a crash for the same object, so each must be idempotent.
-pub trait Backend: Send + fmt::Debug {
+///
+/// Its methods are called from many threads at once, each for a different
+/// object (the store never hands out one object to two mutations), so a
+/// backend with shared state guards it itself.
+pub trait Backend: Send + Sync + fmt::Debug {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
     /// Why it cannot bound a snapshot's size (when
@@ -144,17 +164,17 @@ pub trait Backend: Send + fmt::Debug {
     /// reads [`crate::types::MAX_SIZE_LABEL`]; [`Snapshots`] refuses that
     /// label before calling a backend with neither). On failure it may leave a partial object behind;
     /// [`Backend::remove`] deletes it.
-    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()>;
+    fn create(&self, obj: &Object<'_>, labels: &Labels) -> Result<()>;
     /// Makes active `obj` committed (read-only from now on). Calling it again
     /// when it is done or half-done completes it.
-    fn commit(&mut self, obj: &Object<'_>) -> Result<()>;
+    fn commit(&self, obj: &Object<'_>) -> Result<()>;
     /// Makes `obj`, whose commit was cut before its record was done, the
     /// active snapshot it was before (writable, at its active path), from
     /// whatever state the cut commit left; calling it again completes it.
     /// Used for a remote client's snapshot, whose client saw the commit fail.
-    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()>;
+    fn uncommit(&self, obj: &Object<'_>) -> Result<()>;
     /// Deletes the object, whatever state it is in; an absent object is fine.
-    fn remove(&mut self, id: SnapshotId) -> Result<()>;
+    fn remove(&self, id: SnapshotId) -> Result<()>;
     /// How to mount `obj`.
     fn mounts(&self, obj: &Object<'_>) -> Result<Vec<MountSpec>>;
     /// Space used by `obj` alone.
@@ -181,19 +201,36 @@ pub trait Backend: Send + fmt::Debug {
     }
 }
 
-struct Inner<B> {
-    store: Option<Store>,
-    backend: B,
-    /// `ROOT/lock`, taken for each mutation (so processes sharing a root
-    /// take turns); None for a store opened without a root lock.
-    lock: Option<PathBuf>,
-}
-
 /// A [`Snapshotter`] over backend `B`.
 pub struct Snapshots<B> {
-    inner: Mutex<Inner<B>>,
+    /// The records; None once closed. Held only for a record's commit.
+    store: Mutex<Option<Store>>,
+    backend: B,
+    /// `ROOT/lock`, taken shared by each mutation and exclusively by
+    /// whoever settles interrupted ones (so processes sharing a root see
+    /// each other's intents in flight); None for a store opened without a
+    /// root lock.
+    lock: Option<PathBuf>,
+    /// The same rule inside this process: mutations read, settling writes
+    /// (a root without a lock file still keeps cleanup off intents in
+    /// flight).
+    settling: RwLock<()>,
+    /// The store's write-ahead log, synced for durability (None: SQLite
+    /// syncs each commit itself).
+    wal: Option<(File, PathBuf)>,
+    /// Commits made that must be durable, and how many of them are.
+    committed: AtomicU64,
+    synced: Mutex<u64>,
+    /// Syncs of the log so far.
+    syncs: AtomicU64,
     caps: Capabilities,
     root: PathBuf,
+}
+
+/// What a mutation holds from its intent to its done record.
+struct InFlight<'a> {
+    _settling: RwLockReadGuard<'a, ()>,
+    _root: Option<Flock<File>>,
 }
 
 impl<B: Backend> fmt::Debug for Snapshots<B> {
@@ -225,11 +262,15 @@ fn crash_at(verb: &str, when: &str) {
     }
 }
 
-/// Takes the lock of a snapshotter root (`ROOT/lock`), waiting while
-/// another process mutates it. Every mutation holds it from its intent to
-/// its done record, so whoever holds it sees only intents of processes that
-/// died: recovery runs under it.
+/// Takes the lock of a snapshotter root (`ROOT/lock`) exclusively, waiting
+/// while mutations are in flight. Every mutation holds it shared from its
+/// intent to its done record, so whoever holds it exclusively sees only
+/// intents of processes that died: recovery runs under it.
 pub fn lock_root(root: &Path) -> Result<Flock<File>> {
+    flock_root(root, FlockArg::LockExclusive)
+}
+
+fn flock_root(root: &Path, how: FlockArg) -> Result<Flock<File>> {
     std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
     let path = root.join("lock");
     let file = File::options()
@@ -238,7 +279,7 @@ pub fn lock_root(root: &Path) -> Result<Flock<File>> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
+    Flock::lock(file, how).map_err(|(_, e)| {
         Error::new(ErrorKind::Io, "lock")
             .path(&path)
             .detail("cannot lock the snapshotter root")
@@ -249,7 +290,7 @@ pub fn lock_root(root: &Path) -> Result<Flock<File>> {
 impl<B: Backend> Snapshots<B> {
     /// Opens a snapshotter whose metadata lives in `ROOT/metadata.db` and
     /// reconciles interrupted mutations. Other processes may open the same
-    /// root: each mutation takes `ROOT/lock` for its duration.
+    /// root: each mutation holds `ROOT/lock` shared for its duration.
     pub fn open(root: &Path, backend: B) -> Result<Snapshots<B>> {
         let held = lock_root(root)?;
         Self::open_locked(root, backend, held)
@@ -271,28 +312,44 @@ impl<B: Backend> Snapshots<B> {
     /// nothing: [`Snapshots::open`] does, under the lock.
     pub fn with_store(
         root: &Path,
-        store: Store,
+        mut store: Store,
         backend: B,
         lock: Option<PathBuf>,
     ) -> Result<Snapshots<B>> {
         let caps = backend.capabilities();
+        let wal = store.defer_syncs()?;
         Ok(Snapshots {
-            inner: Mutex::new(Inner {
-                store: Some(store),
-                backend,
-                lock,
-            }),
+            store: Mutex::new(Some(store)),
+            backend,
+            lock,
+            settling: RwLock::new(()),
+            wal,
+            committed: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            syncs: AtomicU64::new(0),
             caps,
             root: root.to_owned(),
         })
     }
 
-    /// Takes `ROOT/lock` for one mutation (nothing when there is none).
-    fn mutating(g: &Inner<B>) -> Result<Option<Flock<File>>> {
-        match &g.lock {
-            Some(path) => lock_root(path.parent().unwrap_or(Path::new("/"))).map(Some),
-            None => Ok(None),
+    /// What one mutation holds for its duration: `ROOT/lock` shared
+    /// (nothing when there is none), and this process's settling lock.
+    fn mutating(&self) -> Result<InFlight<'_>> {
+        if self.guard().is_none() {
+            return Err(Error::new(ErrorKind::Closed, "mutate"));
         }
+        let settling = self.settling.read().unwrap_or_else(|p| p.into_inner());
+        let root = match &self.lock {
+            Some(path) => Some(flock_root(
+                path.parent().unwrap_or(Path::new("/")),
+                FlockArg::LockShared,
+            )?),
+            None => None,
+        };
+        Ok(InFlight {
+            _settling: settling,
+            _root: root,
+        })
     }
 
     /// The root directory.
@@ -300,30 +357,75 @@ impl<B: Backend> Snapshots<B> {
         &self.root
     }
 
-    fn guard(&self) -> MutexGuard<'_, Inner<B>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn guard(&self) -> MutexGuard<'_, Option<Store>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn parts<'a>(g: &'a mut Inner<B>, op: &'static str) -> Result<(&'a mut Store, &'a mut B)> {
-        match g.store.as_mut() {
-            Some(s) => Ok((s, &mut g.backend)),
+    /// Runs `f` on the store, under its mutex (a record's commit, never a
+    /// backend's work).
+    fn records<T>(&self, op: &'static str, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        match self.guard().as_mut() {
+            Some(store) => f(store),
             None => Err(Error::new(ErrorKind::Closed, op)),
         }
     }
 
-    /// Finishes or undoes every intent left by an interrupted mutation.
-    fn recover(&self) -> Result<()> {
-        let mut g = self.guard();
-        let (store, backend) = Self::parts(&mut g, "recover")?;
-        for rec in store.pending()? {
-            if let Err(e) = Self::settle(store, backend, &rec) {
-                tracing::warn!("cannot settle interrupted snapshot {}: {e}", rec.id);
-            }
+    /// [`Snapshots::records`] for a commit that must be durable before the
+    /// caller goes on: it returns once the log is synced past it.
+    fn durable<T>(&self, op: &'static str, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        let (out, seq) = {
+            let mut g = self.guard();
+            let Some(store) = g.as_mut() else {
+                return Err(Error::new(ErrorKind::Closed, op));
+            };
+            let out = f(store)?;
+            (out, self.committed.fetch_add(1, Ordering::SeqCst) + 1)
+        };
+        self.sync_through(seq)?;
+        Ok(out)
+    }
+
+    /// Syncs the log unless a sync since commit `seq` already did: whoever
+    /// syncs covers every commit made before it starts, and the callers
+    /// waiting meanwhile find their commits covered.
+    fn sync_through(&self, seq: u64) -> Result<()> {
+        let Some((wal, path)) = &self.wal else {
+            return Ok(());
+        };
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= seq {
+            return Ok(());
         }
+        let covered = self.committed.load(Ordering::SeqCst);
+        wal.sync_data().map_err(|e| Error::io("sync", path, e))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        *synced = covered;
         Ok(())
     }
 
-    fn settle(store: &mut Store, backend: &mut B, rec: &Record) -> Result<()> {
+    /// Makes what settling committed durable.
+    fn sync_all(&self) -> Result<()> {
+        self.sync_through(self.committed.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Finishes or undoes every intent left by an interrupted mutation
+    /// (the caller holds `ROOT/lock` exclusively).
+    fn recover(&self) -> Result<()> {
+        let _settling = self.settling.write().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.guard();
+        let Some(store) = g.as_mut() else {
+            return Err(Error::new(ErrorKind::Closed, "recover"));
+        };
+        for rec in store.pending()? {
+            if let Err(e) = Self::settle(store, &self.backend, &rec) {
+                tracing::warn!("cannot settle interrupted snapshot {}: {e}", rec.id);
+            }
+        }
+        drop(g);
+        self.sync_all()
+    }
+
+    fn settle(store: &mut Store, backend: &B, rec: &Record) -> Result<()> {
         match rec.state {
             State::Creating | State::Removing => {
                 backend.remove(rec.id)?;
@@ -361,46 +463,48 @@ impl<B: Backend> Snapshots<B> {
     ) -> Result<Vec<MountSpec>> {
         validate_labels(labels)?;
         let sized = max_size(labels)?.is_some();
-        let mut g = self.guard();
-        let _held = Self::mutating(&g)?;
         if sized && !self.caps.max_size_label && !self.caps.bounds_size {
             return Err(Error::new(ErrorKind::InvalidArgument, op)
                 .key(key)
                 .detail(format!(
                     "label {MAX_SIZE_LABEL}: {}",
-                    g.backend.why_unbounded()
+                    self.backend.why_unbounded()
                 )));
         }
-        let (store, backend) = Self::parts(&mut g, op)?;
-        let rec = store.begin_create(
-            op,
-            key.as_str(),
-            parent.map(Name::as_str),
-            kind,
-            labels,
-            SystemTime::now(),
-        )?;
+        let _held = self.mutating()?;
+        let (rec, parents) = self.records(op, |store| {
+            let rec = store.begin_create(
+                op,
+                key.as_str(),
+                parent.map(Name::as_str),
+                kind,
+                labels,
+                SystemTime::now(),
+            )?;
+            let parents = store.parents(rec.id)?;
+            Ok((rec, parents))
+        })?;
         crash_at(op, "recorded");
-        let parents = store.parents(rec.id)?;
         let obj = Object {
             id: rec.id,
             kind,
             parents: &parents,
         };
-        let made = backend
+        let made = self
+            .backend
             .create(&obj, labels)
-            .and_then(|()| backend.mounts(&obj));
+            .and_then(|()| self.backend.mounts(&obj));
         match made {
             Ok(mounts) => {
                 crash_at(op, "made");
-                store.finish(op, rec.id)?;
+                self.durable(op, |store| store.finish(op, rec.id))?;
                 Ok(mounts)
             }
             Err(e) => {
                 // Undo; if the backend cannot, the `creating` record stays
                 // so that cleanup or the next open retries.
-                match backend.remove(rec.id) {
-                    Ok(()) => store.delete(op, rec.id)?,
+                match self.backend.remove(rec.id) {
+                    Ok(()) => self.durable(op, |store| store.delete(op, rec.id))?,
                     Err(e2) => tracing::warn!("undo of failed {op} {key} deferred: {e2}"),
                 }
                 Err(e)
@@ -414,18 +518,19 @@ impl<B: Backend> Snapshots<B> {
         key: &Key,
         f: impl FnOnce(&B, &Object<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut g = self.guard();
-        let (store, backend) = Self::parts(&mut g, op)?;
-        let rec = store.get(key.as_str()).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::new(ErrorKind::NotFound, op).key(key)
-            } else {
-                e
-            }
+        let (rec, parents) = self.records(op, |store| {
+            let rec = store.get(key.as_str()).map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::new(ErrorKind::NotFound, op).key(key)
+                } else {
+                    e
+                }
+            })?;
+            let parents = store.parents(rec.id)?;
+            Ok((rec, parents))
         })?;
-        let parents = store.parents(rec.id)?;
         f(
-            backend,
+            &self.backend,
             &Object {
                 id: rec.id,
                 kind: rec.kind,
@@ -441,19 +546,19 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
     }
 
     fn stat(&self, key: &Key) -> Result<Info> {
-        let mut g = self.guard();
-        let (store, _) = Self::parts(&mut g, "stat")?;
-        let rec = store.get(key.as_str())?;
-        store.info(&rec)
+        self.records("stat", |store| {
+            let rec = store.get(key.as_str())?;
+            store.info(&rec)
+        })
     }
 
     fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
         let key = Key::new(info.name.clone())?;
-        let mut g = self.guard();
-        let _held = Self::mutating(&g)?;
-        let (store, _) = Self::parts(&mut g, "update")?;
-        let rec = store.update(key.as_str(), &info.labels, fieldpaths, SystemTime::now())?;
-        store.info(&rec)
+        let _held = self.mutating()?;
+        self.durable("update", |store| {
+            let rec = store.update(key.as_str(), &info.labels, fieldpaths, SystemTime::now())?;
+            store.info(&rec)
+        })
     }
 
     fn usage(&self, key: &Key) -> Result<Usage> {
@@ -481,35 +586,34 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
 
     fn commit(&self, name: &Name, key: &Key, labels: &Labels) -> Result<()> {
         validate_labels(labels)?;
-        let mut g = self.guard();
-        let _held = Self::mutating(&g)?;
-        let (store, backend) = Self::parts(&mut g, "commit")?;
-        let rec = store.begin_commit(key.as_str(), name.as_str(), labels, SystemTime::now())?;
+        let _held = self.mutating()?;
+        let (rec, parents) = self.durable("commit", |store| {
+            let rec = store.begin_commit(key.as_str(), name.as_str(), labels, SystemTime::now())?;
+            let parents = store.parents(rec.id)?;
+            Ok((rec, parents))
+        })?;
         crash_at("commit", "recorded");
-        let parents = store.parents(rec.id)?;
         let obj = Object {
             id: rec.id,
             kind: Kind::Active,
             parents: &parents,
         };
-        if let Err(e) = backend.commit(&obj) {
-            store.abort_commit(rec.id)?;
+        if let Err(e) = self.backend.commit(&obj) {
+            self.durable("commit", |store| store.abort_commit(rec.id))?;
             return Err(e);
         }
         crash_at("commit", "made");
-        store.finish("commit", rec.id)
+        self.durable("commit", |store| store.finish("commit", rec.id))
     }
 
     fn remove(&self, key: &Key) -> Result<()> {
-        let mut g = self.guard();
-        let _held = Self::mutating(&g)?;
-        let (store, backend) = Self::parts(&mut g, "remove")?;
-        let rec = store.begin_remove(key.as_str())?;
+        let _held = self.mutating()?;
+        let rec = self.durable("remove", |store| store.begin_remove(key.as_str()))?;
         crash_at("remove", "recorded");
-        match backend.remove(rec.id) {
+        match self.backend.remove(rec.id) {
             Ok(()) => {
                 crash_at("remove", "made");
-                store.delete("remove", rec.id)
+                self.durable("remove", |store| store.delete("remove", rec.id))
             }
             Err(e) => {
                 tracing::warn!("removal of {key} deferred to cleanup: {e}");
@@ -519,9 +623,7 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
     }
 
     fn walk(&self, filters: &[Filter], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
-        let infos = {
-            let mut g = self.guard();
-            let (store, _) = Self::parts(&mut g, "walk")?;
+        let infos = self.records("walk", |store| {
             let mut out = Vec::new();
             for rec in store.ready()? {
                 let info = store.info(&rec)?;
@@ -529,8 +631,8 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
                     out.push(info);
                 }
             }
-            out
-        };
+            Ok(out)
+        })?;
         for info in &infos {
             f(info)?;
         }
@@ -538,23 +640,33 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
     }
 
     fn cleanup(&self) -> Result<()> {
+        // Settling needs every mutation in flight, here and in other
+        // processes, to be done first: their intents are not interrupted.
+        let _settling = self.settling.write().unwrap_or_else(|p| p.into_inner());
+        let _held = match &self.lock {
+            Some(path) => Some(lock_root(path.parent().unwrap_or(Path::new("/")))?),
+            None => None,
+        };
         let mut g = self.guard();
-        let _held = Self::mutating(&g)?;
-        let (store, backend) = Self::parts(&mut g, "cleanup")?;
+        let Some(store) = g.as_mut() else {
+            return Err(Error::new(ErrorKind::Closed, "cleanup"));
+        };
         let mut first_err = None;
         for rec in store.pending()? {
-            if let Err(e) = Self::settle(store, backend, &rec) {
+            if let Err(e) = Self::settle(store, &self.backend, &rec) {
                 first_err.get_or_insert(e);
             }
         }
         let known: std::collections::BTreeSet<SnapshotId> = store.all_ids()?.into_iter().collect();
-        for id in backend.list()? {
+        for id in self.backend.list()? {
             if !known.contains(&id) {
-                if let Err(e) = backend.remove(id) {
+                if let Err(e) = self.backend.remove(id) {
                     first_err.get_or_insert(e);
                 }
             }
         }
+        drop(g);
+        self.sync_all()?;
         first_err.map_or(Ok(()), Err)
     }
 
@@ -567,259 +679,10 @@ impl<B: Backend> Snapshotter for Snapshots<B> {
     }
 
     fn close(&self) -> Result<()> {
-        let mut g = self.guard();
-        g.store = None;
-        g.lock = None;
+        *self.guard() = None;
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::memory::{Fault, MemoryBackend, Objects};
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-
-    fn key(s: &str) -> Key {
-        Key::new(s).unwrap()
-    }
-    fn name(s: &str) -> Name {
-        Name::new(s).unwrap()
-    }
-
-    fn open(dir: &Path, objects: &Objects, fault: Option<Fault>) -> Snapshots<MemoryBackend> {
-        Snapshots::open(dir, MemoryBackend::new(objects.clone(), fault)).unwrap()
-    }
-
-    fn ids(objects: &Objects) -> Vec<u64> {
-        objects.lock().unwrap().keys().map(|i| i.0).collect()
-    }
-
-    /// Runs `f` on a snapshotter whose backend crashes as `fault` says, then
-    /// reopens and returns the reopened snapshotter.
-    fn crash_then_reopen(
-        dir: &Path,
-        objects: &Objects,
-        fault: Fault,
-        f: impl FnOnce(&Snapshots<MemoryBackend>),
-    ) -> Snapshots<MemoryBackend> {
-        let s = open(dir, objects, Some(fault));
-        let r = catch_unwind(AssertUnwindSafe(|| f(&s)));
-        assert!(r.is_err(), "the injected crash did not happen");
-        drop(s);
-        open(dir, objects, None)
-    }
-
-    #[test]
-    fn rules() {
-        let dir = tempfile::tempdir().unwrap();
-        let objects = Objects::default();
-        let s = open(dir.path(), &objects, None);
-        let l = Labels::new();
-        s.prepare(&key("a"), None, &l).unwrap();
-        assert_eq!(
-            s.prepare(&key("a"), None, &l).unwrap_err().kind(),
-            ErrorKind::AlreadyExists
-        );
-        assert_eq!(
-            s.prepare(&key("b"), Some(&name("a")), &l)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::ParentNotCommitted
-        );
-        s.commit(&name("c"), &key("a"), &l).unwrap();
-        assert_eq!(s.stat(&key("a")).unwrap_err().kind(), ErrorKind::NotFound);
-        let v = s.view(&key("v"), Some(&name("c")), &l).unwrap();
-        assert_eq!(v[0].options, vec!["ro".to_owned()]);
-        assert_eq!(
-            s.commit(&name("x"), &key("v"), &l).unwrap_err().kind(),
-            ErrorKind::CommitOfView
-        );
-        assert_eq!(
-            s.remove(name("c").as_key()).unwrap_err().kind(),
-            ErrorKind::HasChildren
-        );
-        assert_eq!(s.stat(&key("v")).unwrap().parent.as_deref(), Some("c"));
-        s.remove(&key("v")).unwrap();
-        s.remove(name("c").as_key()).unwrap();
-        assert!(ids(&objects).is_empty());
-        // A second opener of the same root shares it: each mutation takes
-        // the root's lock, and each sees what the other committed.
-        let other = Snapshots::open(dir.path(), MemoryBackend::default()).unwrap();
-        other.view(&key("seen"), None, &l).unwrap();
-        assert_eq!(s.stat(&key("seen")).unwrap().kind, Kind::View);
-        other.close().unwrap();
-        s.close().unwrap();
-        s.close().unwrap();
-        assert_eq!(s.stat(&key("v")).unwrap_err().kind(), ErrorKind::Closed);
-    }
-
-    #[test]
-    fn failed_prepare_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let objects = Objects::default();
-        let s = open(dir.path(), &objects, Some(Fault::Fail("create")));
-        let e = s.prepare(&key("a"), None, &Labels::new()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Io);
-        assert!(ids(&objects).is_empty());
-        let mut n = 0;
-        s.walk(&[], &mut |_| {
-            n += 1;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(n, 0);
-    }
-
-    #[test]
-    fn failed_commit_keeps_the_active_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let objects = Objects::default();
-        let s = open(dir.path(), &objects, Some(Fault::Fail("commit")));
-        s.prepare(&key("a"), None, &Labels::new()).unwrap();
-        assert!(s.commit(&name("c"), &key("a"), &Labels::new()).is_err());
-        assert_eq!(s.stat(&key("a")).unwrap().kind, Kind::Active);
-        assert!(s.stat(name("c").as_key()).is_err());
-    }
-
-    #[test]
-    fn crash_during_prepare_is_undone_on_open() {
-        for fault in [Fault::CrashBefore("create"), Fault::CrashAfter("create")] {
-            let dir = tempfile::tempdir().unwrap();
-            let objects = Objects::default();
-            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
-                let _ = s.prepare(&key("a"), None, &Labels::new());
-            });
-            assert!(ids(&objects).is_empty(), "{fault:?}: object left behind");
-            assert_eq!(s.stat(&key("a")).unwrap_err().kind(), ErrorKind::NotFound);
-            s.prepare(&key("a"), None, &Labels::new()).unwrap();
-        }
-    }
-
-    #[test]
-    fn crash_during_commit_is_finished_on_open() {
-        for fault in [Fault::CrashBefore("commit"), Fault::CrashAfter("commit")] {
-            let dir = tempfile::tempdir().unwrap();
-            let objects = Objects::default();
-            {
-                let s = open(dir.path(), &objects, None);
-                s.prepare(&key("a"), None, &Labels::new()).unwrap();
-            }
-            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
-                let _ = s.commit(&name("c"), &key("a"), &Labels::new());
-            });
-            assert_eq!(
-                s.stat(name("c").as_key()).unwrap().kind,
-                Kind::Committed,
-                "{fault:?}"
-            );
-            assert_eq!(
-                objects
-                    .lock()
-                    .unwrap()
-                    .values()
-                    .copied()
-                    .collect::<Vec<_>>(),
-                vec![Kind::Committed]
-            );
-        }
-    }
-
-    #[test]
-    fn crash_during_a_clients_commit_is_undone_on_open() {
-        for fault in [Fault::CrashBefore("commit"), Fault::CrashAfter("commit")] {
-            let dir = tempfile::tempdir().unwrap();
-            let objects = Objects::default();
-            {
-                let s = open(dir.path(), &objects, None);
-                s.prepare(&key("@containerd/a"), None, &Labels::new())
-                    .unwrap();
-            }
-            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
-                let _ = s.commit(
-                    &name("@containerd/c"),
-                    &key("@containerd/a"),
-                    &Labels::new(),
-                );
-            });
-            assert_eq!(
-                s.stat(&key("@containerd/a")).unwrap().kind,
-                Kind::Active,
-                "{fault:?}"
-            );
-            assert_eq!(
-                s.stat(name("@containerd/c").as_key()).unwrap_err().kind(),
-                ErrorKind::NotFound
-            );
-            assert_eq!(
-                objects
-                    .lock()
-                    .unwrap()
-                    .values()
-                    .copied()
-                    .collect::<Vec<_>>(),
-                vec![Kind::Active]
-            );
-            // And the client can commit it again.
-            s.commit(
-                &name("@containerd/c"),
-                &key("@containerd/a"),
-                &Labels::new(),
-            )
-            .unwrap();
-        }
-    }
-
-    #[test]
-    fn crash_during_remove_is_finished_on_open() {
-        for fault in [Fault::CrashBefore("remove"), Fault::CrashAfter("remove")] {
-            let dir = tempfile::tempdir().unwrap();
-            let objects = Objects::default();
-            {
-                let s = open(dir.path(), &objects, None);
-                s.prepare(&key("a"), None, &Labels::new()).unwrap();
-            }
-            let s = crash_then_reopen(dir.path(), &objects, fault, |s| {
-                let _ = s.remove(&key("a"));
-            });
-            assert!(ids(&objects).is_empty(), "{fault:?}");
-            assert!(s.stat(&key("a")).is_err());
-        }
-    }
-
-    #[test]
-    fn deferred_removal_and_orphans_are_reclaimed_by_cleanup() {
-        let dir = tempfile::tempdir().unwrap();
-        let objects = Objects::default();
-        {
-            let s = open(dir.path(), &objects, Some(Fault::Fail("remove")));
-            s.prepare(&key("a"), None, &Labels::new()).unwrap();
-            s.remove(&key("a")).unwrap();
-            // The key is free at once even though the object is not gone.
-            assert!(s.stat(&key("a")).is_err());
-            assert_eq!(ids(&objects).len(), 1);
-        }
-        let s = open(dir.path(), &objects, None);
-        objects
-            .lock()
-            .unwrap()
-            .insert(SnapshotId(999), Kind::Active);
-        s.cleanup().unwrap();
-        assert!(ids(&objects).is_empty());
-    }
-
-    #[test]
-    fn stat_inside_walk_does_not_deadlock() {
-        let dir = tempfile::tempdir().unwrap();
-        let objects = Objects::default();
-        let s = open(dir.path(), &objects, None);
-        s.prepare(&key("a"), None, &Labels::new()).unwrap();
-        let mut seen = vec![];
-        s.walk(&[], &mut |info| {
-            seen.push(s.stat(&Key::new(info.name.clone())?)?);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen.len(), 1);
-    }
-}
+mod tests;

@@ -223,6 +223,26 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// Hands the syncing of this connection's commits to the caller:
+    /// SQLite stops syncing its write-ahead log at each commit, and the
+    /// caller syncs the returned file (the log, and its path) to make every
+    /// commit so far durable, one sync for many commits ([`crate::core`]'s
+    /// group commit). None, and SQLite keeps syncing each commit, for an
+    /// in-memory store or a log it cannot open.
+    pub fn defer_syncs(&mut self) -> Result<Option<(std::fs::File, std::path::PathBuf)>> {
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let wal = std::path::PathBuf::from(format!("{db}-wal"));
+        let Ok(file) = std::fs::File::open(&wal) else {
+            return Ok(None);
+        };
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| Error::store("open", e))?;
+        Ok(Some((file, wal)))
+    }
+
     /// An in-memory database (tests).
     pub fn open_in_memory() -> Result<Store> {
         let conn = thinpool::sqlite::open_in_memory(&SCHEMA_DEF)
@@ -565,6 +585,27 @@ mod tests {
 
     fn now() -> SystemTime {
         SystemTime::now()
+    }
+
+    #[test]
+    fn deferred_syncs_hand_over_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metadata.db");
+        let mut s = Store::open(&db).unwrap();
+        let synchronous = |s: &Store| -> i64 {
+            s.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&s), 2, "FULL until handed over");
+        let (_, wal) = s.defer_syncs().unwrap().expect("the log");
+        assert_eq!(wal, dir.path().join("metadata.db-wal"));
+        assert_eq!(synchronous(&s), 1, "NORMAL: the caller syncs");
+        assert!(Store::open_in_memory()
+            .unwrap()
+            .defer_syncs()
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
         )
     }
 
-    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+    fn create(&self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
         let path = self.path(obj.kind, obj.id);
         let bound = size_bound(&obj.id.to_string(), obj.kind, labels)?;
         self.make(obj, &path)?;
@@ -192,7 +192,7 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
         }
         Ok(())
     }
-    fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn commit(&self, obj: &Object<'_>) -> Result<()> {
         let src = self.path(Kind::Active, obj.id);
         let dst = self.path(Kind::Committed, obj.id);
         if !exists(&dst) {
@@ -204,7 +204,7 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
         Ok(())
     }
 
-    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn uncommit(&self, obj: &Object<'_>) -> Result<()> {
         let src = self.path(Kind::Active, obj.id);
         let dst = self.path(Kind::Committed, obj.id);
         // The commit may have deleted the active subvolume already: a
@@ -218,7 +218,7 @@ impl<B: BtrfsOps> Backend for Btrfs<B> {
         Ok(())
     }
 
-    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+    fn remove(&self, id: SnapshotId) -> Result<()> {
         let paths = [Kind::Active, Kind::View, Kind::Committed].map(|k| self.path(k, id));
         for p in std::iter::once(self.diff_path(id)).chain(paths) {
             if exists(&p) {

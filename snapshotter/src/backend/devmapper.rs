@@ -22,6 +22,7 @@
 //! and handed over; its kernel interfaces are `thinpool`'s seams.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use thinpool::fs::Filesystem;
 use thinpool::pool::Pool;
@@ -65,9 +66,19 @@ impl Default for DevmapperConfig {
     }
 }
 
-/// The devmapper backend: a thin device per snapshot in one pool.
+/// The devmapper backend: a thin device per snapshot in one pool. Its
+/// operations take turns on the pool (each is a pool metadata commit, and
+/// the pool's records are one SQLite connection); the snapshotter's own
+/// records are committed beside them, not under this lock.
 #[derive(Debug)]
 pub struct Devmapper {
+    thins: Mutex<Thins>,
+    fs: Filesystem,
+}
+
+/// The pool and what the backend's operations need beside it.
+#[derive(Debug)]
+struct Thins {
     pool: Pool,
     fs: Filesystem,
     root: PathBuf,
@@ -109,24 +120,6 @@ fn name_of(obj: &Object<'_>) -> String {
 }
 
 impl Devmapper {
-    /// How to mount thin device `dev`: read-write or read-only, plus the
-    /// filesystem's own options for a snapshot (xfs: `nouuid`).
-    fn mount_spec(&self, dev: &Path, writable: bool) -> MountSpec {
-        let mut options = vec![if writable { "rw" } else { "ro" }.to_owned()];
-        options.extend(
-            self.fs
-                .mount_options(true)
-                .split(',')
-                .filter(|o| !o.is_empty())
-                .map(str::to_owned),
-        );
-        MountSpec {
-            fstype: self.fs.to_string(),
-            source: dev.display().to_string(),
-            options,
-        }
-    }
-
     /// Opens a devmapper snapshotter with metadata at `root` over `pool`.
     pub fn open(root: &Path, pool: Pool, cfg: DevmapperConfig) -> Result<Snapshots<Devmapper>> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("open", root, e))?;
@@ -152,7 +145,7 @@ impl Devmapper {
     /// (mkfs.ext4 leaves `lost+found`, which would otherwise show up in
     /// every parentless snapshot and its diff).
     pub fn new(mut pool: Pool, cfg: DevmapperConfig, root: &Path) -> Result<Devmapper> {
-        if !Self::exists(&pool, BASE)? {
+        if !Thins::exists(&pool, BASE)? {
             pool.create_thin(BASE, cfg.base_size)
                 .map_err(|e| dm_err("open", BASE, e))?;
         }
@@ -169,11 +162,43 @@ impl Devmapper {
         pool.deactivate(BASE, false)
             .map_err(|e| dm_err("open", BASE, e))?;
         Ok(Devmapper {
-            pool,
+            thins: Mutex::new(Thins {
+                pool,
+                fs,
+                root: root.to_owned(),
+                discard_blocks: cfg.discard_blocks,
+            }),
             fs,
-            root: root.to_owned(),
-            discard_blocks: cfg.discard_blocks,
         })
+    }
+
+    /// The filesystem on every snapshot.
+    pub fn filesystem(&self) -> Filesystem {
+        self.fs
+    }
+
+    fn thins(&self) -> MutexGuard<'_, Thins> {
+        self.thins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Thins {
+    /// How to mount thin device `dev`: read-write or read-only, plus the
+    /// filesystem's own options for a snapshot (xfs: `nouuid`).
+    fn mount_spec(&self, dev: &Path, writable: bool) -> MountSpec {
+        let mut options = vec![if writable { "rw" } else { "ro" }.to_owned()];
+        options.extend(
+            self.fs
+                .mount_options(true)
+                .split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+        );
+        MountSpec {
+            fstype: self.fs.to_string(),
+            source: dev.display().to_string(),
+            options,
+        }
     }
 
     /// Discards the mapped blocks of thin device `name` (`BLKDISCARD` up
@@ -224,16 +249,6 @@ impl Devmapper {
                     dev.display()
                 ))
         })
-    }
-
-    /// The pool underneath.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// The filesystem on every snapshot.
-    pub fn filesystem(&self) -> Filesystem {
-        self.fs
     }
 
     /// The size [`MAX_SIZE_LABEL`] asks for, rounded up to the pool's block
@@ -310,21 +325,6 @@ impl Devmapper {
             .iter()
             .any(|t| t.name == name))
     }
-}
-
-impl Backend for Devmapper {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            block_level: true,
-            exact_usage: true,
-            max_size_label: true,
-            rename_lower_dirs: true,
-            cheap_commit: true,
-            bounds_size: true,
-            counts_inodes: false,
-            lists_changes: false,
-        }
-    }
 
     fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
         let name = thin_name(obj.id);
@@ -359,11 +359,6 @@ impl Backend for Devmapper {
         self.pool
             .deactivate(&name_of(obj), true)
             .map_err(|e| dm_err("commit", &name_of(obj), e))
-    }
-
-    fn uncommit(&mut self, _obj: &Object<'_>) -> Result<()> {
-        // Committing only deactivated the device; mounting activates it.
-        Ok(())
     }
 
     fn remove(&mut self, id: SnapshotId) -> Result<()> {
@@ -441,5 +436,49 @@ impl Backend for Devmapper {
             .filter_map(|t| t.name.strip_prefix(PREFIX))
             .filter_map(|id| id.parse().ok().map(SnapshotId))
             .collect())
+    }
+}
+
+impl Backend for Devmapper {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_level: true,
+            exact_usage: true,
+            max_size_label: true,
+            rename_lower_dirs: true,
+            cheap_commit: true,
+            bounds_size: true,
+            counts_inodes: false,
+            lists_changes: false,
+        }
+    }
+
+    fn create(&self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+        self.thins().create(obj, labels)
+    }
+
+    fn commit(&self, obj: &Object<'_>) -> Result<()> {
+        self.thins().commit(obj)
+    }
+
+    fn uncommit(&self, _obj: &Object<'_>) -> Result<()> {
+        // Committing only deactivated the device; mounting activates it.
+        Ok(())
+    }
+
+    fn remove(&self, id: SnapshotId) -> Result<()> {
+        self.thins().remove(id)
+    }
+
+    fn mounts(&self, obj: &Object<'_>) -> Result<Vec<MountSpec>> {
+        self.thins().mounts(obj)
+    }
+
+    fn usage(&self, obj: &Object<'_>) -> Result<Usage> {
+        self.thins().usage(obj)
+    }
+
+    fn list(&self) -> Result<Vec<SnapshotId>> {
+        self.thins().list()
     }
 }

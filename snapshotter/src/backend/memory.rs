@@ -74,28 +74,28 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
+    fn create(&self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let (id, kind) = (obj.id, obj.kind);
         self.step("create", |m| {
             m.insert(id, kind);
         })
     }
 
-    fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn commit(&self, obj: &Object<'_>) -> Result<()> {
         let id = obj.id;
         self.step("commit", |m| {
             m.insert(id, Kind::Committed);
         })
     }
 
-    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn uncommit(&self, obj: &Object<'_>) -> Result<()> {
         let id = obj.id;
         self.step("uncommit", |m| {
             m.insert(id, Kind::Active);
         })
     }
 
-    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+    fn remove(&self, id: SnapshotId) -> Result<()> {
         self.step("remove", |m| {
             m.remove(&id);
         })

@@ -81,7 +81,7 @@ impl Backend for Naive {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
+    fn create(&self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
         let path = self.path(obj.id);
         mkdir_0755(&path)?;
         if let Some(parent) = obj.parents.first() {
@@ -90,15 +90,15 @@ impl Backend for Naive {
         Ok(())
     }
 
-    fn commit(&mut self, _obj: &Object<'_>) -> Result<()> {
+    fn commit(&self, _obj: &Object<'_>) -> Result<()> {
         Ok(())
     }
 
-    fn uncommit(&mut self, _obj: &Object<'_>) -> Result<()> {
+    fn uncommit(&self, _obj: &Object<'_>) -> Result<()> {
         Ok(())
     }
 
-    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+    fn remove(&self, id: SnapshotId) -> Result<()> {
         remove_tree(&self.path(id))
     }
 

@@ -153,7 +153,7 @@ impl Backend for Overlay {
         )
     }
 
-    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+    fn create(&self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
         let bound = size_bound(&obj.id.to_string(), obj.kind, labels)?;
         let path = self.path(obj.id);
         fs::create_dir(&path).map_err(|e| Error::io("mkdir", &path, e))?;
@@ -168,15 +168,15 @@ impl Backend for Overlay {
         Ok(())
     }
 
-    fn commit(&mut self, _obj: &Object<'_>) -> Result<()> {
+    fn commit(&self, _obj: &Object<'_>) -> Result<()> {
         Ok(())
     }
 
-    fn uncommit(&mut self, _obj: &Object<'_>) -> Result<()> {
+    fn uncommit(&self, _obj: &Object<'_>) -> Result<()> {
         Ok(())
     }
 
-    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+    fn remove(&self, id: SnapshotId) -> Result<()> {
         remove_tree(&self.path(id))?;
         if let (Some(mnt), Ok(project)) = (&self.project_quota, project_id(id)) {
             // Its files are gone; drop the limit too (it would stay listed).

@@ -42,7 +42,7 @@ use crate::store::SnapshotId;
 use crate::types::{size_bound, Bytes, Capabilities, Kind, Labels, Usage};
 
 /// Runs `zfs` subcommands.
-pub trait ZfsCli: Send + std::fmt::Debug {
+pub trait ZfsCli: Send + Sync + std::fmt::Debug {
     /// Whether the module and the tool are there.
     fn available(&self) -> bool;
     /// Runs `zfs ARGS`: `Ok(Some(stdout))` on success, `Ok(None)` when zfs
@@ -162,7 +162,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         }
     }
 
-    fn create(&mut self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+    fn create(&self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
         let name = self.name(obj.id);
         let quota = size_bound(&name, obj.kind, labels)?.map(|b| format!("refquota={}", b.0));
         let mut args = vec!["-o", "mountpoint=legacy"];
@@ -191,7 +191,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         Ok(())
     }
 
-    fn commit(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn commit(&self, obj: &Object<'_>) -> Result<()> {
         let snap = self.snap(obj.id);
         if !self.exists(&snap, "snapshot")? {
             self.must("commit", &["snapshot", &snap])?;
@@ -200,7 +200,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         Ok(())
     }
 
-    fn uncommit(&mut self, obj: &Object<'_>) -> Result<()> {
+    fn uncommit(&self, obj: &Object<'_>) -> Result<()> {
         // No clone of it exists yet: the commit never finished.
         self.must("uncommit", &["set", "readonly=off", &self.name(obj.id)])?;
         let snap = self.snap(obj.id);
@@ -210,7 +210,7 @@ impl<C: ZfsCli> Backend for Zfs<C> {
         Ok(())
     }
 
-    fn remove(&mut self, id: SnapshotId) -> Result<()> {
+    fn remove(&self, id: SnapshotId) -> Result<()> {
         let name = self.name(id);
         if self.exists(&name, "filesystem")? {
             // -r: the dataset and its own @committed snapshot; never -R,
@@ -515,7 +515,7 @@ mod tests {
     fn command_sequences() {
         let fake = Fake::default();
         fake.names.lock().unwrap().insert("tank/sn".into());
-        let mut z = Zfs::new("tank/sn", fake.clone()).unwrap();
+        let z = Zfs::new("tank/sn", fake.clone()).unwrap();
         let (a, b) = (SnapshotId(1), SnapshotId(2));
         z.create(
             &Object {
@@ -595,7 +595,7 @@ mod tests {
     fn the_size_label_is_the_clones_refquota() {
         let fake = Fake::default();
         fake.names.lock().unwrap().insert("tank/sn".into());
-        let mut z = Zfs::new("tank/sn", fake.clone()).unwrap();
+        let z = Zfs::new("tank/sn", fake.clone()).unwrap();
         let mut sized = Labels::new();
         sized.insert(crate::types::MAX_SIZE_LABEL.into(), "64M".into());
         let obj = |id, kind, parents| Object { id, kind, parents };

@@ -38,7 +38,7 @@ pub fn recovery<B: Backend>(base: &Path, make: impl Fn(&Path) -> B) {
     }
 
     let mut store = Store::open(&root.join("metadata.db")).unwrap();
-    let mut backend = make(&root);
+    let backend = make(&root);
     let base_id = store.get("base").unwrap().id;
 
     // Crash after the prepare intent and the backend's create, before done.

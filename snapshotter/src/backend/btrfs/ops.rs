@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 
 /// What the btrfs backend asks of btrfs.
-pub trait BtrfsOps: Send + std::fmt::Debug {
+pub trait BtrfsOps: Send + Sync + std::fmt::Debug {
     /// Whether `path` is on a btrfs filesystem.
     fn on_btrfs(&self, path: &Path) -> Result<bool>;
     /// Makes an empty subvolume at `path`.

@@ -235,7 +235,7 @@ fn snapshots_are_subvolumes_and_commits_read_only_snapshots() {
 fn a_commit_interrupted_after_its_snapshot_finishes_without_a_second_one() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new(dir.path());
-    let mut b = Btrfs::with_ops(dir.path(), fake.clone()).unwrap();
+    let b = Btrfs::with_ops(dir.path(), fake.clone()).unwrap();
     let obj = Object {
         id: SnapshotId(7),
         kind: Kind::Active,
@@ -263,7 +263,7 @@ fn a_commit_interrupted_after_its_snapshot_finishes_without_a_second_one() {
 fn a_diff_leftover_is_listed_and_removed_with_its_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new(dir.path());
-    let mut b = Btrfs::with_ops(dir.path(), fake.clone()).unwrap();
+    let b = Btrfs::with_ops(dir.path(), fake.clone()).unwrap();
     let obj = Object {
         id: SnapshotId(5),
         kind: Kind::Active,
@@ -289,7 +289,7 @@ fn a_diff_leftover_is_listed_and_removed_with_its_snapshot() {
 fn changes_of_an_active_snapshot_are_sent_from_a_temporary_snapshot_then_fall_back() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new(dir.path());
-    let mut b = Btrfs::with_ops(dir.path(), fake.clone()).unwrap();
+    let b = Btrfs::with_ops(dir.path(), fake.clone()).unwrap();
     let parent = Object {
         id: SnapshotId(1),
         kind: Kind::Active,
