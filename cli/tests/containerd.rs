@@ -23,10 +23,10 @@
 mod cli_support;
 
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use cli_support::{busybox_spec, sigterm, Containerd, Reap, Root, THINBOX};
+use cli_support::{busybox_spec, serve, serve_with, sigterm, Containerd, Root, THINBOX};
 use integration::containerd::{suite_binary, verdicts, Verdicts};
 use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount, ZfsPool};
 use integration::harness::{self, KernelTest};
@@ -283,38 +283,6 @@ fn suite_on_zfs() {
 }
 
 // ---- real containerd ---------------------------------------------------
-
-/// `thinbox serve` on `root`, up once its socket is.
-fn serve(root: &Root, socket: &Path) -> Reap {
-    serve_with(root, socket, &[])
-}
-
-/// [`serve`] with `env` set for the daemon (`THINBOX_CRASH_AT`, say).
-fn serve_with(root: &Root, socket: &Path, env: &[(&str, &str)]) -> Reap {
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(root.path().join("serve.log"))
-        .unwrap();
-    let child = Reap(
-        root.command(&["serve", "--socket", s(socket)])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "thinbox serve made no socket: {}",
-            std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 /// containerd's snapshots as `thinbox snapshot ls --json` shows them.
 fn containerd_snapshots(root: &Root) -> Vec<Value> {

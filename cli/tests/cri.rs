@@ -12,10 +12,10 @@
 mod cli_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cli_support::{busybox_spec, Containerd, Reap, Root};
+use cli_support::{busybox_spec, serve, Containerd, Root};
 use integration::fixtures::{run, temp_dir};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -48,29 +48,6 @@ fn main() -> ExitCode {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// `thinbox serve` on `root`, its log in `ROOT/serve.log`, once its socket
-/// is there.
-fn serve(root: &Root, socket: &Path) -> Reap {
-    let log = std::fs::File::create(root.path().join("serve.log")).unwrap();
-    let child = Reap(
-        root.command(&["serve", "--socket", s(socket)])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "thinbox serve made no socket: {}",
-            std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
 }
 
 /// The snapshots containerd made, as `thinbox snapshot ls --json` shows

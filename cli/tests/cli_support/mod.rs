@@ -326,3 +326,35 @@ impl Drop for VgGuard {
 pub use integration::containerd::Containerd;
 #[allow(unused_imports)]
 pub use integration::fixtures::{sigterm, Reap};
+
+/// `thinbox serve` on `root`, up once its socket is.
+pub fn serve(root: &Root, socket: &Path) -> Reap {
+    serve_with(root, socket, &[])
+}
+
+/// [`serve`] with `env` set for the daemon (`THINBOX_CRASH_AT`, say).
+pub fn serve_with(root: &Root, socket: &Path, env: &[(&str, &str)]) -> Reap {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(root.path().join("serve.log"))
+        .unwrap();
+    let child = Reap(
+        root.command(&["serve", "--socket", socket.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "thinbox serve made no socket: {}",
+            std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}

@@ -248,42 +248,34 @@ fn stat_inside_walk_does_not_deadlock() {
     assert_eq!(seen.len(), 1);
 }
 
-/// A backend whose `create` waits, up to a bound, for `wanted` creates to
-/// be inside it at once, and records the most it saw; a serialising
-/// snapshotter lets only one in.
-#[derive(Debug)]
-struct Overlapping {
-    inside: Mutex<(usize, usize)>,
-    changed: std::sync::Condvar,
-    wanted: usize,
+/// A backend that keeps its objects in memory and runs `on_create` inside
+/// every create, where the backend's work would be.
+struct Hooked {
     objects: Objects,
+    on_create: Box<dyn Fn() + Send + Sync>,
 }
 
-impl Overlapping {
-    fn new(wanted: usize) -> Overlapping {
-        Overlapping {
-            inside: Mutex::new((0, 0)),
-            changed: std::sync::Condvar::new(),
-            wanted,
+impl fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooked").finish_non_exhaustive()
+    }
+}
+
+impl Hooked {
+    fn new(on_create: impl Fn() + Send + Sync + 'static) -> Hooked {
+        Hooked {
             objects: Objects::default(),
+            on_create: Box::new(on_create),
         }
     }
 }
 
-impl Backend for Overlapping {
+impl Backend for Hooked {
     fn capabilities(&self) -> Capabilities {
         MemoryBackend::default().capabilities()
     }
     fn create(&self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
-        let mut g = self.inside.lock().unwrap();
-        g.0 += 1;
-        g.1 = g.1.max(g.0);
-        self.changed.notify_all();
-        let (mut g, _) = self
-            .changed
-            .wait_timeout_while(g, std::time::Duration::from_secs(10), |g| g.1 < self.wanted)
-            .unwrap();
-        g.0 -= 1;
+        (self.on_create)();
         self.objects.lock().unwrap().insert(obj.id, obj.kind);
         Ok(())
     }
@@ -310,10 +302,29 @@ impl Backend for Overlapping {
     }
 }
 
+/// A count and the condition variable its changes are told on.
+type Counted = std::sync::Arc<(Mutex<(usize, usize)>, std::sync::Condvar)>;
+
 #[test]
 fn backend_work_of_many_calls_overlaps() {
+    // Each create waits, up to a bound, until four are inside the backend
+    // at once, recording the most it saw; a serialising snapshotter lets
+    // only one in.
+    let inside = Counted::default();
+    let seen = inside.clone();
+    let backend = Hooked::new(move || {
+        let (lock, changed) = &*inside;
+        let mut g = lock.lock().unwrap();
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+        changed.notify_all();
+        let (mut g, _) = changed
+            .wait_timeout_while(g, std::time::Duration::from_secs(10), |g| g.1 < 4)
+            .unwrap();
+        g.0 -= 1;
+    });
     let dir = tempfile::tempdir().unwrap();
-    let s = Snapshots::open(dir.path(), Overlapping::new(4)).unwrap();
+    let s = Snapshots::open(dir.path(), backend).unwrap();
     std::thread::scope(|t| {
         for i in 0..4 {
             let s = &s;
@@ -324,7 +335,7 @@ fn backend_work_of_many_calls_overlaps() {
         }
     });
     assert_eq!(
-        s.backend.inside.lock().unwrap().1,
+        seen.0.lock().unwrap().1,
         4,
         "four prepares were inside the backend at once"
     );
@@ -337,66 +348,35 @@ fn backend_work_of_many_calls_overlaps() {
     assert_eq!(n, 4);
 }
 
-/// A backend whose `create` tells the test it is inside, then waits until
-/// the test lets it go.
-#[derive(Debug, Default)]
-struct Held {
-    objects: Objects,
-    gate: Mutex<(bool, bool)>,
-    changed: std::sync::Condvar,
-}
-
-impl Backend for Held {
-    fn capabilities(&self) -> Capabilities {
-        MemoryBackend::default().capabilities()
-    }
-    fn create(&self, obj: &Object<'_>, _labels: &Labels) -> Result<()> {
-        let mut g = self.gate.lock().unwrap();
-        g.0 = true;
-        self.changed.notify_all();
-        let _g = self.changed.wait_while(g, |g| !g.1).unwrap();
-        self.objects.lock().unwrap().insert(obj.id, obj.kind);
-        Ok(())
-    }
-    fn commit(&self, _obj: &Object<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn uncommit(&self, _obj: &Object<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn remove(&self, id: SnapshotId) -> Result<()> {
-        self.objects.lock().unwrap().remove(&id);
-        Ok(())
-    }
-    fn mounts(&self, _obj: &Object<'_>) -> Result<Vec<MountSpec>> {
-        Ok(vec![])
-    }
-    fn usage(&self, _obj: &Object<'_>) -> Result<Usage> {
-        Ok(Usage::default())
-    }
-    fn list(&self) -> Result<Vec<SnapshotId>> {
-        Ok(self.objects.lock().unwrap().keys().copied().collect())
-    }
-}
-
 #[test]
 fn cleanup_leaves_a_prepare_in_flight_alone() {
+    // The create says it is inside (.0 = 1), then waits until let go
+    // (.1 = 1).
+    let gate = Counted::default();
+    let inner = gate.clone();
+    let backend = Hooked::new(move || {
+        let (lock, changed) = &*inner;
+        let mut g = lock.lock().unwrap();
+        g.0 = 1;
+        changed.notify_all();
+        drop(changed.wait_while(g, |g| g.1 == 0).unwrap());
+    });
     let dir = tempfile::tempdir().unwrap();
-    let s = Snapshots::open(dir.path(), Held::default()).unwrap();
+    let s = Snapshots::open(dir.path(), backend).unwrap();
+    let (lock, changed) = &*gate;
     std::thread::scope(|t| {
         let prepare = t.spawn(|| s.prepare(&key("a"), None, &Labels::new()));
         drop(
-            s.backend
-                .changed
-                .wait_while(s.backend.gate.lock().unwrap(), |g| !g.0)
+            changed
+                .wait_while(lock.lock().unwrap(), |g| g.0 == 0)
                 .unwrap(),
         );
         // The prepare's intent is in the store, its object half made: a
         // cleanup now must wait for it, not undo it as interrupted.
         let cleanup = t.spawn(|| s.cleanup());
         std::thread::sleep(std::time::Duration::from_millis(200));
-        s.backend.gate.lock().unwrap().1 = true;
-        s.backend.changed.notify_all();
+        lock.lock().unwrap().1 = 1;
+        changed.notify_all();
         prepare.join().unwrap().unwrap();
         cleanup.join().unwrap().unwrap();
     });
