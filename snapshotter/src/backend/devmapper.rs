@@ -67,13 +67,16 @@ impl Default for DevmapperConfig {
 }
 
 /// The devmapper backend: a thin device per snapshot in one pool. Its
-/// operations take turns on the pool (each is a pool metadata commit, and
-/// the pool's records are one SQLite connection); the snapshotter's own
-/// records are committed beside them, not under this lock.
+/// operations take turns on the pool (each is a pool metadata commit that
+/// moves the pool's transaction id, which the pool's records follow): in
+/// this process on a mutex, and across the processes sharing the root
+/// (`thinbox serve` and the CLI beside it) on `ROOT/pool-ops.lock`. The
+/// snapshotter's own records are committed beside them, not under these.
 #[derive(Debug)]
 pub struct Devmapper {
     thins: Mutex<Thins>,
     fs: Filesystem,
+    turns: PathBuf,
 }
 
 /// The pool and what the backend's operations need beside it.
@@ -169,6 +172,7 @@ impl Devmapper {
                 discard_blocks: cfg.discard_blocks,
             }),
             fs,
+            turns: root.join("pool-ops.lock"),
         })
     }
 
@@ -179,6 +183,25 @@ impl Devmapper {
 
     fn thins(&self) -> MutexGuard<'_, Thins> {
         self.thins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This process's turn on the pool among the processes sharing the
+    /// root, for an operation that changes the pool's metadata; taken
+    /// before [`Devmapper::thins`] (a thread of this process waits on its
+    /// own descriptor like any other process).
+    fn pool_turn(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.turns)
+            .map_err(|e| Error::io("open", &self.turns, e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            Error::new(ErrorKind::Io, "lock")
+                .path(&self.turns)
+                .detail("cannot take a turn on the pool")
+                .source(e)
+        })
     }
 }
 
@@ -454,10 +477,12 @@ impl Backend for Devmapper {
     }
 
     fn create(&self, obj: &Object<'_>, labels: &Labels) -> Result<()> {
+        let _turn = self.pool_turn()?;
         self.thins().create(obj, labels)
     }
 
     fn commit(&self, obj: &Object<'_>) -> Result<()> {
+        let _turn = self.pool_turn()?;
         self.thins().commit(obj)
     }
 
@@ -467,6 +492,7 @@ impl Backend for Devmapper {
     }
 
     fn remove(&self, id: SnapshotId) -> Result<()> {
+        let _turn = self.pool_turn()?;
         self.thins().remove(id)
     }
 
