@@ -210,7 +210,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         std::thread::sleep(Duration::from_millis(200));
     }
     // A container writes half as much again as the pool holds: without the
-    // monitor its writes would wait for space until dm-thin gave up.
+    // monitor its writes would wait for space until dm-thin gave up. It
+    // writes each MiB through (dsync) at a pace a pool's headroom is sized
+    // for: under TCG a buffered writer fills the pool's 20% before any
+    // lvextend can end, and an lvextend of a pool already out of space
+    // with writes queued waits in suspend until dm-thin's no_space_timeout
+    // fails them (docs/design.md, "LVM pools").
     let count = total * 3 / 2 / MIB;
     let (ok, o) = ctr(&[
         "run",
@@ -221,7 +226,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         &unique_name("fill"),
         "sh",
         "-c",
-        &format!("dd if=/dev/zero of=/fill bs=1M count={count} conv=fsync 2>&1 && ls -l /fill && echo filled"),
+        &format!("dd if=/dev/zero of=/fill bs=1M count={count} oflag=dsync conv=fsync 2>&1 && ls -l /fill && echo filled"),
     ]);
     assert!(ok && o.contains("filled"), "ctr run: {o}\n{}", log_text());
     assert!(o.contains(&(count * MIB).to_string()), "{o}");

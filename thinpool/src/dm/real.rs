@@ -174,7 +174,13 @@ impl DmControl for RealDm {
         let n = dm_name(name)?;
         let (_, v) = self
             .dm
-            .table_status(&DevId::Name(n), DmOptions::default())
+            // A status read issues no I/O: without NOFLUSH dm-thin commits
+            // the pool's metadata first, which waits (in D state) while
+            // lvm2 has the metadata LV suspended, as `lvs` does not.
+            .table_status(
+                &DevId::Name(n),
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
+            )
             .map_err(|e| map_err(e, name).op("read dm status"))?;
         Ok(to_lines(v))
     }

@@ -63,6 +63,7 @@ struct State {
     pvs: BTreeMap<PathBuf, Option<String>>,
     vgs: BTreeMap<String, Vg>,
     dmeventd: bool,
+    profile_dir: Option<PathBuf>,
     calls: Vec<String>,
     fail: Vec<String>,
     crash: Vec<(String, CrashWhen)>,
@@ -121,6 +122,13 @@ impl FakeLvm {
         self.lock().uses.insert(dev.into(), found);
     }
 
+    /// Where the fake finds profiles (lvm2's `profile_dir`): with it, a
+    /// pool's table carries the low-water mark of its profile's
+    /// `thin_pool_autoextend_threshold`, as lvm2 sets it on each reload.
+    pub fn set_profile_dir(&self, dir: impl Into<PathBuf>) {
+        self.lock().profile_dir = Some(dir.into());
+    }
+
     /// Whether dmeventd is there (without it `lvchange --monitor y` fails).
     pub fn set_dmeventd(&self, running: bool) {
         self.lock().dmeventd = running;
@@ -175,13 +183,33 @@ impl FakeLvm {
         r
     }
 
-    fn pool_table(lv: &Lv, meta: DevRef, data: DevRef) -> PoolTable {
+    /// lvm2's low-water mark for `lv`: the free share its profile's
+    /// threshold leaves (lvm2 raises a threshold below 50% to 50%), none
+    /// at 100% or without a profile.
+    fn low_water_mark(st: &State, lv: &Lv) -> DataBlocks {
+        let threshold = st
+            .profile_dir
+            .as_ref()
+            .filter(|_| !lv.profile.is_empty())
+            .and_then(|d| std::fs::read_to_string(d.join(format!("{}.profile", lv.profile))).ok())
+            .and_then(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().strip_prefix("thin_pool_autoextend_threshold"))
+                    .find_map(|v| v.trim().trim_start_matches('=').trim().parse::<u64>().ok())
+            })
+            .unwrap_or(100)
+            .clamp(50, 100);
+        let blocks = lv.data_extents * EXTENT / lv.chunk.bytes().0;
+        DataBlocks::new(blocks * (100 - threshold) / 100)
+    }
+
+    fn pool_table(st: &State, lv: &Lv, meta: DevRef, data: DevRef) -> PoolTable {
         PoolTable {
             length: Sectors::new(lv.data_extents * EXTENT / 512),
             metadata: meta,
             data,
             block_size: lv.chunk,
-            low_water_mark: DataBlocks::ZERO,
+            low_water_mark: Self::low_water_mark(st, lv),
             features: PoolFeatures {
                 skip_block_zeroing: !lv.zero,
                 error_if_no_space: lv.error_when_full,
@@ -219,7 +247,7 @@ impl FakeLvm {
         }
         let data = sub.pop().expect("two sub-LVs");
         let meta = sub.pop().expect("two sub-LVs");
-        let table = Self::pool_table(lv, meta, data);
+        let table = Self::pool_table(st, lv, meta, data);
         let existed = self.dm.info(&name)?.is_some();
         if !existed {
             self.dm.create(&name)?;
@@ -477,6 +505,12 @@ impl LvmControl for FakeLvm {
                     }
                     l.error_when_full = *on;
                     l.active
+                }
+                LvChange::Refresh => {
+                    if !l.active {
+                        return Err(failed(&desc, 5));
+                    }
+                    true
                 }
             })
         })?;

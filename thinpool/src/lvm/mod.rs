@@ -310,6 +310,9 @@ pub enum LvChange {
     Monitor(bool),
     /// `--errorwhenfull y|n` (the pool's `error_if_no_space`).
     ErrorWhenFull(bool),
+    /// `--refresh`: lvm2 reloads the active pool's table, its low-water
+    /// mark from the profile (attaching a profile alone reloads nothing).
+    Refresh,
 }
 
 impl LvChange {
@@ -322,6 +325,7 @@ impl LvChange {
             LvChange::Profile(p) => vec!["--metadataprofile".into(), p.clone()],
             LvChange::Monitor(b) => vec!["--monitor".into(), yn(*b)],
             LvChange::ErrorWhenFull(b) => vec!["--errorwhenfull".into(), yn(*b)],
+            LvChange::Refresh => vec!["--refresh".into()],
         }
     }
 }

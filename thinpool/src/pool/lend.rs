@@ -162,16 +162,11 @@ impl Pool {
                     }
                     let full = format!("{vg}/{lv}");
                     if data_by > 0 {
-                        let old_blocks = self.table.block_size.blocks_floor(self.table.length);
-                        let old_lwm = self.table.low_water_mark;
                         self.deps
                             .lvm
                             .lvextend(&full, crate::lvm::LvExtend::DataBy(Bytes(data_by)))?;
+                        // lvm2's reload carries the profile's low-water mark.
                         self.refresh_table()?;
-                        let blocks = self.table.block_size.blocks_floor(self.table.length);
-                        let scaled = u128::from(old_lwm.get()) * u128::from(blocks.get())
-                            / u128::from(old_blocks.get().max(1));
-                        self.set_low_water_mark(DataBlocks::new(scaled as u64))?;
                         done.data = Some(self.table.length.bytes());
                     }
                     if meta_by > 0 {

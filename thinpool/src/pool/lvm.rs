@@ -141,6 +141,8 @@ impl Pool {
                     deps.lvm
                         .lvchange(&full, &LvChange::ErrorWhenFull(cfg.error_when_full))?;
                 }
+                // The table takes the profile's low-water mark on a reload.
+                deps.lvm.lvchange(&full, &LvChange::Refresh)?;
                 if cfg.monitor {
                     // dmeventd monitors when it is there; without it, thinbox's
                     // own watch loop is the monitor (see `Pool::monitor`).
@@ -310,9 +312,8 @@ impl Pool {
                     &full,
                     crate::lvm::LvExtend::DataPercent(policy.extend_percent.max(1)),
                 )?;
+                // lvm2's reload carries the profile's low-water mark.
                 self.refresh_table()?;
-                let total = self.table.block_size.blocks_floor(self.table.length);
-                self.set_low_water_mark(policy.low_water_mark(total))?;
                 done.data = Some(self.table.length.bytes());
             }
             let meta_bytes = u.total_meta.sectors().bytes();

@@ -194,8 +194,16 @@ impl Pool {
         Ok(done)
     }
 
-    /// Reloads the pool table with a new low-water mark.
+    /// Reloads the pool table with a new low-water mark. Refused on an
+    /// LVM pool: lvm2 owns its table (it sets the mark from the pool's
+    /// profile on every reload), and a table swapped in beside lvm2's own,
+    /// outside its VG lock, can leave the pool's sub-LVs suspended.
     pub fn set_low_water_mark(&mut self, lwm: DataBlocks) -> Result<()> {
+        if matches!(self.backing, Backing::Lvm { .. }) {
+            return Err(Error::new(ErrorKind::Unsupported {
+                what: "setting an LVM pool's low-water mark (lvm2 sets it from the pool's profile: thin_pool_autoextend_threshold)",
+            }));
+        }
         let table = PoolTable {
             low_water_mark: lwm,
             ..self.table.clone()
@@ -240,8 +248,20 @@ impl Pool {
         let total = self.table.block_size.blocks_floor(self.table.length);
         let lwm = policy.low_water_mark(total);
         if lwm != self.table.low_water_mark {
-            self.set_low_water_mark(lwm)
-                .map_err(|e| self.err(e, "set low-water mark"))?;
+            match self.backing.clone() {
+                // lvm2 sets an LVM pool's mark from its profile, on a
+                // reload it makes under its own lock.
+                Backing::Lvm { vg, lv, .. } => {
+                    self.deps
+                        .lvm
+                        .lvchange(&format!("{vg}/{lv}"), &crate::lvm::LvChange::Refresh)
+                        .and_then(|()| self.refresh_table())
+                        .map_err(|e| self.err(e, "refresh low-water mark"))?;
+                }
+                _ => self
+                    .set_low_water_mark(lwm)
+                    .map_err(|e| self.err(e, "set low-water mark"))?,
+            }
         }
         let mut extensions = 0;
         let mut due = true;

@@ -19,6 +19,7 @@ pub(super) fn lvm_env(signatures: &[&str]) -> Env {
     let e = env();
     fs::create_dir_all(&e.dir).unwrap();
     e.lvm.add_disk(DISK, Bytes::gib(1), signatures);
+    e.lvm.set_profile_dir(e.dir.join("profile"));
     e
 }
 
@@ -61,6 +62,13 @@ fn lvm_pool_lifecycle() {
         profile.contains("thin_pool_autoextend_threshold=80"),
         "{profile}"
     );
+    // lvm2 set the mark from the profile (a refresh after attaching it):
+    // 127 extents of 4 MiB are 1016 blocks of 512 KiB, 20% free is 203.
+    assert_eq!(p.table().low_water_mark, DataBlocks::new(203));
+    // thinbox never swaps in a table of its own beside lvm2's.
+    let err = p.set_low_water_mark(DataBlocks::new(7)).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Unsupported { .. }), "{err}");
+    assert_eq!(p.table().low_water_mark, DataBlocks::new(203));
     assert!(e
         .lvm
         .calls()
@@ -74,7 +82,7 @@ fn lvm_pool_lifecycle() {
     p.resize_thin("a", Sectors::new(MIB16.get() * 2)).unwrap();
     p.delete_thin("s").unwrap();
     assert_eq!(kernel_ids(&e, &p), vec![0]);
-    // Autoextend through lvextend, then the low-water mark is set again.
+    // Autoextend through lvextend; lvm2's reload moves the mark along.
     let policy = AutoextendPolicy {
         threshold_percent: 0,
         extend_percent: 10,
@@ -88,6 +96,7 @@ fn lvm_pool_lifecycle() {
         .any(|c| c == "lvextend -l +10%LV vg0/pool"));
     assert_eq!(p.table().length, Sectors::new(140 * 8192));
     assert_eq!(grown.data, Some(p.table().length.bytes()));
+    assert_eq!(p.table().low_water_mark, DataBlocks::new(1120 / 5));
     // Shut down and reopen: the records and the thin device survive.
     p.shutdown().unwrap();
     assert!(e.dm.info("vg0-pool").unwrap().is_none());
