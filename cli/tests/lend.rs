@@ -129,6 +129,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         "1G",
         "--root-path",
         s(&ctd.join("devmapper")),
+        "--autoextend-threshold",
+        "60",
     ]);
     let st = &out["status"];
     let h = &out["hand_over"];
@@ -197,11 +199,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .spawn()
             .unwrap(),
     );
-    // The monitor sets the low-water mark from the threshold (80%: 20% free).
+    // lvm2 set the low-water mark from the profile (60%: 40% free).
     let blocks = before["data"]["total_blocks"].as_u64().unwrap();
     let started = Instant::now();
     while root.json(&["pool", "status", &name])["low_water_mark"].as_u64()
-        != Some(blocks * 20 / 100)
+        != Some(blocks * 40 / 100)
     {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -210,12 +212,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         std::thread::sleep(Duration::from_millis(200));
     }
     // A container writes half as much again as the pool holds: without the
-    // monitor its writes would wait for space until dm-thin gave up. It
-    // writes each MiB through (dsync) at a pace a pool's headroom is sized
-    // for: under TCG a buffered writer fills the pool's 20% before any
-    // lvextend can end, and an lvextend of a pool already out of space
-    // with writes queued waits in suspend until dm-thin's no_space_timeout
-    // fails them (docs/design.md, "LVM pools").
+    // monitor its writes would wait for space until dm-thin gave up. Its
+    // writes go straight to the device (O_DIRECT), into a headroom of 40%:
+    // under TCG a buffered writer fills 20% of the pool before any lvextend
+    // can end, and an lvextend of a pool already out of space with writes
+    // queued waits in suspend until dm-thin's no_space_timeout fails them
+    // (docs/design.md, direct-lvm).
     let count = total * 3 / 2 / MIB;
     let (ok, o) = ctr(&[
         "run",
@@ -226,7 +228,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         &unique_name("fill"),
         "sh",
         "-c",
-        &format!("dd if=/dev/zero of=/fill bs=1M count={count} oflag=dsync conv=fsync 2>&1 && ls -l /fill && echo filled"),
+        &format!("dd if=/dev/zero of=/fill bs=1M count={count} oflag=direct conv=fsync 2>&1 && ls -l /fill && echo filled"),
     ]);
     assert!(ok && o.contains("filled"), "ctr run: {o}\n{}", log_text());
     assert!(o.contains(&(count * MIB).to_string()), "{o}");
