@@ -247,21 +247,25 @@ impl Pool {
         use std::sync::atomic::Ordering;
         let total = self.table.block_size.blocks_floor(self.table.length);
         let lwm = policy.low_water_mark(total);
-        if lwm != self.table.low_water_mark {
-            match self.backing.clone() {
-                // lvm2 sets an LVM pool's mark from its profile, on a
-                // reload it makes under its own lock.
-                Backing::Lvm { vg, lv, .. } => {
-                    self.deps
-                        .lvm
-                        .lvchange(&format!("{vg}/{lv}"), &crate::lvm::LvChange::Refresh)
-                        .and_then(|()| self.refresh_table())
-                        .map_err(|e| self.err(e, "refresh low-water mark"))?;
-                }
-                _ => self
-                    .set_low_water_mark(lwm)
-                    .map_err(|e| self.err(e, "set low-water mark"))?,
+        match self.backing.clone() {
+            // lvm2 sets an LVM pool's mark from its profile (raising a
+            // threshold below 50%, rounding its own way), so it is refreshed
+            // through lvm2 only when the table has none: a pool whose profile
+            // was attached without a reload. A reload suspends the pool.
+            Backing::Lvm { vg, lv, .. }
+                if self.table.low_water_mark == DataBlocks::ZERO && lwm != DataBlocks::ZERO =>
+            {
+                self.deps
+                    .lvm
+                    .lvchange(&format!("{vg}/{lv}"), &crate::lvm::LvChange::Refresh)
+                    .and_then(|()| self.refresh_table())
+                    .map_err(|e| self.err(e, "refresh low-water mark"))?;
             }
+            Backing::Lvm { .. } => {}
+            _ if lwm != self.table.low_water_mark => self
+                .set_low_water_mark(lwm)
+                .map_err(|e| self.err(e, "set low-water mark"))?,
+            _ => {}
         }
         let mut extensions = 0;
         let mut due = true;

@@ -267,3 +267,50 @@ fn lvm_rollback_leaves_what_is_not_ours() {
     assert_eq!(e.lvm.vg_names(), vec!["vg0".to_owned()], "their VG stays");
     assert!(!e.lvm.calls().iter().any(|c| c.starts_with("vgremove")));
 }
+
+#[test]
+fn watch_refreshes_an_lvm_pool_only_when_its_table_has_no_mark() {
+    let e = lvm_env(&[]);
+    let c = lvm_cfg(&e);
+    let mut p = Pool::create_lvm(&e.deps, &c).unwrap();
+    let refreshes = || {
+        e.lvm
+            .calls()
+            .iter()
+            .filter(|c| *c == "lvchange --refresh vg0/pool")
+            .count()
+    };
+    let watch_once = |p: &mut Pool, threshold_percent: u8| {
+        let policy = AutoextendPolicy {
+            threshold_percent,
+            ..AutoextendPolicy::default()
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let opts = WatchOptions {
+            once: true,
+            ..WatchOptions::on_events(std::time::Duration::from_millis(5))
+        };
+        p.watch(&policy, &stop, opts, &mut |_| {}).unwrap();
+    };
+    assert_eq!(refreshes(), 1, "creation refreshes once");
+    // lvm2's mark (203, from the profile's 80%) stands even where a
+    // policy asks another (90%: 101): no reload of a pool that has one.
+    watch_once(&mut p, 90);
+    assert_eq!(refreshes(), 1, "{:?}", e.lvm.calls());
+    // A table without a mark (reloaded while the profile was unreadable,
+    // as a pool whose profile was attached without a reload has).
+    let profile = c.profile_dir.join("thinbox-vg0-pool.profile");
+    let text = fs::read_to_string(&profile).unwrap();
+    fs::remove_file(&profile).unwrap();
+    e.lvm
+        .lvchange("vg0/pool", &crate::lvm::LvChange::Refresh)
+        .unwrap();
+    fs::write(&profile, text).unwrap();
+    let mut p = Pool::open_lvm(&e.deps, &c.store).unwrap();
+    assert_eq!(p.table().low_water_mark, DataBlocks::ZERO);
+    watch_once(&mut p, 80);
+    assert_eq!(refreshes(), 3, "one refresh by watch: {:?}", e.lvm.calls());
+    assert_eq!(p.table().low_water_mark, DataBlocks::new(203));
+    p.destroy().unwrap();
+    assert_no_lvm_leftovers(&e, &c, "destroy");
+}
