@@ -602,8 +602,9 @@ pub(crate) fn open_backend(
             if alone && !make {
                 // Autoextend on use, as the monitor would (a status ioctl
                 // when nothing needs growing).
-                if let Err(e) = open.pool.maybe_extend(&open.record.policy()) {
-                    tracing::warn!("pool {pool}: autoextend failed: {e}");
+                match open.pool.maybe_extend(&open.record.policy()) {
+                    Ok(grew) => pools.count_extension(pool, &grew)?,
+                    Err(e) => tracing::warn!("pool {pool}: autoextend failed: {e}"),
                 }
             }
             open.share()?;

@@ -238,6 +238,44 @@ pub struct Config {
     pub run: RunSection,
     /// `[registry]`.
     pub registry: RegistrySection,
+    /// `[serve]`.
+    pub serve: ServeSection,
+}
+
+/// Where `thinbox serve` answers `/metrics` unless told otherwise:
+/// loopback only, as node-exporter's peers do.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9437";
+
+/// `[serve]`: the daemon's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// `host:port` of the Prometheus endpoint (`/metrics`), or `"off"`.
+    pub metrics_address: String,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection {
+            metrics_address: DEFAULT_METRICS_ADDRESS.to_owned(),
+        }
+    }
+}
+
+/// Parses a metrics address: `host:port` (an IP address; port 0 picks a
+/// free one), or `off` for none.
+pub fn parse_metrics_address(s: &str) -> Result<Option<std::net::SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "metrics address {s:?} is not IP:PORT: give one such as {DEFAULT_METRICS_ADDRESS} or [::1]:9437, or \"off\""
+            ),
+        )
+    })
 }
 
 /// `[registry]`: how `image pull` reaches registries.
@@ -340,6 +378,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_addresses_parse_or_name_the_fix() {
+        let d = Config::default();
+        assert_eq!(
+            parse_metrics_address(&d.serve.metrics_address).unwrap(),
+            Some("127.0.0.1:9437".parse().unwrap())
+        );
+        assert_eq!(parse_metrics_address("off").unwrap(), None);
+        assert_eq!(
+            parse_metrics_address("[::1]:0").unwrap(),
+            Some("[::1]:0".parse().unwrap())
+        );
+        let c = Config::parse(
+            "[serve]\nmetrics_address = \"0.0.0.0:9100\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.serve.metrics_address, "0.0.0.0:9100");
+        let e = parse_metrics_address("localhost").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(
+            e.message.contains("\"localhost\"") && e.message.contains("off"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn sizes_parse_and_print_round_trip() {

@@ -22,6 +22,8 @@
 //! - [`observer`]: progress events;
 //! - [`state`]: atomic TOML records, locks, the test crash hook;
 //! - [`snapshots`]: mounting a snapshot, writing its diff as a layer tar;
+//! - [`metrics`]: Prometheus metrics of a root (pools, snapshots,
+//!   containers), for `thinbox serve` and `thinbox metrics`;
 //! - [`mounts`]: the mount table, through `kernfmt`'s mountinfo parser;
 //! - [`error`]: the crate's error with a kind a front end maps to an exit code.
 //!
@@ -41,6 +43,7 @@ pub mod content;
 pub mod deps;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod mounts;
 pub mod observer;
 pub mod options;

@@ -3,8 +3,9 @@
 //! behind `thinbox pool ...` on top of [`thinpool::pool::Pool`].
 //!
 //! Layout: `ROOT/pools/NAME/pool.toml` (a [`PoolRecord`]), `lock` (held by
-//! whoever has the pool open for changes), and for a loopback pool in its
-//! default place also the `data` and `metadata` files and `thinbox.db`.
+//! whoever has the pool open for changes), `extensions.toml` (how often
+//! thinbox grew it), and for a loopback pool in its default place also
+//! the `data` and `metadata` files and `thinbox.db`.
 //!
 //! Crash safety: the record is written with `state = "creating"` before the
 //! pool is made and switched to `"ready"` after; a record left `creating`
@@ -197,6 +198,9 @@ pub struct PoolReport {
     pub below_floor: bool,
     /// The engine the pool is lent to (it owns the thin devices).
     pub lent_to: Option<LentTo>,
+    /// The dm device's event counter: low-water crossings and mode
+    /// changes since the device was made.
+    pub dm_events: Option<u32>,
 }
 
 /// A pool opened for changes, with its lock held.
@@ -581,6 +585,7 @@ impl Pools {
             free_space_floor: rec.free_space_floor,
             below_floor: false,
             lent_to: rec.lent_to,
+            dm_events: None,
         };
         if rec.state == RecordState::Creating {
             report.mode = "half-made (run `thinbox pool destroy`)".to_owned();
@@ -594,6 +599,7 @@ impl Pools {
             return Ok(report);
         }
         report.active = true;
+        report.dm_events = Some(info.event_nr);
         let table = dm
             .table(&dm_name)?
             .first()
@@ -690,19 +696,17 @@ impl Pools {
             once,
         };
         let mut failed = None;
-        let n = pool.watch(
-            &rec.policy(),
-            stop,
-            opts,
-            &mut |grew| match self.status(name) {
-                Ok(status) => report(MonitorCheck {
-                    extended_data_to: grew.data.map(|b| b.0),
-                    extended_metadata_to: grew.metadata.map(|b| b.0),
-                    status,
-                }),
-                Err(e) => failed = Some(e),
-            },
-        )?;
+        let n = pool.watch(&rec.policy(), stop, opts, &mut |grew| match self
+            .count_extension(name, grew)
+            .and_then(|()| self.status(name))
+        {
+            Ok(status) => report(MonitorCheck {
+                extended_data_to: grew.data.map(|b| b.0),
+                extended_metadata_to: grew.metadata.map(|b| b.0),
+                status,
+            }),
+            Err(e) => failed = Some(e),
+        })?;
         match failed {
             Some(e) => Err(e),
             None => Ok(n),
@@ -801,9 +805,11 @@ impl Pools {
     }
 }
 
+mod extensions;
 mod grow;
 mod lend;
 
+pub use extensions::Extensions;
 pub use grow::{Extension, SizeChange};
 pub use lend::{merge_containerd, merge_docker, EngineSettings, HandOver, LentTo};
 

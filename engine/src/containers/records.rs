@@ -56,7 +56,8 @@ pub enum State {
 }
 
 impl State {
-    pub(super) fn as_str(self) -> &'static str {
+    /// The state as `ps` prints it.
+    pub fn as_str(self) -> &'static str {
         match self {
             State::Preparing => "preparing",
             State::Created => "created",
