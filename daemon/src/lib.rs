@@ -11,7 +11,10 @@
 //!   blocking thread (the libraries stay synchronous; only this crate owns
 //!   an async runtime), containerd's keys kept apart from the CLI's by
 //!   [`engine::clients`], errors given containerd's errdefs codes;
-//! - [`socket`]: binding, stale sockets, permissions.
+//! - [`socket`]: binding, stale sockets, permissions;
+//! - [`metrics`]: `GET /metrics` on a TCP address (Prometheus' text
+//!   format): the root's pools, snapshots and containers, read at each
+//!   scrape, and each verb's latency and errors.
 //!
 //! The gRPC server is the `containerd-snapshots` crate (containerd's own
 //! rust-extensions, tonic); see docs/design.md. Errors are the engine's
@@ -20,9 +23,11 @@
 //! Kernel: whatever the root's backend needs; root.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod service;
 pub mod socket;
 
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +48,9 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// A group given read and write on the socket (mode 0660), else 0600.
     pub group: Option<Gid>,
+    /// Where `/metrics` is served; None serves none. Port 0 picks one
+    /// ([`Daemon::metrics_address`] says which).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A bound daemon, not serving yet.
@@ -53,11 +61,22 @@ pub struct Daemon {
     engine: Arc<Engine>,
     listener: UnixListener,
     socket: PathBuf,
+    metrics: Option<BoundMetrics>,
+}
+
+/// The metrics endpoint, bound: its listener, what it answers, and the
+/// operation families the service records into.
+#[derive(Debug)]
+struct BoundMetrics {
+    listener: TcpListener,
+    registry: Arc<prometheus::Registry>,
+    ops: metrics::Operations,
 }
 
 impl Daemon {
-    /// Opens the engine and binds the socket; refused when another daemon
-    /// listens on it (a stale socket file is replaced).
+    /// Binds the metrics address, opens the engine and binds the socket;
+    /// refused when another daemon listens on it (a stale socket file is
+    /// replaced) or the metrics address is taken.
     pub fn bind(opts: &ServeOptions) -> Result<Daemon> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -70,6 +89,9 @@ impl Daemon {
             let _in = runtime.enter();
             service::Stop::catch()?
         };
+        // The port first: taken, it fails the start before the engine
+        // opens (and on a new root, chooses and makes a backend).
+        let metrics = Daemon::bind_metrics(opts)?;
         let engine = Engine::open(&opts.engine)?;
         let listener = match socket::bind(&opts.socket, opts.group) {
             Ok(l) => l,
@@ -84,7 +106,30 @@ impl Daemon {
             engine: Arc::new(engine),
             listener,
             socket: opts.socket.clone(),
+            metrics,
         })
+    }
+
+    fn bind_metrics(opts: &ServeOptions) -> Result<Option<BoundMetrics>> {
+        let Some(addr) = opts.metrics else {
+            return Ok(None);
+        };
+        let listener = metrics::bind(addr)?;
+        let registry =
+            engine::metrics::registry(engine::metrics::StateCollector::new(opts.engine.clone()))?;
+        let ops = metrics::Operations::registered(&registry)?;
+        Ok(Some(BoundMetrics {
+            listener,
+            registry: Arc::new(registry),
+            ops,
+        }))
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|m| m.listener.local_addr().ok())
     }
 
     /// The engine served.
@@ -106,8 +151,39 @@ impl Daemon {
             engine,
             listener,
             socket,
+            metrics,
         } = self;
-        let served = runtime.block_on(service::serve(engine.clone(), listener, stop));
+        let served = runtime.block_on(async {
+            // One signal stops both servers.
+            let (stopped, on_stop) = tokio::sync::watch::channel(false);
+            let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            tokio::spawn(async move {
+                stop.wait().await;
+                let _ = stopped.send(true);
+            });
+            let (ops, scrapes) = match metrics {
+                Some(m) => (
+                    Some(m.ops),
+                    Some(tokio::spawn(metrics::serve(
+                        m.listener,
+                        m.registry,
+                        wait(on_stop.clone()),
+                    ))),
+                ),
+                None => (None, None),
+            };
+            let served = service::serve(engine.clone(), listener, ops, wait(on_stop.clone())).await;
+            if let Some(s) = scrapes {
+                match s.await {
+                    Ok(Err(e)) => tracing::warn!("{e}"),
+                    Err(e) => tracing::warn!("the metrics server failed: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            served
+        });
         // Calls still on blocking threads finish before the engine closes.
         runtime.shutdown_timeout(std::time::Duration::from_secs(30));
         let _ = std::fs::remove_file(&socket);

@@ -21,17 +21,27 @@ use containerd_snapshots::tonic::{self, Status};
 use containerd_snapshots::{Info as CInfo, Kind as CKind, Usage as CUsage};
 use engine::clients::{check_labels, containerd_key, containerd_view};
 use engine::Engine;
+
+use crate::metrics::Operations;
 use snapshotter::{Filter, Info, Key, Kind, Labels, MountSpec, Name};
 
-/// Serves the API on `listener` until `stop` resolves.
-pub async fn serve(engine: Arc<Engine>, listener: UnixListener, stop: Stop) -> engine::Result<()> {
+/// Serves the API on `listener` until `stop` resolves, timing each call
+/// into `ops`.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: UnixListener,
+    ops: Option<Operations>,
+    stop: impl std::future::Future<Output = ()>,
+) -> engine::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| engine::Error::new(engine::ErrorKind::Io, format!("cannot serve: {e}")))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let service = containerd_snapshots::server(Arc::new(Service::new(engine)));
+    let mut service = Service::new(engine);
+    service.ops = ops;
+    let service = containerd_snapshots::server(Arc::new(service));
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop.wait())
+        .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(|e| engine::Error::new(engine::ErrorKind::Failed, format!("serving failed: {e}")))
 }
@@ -59,7 +69,7 @@ impl Stop {
     }
 
     /// Resolves on the first of them.
-    async fn wait(mut self) {
+    pub async fn wait(mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
@@ -74,6 +84,8 @@ pub struct Service {
     engine: Arc<Engine>,
     /// A retry of deferred removals is scheduled.
     retry_scheduled: Arc<AtomicBool>,
+    /// Where each call's latency and error go.
+    ops: Option<Operations>,
 }
 
 /// When removals a busy device deferred are tried again after a Remove:
@@ -92,7 +104,22 @@ impl Service {
         Service {
             engine,
             retry_scheduled: Arc::new(AtomicBool::new(false)),
+            ops: None,
         }
+    }
+
+    /// Runs `call`, recording its latency and outcome as `verb`'s.
+    async fn timed<T>(
+        &self,
+        verb: &'static str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let r = call.await;
+        if let Some(ops) = &self.ops {
+            ops.observe(verb, started.elapsed(), r.as_ref().err());
+        }
+        r
     }
 
     /// Runs the snapshotter's cleanup at each of [`RETRY_DEFERRED`] from
@@ -259,51 +286,63 @@ impl containerd_snapshots::Snapshotter for Service {
     type Error = Status;
 
     async fn stat(&self, k: String) -> Result<CInfo, Status> {
-        let k = key(&k)?;
-        self.blocking(move |e| stat_own(e, &k)).await
+        self.timed("stat", async {
+            let k = key(&k)?;
+            self.blocking(move |e| stat_own(e, &k)).await
+        })
+        .await
     }
 
     async fn update(&self, info: CInfo, fieldpaths: Option<Vec<String>>) -> Result<CInfo, Status> {
-        let k = key(&info.name)?;
-        let l = labels(info.labels)?;
-        self.blocking(move |e| {
-            let sn = e.snapshotter();
-            let mut current = sn.stat(&k).map_err(snapshot_status)?;
-            current.labels = l;
-            let paths: Vec<&str> = fieldpaths
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(String::as_str)
-                .collect();
-            let updated = sn.update(&current, &paths).map_err(snapshot_status)?;
-            own(&updated)
-                .map(to_containerd)
-                .ok_or_else(|| Status::not_found(format!("snapshot {k} not found")))
+        self.timed("update", async {
+            let k = key(&info.name)?;
+            let l = labels(info.labels)?;
+            self.blocking(move |e| {
+                let sn = e.snapshotter();
+                let mut current = sn.stat(&k).map_err(snapshot_status)?;
+                current.labels = l;
+                let paths: Vec<&str> = fieldpaths
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                let updated = sn.update(&current, &paths).map_err(snapshot_status)?;
+                own(&updated)
+                    .map(to_containerd)
+                    .ok_or_else(|| Status::not_found(format!("snapshot {k} not found")))
+            })
+            .await
         })
         .await
     }
 
     async fn usage(&self, k: String) -> Result<CUsage, Status> {
-        let k = key(&k)?;
-        self.blocking(move |e| {
-            stat_own(e, &k)?;
-            let u = e.snapshotter().usage(&k).map_err(snapshot_status)?;
-            Ok(CUsage {
-                inodes: i64::try_from(u.inodes).unwrap_or(i64::MAX),
-                size: i64::try_from(u.size.0).unwrap_or(i64::MAX),
+        self.timed("usage", async {
+            let k = key(&k)?;
+            self.blocking(move |e| {
+                stat_own(e, &k)?;
+                let u = e.snapshotter().usage(&k).map_err(snapshot_status)?;
+                Ok(CUsage {
+                    inodes: i64::try_from(u.inodes).unwrap_or(i64::MAX),
+                    size: i64::try_from(u.size.0).unwrap_or(i64::MAX),
+                })
             })
+            .await
         })
         .await
     }
 
     async fn mounts(&self, k: String) -> Result<Vec<Mount>, Status> {
-        let k = key(&k)?;
-        self.blocking(move |e| {
-            e.snapshotter()
-                .mounts(&k)
-                .map(mounts)
-                .map_err(snapshot_status)
+        self.timed("mounts", async {
+            let k = key(&k)?;
+            self.blocking(move |e| {
+                e.snapshotter()
+                    .mounts(&k)
+                    .map(mounts)
+                    .map_err(snapshot_status)
+            })
+            .await
         })
         .await
     }
@@ -314,7 +353,10 @@ impl containerd_snapshots::Snapshotter for Service {
         p: String,
         l: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
-        self.create(Kind::Active, k, p, l).await
+        self.timed("prepare", async {
+            self.create(Kind::Active, k, p, l).await
+        })
+        .await
     }
 
     async fn view(
@@ -323,56 +365,70 @@ impl containerd_snapshots::Snapshotter for Service {
         p: String,
         l: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Status> {
-        self.create(Kind::View, k, p, l).await
+        self.timed("view", async { self.create(Kind::View, k, p, l).await })
+            .await
     }
 
     async fn commit(&self, n: String, k: String, l: HashMap<String, String>) -> Result<(), Status> {
-        let (n, k, l) = (name(&n)?, key(&k)?, labels(l)?);
-        self.blocking(move |e| e.snapshotter().commit(&n, &k, &l).map_err(snapshot_status))
-            .await
+        self.timed("commit", async {
+            let (n, k, l) = (name(&n)?, key(&k)?, labels(l)?);
+            self.blocking(move |e| e.snapshotter().commit(&n, &k, &l).map_err(snapshot_status))
+                .await
+        })
+        .await
     }
 
     async fn remove(&self, k: String) -> Result<(), Status> {
-        let k = key(&k)?;
-        let r = self
-            .blocking(move |e| e.snapshotter().remove(&k).map_err(snapshot_status))
-            .await;
-        if r.is_ok() {
-            self.retry_deferred_removals();
-        }
-        r
+        self.timed("remove", async {
+            let k = key(&k)?;
+            let r = self
+                .blocking(move |e| e.snapshotter().remove(&k).map_err(snapshot_status))
+                .await;
+            if r.is_ok() {
+                self.retry_deferred_removals();
+            }
+            r
+        })
+        .await
     }
 
     async fn clear(&self) -> Result<(), Status> {
-        self.blocking(|e| e.snapshotter().cleanup().map_err(snapshot_status))
-            .await
+        self.timed("cleanup", async {
+            self.blocking(|e| e.snapshotter().cleanup().map_err(snapshot_status))
+                .await
+        })
+        .await
     }
 
     type InfoStream = InfoStream;
 
     async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<InfoStream, Status> {
-        let filters = filters
-            .iter()
-            .filter(|f| !f.is_empty())
-            .map(|f| f.parse::<Filter>().map_err(snapshot_status))
-            .collect::<Result<Vec<_>, _>>()?;
-        let infos = self
-            .blocking(move |e| {
-                let mut all = Vec::new();
-                e.snapshotter()
-                    .walk(&[], &mut |i| {
-                        if let Some(i) = own(i) {
-                            if filters.is_empty() || snapshotter::filter::matches_any(&filters, &i)
-                            {
-                                all.push(Ok(to_containerd(i)));
+        self.timed("list", async {
+            let filters = filters
+                .iter()
+                .filter(|f| !f.is_empty())
+                .map(|f| f.parse::<Filter>().map_err(snapshot_status))
+                .collect::<Result<Vec<_>, _>>()?;
+            let infos = self
+                .blocking(move |e| {
+                    let mut all = Vec::new();
+                    e.snapshotter()
+                        .walk(&[], &mut |i| {
+                            if let Some(i) = own(i) {
+                                if filters.is_empty()
+                                    || snapshotter::filter::matches_any(&filters, &i)
+                                {
+                                    all.push(Ok(to_containerd(i)));
+                                }
                             }
-                        }
-                        Ok(())
-                    })
-                    .map_err(snapshot_status)?;
-                Ok(all)
-            })
-            .await?;
-        Ok(tokio_stream::iter(infos))
+                            Ok(())
+                        })
+                        .map_err(snapshot_status)?;
+                    Ok(all)
+                })
+                .await?;
+            Ok(tokio_stream::iter(infos))
+        })
+        .await
     }
 }
