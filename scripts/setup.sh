@@ -52,6 +52,9 @@ host_packages=(
     docker-registry skopeo openssl apache2-utils
     # benches: peak RSS of each contender (GNU time).
     time
+    # metrics: Debian's prometheus scrapes serve's /metrics and promtool
+    # checks the text format, in a test.
+    prometheus
 )
 
 enable_contrib() {

@@ -208,6 +208,8 @@ fn ctr_run_rm(fs: &Path) {
                 "serve",
                 "--socket",
                 s(&socket),
+                "--metrics-address",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

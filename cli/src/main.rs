@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod exit;
+mod logs;
 mod print;
 mod progress;
 
@@ -79,6 +80,8 @@ enum Command {
     /// containerd: the config that makes thinbox its snapshotter.
     #[command(subcommand)]
     Containerd(cmd::serve::ContainerdCommand),
+    /// Prometheus metrics of the root (pools, snapshots, containers).
+    Metrics(cmd::metrics::MetricsArgs),
 }
 
 /// Whether `--json` is among thinbox's own arguments (not after `--`,
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         Command::Rm(a) => cmd::run::rm(g, a),
         Command::Serve(a) => cmd::serve::serve(g, a),
         Command::Containerd(c) => cmd::serve::containerd(g, c),
+        Command::Metrics(a) => cmd::metrics::metrics(g, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,7 +26,10 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use cli_support::{busybox_spec, serve, serve_with, sigterm, Containerd, Root, THINBOX};
+use cli_support::{
+    busybox_spec, http_get, metric, metrics_address, serve, serve_with, sigterm, Containerd, Root,
+    THINBOX,
+};
 use integration::containerd::{suite_binary, verdicts, Verdicts};
 use integration::fixtures::{run, sparse_file, temp_dir, LoopDevice, Mount, ZfsPool};
 use integration::harness::{self, KernelTest};
@@ -474,6 +477,25 @@ fn ctr_runs_through_thinbox(config: &str, space_back: bool) {
     assert!(line.contains("containerd made it"), "{line}");
     let line = root.fails(&["snapshot", "prepare", "@containerd/mine"], 2);
     assert!(line.contains("kept for containerd"), "{line}");
+
+    // serve's metrics: each verb containerd called, timed, and its
+    // snapshots by kind (errors by code: the suite's TestThinboxErrors).
+    let (code, _, scrape) = http_get(&metrics_address(&root), "/metrics");
+    assert_eq!(code, 200, "{scrape}");
+    for (verb, at_least) in [("prepare", 3.0), ("commit", 1.0), ("mounts", 1.0)] {
+        let n = metric(
+            &scrape,
+            &format!(r#"thinbox_operation_duration_seconds_count{{verb="{verb}"}}"#),
+        );
+        assert!(n >= at_least, "{verb}: {n} calls\n{scrape}");
+    }
+    assert!(
+        metric(
+            &scrape,
+            r#"thinbox_snapshots{client="containerd",kind="committed"}"#
+        ) >= 1.0,
+        "{scrape}"
+    );
 
     // Removal reaches thinbox: the container's snapshot, then the image's.
     let allocated = pool_data_allocated(root.path());

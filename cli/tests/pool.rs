@@ -466,7 +466,16 @@ fn monitor_follows_dm_events_and_stops_on_sigterm() {
         root.path().file_name().unwrap().to_string_lossy()
     );
     let monitor = root
-        .command(&["--json", "pool", "monitor", &pool, "--interval", "3600"])
+        .command(&[
+            "--json",
+            "pool",
+            "monitor",
+            &pool,
+            "--interval",
+            "3600",
+            "--log-format",
+            "json",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -525,5 +534,30 @@ fn monitor_follows_dm_events_and_stops_on_sigterm() {
             .any(|g| g["extended_data_to"].as_u64() >= Some(384 * MIB)),
         "{text}"
     );
+    // Its log: one JSON object per line, the growth among them.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let grew = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}"))
+        })
+        .find(|v| v["fields"]["device"] == "data")
+        .unwrap_or_else(|| panic!("no growth logged: {log}"));
+    assert_eq!(grew["level"], "INFO", "{grew}");
+    assert!(
+        grew["fields"]["bytes"].as_u64() >= Some(384 * MIB),
+        "{grew}"
+    );
+    // Counted for the metrics: the monitor's growth, and none of metadata.
+    let metrics = root.ok(&["metrics"]);
+    let series = |device: &str| {
+        cli_support::metric(
+            &metrics,
+            &format!(r#"thinbox_pool_autoextends_total{{device="{device}",pool="{pool}"}}"#),
+        )
+    };
+    assert!(series("data") >= 1.0, "{metrics}");
+    assert_eq!(series("metadata"), 0.0, "{metrics}");
     root.ok(&["snapshot", "rm", "a"]);
 }

@@ -17,6 +17,8 @@ package thinboxsuite
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +51,9 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := exec.Command(bin, "--root", state, "--config", config, "serve", "--socket", socket)
+	cmd := exec.Command(bin, "--root", state, "--config", config, "serve", "--socket", socket,
+		// Cases run side by side: each its own metrics port.
+		"--metrics-address", "127.0.0.1:0")
 	cmd.Stdout = log
 	cmd.Stderr = log
 	if err := cmd.Start(); err != nil {
@@ -288,4 +292,46 @@ func TestThinboxErrors(t *testing.T) {
 	if fmt.Sprint(names) != "[base child look]" {
 		t.Fatalf("after the refusals: %v", names)
 	}
+	// Each refusal counted on serve's /metrics by verb and errdefs code.
+	scrape := metrics(t, dir)
+	for _, series := range []string{
+		`thinbox_operation_errors_total{code="not_found",verb="prepare"} 1`,
+		`thinbox_operation_errors_total{code="already_exists",verb="prepare"} 2`,
+		`thinbox_operation_errors_total{code="invalid_argument",verb="prepare"} 4`,
+		`thinbox_operation_errors_total{code="failed_precondition",verb="commit"} 1`,
+		`thinbox_operation_errors_total{code="failed_precondition",verb="remove"} 1`,
+		`thinbox_operation_errors_total{code="not_found",verb="stat"} 1`,
+		`thinbox_operation_errors_total{code="not_found",verb="remove"} 1`,
+		`thinbox_operation_errors_total{code="not_found",verb="mounts"} 1`,
+		`thinbox_operation_errors_total{code="invalid_argument",verb="update"} 1`,
+	} {
+		if !strings.Contains(scrape, "\n"+series+"\n") {
+			t.Errorf("no %q in serve's metrics:\n%s", series, scrape)
+		}
+	}
+}
+
+// metrics scrapes the /metrics of the daemon whose log is in dir: its
+// address from the start line ("...; metrics on http://ADDR/metrics").
+func metrics(t *testing.T, dir string) string {
+	t.Helper()
+	log, err := os.ReadFile(filepath.Join(dir, "serve.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, found := strings.Cut(string(log), "metrics on ")
+	if !found {
+		t.Fatalf("no metrics address in serve.log: %s", log)
+	}
+	url, _, _ := strings.Cut(after, "\n")
+	resp, err := http.Get(strings.TrimSpace(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %v %d %s", url, err, resp.StatusCode, body)
+	}
+	return string(body)
 }

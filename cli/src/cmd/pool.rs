@@ -75,6 +75,9 @@ pub enum PoolCommand {
         /// Longest wait between checks, in seconds.
         #[arg(long, default_value_t = 5)]
         interval: u64,
+        /// Log lines (warnings, lvm2's failures) as text or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        log_format: crate::logs::LogFormat,
     },
 }
 
@@ -502,7 +505,14 @@ fn print_check(g: &Global, name: &str, once: bool, c: &MonitorCheck) {
     }
 }
 
-fn monitor(g: &Global, name: &str, once: bool, interval: u64) -> anyhow::Result<()> {
+fn monitor(
+    g: &Global,
+    name: &str,
+    once: bool,
+    interval: u64,
+    log_format: crate::logs::LogFormat,
+) -> anyhow::Result<()> {
+    crate::logs::init(log_format, g.debug);
     let pools = engine_options(g).pools()?;
     let stop = stop_on_signals()?;
     let rec = pools.record(name)?;
@@ -595,6 +605,7 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             name,
             once,
             interval,
-        } => monitor(g, name, *once, *interval),
+            log_format,
+        } => monitor(g, name, *once, *interval, *log_format),
     }
 }

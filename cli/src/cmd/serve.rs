@@ -18,6 +18,13 @@ pub struct ServeArgs {
     /// A group that may connect too (socket mode 0660 instead of 0600).
     #[arg(long)]
     pub group: Option<String>,
+    /// Where `/metrics` is served (IP:PORT, or `off`); overrides
+    /// `[serve] metrics_address` (default 127.0.0.1:9437).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<String>,
+    /// Log lines as text or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::logs::LogFormat,
 }
 
 /// `thinbox containerd ...`.
@@ -40,19 +47,15 @@ fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
 
 /// Runs `thinbox serve`.
 pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
-    if !g.debug {
-        // Logs go to stderr (the journal under systemd), uncoloured off a terminal.
-        let _ = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(nix::unistd::isatty(std::io::stderr()).unwrap_or(false))
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("THINBOX_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .try_init();
-    }
+    crate::logs::init(a.log_format, g.debug);
+    let engine = engine_options(g);
+    let metrics = match &a.metrics_address {
+        Some(addr) => addr.clone(),
+        None => engine.state_root()?.1.serve.metrics_address,
+    };
     let opts = daemon::ServeOptions {
-        engine: engine_options(g),
+        metrics: engine::config::parse_metrics_address(&metrics)?,
+        engine,
         socket: a.socket.clone(),
         group: a.group.as_deref().map(group_id).transpose()?,
     };
@@ -63,12 +66,16 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
             "socket": d.socket(),
             "root": d.engine().root(),
             "backend": backend,
+            "metrics": d.metrics_address().map(|a| format!("http://{a}/metrics")),
         }))?;
     } else {
         eprintln!(
-            "thinbox serve: containerd's snapshots API on {} ({backend} under {})",
+            "thinbox serve: containerd's snapshots API on {} ({backend} under {}){}",
             d.socket().display(),
-            d.engine().root().display()
+            d.engine().root().display(),
+            d.metrics_address().map_or(String::new(), |a| format!(
+                "; metrics on http://{a}/metrics"
+            ))
         );
     }
     daemon::socket::notify_ready();

@@ -340,12 +340,19 @@ pub fn serve_with(root: &Root, socket: &Path, env: &[(&str, &str)]) -> Reap {
         .open(root.path().join("serve.log"))
         .unwrap();
     let child = Reap(
-        root.command(&["serve", "--socket", socket.to_str().unwrap()])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+        root.command(&[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            // Tests run side by side: each its own port.
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap(),
     );
     let started = Instant::now();
     while !socket.exists() {
@@ -357,4 +364,46 @@ pub fn serve_with(root: &Root, socket: &Path, env: &[(&str, &str)]) -> Reap {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// A plain HTTP/1.0 GET: the status code, the headers, the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line from {addr}{path}: {text}"));
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// Where the `thinbox serve` [`serve_with`] started answers `/metrics`
+/// (`ADDR`, from its start line in `serve.log`).
+pub fn metrics_address(root: &Root) -> String {
+    let log = std::fs::read_to_string(root.path().join("serve.log")).unwrap_or_default();
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            let (_, url) = l.split_once("metrics on http://")?;
+            url.strip_suffix("/metrics").map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no metrics address in serve.log:\n{log}"))
+}
+
+/// The value of the sample whose name and labels are exactly `series` in
+/// Prometheus' text format (labels sorted by name, as thinbox writes them).
+#[track_caller]
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
 }
