@@ -65,14 +65,36 @@ fn metrics_command_passes_promtool() {
     root.ok(&["snapshot", "commit", "base", "a"]);
     root.ok(&["snapshot", "prepare", "b", "base"]);
     root.ok(&["snapshot", "view", "v", "base"]);
+    // Containers: one exited by itself, one killed at its timeout.
+    cli_support::busybox_image(&root, "bb:1");
+    root.ok(&["run", "--name", "done", "bb:1", "--", "true"]);
+    let r = root.run(&[
+        "run",
+        "--name",
+        "slow",
+        "--timeout",
+        "1",
+        "bb:1",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
 
     let text = root.ok(&["metrics"]);
     promtool_accepts(&text);
     for (series, n) in [
-        (r#"thinbox_snapshots{client="thinbox",kind="active"}"#, 1.0),
+        // The containers' roots are active snapshots too.
+        (r#"thinbox_snapshots{client="thinbox",kind="active"}"#, 3.0),
+        (r#"thinbox_containers{reason="exited",state="exited"}"#, 1.0),
+        (
+            r#"thinbox_containers{reason="timed_out",state="exited"}"#,
+            1.0,
+        ),
+        // base, and the image's layer.
         (
             r#"thinbox_snapshots{client="thinbox",kind="committed"}"#,
-            1.0,
+            2.0,
         ),
         (r#"thinbox_snapshots{client="thinbox",kind="view"}"#, 1.0),
         (
@@ -98,7 +120,7 @@ fn metrics_command_passes_promtool() {
             &written,
             r#"thinbox_snapshots{client="thinbox",kind="committed"}"#
         ),
-        1.0
+        2.0
     );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
