@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 mod exit;
@@ -82,6 +82,18 @@ enum Command {
     Containerd(cmd::serve::ContainerdCommand),
     /// Prometheus metrics of the root (pools, snapshots, containers).
     Metrics(cmd::metrics::MetricsArgs),
+    /// Prints the shell completion script for SHELL.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes the man pages (thinbox.1, thinbox-pool.1, ...) into DIR
+    /// (for packages).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write into (made if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Whether `--json` is among thinbox's own arguments (not after `--`,
@@ -125,6 +137,10 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::serve(g, a),
         Command::Containerd(c) => cmd::serve::containerd(g, c),
         Command::Metrics(a) => cmd::metrics::metrics(g, a),
+        Command::Completions { shell } => {
+            cmd::docs::completions(&mut Cli::command(), *shell, &mut std::io::stdout())
+        }
+        Command::Manpages { dir } => cmd::docs::manpages(Cli::command(), dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

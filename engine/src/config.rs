@@ -379,6 +379,55 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The example packages install as /etc/thinbox/config.toml.
+    const EXAMPLE: &str = include_str!("../../packaging/config.toml");
+
+    #[test]
+    fn the_packaged_example_shows_every_key_at_its_default() {
+        // As shipped, all commented: the embedded default.
+        assert_eq!(
+            Config::parse(EXAMPLE, Path::new("example")).unwrap(),
+            Config::default()
+        );
+        // Each "# key = value" line uncommented: still the default.
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut c = Config::parse(&uncommented, Path::new("uncommented")).unwrap();
+        assert_eq!(c.root.as_deref(), Some(Path::new(DEFAULT_ROOT)));
+        c.root = None;
+        assert_eq!(c, Config::default(), "{uncommented}");
+        // And every key of every section is there, defaults or examples.
+        let all = serde_json::to_value(Config::default()).unwrap();
+        for (key, v) in all.as_object().unwrap() {
+            match v.as_object() {
+                Some(section) => {
+                    assert!(EXAMPLE.contains(&format!("\n[{key}]\n")), "no [{key}]");
+                    for (k, v) in section {
+                        let line = if v.is_object() {
+                            format!("[{key}.{k}]")
+                        } else {
+                            format!(" {k} = ")
+                        };
+                        assert!(EXAMPLE.contains(&line), "no {key}.{k} in the example");
+                    }
+                }
+                None => assert!(EXAMPLE.contains(&format!("# {key} = ")), "no {key}"),
+            }
+        }
+    }
+
     #[test]
     fn metrics_addresses_parse_or_name_the_fix() {
         let d = Config::default();

@@ -1,6 +1,7 @@
 //! One module per top-level subcommand: clap arguments and the code that
 //! calls the library and prints. Helpers shared by them live here.
 
+pub mod docs;
 pub mod image;
 pub mod metrics;
 pub mod pool;
