@@ -55,6 +55,9 @@ host_packages=(
     # metrics: Debian's prometheus scrapes serve's /metrics and promtool
     # checks the text format, in a test.
     prometheus
+    # packages (scripts/package.sh): the .deb and .rpm, their linters, a
+    # fresh root to install each into.
+    dpkg-dev rpm rpmlint lintian binutils systemd
 )
 
 enable_contrib() {
@@ -103,6 +106,22 @@ install_packages() {
 
 enable_contrib
 install_packages "${host_packages[@]}"
+
+# --- release build tools --------------------------------------------------------
+# scripts/package.sh links the release binary against glibc 2.28's symbols
+# (RHEL 8's glibc) with zig as the C toolchain: PyPI's ziglang and
+# crates.io's cargo-zigbuild, pinned, kept in the cache.
+tools="$cache/tools"
+if [ ! -x "$tools/ziglang/ziglang/zig" ]; then
+    say "installing zig 0.13.0 (PyPI's ziglang) into $tools/ziglang"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$tools/ziglang" ziglang==0.13.0 \
+        || die "pip install ziglang failed: is PyPI reachable?"
+fi
+if [ ! -x "$tools/bin/cargo-zigbuild" ]; then
+    say "installing cargo-zigbuild 0.24.1 into $tools/bin"
+    PATH="${HOME:-/root}/.cargo/bin:$PATH" cargo install --quiet --locked --root "$tools" cargo-zigbuild --version 0.24.1 \
+        || die "cargo install cargo-zigbuild failed: is crates.io reachable?"
+fi
 
 # --- guest kernel --------------------------------------------------------------
 kver=${THINBOX_GUEST_KERNEL:-}
