@@ -20,9 +20,7 @@ use std::sync::Arc;
 use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use thinpool::pool::{AutoextendPolicy, Deps, LoopbackConfig, LvmConfig, Pool};
-use thinpool::status::PoolStatus;
 use thinpool::table::PoolTable;
-use thinpool::BlockSize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::{Observer, Silent};
@@ -503,6 +501,17 @@ impl Pools {
     }
 
     fn open_record(&self, rec: &PoolRecord) -> thinpool::Result<Pool> {
+        let r = self.open_record_inner(rec);
+        if let Err(e) = &r {
+            if matches!(e.kind(), thinpool::ErrorKind::MetadataCheckFailed { .. }) {
+                // Kept for `pool status` (the pool stays inactive).
+                let _ = self.mark_damaged(&rec.name, &e.to_string());
+            }
+        }
+        r
+    }
+
+    fn open_record_inner(&self, rec: &PoolRecord) -> thinpool::Result<Pool> {
         let missing = |what: &str| {
             thinpool::Error::new(thinpool::ErrorKind::NotFound {
                 name: format!("{what} in the record of pool {}", rec.name),
@@ -555,83 +564,23 @@ impl Pools {
                 ),
             ));
         }
-        let pool = self.open_record(&rec)?;
+        let pool = self.open_record(&rec).map_err(|e| {
+            let damaged = matches!(e.kind(), thinpool::ErrorKind::MetadataCheckFailed { .. });
+            let err = Error::from(e);
+            if damaged {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{err}: the pool stays inactive: run `thinbox pool repair {name}`"),
+                )
+            } else {
+                err
+            }
+        })?;
         Ok(OpenPool {
             pool,
             record: rec,
             lock,
         })
-    }
-
-    /// Status of pool `name`, read from the kernel without opening it.
-    pub fn status(&self, name: &str) -> Result<PoolReport> {
-        let rec = self.record(name)?;
-        let dm_name = rec.dm_name();
-        let mut report = PoolReport {
-            name: rec.name.clone(),
-            kind: rec.kind,
-            dm_name: dm_name.clone(),
-            active: false,
-            mode: "inactive".to_owned(),
-            transaction_id: None,
-            data: None,
-            metadata: None,
-            block_size: None,
-            low_water_mark: None,
-            needs_check: false,
-            no_space_policy: None,
-            autoextend_threshold: rec.autoextend_threshold,
-            autoextend_percent: rec.autoextend_percent,
-            free_space_floor: rec.free_space_floor,
-            below_floor: false,
-            lent_to: rec.lent_to,
-            dm_events: None,
-        };
-        if rec.state == RecordState::Creating {
-            report.mode = "half-made (run `thinbox pool destroy`)".to_owned();
-            return Ok(report);
-        }
-        let dm = &self.deps.dm;
-        let Some(info) = dm.info(&dm_name)? else {
-            return Ok(report);
-        };
-        if !info.live_table {
-            return Ok(report);
-        }
-        report.active = true;
-        report.dm_events = Some(info.event_nr);
-        let table = dm
-            .table(&dm_name)?
-            .first()
-            .map(PoolTable::from_target)
-            .transpose()?;
-        let block = table.as_ref().map(|t| t.block_size);
-        if let Some(t) = &table {
-            report.block_size = Some(t.block_size.bytes().0);
-            report.low_water_mark = Some(t.low_water_mark.get());
-        }
-        let status = dm
-            .status(&dm_name)?
-            .first()
-            .map(|l| l.params.parse::<PoolStatus>())
-            .transpose()?;
-        match status {
-            Some(PoolStatus::Working(u)) => {
-                let bs = block.unwrap_or(BlockSize::DEFAULT).bytes().0;
-                report.mode = u.mode.to_string();
-                report.transaction_id = Some(u.transaction_id.0);
-                report.data = Some(Space::new(u.used_data.get(), u.total_data.get(), bs));
-                report.below_floor = rec.free_space_floor > 0
-                    && u128::from(u.free_data().get()) * 100
-                        < u128::from(u.total_data.get()) * u128::from(rec.free_space_floor);
-                report.metadata = Some(Space::new(u.used_meta.get(), u.total_meta.get(), 4096));
-                report.needs_check = u.needs_check;
-                report.no_space_policy = Some(u.no_space.to_string());
-            }
-            Some(s) => report.mode = s.to_string(),
-            None => {}
-        }
-        Ok(report)
     }
 
     /// Checks pool `name`'s metadata with `thin_check` on a metadata
@@ -641,6 +590,7 @@ impl Pools {
     pub fn check(&self, name: &str) -> Result<CheckReport> {
         let mut p = self.open_pool(name)?;
         self.check_metadata(name, &p.pool)?;
+        self.clear_damaged(name)?;
         if p.record.lent_to.is_some() {
             return Ok(CheckReport::default());
         }
@@ -656,10 +606,11 @@ impl Pools {
             let damaged = matches!(e.kind(), thinpool::ErrorKind::MetadataCheckFailed { .. });
             let err = Error::from(e);
             if damaged {
+                let _ = self.mark_damaged(name, &err.to_string());
                 Error::new(
                     ErrorKind::Corrupt,
                     format!(
-                        "thin_check found damaged metadata in pool {name:?}: stop using it and repair it with thin_repair"
+                        "thin_check found damaged metadata in pool {name:?}: stop using it and run `thinbox pool repair {name}`"
                     ),
                 )
                 .with_source(err)
@@ -808,10 +759,13 @@ impl Pools {
 mod extensions;
 mod grow;
 mod lend;
+mod repair;
+mod status;
 
 pub use extensions::Extensions;
 pub use grow::{Extension, SizeChange};
 pub use lend::{merge_containerd, merge_docker, EngineSettings, HandOver, LentTo};
+pub use repair::RepairReport;
 
 #[cfg(test)]
 mod tests;

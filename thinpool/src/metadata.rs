@@ -79,6 +79,9 @@ pub trait MetadataTools: Send + Sync + fmt::Debug {
     /// Checks the held metadata snapshot of a live pool (`thin_check -m`;
     /// the caller reserves and releases it).
     fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()>;
+    /// Writes what can be read of the (inactive) metadata `from` into the
+    /// empty device `to` (`thin_repair -i FROM -o TO`).
+    fn repair(&self, from: MetaDev<'_>, to: MetaDev<'_>) -> Result<()>;
 }
 
 impl<T: MetadataTools + ?Sized> MetadataTools for std::sync::Arc<T> {
@@ -90,6 +93,9 @@ impl<T: MetadataTools + ?Sized> MetadataTools for std::sync::Arc<T> {
     }
     fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()> {
         (**self).check_snapshot(meta)
+    }
+    fn repair(&self, from: MetaDev<'_>, to: MetaDev<'_>) -> Result<()> {
+        (**self).repair(from, to)
     }
 }
 
@@ -147,6 +153,27 @@ impl MetadataTools for ThinTools {
 
     fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()> {
         thin_check(meta, &["-m"])
+    }
+
+    fn repair(&self, from: MetaDev<'_>, to: MetaDev<'_>) -> Result<()> {
+        let out = Command::new("thin_repair")
+            .arg("-i")
+            .arg(from.path)
+            .arg("-o")
+            .arg(to.path)
+            .output()
+            .map_err(|e| tool_err("thin_repair", e, from.path))?;
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::new(ErrorKind::ToolFailed {
+                tool: "thin_repair".to_owned(),
+                status: out.status.code(),
+            })
+            .path(from.path)
+            .op("repair metadata")
+            .with_source(std::io::Error::other(said.trim().to_owned())));
+        }
+        Ok(())
     }
 }
 
@@ -217,6 +244,13 @@ impl MetadataTools for FakeTools {
 
     fn check_snapshot(&self, meta: MetaDev<'_>) -> Result<()> {
         self.check(meta)
+    }
+
+    fn repair(&self, from: MetaDev<'_>, to: MetaDev<'_>) -> Result<()> {
+        self.dm
+            .copy_metadata(&from.devnum.to_string(), &to.devnum.to_string());
+        self.set_corrupt(false);
+        Ok(())
     }
 }
 

@@ -54,6 +54,12 @@ pub enum PoolCommand {
         /// The pool.
         name: String,
     },
+    /// Repairs damaged metadata (loopback pools): thin_repair into fresh
+    /// space, swapped in with the pool offline; the damaged copy is kept.
+    Repair {
+        /// The pool.
+        name: String,
+    },
     /// Removes the pool, its thin devices, loop devices and files (an
     /// adopted pool is only forgotten).
     Destroy {
@@ -586,6 +592,24 @@ pub fn main(g: &Global, cmd: &PoolCommand) -> anyhow::Result<()> {
             if !r.missing.is_empty() {
                 println!(
                     "pool {name}: recorded thin devices the pool lacks: {}",
+                    r.missing.join(", ")
+                );
+            }
+            Ok(())
+        }
+        PoolCommand::Repair { name } => {
+            let r = engine_options(g).pools()?.repair(name)?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!(
+                "pool {name}: metadata repaired ({} thin devices); the damaged copy is {}",
+                r.thin_devices,
+                r.damaged_metadata.display()
+            );
+            if !r.missing.is_empty() {
+                println!(
+                    "pool {name}: thin devices the repair could not recover: {}",
                     r.missing.join(", ")
                 );
             }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use thinpool::dm::FakeDm;
+use thinpool::dm::{DmControl, FakeDm};
 use thinpool::loopdev::FakeLoop;
 use thinpool::lvm::FakeLvm;
 use thinpool::metadata::FakeTools;
@@ -180,4 +180,72 @@ fn status_says_when_less_than_the_floor_is_free() {
     let st = p.status("tp").unwrap();
     assert!(st.below_floor, "{st:?}");
     assert_eq!(st.free_space_floor, 50);
+}
+
+#[test]
+fn damaged_metadata_is_reported_then_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dm = FakeDm::new();
+    let tools = FakeTools::new(&dm);
+    let deps = Deps {
+        dm: Arc::new(dm.clone()),
+        loops: Arc::new(FakeLoop::new()),
+        tools: Arc::new(tools.clone()),
+        lvm: Arc::new(FakeLvm::new(&dm)),
+    };
+    let p = Pools::with_deps(tmp.path(), deps);
+    let mut opened = p
+        .create_loopback(&cfg(&p, "tp"), &AutoextendPolicy::default(), 0)
+        .unwrap();
+    opened
+        .pool
+        .create_thin("a", thinpool::Sectors::new(32768))
+        .unwrap();
+    drop(opened);
+    // Gone without a clean shutdown, and damaged meanwhile.
+    dm.remove("tp", false).unwrap();
+    tools.set_corrupt(true);
+
+    let e = p.check("tp").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Corrupt);
+    assert!(e.message.contains("thinbox pool repair tp"), "{e}");
+    let st = p.status("tp").unwrap();
+    assert!(st.mode.starts_with("damaged"), "{st:?}");
+    assert!(st.needs_check);
+    assert!(p.damaged("tp").is_some());
+
+    let r = p.repair("tp").unwrap();
+    assert_eq!(r.thin_devices, 1);
+    assert!(r.missing.is_empty());
+    assert_eq!(r.damaged_metadata, p.dir_of("tp").join("metadata.damaged"));
+    assert_eq!(r.status.mode, "rw");
+    assert!(!r.status.needs_check);
+    assert!(p.damaged("tp").is_none());
+    p.check("tp").unwrap();
+}
+
+#[test]
+fn repair_is_refused_for_pools_thinbox_does_not_own_the_metadata_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, _dm) = pools(tmp.path());
+    let rec = PoolRecord {
+        name: "vgpool".into(),
+        kind: PoolKind::Lvm,
+        state: RecordState::Ready,
+        dir: None,
+        store: Some(tmp.path().join("x.db")),
+        dm_name: None,
+        vg: Some("vg0".into()),
+        lv: Some("pool0".into()),
+        devices: vec![],
+        autoextend_threshold: 80,
+        autoextend_percent: 20,
+        free_space_floor: 0,
+        lent_to: None,
+    };
+    std::fs::create_dir_all(p.dir_of("vgpool")).unwrap();
+    p.save(&rec).unwrap();
+    let e = p.repair("vgpool").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("lvconvert --repair vg0/pool0"), "{e}");
 }

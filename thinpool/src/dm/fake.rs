@@ -137,6 +137,13 @@ impl FakeDm {
             .unwrap_or_default()
     }
 
+    /// Copies the metadata on `from` to `to`, as `thin_repair` writes it.
+    pub fn copy_metadata(&self, from: &str, to: &str) {
+        let mut st = self.lock();
+        let m = st.metadata.get(from).cloned().unwrap_or_default();
+        st.metadata.insert(to.to_owned(), m);
+    }
+
     /// Simulates a writer opening (mounting) the device.
     pub fn open(&self, name: &str) {
         if let Some(d) = self.lock().devices.get_mut(name) {

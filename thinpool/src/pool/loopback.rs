@@ -88,6 +88,9 @@ impl Pool {
     }
 
     pub(super) fn activate_pool(deps: &Deps, dir: &Path, undo: Option<&mut Undo>) -> Result<Pool> {
+        // A repair cut short is finished (or dropped) before anything reads
+        // the metadata.
+        super::repair::settle_repair(deps, dir)?;
         let db = dir.join(STORE_FILE);
         if !db.exists() {
             return Err(Error::new(ErrorKind::NotFound {

@@ -7,7 +7,9 @@
 //! Lifecycle: [`Pool::create_loopback`] makes the files, loop devices and
 //! pool; [`Pool::open_loopback`] re-activates it from the same files (after a
 //! reboot, or when it is already active: idempotent) and reconciles the
-//! records with the kernel; [`Pool::destroy`] removes everything.
+//! records with the kernel; [`Pool::destroy`] removes everything;
+//! [`Pool::repair_loopback`] rewrites damaged metadata with `thin_repair`
+//! and swaps it in, keeping the damaged file (`repair.rs`).
 //!
 //! Every thin mutation (create, snapshot, delete) is: intent record →
 //! pool message → `set_transaction_id from to` → done record. Reconciliation
@@ -43,6 +45,7 @@ mod lend;
 mod loopback;
 mod lvm;
 mod reconcile;
+mod repair;
 mod space;
 mod teardown;
 mod thin;
@@ -51,6 +54,7 @@ pub use config::{
     AutoextendPolicy, Extended, LoopbackConfig, LvmConfig, Monitor, Reconciliation, WatchOptions,
 };
 pub use lend::PoolSizes;
+pub use repair::Repaired;
 
 /// The kernel interfaces a pool drives, passed in by the caller.
 #[derive(Debug, Clone)]

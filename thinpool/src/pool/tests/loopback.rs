@@ -227,6 +227,9 @@ fn opens_without_metadata_tools() {
         fn check_snapshot(&self, _: MetaDev<'_>) -> Result<()> {
             Ok(())
         }
+        fn repair(&self, _: MetaDev<'_>, _: MetaDev<'_>) -> Result<()> {
+            Ok(())
+        }
     }
     let e = env();
     let deps = Deps {

@@ -64,5 +64,6 @@ mod crash;
 mod lend;
 mod loopback;
 mod lvm;
+mod repair;
 mod space;
 mod thin;
