@@ -82,6 +82,9 @@ enum Command {
     Containerd(cmd::serve::ContainerdCommand),
     /// Prometheus metrics of the root (pools, snapshots, containers).
     Metrics(cmd::metrics::MetricsArgs),
+    /// Cross-checks the records with the kernel: pools, dm and loop
+    /// devices, mounts, cgroups; each drift with its fix.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Prints the shell completion script for SHELL.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::serve(g, a),
         Command::Containerd(c) => cmd::serve::containerd(g, c),
         Command::Metrics(a) => cmd::metrics::metrics(g, a),
+        Command::Doctor(a) => cmd::doctor::doctor(g, a),
         Command::Completions { shell } => {
             cmd::docs::completions(&mut Cli::command(), *shell, &mut std::io::stdout())
         }

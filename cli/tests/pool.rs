@@ -653,6 +653,18 @@ fn repair_restores_a_pool_with_damaged_metadata() {
         1.0
     );
 
+    // doctor says the same, and leaves it to the operator.
+    let d = root.run(&["--json", "doctor"]);
+    assert_eq!(d.code, 1, "{d:?}");
+    let v: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+    assert_eq!(v["findings"][0]["kind"], "pool_damaged", "{v}");
+    assert_eq!(
+        v["findings"][0]["fix"],
+        format!("thinbox pool repair {pool}"),
+        "{v}"
+    );
+    assert_eq!(v["findings"][0]["fixable"], false, "{v}");
+
     // The repair: fresh metadata swapped in, the damaged copy kept.
     let r = root.json(&["pool", "repair", &pool]);
     assert_eq!(r["thin_devices"], 3, "{r}");

@@ -44,7 +44,7 @@ use records::{owner_alive, pid_alive, unmount_if_mounted};
 pub fn is_live(c: &ContainerRecord) -> bool {
     c.state != State::Exited && owner_alive(c.owner)
 }
-pub use records::{ContainerName, ContainerRecord, Containers, State};
+pub use records::{remove_cgroup, root_cgroup, ContainerName, ContainerRecord, Containers, State};
 
 /// Label on a container's snapshot naming its container.
 pub const CONTAINER_LABEL: &str = "thinbox.io/container";

@@ -22,6 +22,9 @@
 //! - [`observer`]: progress events;
 //! - [`state`]: atomic TOML records, locks, the test crash hook;
 //! - [`snapshots`]: mounting a snapshot, writing its diff as a layer tar;
+//! - [`doctor`]: drift between the records and the kernel (pools, dm and
+//!   loop devices, mounts, cgroups), reported with its fix, fixed when
+//!   provably thinbox's;
 //! - [`metrics`]: Prometheus metrics of a root (pools, snapshots,
 //!   containers), for `thinbox serve` and `thinbox metrics`;
 //! - [`mounts`]: the mount table, through `kernfmt`'s mountinfo parser;
@@ -41,6 +44,7 @@ pub mod config;
 pub mod containers;
 pub mod content;
 pub mod deps;
+pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod metrics;

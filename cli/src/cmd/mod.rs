@@ -2,6 +2,7 @@
 //! calls the library and prints. Helpers shared by them live here.
 
 pub mod docs;
+pub mod doctor;
 pub mod image;
 pub mod metrics;
 pub mod pool;

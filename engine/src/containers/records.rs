@@ -109,18 +109,26 @@ pub(super) fn instance_cgroup(
     root: &Path,
     name: &ContainerName,
 ) -> Result<runner::cgroup::CgroupPath> {
+    Ok(runner::cgroup::CgroupPath::new(
+        root_cgroup(root)?
+            .as_path()
+            .join(format!("{}-{}", name.as_str(), random_hex(4))),
+    )?)
+}
+
+/// The parent of the cgroups of `root`'s containers: `thinbox/ROOT_ID`
+/// (a digest of the root's path), in every hierarchy.
+pub fn root_cgroup(root: &Path) -> Result<runner::cgroup::CgroupPath> {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
     let root_id: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     Ok(runner::cgroup::CgroupPath::new(format!(
-        "thinbox/{root_id}/{}-{}",
-        name.as_str(),
-        random_hex(4)
+        "thinbox/{root_id}"
     ))?)
 }
 
 /// Removes a dead container's cgroup (in every hierarchy), if it is left.
-pub(super) fn remove_cgroup(path: &str) -> Result<()> {
+pub fn remove_cgroup(path: &str) -> Result<()> {
     let path = runner::cgroup::CgroupPath::new(path)?;
     let hierarchies = runner::cgroup::Hierarchies::detect()?;
     Ok(hierarchies.open(&path).remove()?)
