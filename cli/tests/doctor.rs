@@ -2,7 +2,8 @@
 //! purpose: on the host a loop device leaked on a file under the root, a
 //! killed container's root left mounted, a container's cgroup left in
 //! every hierarchy; in the VM a dm device named for a pool's thin device
-//! that no record explains, and a pool left inactive as after a reboot.
+//! that no record explains and the thin id under it, and a pool left
+//! inactive as after a reboot.
 //! Each is reported with its fix, `--fix` repairs it, and doctor is clean
 //! afterwards.
 #![forbid(unsafe_code)]
@@ -187,14 +188,21 @@ fn doctor_fixes_pool_drift() {
     );
     let (code, v) = doctor(&root, &[]);
     assert_eq!(code, 1, "{v}");
+    let mut found = findings(&v);
+    found.sort();
     assert_eq!(
-        findings(&v),
-        [("dm_device_without_record".to_owned(), stray.clone(), true)],
+        found,
+        [
+            ("dm_device_without_record".to_owned(), stray.clone(), true),
+            ("orphan_thin_id".to_owned(), format!("{pool}:4242"), true),
+        ],
         "{v}"
     );
     let (code, v) = doctor(&root, &["--fix"]);
     assert_eq!(code, 0, "{v}");
     assert!(!dm_devices(&stray).contains(&stray));
+    // The id is gone from the metadata: creating it again works.
+    run("dmsetup", &["message", &pool, "0", "create_thin 4242"]);
     run("dmsetup", &["message", &pool, "0", "delete 4242"]);
     clean(&root);
 

@@ -38,6 +38,11 @@ pub enum FindingKind {
     PoolBelowFloor,
     /// A recorded pool is not active (after a reboot, say).
     PoolInactive,
+    /// A thin id in a pool's metadata that no record explains (a crash's
+    /// leftover, or made by hand).
+    OrphanThinId,
+    /// A recorded thin device whose id the pool's metadata lacks.
+    RecordWithoutThinDevice,
     /// A dm device named for a pool's thin device that no record explains.
     DmDeviceWithoutRecord,
     /// A loop device backed by a file under the root that thinbox does not
@@ -99,12 +104,21 @@ pub fn run(opts: &EngineOptions, fix: bool, plan: &mut dyn FnMut(&[Finding])) ->
     if !fix {
         return Ok(report);
     }
-    let todo: Vec<Finding> = report
+    let mut todo: Vec<Finding> = report
         .findings
         .iter()
         .filter(|f| f.fixable)
         .cloned()
         .collect();
+    // Holders before what they hold: a mount before its device, a thin
+    // device before its id.
+    todo.sort_by_key(|f| match f.kind {
+        FindingKind::StaleMount => 0,
+        FindingKind::DmDeviceWithoutRecord => 1,
+        FindingKind::OrphanThinId => 2,
+        FindingKind::LeakedLoopDevice => 3,
+        _ => 4,
+    });
     plan(&todo);
     for f in todo {
         match apply(opts, &root, &f) {
@@ -171,8 +185,15 @@ fn check_pools(
                 false,
             ));
         }
-        if let (PoolKind::Loopback, Some(dir)) = (rec.kind, &rec.dir) {
+        if let (PoolKind::Loopback, Some(dir), None) = (rec.kind, &rec.dir, &rec.lent_to) {
             let thins = thinpool::store::Store::open(&dir.join("thinbox.db"))?.thins()?;
+            let ids = thinpool::pool::live_thin_usage(pools.deps(), &st.dm_name)?;
+            findings.extend(thin_id_drift(
+                &name,
+                &st.dm_name,
+                &ids.iter().map(|u| u.id.get()).collect(),
+                &thins.iter().map(|t| (t.id.get(), t.name.clone())).collect(),
+            ));
             let recorded: BTreeSet<String> = thins
                 .iter()
                 .map(|t| format!("{}-{}", st.dm_name, t.name))
@@ -197,6 +218,39 @@ fn check_pools(
         }
     }
     Ok(())
+}
+
+/// Thin ids in a (thinbox-made, not lent) pool's metadata that no record
+/// explains, and records whose id the metadata lacks.
+pub fn thin_id_drift(
+    pool: &str,
+    dm_name: &str,
+    in_metadata: &BTreeSet<u32>,
+    recorded: &std::collections::BTreeMap<u32, String>,
+) -> Vec<Finding> {
+    let orphans = in_metadata
+        .iter()
+        .filter(|id| !recorded.contains_key(id))
+        .map(|id| Finding {
+            kind: FindingKind::OrphanThinId,
+            subject: format!("{pool}:{id}"),
+            detail: format!("thin id {id} is in pool {pool}'s metadata but no record explains it"),
+            fix: format!("dmsetup message {dm_name} 0 \"delete {id}\""),
+            fixable: true,
+        });
+    let lost = recorded
+        .iter()
+        .filter(|(id, _)| !in_metadata.contains(id))
+        .map(|(id, name)| Finding {
+            kind: FindingKind::RecordWithoutThinDevice,
+            subject: format!("{pool}:{name}"),
+            detail: format!(
+                "thin device {name} (id {id}) is recorded but pool {pool}'s metadata has no such id"
+            ),
+            fix: format!("thinbox pool check {pool} (marks it missing), then remove what used it"),
+            fixable: false,
+        });
+    orphans.chain(lost).collect()
 }
 
 /// A loop device and the file behind it.
@@ -385,6 +439,18 @@ fn apply(opts: &EngineOptions, root: &Path, f: &Finding) -> Result<()> {
         FindingKind::DmDeviceWithoutRecord => {
             let pools = Pools::for_engine(root, opts)?;
             pools.deps().dm.remove(&f.subject, false)?;
+            Ok(())
+        }
+        // Under the pool's lock, after its reconciliation (an id a crashed
+        // create left is settled there): what is still unknown goes.
+        FindingKind::OrphanThinId => {
+            let (pool, _) = f
+                .subject
+                .rsplit_once(':')
+                .ok_or_else(|| failed("cannot parse", String::new()))?;
+            let mut open = Pools::for_engine(root, opts)?.open_pool(pool)?;
+            open.pool.rescan()?;
+            open.pool.remove_unknown()?;
             Ok(())
         }
         FindingKind::LeakedLoopDevice => {

@@ -73,7 +73,7 @@ fn loop_err(e: std::io::Error, path: &Path, op: &'static str) -> Error {
     Error::new(kind).op(op).path(path).with_source(e)
 }
 
-fn devnum_of(dev: &Path) -> Result<DevNum> {
+pub(crate) fn devnum_of(dev: &Path) -> Result<DevNum> {
     let m = std::fs::metadata(dev).map_err(|e| Error::io(e, dev))?;
     let rdev = m.rdev();
     Ok(DevNum {

@@ -79,3 +79,24 @@ fn roots_of_containers_not_running_are_stale_mounts() {
     assert_eq!(found[0].fix, "umount /r/containers/db/rootfs");
     assert!(found[0].fixable);
 }
+
+#[test]
+fn thin_ids_and_records_are_compared_both_ways() {
+    let in_metadata: BTreeSet<u32> = [1, 2, 7].into();
+    let recorded: std::collections::BTreeMap<u32, String> = [
+        (1, "base".to_owned()),
+        (2, "snap-a".to_owned()),
+        (3, "snap-b".to_owned()),
+    ]
+    .into();
+    let found = thin_id_drift("tp", "tp-dm", &in_metadata, &recorded);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].kind, FindingKind::OrphanThinId);
+    assert_eq!(found[0].subject, "tp:7");
+    assert_eq!(found[0].fix, "dmsetup message tp-dm 0 \"delete 7\"");
+    assert!(found[0].fixable);
+    assert_eq!(found[1].kind, FindingKind::RecordWithoutThinDevice);
+    assert_eq!(found[1].subject, "tp:snap-b");
+    assert!(!found[1].fixable);
+    assert!(thin_id_drift("tp", "tp", &[1].into(), &[(1, "x".into())].into()).is_empty());
+}

@@ -41,6 +41,7 @@ use crate::units::{BlockSize, Bytes, DataBlocks, Sectors, ThinId, TransactionId}
 
 mod adopt;
 mod config;
+mod inspect;
 mod lend;
 mod loopback;
 mod lvm;
@@ -53,6 +54,7 @@ mod thin;
 pub use config::{
     AutoextendPolicy, Extended, LoopbackConfig, LvmConfig, Monitor, Reconciliation, WatchOptions,
 };
+pub use inspect::live_thin_usage;
 pub use lend::PoolSizes;
 pub use repair::Repaired;
 
