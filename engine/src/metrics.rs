@@ -137,7 +137,7 @@ impl Families {
         }
     }
 
-    fn all(&self) -> [&dyn Collector; 14] {
+    fn gauges(&self) -> [&IntGaugeVec; 12] {
         [
             &self.pool_info,
             &self.data_used,
@@ -148,29 +148,23 @@ impl Families {
             &self.mode,
             &self.needs_check,
             &self.below_floor,
-            &self.dm_events,
-            &self.extensions,
             &self.snapshots,
             &self.containers,
             &self.collect_failed,
         ]
     }
 
+    fn all(&self) -> Vec<&dyn Collector> {
+        let counters: [&dyn Collector; 2] = [&self.dm_events, &self.extensions];
+        self.gauges()
+            .into_iter()
+            .map(|g| g as &dyn Collector)
+            .chain(counters)
+            .collect()
+    }
+
     fn reset(&self) {
-        for g in [
-            &self.pool_info,
-            &self.data_used,
-            &self.data_size,
-            &self.metadata_used,
-            &self.metadata_size,
-            &self.low_water_mark,
-            &self.mode,
-            &self.needs_check,
-            &self.below_floor,
-            &self.snapshots,
-            &self.containers,
-            &self.collect_failed,
-        ] {
+        for g in self.gauges() {
             g.reset();
         }
         self.dm_events.reset();

@@ -199,6 +199,28 @@ pub(super) fn store_files_of(db: &Path) -> Vec<PathBuf> {
 }
 
 /// The device node of a block device number, from sysfs (no udev needed).
+/// The dm devices of pool `name`'s thin devices (named `NAME-THIN`).
+pub(super) fn thin_devices_of(deps: &Deps, name: &str) -> Result<Vec<String>> {
+    let prefix = format!("{name}-");
+    Ok(deps
+        .dm
+        .list()?
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with(&prefix))
+        .collect())
+}
+
+/// Busy if any of `devices` is open (mounted, or held by a process).
+pub(super) fn refuse_open(deps: &Deps, devices: &[String]) -> Result<()> {
+    for t in devices {
+        if deps.dm.info(t)?.is_some_and(|i| i.open_count > 0) {
+            return Err(Error::new(ErrorKind::Busy { device: t.clone() }).device(t.clone()));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn devnode_of(n: crate::table::DevNum) -> Result<PathBuf> {
     let p = PathBuf::from(format!("/sys/dev/block/{n}/uevent"));
     let text = fs::read_to_string(&p).map_err(|e| Error::io(e, &p))?;

@@ -53,19 +53,8 @@ impl Pool {
         })?;
 
         // Offline: no thin device open, then none at all, then no pool.
-        let prefix = format!("{name}-");
-        let thins: Vec<String> = deps
-            .dm
-            .list()?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        for t in &thins {
-            if deps.dm.info(t)?.is_some_and(|i| i.open_count > 0) {
-                return Err(Error::new(ErrorKind::Busy { device: t.clone() }).device(t.clone()));
-            }
-        }
+        let thins = thin_devices_of(deps, &name)?;
+        refuse_open(deps, &thins)?;
         for t in &thins {
             deps.dm.remove(t, false)?;
         }

@@ -45,21 +45,9 @@ impl Pool {
                 what: "destroying an adopted pool (shut it down instead)",
             }));
         }
-        let prefix = format!("{}-", self.name);
-        let thins: Vec<String> = self
-            .deps
-            .dm
-            .list()?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        for t in thins.iter().filter(|_| !deferred) {
-            if let Some(i) = self.deps.dm.info(t)? {
-                if i.open_count > 0 {
-                    return Err(Error::new(ErrorKind::Busy { device: t.clone() }).device(t.clone()));
-                }
-            }
+        let thins = thin_devices_of(&self.deps, &self.name)?;
+        if !deferred {
+            refuse_open(&self.deps, &thins)?;
         }
         for t in &thins {
             self.deps.dm.remove(t, deferred)?;
