@@ -2,8 +2,8 @@
 //! purpose: on the host a loop device leaked on a file under the root, a
 //! killed container's root left mounted, a container's cgroup left in
 //! every hierarchy; in the VM a dm device named for a pool's thin device
-//! that no record explains and the thin id under it, and a pool left
-//! inactive as after a reboot.
+//! that no record explains and the thin id under it (reported only), the
+//! pool's record store deleted, and a pool left inactive as after a reboot.
 //! Each is reported with its fix, `--fix` repairs it, and doctor is clean
 //! afterwards.
 #![forbid(unsafe_code)]
@@ -194,16 +194,45 @@ fn doctor_fixes_pool_drift() {
         found,
         [
             ("dm_device_without_record".to_owned(), stray.clone(), true),
-            ("orphan_thin_id".to_owned(), format!("{pool}:4242"), true),
+            ("orphan_thin_id".to_owned(), format!("{pool}:4242"), false),
         ],
         "{v}"
     );
+    // The device goes; the id, which may hold somebody's data, is only
+    // reported.
     let (code, v) = doctor(&root, &["--fix"]);
-    assert_eq!(code, 0, "{v}");
+    assert_eq!(code, 1, "{v}");
     assert!(!dm_devices(&stray).contains(&stray));
-    // The id is gone from the metadata: creating it again works.
-    run("dmsetup", &["message", &pool, "0", "create_thin 4242"]);
+    let fixed: Vec<&str> = v["fixed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(fixed, ["dm_device_without_record"], "{v}");
+    let (code, v) = doctor(&root, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        findings(&v),
+        [("orphan_thin_id".to_owned(), format!("{pool}:4242"), false)],
+        "{v}"
+    );
     run("dmsetup", &["message", &pool, "0", "delete 4242"]);
+    clean(&root);
+
+    // The pool's record store deleted: reported, never compared.
+    let db = root.path().join("pools").join(&pool).join("thinbox.db");
+    let kept = root.path().join("thinbox.db.kept");
+    std::fs::rename(&db, &kept).unwrap();
+    let (code, v) = doctor(&root, &["--fix"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        findings(&v),
+        [("pool_store_missing".to_owned(), pool.clone(), false)],
+        "{v}"
+    );
+    assert!(!db.exists(), "doctor made a store");
+    std::fs::rename(&kept, &db).unwrap();
     clean(&root);
 
     // A reboot: every device of the pool gone, the records kept.

@@ -38,8 +38,10 @@ pub enum FindingKind {
     PoolBelowFloor,
     /// A recorded pool is not active (after a reboot, say).
     PoolInactive,
-    /// A thin id in a pool's metadata that no record explains (a crash's
-    /// leftover, or made by hand).
+    /// A pool's record store (`thinbox.db`) is gone.
+    PoolStoreMissing,
+    /// A thin id in a pool's metadata that no record explains (made by
+    /// hand, or a bug's leftover): not provably thinbox's, so reported only.
     OrphanThinId,
     /// A recorded thin device whose id the pool's metadata lacks.
     RecordWithoutThinDevice,
@@ -110,14 +112,12 @@ pub fn run(opts: &EngineOptions, fix: bool, plan: &mut dyn FnMut(&[Finding])) ->
         .filter(|f| f.fixable)
         .cloned()
         .collect();
-    // Holders before what they hold: a mount before its device, a thin
-    // device before its id.
+    // Holders before what they hold: a mount before its device.
     todo.sort_by_key(|f| match f.kind {
         FindingKind::StaleMount => 0,
         FindingKind::DmDeviceWithoutRecord => 1,
-        FindingKind::OrphanThinId => 2,
-        FindingKind::LeakedLoopDevice => 3,
-        _ => 4,
+        FindingKind::LeakedLoopDevice => 2,
+        _ => 3,
     });
     plan(&todo);
     for f in todo {
@@ -186,7 +186,25 @@ fn check_pools(
             ));
         }
         if let (PoolKind::Loopback, Some(dir), None) = (rec.kind, &rec.dir, &rec.lent_to) {
-            let thins = thinpool::store::Store::open(&dir.join("thinbox.db"))?.thins()?;
+            let db = dir.join("thinbox.db");
+            if !db.exists() {
+                // Never compared (opening would make an empty store, and
+                // every thin id would look like an orphan).
+                findings.push(finding(
+                    FindingKind::PoolStoreMissing,
+                    format!(
+                        "pool {name}'s record store {} is missing: which thin device is which is lost",
+                        db.display()
+                    ),
+                    format!(
+                        "restore {} from a backup; the thin devices are untouched (`thin_ls` lists them)",
+                        db.display()
+                    ),
+                    false,
+                ));
+                continue;
+            }
+            let thins = thinpool::store::Store::open(&db)?.thins()?;
             let ids = thinpool::pool::live_thin_usage(pools.deps(), &st.dm_name)?;
             findings.extend(thin_id_drift(
                 &name,
@@ -235,8 +253,8 @@ pub fn thin_id_drift(
             kind: FindingKind::OrphanThinId,
             subject: format!("{pool}:{id}"),
             detail: format!("thin id {id} is in pool {pool}'s metadata but no record explains it"),
-            fix: format!("dmsetup message {dm_name} 0 \"delete {id}\""),
-            fixable: true,
+            fix: format!("if it is nobody's data: dmsetup message {dm_name} 0 \"delete {id}\""),
+            fixable: false,
         });
     let lost = recorded
         .iter()
@@ -439,18 +457,6 @@ fn apply(opts: &EngineOptions, root: &Path, f: &Finding) -> Result<()> {
         FindingKind::DmDeviceWithoutRecord => {
             let pools = Pools::for_engine(root, opts)?;
             pools.deps().dm.remove(&f.subject, false)?;
-            Ok(())
-        }
-        // Under the pool's lock, after its reconciliation (an id a crashed
-        // create left is settled there): what is still unknown goes.
-        FindingKind::OrphanThinId => {
-            let (pool, _) = f
-                .subject
-                .rsplit_once(':')
-                .ok_or_else(|| failed("cannot parse", String::new()))?;
-            let mut open = Pools::for_engine(root, opts)?.open_pool(pool)?;
-            open.pool.rescan()?;
-            open.pool.remove_unknown()?;
             Ok(())
         }
         FindingKind::LeakedLoopDevice => {

@@ -93,8 +93,11 @@ fn thin_ids_and_records_are_compared_both_ways() {
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[0].kind, FindingKind::OrphanThinId);
     assert_eq!(found[0].subject, "tp:7");
-    assert_eq!(found[0].fix, "dmsetup message tp-dm 0 \"delete 7\"");
-    assert!(found[0].fixable);
+    assert!(found[0]
+        .fix
+        .ends_with("dmsetup message tp-dm 0 \"delete 7\""));
+    // Not provably thinbox's: someone's data, for all doctor knows.
+    assert!(!found[0].fixable);
     assert_eq!(found[1].kind, FindingKind::RecordWithoutThinDevice);
     assert_eq!(found[1].subject, "tp:snap-b");
     assert!(!found[1].fixable);
