@@ -18,6 +18,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -62,9 +63,15 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	deadline := time.Now().Add(120 * time.Second)
+	// Up once a connection is taken, not once the file exists: a refusal
+	// then says why, with serve's log (which the case's cleanup removes).
+	var lastErr error
 	for {
-		if _, err := os.Stat(socket); err == nil {
+		if c, err := net.Dial("unix", socket); err == nil {
+			c.Close()
 			break
+		} else {
+			lastErr = err
 		}
 		select {
 		case err := <-exited:
@@ -74,7 +81,8 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 		}
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
-			return nil, nil, fmt.Errorf("thinbox serve made no socket at %s in 120 s", socket)
+			out, _ := os.ReadFile(filepath.Join(root, "serve.log"))
+			return nil, nil, fmt.Errorf("thinbox serve took no connection on %s in 120 s (%v): %s", socket, lastErr, out)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
