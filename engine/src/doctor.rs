@@ -289,6 +289,8 @@ fn loop_devices() -> Vec<LoopDevice> {
     let Ok(entries) = std::fs::read_dir("/sys/block") else {
         return v;
     };
+    // Read once: a loop device mounted directly is held too.
+    let mounted = mount_sources();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with("loop") {
@@ -305,7 +307,7 @@ fn loop_devices() -> Vec<LoopDevice> {
         let held = std::fs::read_dir(e.path().join("holders"))
             .map(|mut d| d.next().is_some())
             .unwrap_or(false)
-            || mount_sources().contains(&format!("/dev/{name}"));
+            || mounted.contains(&format!("/dev/{name}"));
         v.push(LoopDevice {
             device: format!("/dev/{name}"),
             file: PathBuf::from(file),
