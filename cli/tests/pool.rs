@@ -16,7 +16,7 @@ use integration::need::Need;
 const MIB: u64 = 1 << 20;
 
 fn main() -> ExitCode {
-    harness::main(&[
+    let mut tests = [
         KernelTest::new(
             "monitor_follows_dm_events_and_stops_on_sigterm",
             monitor_follows_dm_events_and_stops_on_sigterm,
@@ -62,7 +62,19 @@ fn main() -> ExitCode {
             zfs_backend_runs_snapshot_commands,
         )
         .needs(&[Need::Root, Need::Zfs]),
-    ])
+    ];
+    // A pool's life, its growth by the monitor, a create killed midway and a
+    // direct-lvm pool on every kernel of the matrix.
+    harness::in_kernel_matrix(
+        &mut tests,
+        &[
+            "loopback_pool_lifecycle",
+            "monitor_follows_dm_events_and_stops_on_sigterm",
+            "create_killed_midway_is_undone",
+            "lvm_pool_on_a_virtio_disk",
+        ],
+    );
+    harness::main(&tests)
 }
 
 fn dm_exists(name: &str) -> bool {

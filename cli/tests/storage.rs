@@ -87,9 +87,11 @@ fn run_json(root: &Root, args: &[&str]) -> (i32, serde_json::Value) {
 
 /// A shell line that writes 1 MiB blocks to /big until the root is full
 /// (or `mib` MiB), prints how many MiB it wrote and exits as dd did.
+/// Random bytes: ZFS 2.2 and later compress by default, and zeros (or any
+/// repeated byte) would fill no quota.
 fn fill(mib: u32) -> String {
     format!(
-        "dd if=/dev/zero of=/big bs=1M count={mib} 2>/dev/null; r=$?; \
+        "dd if=/dev/urandom of=/big bs=1M count={mib} 2>/dev/null; r=$?; \
          echo $(( $(stat -c %s /big) / 1048576 )); exit $r"
     )
 }

@@ -74,7 +74,14 @@ mount_v1_controllers() {
         first=${group%%,*}
         grep -q "^$first[[:space:]].*1\$" /proc/cgroups || continue
         mkdir -p "/sys/fs/cgroup/$group"
-        mount -t cgroup -o "$group" cgroup "/sys/fs/cgroup/$group" || fail "cannot mount cgroup v1 $group"
+        if ! mount -t cgroup -o "$group" cgroup "/sys/fs/cgroup/$group" 2>/dev/null; then
+            # A kernel may build a controller for v2 only (Debian's 6.12:
+            # no CONFIG_MEMCG_V1, no CONFIG_CPUSETS_V1), as RHEL 10 does:
+            # the layout goes without it, as such a host's does.
+            echo "thinbox-guest: cgroup v1 $group is not in this kernel (v2 only)" >/dev/console
+            rmdir "/sys/fs/cgroup/$group"
+            continue
+        fi
         if [ "$group" != "$first" ]; then
             for member in $(echo "$group" | tr , ' '); do
                 ln -s "$group" "/sys/fs/cgroup/$member"

@@ -41,6 +41,9 @@ pub struct KernelTest {
     /// Left out of CI's smoke run (`thinbox-test --smoke`), naming the
     /// smoke test that covers the same code; `None` for smoke tests.
     pub not_in_smoke: Option<&'static str>,
+    /// Also run on each extra kernel of the matrix (5.10, 6.12), in CI's
+    /// smoke run as in the full one.
+    pub kernel_matrix: bool,
 }
 
 impl KernelTest {
@@ -52,6 +55,7 @@ impl KernelTest {
             timeout: Duration::from_secs(300),
             body,
             not_in_smoke: None,
+            kernel_matrix: false,
         }
     }
 
@@ -66,6 +70,15 @@ impl KernelTest {
     /// `PACKAGE::TARGET::TEST`) exercises in the smoke run.
     pub const fn not_in_smoke(mut self, covered_by: &'static str) -> KernelTest {
         self.not_in_smoke = Some(covered_by);
+        self
+    }
+
+    /// The same test also run on every extra kernel of the matrix: one of
+    /// the few that show a kernel can carry thinbox (a pool's life, an
+    /// autoextension, each backend's basic case, a limited container, a
+    /// SIGKILL recovery).
+    pub const fn in_kernel_matrix(mut self) -> KernelTest {
+        self.kernel_matrix = true;
         self
     }
 
@@ -88,6 +101,9 @@ pub struct TestListing {
     /// The smoke test covering it, when CI's smoke run leaves it out.
     #[serde(default)]
     pub not_in_smoke: Option<String>,
+    /// Also run on each extra kernel of the matrix.
+    #[serde(default)]
+    pub kernel_matrix: bool,
 }
 
 /// How one test ended.
@@ -162,6 +178,19 @@ fn parse_args() -> Args {
     args
 }
 
+/// Marks the tests named in `names` [`KernelTest::in_kernel_matrix`];
+/// panics on a name that is not a test, so a rename cannot drop a test
+/// from the matrix unseen.
+pub fn in_kernel_matrix(tests: &mut [KernelTest], names: &[&str]) {
+    for name in names {
+        let test = tests
+            .iter_mut()
+            .find(|t| t.name == *name)
+            .unwrap_or_else(|| panic!("the kernel matrix names {name}, which is not a test here"));
+        *test = test.in_kernel_matrix();
+    }
+}
+
 /// The test binary's `main`.
 pub fn main(tests: &[KernelTest]) -> ExitCode {
     let args = parse_args();
@@ -176,6 +205,7 @@ pub fn main(tests: &[KernelTest]) -> ExitCode {
                 needs: t.needs.to_vec(),
                 timeout_secs: t.timeout.as_secs(),
                 not_in_smoke: t.not_in_smoke.map(str::to_owned),
+                kernel_matrix: t.kernel_matrix,
             })
             .collect();
         println!("{}", serde_json::to_string(&listing).unwrap_or_default());

@@ -30,6 +30,11 @@ pub struct Options {
     /// [`KernelTest::not_in_smoke`](crate::harness::KernelTest::not_in_smoke)
     /// and run the long matrices' subsets.
     pub smoke: bool,
+    /// Boot this guest kernel (an ABI or its prefix, `5.10`) for the VM
+    /// tests instead of the default one, and skip the matrix's lanes.
+    pub kernel: Option<String>,
+    /// Run only the matrix's lanes on the extra kernels.
+    pub matrix_only: bool,
 }
 
 impl Options {
@@ -163,8 +168,30 @@ pub fn main(options: &Options) -> ExitCode {
         left_out.retain(matches);
     }
 
+    // The matrix's lanes run on the extra kernels whenever the VM runs and
+    // no one kernel was asked for.
+    let matrix_cases: Vec<KernelCase> = if options.kernel.is_none() && !options.host_only {
+        kernel
+            .iter()
+            .filter(|c| c.listing.kernel_matrix)
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+
     let host_env = Environment::probe();
-    let image = GuestImage::locate();
+    let image = match &options.kernel {
+        Some(wanted) => GuestImage::locate_kernel(wanted),
+        None => GuestImage::locate(),
+    };
+    let default_kernel = match &image {
+        Ok(image) => image.kernel_version.clone(),
+        Err(_) => options
+            .kernel
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+    };
     let guest_has_zfs = image.as_ref().map(GuestImage::has_zfs).unwrap_or(true);
     let mut on_host: Vec<KernelCase> = Vec::new();
     let mut on_vm: BTreeMap<CgroupLayout, Vec<KernelCase>> = BTreeMap::new();
@@ -186,12 +213,13 @@ pub fn main(options: &Options) -> ExitCode {
 
     let mut host = Tally::default();
     let mut vm_tally = Tally::default();
+    let mut per_kernel: Vec<(String, Tally)> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for problem in &smoke_problems {
         host.failed += 1;
         failures.push(format!("host: smoke run: {problem}"));
     }
-    if !options.vm_only {
+    if !options.vm_only && !options.matrix_only {
         for binary in &plain {
             host.add(run_plain(binary, options.filter.as_deref(), &mut failures));
         }
@@ -201,14 +229,26 @@ pub fn main(options: &Options) -> ExitCode {
         host.add(run_kernel_on_host(&on_host, options.full(), &mut failures));
     }
     if !options.host_only {
-        for (layout, cases) in &on_vm {
-            vm_tally.add(run_kernel_in_vm(
+        let mut tally = Tally::default();
+        for (layout, cases) in on_vm.iter().filter(|_| !options.matrix_only) {
+            tally.add(run_kernel_in_vm(
                 &image,
                 *layout,
                 cases,
                 options,
+                "vm",
                 &mut failures,
             ));
+        }
+        vm_tally.add(tally);
+        if !options.matrix_only {
+            per_kernel.push((default_kernel, tally));
+        }
+        if !matrix_cases.is_empty() {
+            for (kernel, tally) in run_matrix(&matrix_cases, options, &mut failures) {
+                vm_tally.add(tally);
+                per_kernel.push((kernel, tally));
+            }
         }
     }
 
@@ -231,6 +271,12 @@ pub fn main(options: &Options) -> ExitCode {
     let mut total = host;
     total.add(vm_tally);
     println!("\nran in {:.0}s", started.elapsed().as_secs_f64());
+    if !options.vm_only && !options.matrix_only {
+        println!("{}", host.line(&format!("host, kernel {}", host_kernel())));
+    }
+    for (kernel, tally) in &per_kernel {
+        println!("{}", tally.line(&format!("vm, kernel {kernel}")));
+    }
     println!("{}", host.line("host"));
     println!("{}", vm_tally.line("vm"));
     println!("{}", total.line("total"));
@@ -541,11 +587,82 @@ fn run_kernel_on_host(cases: &[KernelCase], full: bool, failures: &mut Vec<Strin
     tally
 }
 
+/// The host's kernel release, for the summary.
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Runs the matrix's tests on each extra kernel `scripts/setup.sh`
+/// prepared, one boot per cgroup layout they need, returning each kernel's
+/// tally. In CI a matrix that was not prepared is a failure.
+fn run_matrix(
+    cases: &[KernelCase],
+    options: &Options,
+    failures: &mut Vec<String>,
+) -> Vec<(String, Tally)> {
+    let kernels = GuestImage::matrix_kernels();
+    if kernels.is_empty() {
+        println!("\nno kernel matrix prepared (scripts/setup.sh writes vm/matrix)");
+        if in_ci() {
+            failures.push(
+                "vm: the kernel matrix: no extra kernel was prepared (run scripts/setup.sh)"
+                    .to_owned(),
+            );
+            return vec![(
+                "matrix".to_owned(),
+                Tally {
+                    failed: 1,
+                    ..Tally::default()
+                },
+            )];
+        }
+        return Vec::new();
+    }
+    let mut tallies = Vec::new();
+    for kernel in kernels {
+        let image = GuestImage::locate_kernel(&kernel);
+        let has_zfs = image.as_ref().map(GuestImage::has_zfs).unwrap_or(true);
+        let env = format!("vm {kernel}");
+        let mut by_layout: BTreeMap<CgroupLayout, Vec<KernelCase>> = BTreeMap::new();
+        let mut tally = Tally::default();
+        for case in cases {
+            let (layout, disks) = guest_profile(&case.listing.needs);
+            let missing = Environment::guest(layout, disks, has_zfs).missing(&case.listing.needs);
+            if missing.is_empty() {
+                by_layout.entry(layout).or_default().push(case.clone());
+            } else {
+                // Said, never silent: a kernel the matrix names must carry
+                // the test (in CI this fails it).
+                let verdict = if in_ci() {
+                    Verdict::Failed
+                } else {
+                    Verdict::Skipped
+                };
+                tally.count(verdict);
+                failures.push(format!(
+                    "{env}: {}::{}: this kernel's guest lacks {missing:?}",
+                    case.binary.label, case.listing.name
+                ));
+            }
+        }
+        for (layout, cases) in &by_layout {
+            tally.add(run_kernel_in_vm(
+                &image, *layout, cases, options, &env, failures,
+            ));
+        }
+        tallies.push((kernel, tally));
+    }
+    tallies
+}
+
 fn run_kernel_in_vm(
     image: &Result<GuestImage, vm::VmError>,
     layout: CgroupLayout,
     cases: &[KernelCase],
     options: &Options,
+    env_label: &str,
     failures: &mut Vec<String>,
 ) -> Tally {
     let disks = cases
@@ -553,8 +670,12 @@ fn run_kernel_in_vm(
         .map(|c| guest_profile(&c.listing.needs).1)
         .max()
         .unwrap_or(0);
+    let kernel = image
+        .as_ref()
+        .map(|i| i.kernel_version.clone())
+        .unwrap_or_else(|_| "?".to_owned());
     println!(
-        "\n== VM boot: cgroup {layout}, {disks} spare disk(s), {} test(s)",
+        "\n== VM boot: kernel {kernel}, cgroup {layout}, {disks} spare disk(s), {} test(s)",
         cases.len()
     );
     let image = match image {
@@ -575,7 +696,7 @@ fn run_kernel_in_vm(
                     seconds: 0.0,
                 })
                 .collect();
-            return tally_outcomes("vm", cases, &outcomes, "", failures);
+            return tally_outcomes(env_label, cases, &outcomes, "", failures);
         }
     };
     let share = tempfile::Builder::new()
@@ -591,7 +712,7 @@ fn run_kernel_in_vm(
         let results_in_guest = format!("{GUEST_SHARE}/{}", results_file(i));
         let quoted: Vec<String> = names.iter().map(|n| vm::shell_quote(n)).collect();
         script.push_str(&format!(
-            "echo '== {} (vm, cgroup {layout})'\ncd {} && {RESULTS_ENV}={} {} --exact {}\n",
+            "echo '== {} (vm, kernel {kernel}, cgroup {layout})'\ncd {} && {RESULTS_ENV}={} {} --exact {}\n",
             binary.label,
             vm::shell_quote(&binary.package_dir.to_string_lossy()),
             vm::shell_quote(&results_in_guest),
@@ -650,7 +771,9 @@ fn run_kernel_in_vm(
             .filter(|c| c.binary.exe == binary.exe)
             .cloned()
             .collect();
-        tally.add(tally_outcomes("vm", &mine, &outcomes, &reason, failures));
+        tally.add(tally_outcomes(
+            env_label, &mine, &outcomes, &reason, failures,
+        ));
     }
     if tally.failed > 0 {
         if let Ok(out) = &result {
@@ -714,6 +837,7 @@ mod tests {
                 needs: vec![],
                 timeout_secs: 1,
                 not_in_smoke: not_in_smoke.map(str::to_owned),
+                kernel_matrix: false,
             },
         }
     }

@@ -50,6 +50,14 @@ pub enum VmError {
         /// The cache directory.
         cache: PathBuf,
     },
+    /// No prepared guest kernel has this ABI.
+    #[error("no guest kernel {wanted} is prepared (prepared: {known}): scripts/setup.sh prepares the default kernel and the matrix's")]
+    UnknownKernel {
+        /// The ABI or prefix asked for.
+        wanted: String,
+        /// The ABIs prepared.
+        known: String,
+    },
     /// The initramfs predates the current init script.
     #[error("the guest initramfs in {dir} was built from an older init script: run scripts/setup.sh again")]
     StaleInitramfs {
@@ -137,10 +145,53 @@ impl GuestImage {
             cache: cache.clone(),
         };
         let current = fs::read_to_string(cache.join("vm/current")).map_err(|_| not_prepared())?;
-        let kernel_version = current.trim().to_owned();
+        Self::locate_version(cache, current.trim())
+    }
+
+    /// The kernels of the matrix that `scripts/setup.sh` prepared besides
+    /// the default one (`vm/matrix`, one ABI a line), in its order.
+    pub fn matrix_kernels() -> Vec<String> {
+        fs::read_to_string(Self::cache_root().join("vm/matrix"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The prepared guest whose kernel ABI is `wanted` or starts with it
+    /// (`5.10` finds `5.10.0-32-amd64`), among the default kernel and the
+    /// matrix's.
+    pub fn locate_kernel(wanted: &str) -> Result<GuestImage, VmError> {
+        let cache = Self::cache_root();
+        let mut known = Self::matrix_kernels();
+        if let Ok(current) = fs::read_to_string(cache.join("vm/current")) {
+            known.insert(0, current.trim().to_owned());
+        }
+        let found = known
+            .iter()
+            .find(|k| k.as_str() == wanted)
+            .or_else(|| known.iter().find(|k| k.starts_with(wanted)));
+        match found {
+            Some(kernel) => Self::locate_version(cache, kernel),
+            // An ABI prepared but not (yet) in the matrix.
+            None if cache.join("vm").join(wanted).join("ready").exists() => {
+                Self::locate_version(cache, wanted)
+            }
+            None => Err(VmError::UnknownKernel {
+                wanted: wanted.to_owned(),
+                known: known.join(", "),
+            }),
+        }
+    }
+
+    /// The guest for kernel ABI `kernel_version` in the cache root `cache`.
+    pub fn locate_version(cache: PathBuf, kernel_version: &str) -> Result<GuestImage, VmError> {
+        let kernel_version = kernel_version.to_owned();
         let dir = cache.join("vm").join(&kernel_version);
         if !dir.join("ready").exists() {
-            return Err(not_prepared());
+            return Err(VmError::NotPrepared { cache });
         }
         let built_from = fs::read_to_string(dir.join("init")).unwrap_or_default();
         if built_from != INITRAMFS_INIT {

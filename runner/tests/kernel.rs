@@ -206,5 +206,20 @@ fn main() -> ExitCode {
         root_loop,
         all,
     );
+    // Limited containers on every kernel of the matrix, on cgroup v1 and v2:
+    // memory, pids and cpu in the cgroup, the OOM killer and the pids limit
+    // at work, and io throttled on a dm-thin root.
+    let matrix: Vec<&'static str> = [
+        "limits_land_in_the_cgroup",
+        "memory_hog_is_oom_killed_and_reported",
+        "fork_bomb_is_stopped_by_pids_limit",
+        "container_on_a_dm_thin_snapshot",
+    ]
+    .iter()
+    .flat_map(|name| {
+        ["v1", "v2"].map(|layout| &*Box::leak(format!("{name}_{layout}").into_boxed_str()))
+    })
+    .collect();
+    harness::in_kernel_matrix(&mut tests, &matrix);
     harness::main(&tests)
 }

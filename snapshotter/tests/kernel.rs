@@ -763,5 +763,16 @@ fn main() -> ExitCode {
         })
         .needs(BTRFS),
     ]);
+    // Each backend's basic case on every kernel of the matrix.
+    harness::in_kernel_matrix(
+        &mut tests,
+        &[
+            "naive_basic",
+            "overlay_basic",
+            "vm_btrfs_basic",
+            "zfs_basic",
+            "devmapper_basic",
+        ],
+    );
     harness::main(&tests)
 }

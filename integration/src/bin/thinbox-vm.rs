@@ -1,7 +1,7 @@
 //! Runs a command inside the Debian-kernel test VM.
 //!
 //! ```text
-//! thinbox-vm run [--cgroup v1|v2|hybrid] [--disk SIZE]... [--memory SIZE]
+//! thinbox-vm run [--kernel K] [--cgroup v1|v2|hybrid] [--disk SIZE]... [--memory SIZE]
 //!                [--cpus N] [--timeout SECS] [--accel auto|kvm|tcg] -- CMD [ARGS...]
 //! thinbox-vm info
 //! ```
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use integration::vm::{self, DiskSize, GuestImage, VmConfig};
 
-const USAGE: &str = "usage: thinbox-vm run [--cgroup v1|v2|hybrid] [--disk SIZE]... [--memory SIZE] [--cpus N] [--timeout SECS] [--accel auto|kvm|tcg] -- CMD [ARGS...]
+const USAGE: &str = "usage: thinbox-vm run [--kernel K] [--cgroup v1|v2|hybrid] [--disk SIZE]... [--memory SIZE] [--cpus N] [--timeout SECS] [--accel auto|kvm|tcg] -- CMD [ARGS...]
        thinbox-vm info";
 
 fn main() -> ExitCode {
@@ -36,18 +36,26 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn info() -> ExitCode {
-    match GuestImage::locate() {
-        Ok(image) => {
-            println!("guest kernel: {}", image.kernel_version);
-            println!("cache: {}", image.dir.display());
-            println!(
-                "zfs modules: {}",
-                if image.has_zfs() { "yes" } else { "no" }
-            );
-            ExitCode::SUCCESS
+    let image = match GuestImage::locate() {
+        Ok(image) => image,
+        Err(e) => return fail(&e.to_string()),
+    };
+    println!("guest kernel: {}", image.kernel_version);
+    println!("cache: {}", image.dir.display());
+    println!(
+        "zfs modules: {}",
+        if image.has_zfs() { "yes" } else { "no" }
+    );
+    for kernel in GuestImage::matrix_kernels() {
+        match GuestImage::locate_kernel(&kernel) {
+            Ok(m) => println!(
+                "matrix kernel: {kernel} (zfs modules: {})",
+                if m.has_zfs() { "yes" } else { "no" }
+            ),
+            Err(e) => println!("matrix kernel: {kernel}: {e}"),
         }
-        Err(e) => fail(&e.to_string()),
     }
+    ExitCode::SUCCESS
 }
 
 fn run(args: &[String]) -> ExitCode {
@@ -57,6 +65,7 @@ fn run(args: &[String]) -> ExitCode {
     };
     let mut it = args.iter();
     let mut command = Vec::new();
+    let mut kernel: Option<String> = None;
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| {
             it.next()
@@ -68,6 +77,7 @@ fn run(args: &[String]) -> ExitCode {
                 command = it.by_ref().cloned().collect();
                 break;
             }
+            "--kernel" => value("--kernel").map(|k| kernel = Some(k)),
             "--cgroup" => value("--cgroup").and_then(|v| {
                 v.parse()
                     .map(|l| config.cgroup = l)
@@ -110,7 +120,11 @@ fn run(args: &[String]) -> ExitCode {
     if command.is_empty() {
         return fail(&format!("no command given after --\n{USAGE}"));
     }
-    let image = match GuestImage::locate() {
+    let image = match kernel {
+        Some(k) => GuestImage::locate_kernel(&k),
+        None => GuestImage::locate(),
+    };
+    let image = match image {
         Ok(image) => image,
         Err(e) => return fail(&e.to_string()),
     };

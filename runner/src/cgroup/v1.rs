@@ -49,9 +49,10 @@ impl V1Cgroup {
             Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "the {} cgroup controller is not mounted: mount it or drop the {} limits",
-                    controller.name(),
-                    controller.name()
+                    "the {name} cgroup controller is not mounted in cgroup v1: mount it, or boot with cgroup v2 \
+                     where the kernel builds it for v2 only (Linux 6.11 and later without its V1 option, \
+                     as Debian's 6.12 and RHEL 10), or drop the {name} limits",
+                    name = controller.name()
                 ),
             )
         })

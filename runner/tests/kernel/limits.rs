@@ -6,6 +6,9 @@ use super::*;
 
 pub(super) fn memory_hog_is_oom_killed_and_reported() {
     let root = Rootfs::new();
+    if v1_without_memory() {
+        return assert_memory_limit_refused(root.builder().memory_limit(Bytes::mib(32)));
+    }
     let report = start(
         root.builder()
             .memory_limit(Bytes::mib(32))
@@ -66,6 +69,9 @@ pub(super) fn timeout_kills_the_whole_cgroup() {
 
 pub(super) fn limits_land_in_the_cgroup() {
     let root = Rootfs::new();
+    if v1_without_memory() {
+        return assert_memory_limit_refused(root.builder().memory_limit(Bytes::mib(48)));
+    }
     let layout = Runtime::detect().unwrap().hierarchies().layout();
     let container = start(
         root.builder()

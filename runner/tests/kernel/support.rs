@@ -78,6 +78,47 @@ pub(super) fn start(builder: ContainerBuilder, args: &[&str]) -> Container {
     Runtime::detect().unwrap().start(&config).unwrap()
 }
 
+/// Whether this is a cgroup v1 host whose kernel builds the memory
+/// controller for v2 only: Linux 6.11 made v1 memory (and 6.12 v1 cpuset)
+/// optional, and Debian's 6.12 and RHEL 10 leave them out. Only then is a
+/// missing v1 memory hierarchy the kernel's doing, not a test setup's.
+pub(super) fn v1_without_memory() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let v1_memory = mountinfo.lines().any(|l| {
+        l.contains(" - cgroup ")
+            && l.rsplit(' ')
+                .next()
+                .is_some_and(|o| o.split(',').any(|o| o == "memory"))
+    });
+    let layout = Runtime::detect().unwrap().hierarchies().layout();
+    layout == runner::cgroup::CgroupLayout::V1 && (major, minor) >= (6, 11) && !v1_memory
+}
+
+/// On such a host ([`v1_without_memory`]): a container with a memory limit
+/// is refused with Unsupported naming the memory controller and the way
+/// out, and leaves no cgroup in any hierarchy.
+pub(super) fn assert_memory_limit_refused(builder: ContainerBuilder) {
+    let config = builder.args(["/bin/true"]).build().unwrap();
+    let Err(e) = Runtime::detect().unwrap().start(&config) else {
+        panic!("a memory limit on cgroup v1 without a memory controller must be refused");
+    };
+    assert_eq!(e.kind(), runner::ErrorKind::Unsupported, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("memory") && message.contains("cgroup v2"),
+        "{message}"
+    );
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = hierarchy.path().join(config.cgroup_path.as_path());
+        assert!(!left.exists(), "{} was left", left.display());
+    }
+}
+
 pub(super) fn assert_clean(report: &ExitReport) {
     assert!(report.cgroup_removed, "cgroup left behind: {report:?}");
 }

@@ -240,13 +240,23 @@ pub(super) fn check_size_bound(sn: &dyn Snapshotter, work: &Path) {
         .expect_err("a view with a size must be refused");
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 
-    // Writes 1 MiB at a time, synced, until `cap` bytes or an error.
+    // Writes 1 MiB at a time, synced, until `cap` bytes or an error. The
+    // bytes are pseudo-random: ZFS 2.2 and later compress by default, and a
+    // repeated byte would fill no quota.
     let fill = |dir: &Path, cap: u64| -> (u64, Option<std::io::Error>) {
         use std::io::Write;
         let mut f = fs::File::create(dir.join("fill")).expect("create");
-        let chunk = vec![0x5a_u8; 1 << 20];
+        let mut chunk = vec![0_u8; 1 << 20];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut written = 0;
         while written < cap {
+            for word in chunk.chunks_exact_mut(8) {
+                // xorshift64: cheap, and incompressible enough for lz4.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
             if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
                 return (written, Some(e));
             }

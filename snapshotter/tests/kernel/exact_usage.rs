@@ -15,7 +15,17 @@ fn parent_and_child(sn: &dyn Snapshotter, work: &Path) -> (Usage, Vec<snapshotte
         let dir = work.join(key.as_str());
         std::fs::create_dir_all(&dir).unwrap();
         let g = MountGuard::new(&m, &dir).unwrap();
-        let data: Vec<u8> = (0..mib << 20).map(|i| (i % 253) as u8).collect();
+        // Pseudo-random (xorshift64): ZFS 2.2 and later compress by
+        // default, and a repeating pattern would take almost no blocks.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(mib);
+        let data: Vec<u8> = (0..(mib << 17))
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect();
         std::fs::write(dir.join(file), data).unwrap();
         run("sync", &[]);
         g.unmount().unwrap();
