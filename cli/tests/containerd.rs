@@ -65,6 +65,12 @@ fn main() -> ExitCode {
         KernelTest::new("ctr_runs_on_btrfs", ctr_runs_on_btrfs)
             .needs(&[Need::Root, Need::Loop, Need::Btrfs])
             .timeout(Duration::from_secs(600)),
+        KernelTest::new(
+            "doctor_sees_what_containerd_forgot",
+            doctor_sees_what_containerd_forgot,
+        )
+        .needs(&[Need::Root, Need::Loop, Need::Btrfs])
+        .timeout(Duration::from_secs(600)),
         KernelTest::new("daemon_killed_at_each_step", daemon_killed_at_each_step)
             .needs(&[Need::Root, Need::Loop, Need::Btrfs])
             .timeout(Duration::from_secs(600)),
@@ -563,6 +569,113 @@ fn ctr_runs_on_zfs() {
         &format!("backend = \"zfs\"\n[zfs]\ndataset = \"{dataset}\"\n"),
         false,
     );
+}
+
+/// `thinbox --json doctor` against containerd at `ctd`: exit code, report.
+fn doctor_with(root: &Root, ctd: &Containerd) -> (i32, Value) {
+    let r = root.run(&["--json", "doctor", "--containerd-address", s(&ctd.sock)]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("doctor: {e}: {r:?}"));
+    (r.code, v)
+}
+
+/// containerd's database lost while thinbox keeps its snapshots (the
+/// containerd#4790 drift): doctor, given containerd's socket, reports each
+/// snapshot kept for containerd that containerd no longer lists, fixes
+/// none, and is clean once containerd's garbage collector has run; with
+/// `serve` down, it says the view was not compared.
+fn doctor_sees_what_containerd_forgot() {
+    let root = Root::with_config("backend = \"btrfs\"\n[btrfs]\nimage_size = \"1G\"\n");
+    let socket = root.path().join("thinbox.sock");
+    let daemon = serve(&root, &socket);
+    let snippet = root.ok(&["containerd", "config", "--socket", s(&socket)]);
+    let plugin = &snippet[snippet.find("[proxy_plugins]").unwrap()..];
+    let plugin = &plugin[..plugin.find("# Kubernetes").unwrap_or(plugin.len())];
+    // No collection at start: the drift must stay until the test asks for one.
+    let extra = format!(
+        "{plugin}\n[plugins.\"io.containerd.gc.v1.scheduler\"]\n  startup_delay = \"1h\"\n"
+    );
+    let dir = root.path().join("containerd");
+    let ctd = Containerd::start(&dir, &extra);
+    let image = "docker.io/library/busybox:latest";
+    let tar = root.path().join("busybox.tar");
+    write::docker_tar(&busybox_spec(image), &tar).unwrap();
+    let (ok, o) = ctd.ctr(&["images", "import", "--snapshotter", "thinbox", s(&tar)]);
+    assert!(ok, "ctr images import: {o}\n{}", ctd.log());
+    let kept = containerd_snapshots(&root);
+    assert!(!kept.is_empty());
+    let (code, v) = doctor_with(&root, &ctd);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    assert_eq!(v["notes"], serde_json::json!([]), "{v}");
+
+    // containerd restarted on an empty database.
+    ctd.stop();
+    std::fs::remove_file(dir.join("root/io.containerd.metadata.v1.bolt/meta.db")).unwrap();
+    let ctd = Containerd::start(&dir, &extra);
+    let (code, v) = doctor_with(&root, &ctd);
+    assert_eq!(code, 1, "{v}");
+    let found = v["findings"].as_array().unwrap();
+    assert_eq!(found.len(), kept.len(), "{v}");
+    for f in found {
+        assert_eq!(f["kind"], "unknown_to_containerd", "{v}");
+        assert_eq!(f["fixable"], false, "{v}");
+        assert!(
+            f["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("@containerd/thinbox-test/"),
+            "{v}"
+        );
+    }
+    let (code, v) = {
+        let r = root.run(&[
+            "--json",
+            "doctor",
+            "--fix",
+            "--containerd-address",
+            s(&ctd.sock),
+        ]);
+        (r.code, serde_json::from_str::<Value>(&r.stdout).unwrap())
+    };
+    assert_eq!((code, v["fixed"].as_array().unwrap().len()), (1, 0), "{v}");
+    assert_eq!(containerd_snapshots(&root).len(), kept.len());
+
+    // The fix doctor names: a collection after a removal on thinbox (here a
+    // snapshot of a fresh key prepared and removed, then a lease removed
+    // synchronously; no image is imported again, as containerd's new
+    // database hands out the ids of the old one).
+    for verb in ["prepare", "rm"] {
+        let (ok, o) = ctd.ctr(&["snapshots", "--snapshotter", "thinbox", verb, "doctor-gc"]);
+        assert!(ok, "{verb}: {o}");
+    }
+    let (ok, lease) = ctd.ctr(&["leases", "create"]);
+    assert!(ok, "{lease}");
+    let lease = lease.split_whitespace().next().unwrap().to_owned();
+    let (ok, o) = ctd.ctr(&["leases", "delete", "--sync", &lease]);
+    assert!(ok, "{o}");
+    eventually(
+        "containerd's collector removes what it does not know",
+        || containerd_snapshots(&root).is_empty(),
+    );
+    let (code, v) = doctor_with(&root, &ctd);
+    assert_eq!(
+        (code, v["findings"].as_array().unwrap().len()),
+        (0, 0),
+        "{v}"
+    );
+
+    // serve down: with a containerd snapshot kept, the view is not compared, and said so.
+    let (ok, o) = ctd.ctr(&["images", "import", "--snapshotter", "thinbox", s(&tar)]);
+    assert!(ok, "{o}");
+    sigterm(&daemon.0);
+    let mut daemon = daemon;
+    daemon.0.wait().unwrap();
+    let (code, v) = doctor_with(&root, &ctd);
+    assert_eq!(code, 0, "{v}");
+    let notes = v["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{v}");
+    assert!(notes[0].as_str().unwrap().contains("not compared"), "{v}");
+    ctd.stop();
 }
 
 // ---- SIGKILL of the daemon at each step ---------------------------------

@@ -3,7 +3,8 @@
 //! killed container's root left mounted, a container's cgroup left in
 //! every hierarchy; in the VM a dm device named for a pool's thin device
 //! that no record explains and the thin id under it (reported only), the
-//! pool's record store deleted, and a pool left inactive as after a reboot.
+//! pool's record store deleted, a pool left inactive as after a reboot, and
+//! a direct-lvm pool's LV renamed by hand (reported with its lvrename).
 //! Each is reported with its fix, `--fix` repairs it, and doctor is clean
 //! afterwards.
 #![forbid(unsafe_code)]
@@ -13,7 +14,7 @@ mod cli_support;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cli_support::{dm_devices, loops_under, Root};
+use cli_support::{disks, dm_devices, loops_under, Root, VgGuard};
 use integration::fixtures::{run, sparse_file};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -31,6 +32,12 @@ fn main() -> ExitCode {
             Need::Root,
             Need::Loop,
             Need::DmThin,
+        ]),
+        KernelTest::new("doctor_finds_a_renamed_lv", doctor_finds_a_renamed_lv).needs(&[
+            Need::Root,
+            Need::DmThin,
+            Need::Lvm,
+            Need::Disks(1),
         ]),
     ])
 }
@@ -260,4 +267,75 @@ fn doctor_fixes_pool_drift() {
     clean(&root);
     root.ok(&["snapshot", "prepare", "b"]);
     root.ok(&["snapshot", "rm", "b"]);
+}
+
+/// A direct-lvm pool's thin-pool LV renamed by hand: doctor names the pool,
+/// the LV it became and the `lvrename` back, and fixes nothing itself (lvm2
+/// keeps no mark that proves an LV thinbox's); renamed back, all is clean.
+fn doctor_finds_a_renamed_lv() {
+    let disk = disks().remove(0);
+    let root = Root::new();
+    let name = integration::fixtures::unique_name("lvm");
+    let vg = integration::fixtures::unique_name("vg").replace('-', "_");
+    let _guard = VgGuard {
+        vg: vg.clone(),
+        disks: vec![disk.clone()],
+    };
+    root.ok(&[
+        "pool",
+        "create",
+        "--name",
+        &name,
+        "--lvm",
+        &disk,
+        "--vg",
+        &vg,
+        "--data-percent",
+        "50",
+        "--metadata-percent",
+        "2",
+        "--force",
+    ]);
+    let lv = run("lvs", &["--noheadings", "-o", "lv_name,lv_attr", &vg])
+        .lines()
+        .map(str::split_whitespace)
+        .find_map(|mut w| match (w.next(), w.next()) {
+            (Some(lv), Some(attr)) if attr.starts_with('t') => Some(lv.to_owned()),
+            _ => None,
+        })
+        .expect("the pool's thin-pool LV");
+    clean(&root);
+
+    run("lvrename", &[&vg, &lv, "moved"]);
+    let (code, v) = doctor(&root, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        findings(&v),
+        vec![("pool_lv_missing".to_owned(), name.clone(), false)],
+        "{v}"
+    );
+    let fix = v["findings"][0]["fix"].as_str().unwrap();
+    assert_eq!(fix, format!("lvrename {vg} moved {lv}"), "{v}");
+    assert!(
+        v["findings"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{vg}/moved")),
+        "{v}"
+    );
+    // --fix leaves it alone.
+    let (code, _) = doctor(&root, &["--fix"]);
+    assert_eq!(code, 1);
+    assert!(try_lv(&vg, "moved"));
+
+    run("lvrename", &[&vg, "moved", &lv]);
+    clean(&root);
+    root.ok(&["pool", "destroy", &name]);
+}
+
+fn try_lv(vg: &str, lv: &str) -> bool {
+    std::process::Command::new("lvs")
+        .arg(format!("{vg}/{lv}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

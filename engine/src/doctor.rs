@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::containers::{Containers, State};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::EngineOptions;
-use crate::pools::{PoolKind, Pools};
+use crate::pools::{PoolKind, PoolRecord, Pools};
 
 /// What kind of drift a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,6 +40,9 @@ pub enum FindingKind {
     PoolInactive,
     /// A pool's record store (`thinbox.db`) is gone.
     PoolStoreMissing,
+    /// A direct-lvm pool's thin-pool LV is not in its volume group (renamed
+    /// or removed by hand).
+    PoolLvMissing,
     /// A thin id in a pool's metadata that no record explains (made by
     /// hand, or a bug's leftover): not provably thinbox's, so reported only.
     OrphanThinId,
@@ -54,6 +57,9 @@ pub enum FindingKind {
     StaleMount,
     /// A cgroup of the root that no running container has.
     LeftoverCgroup,
+    /// A snapshot thinbox keeps for containerd that containerd has no
+    /// record of.
+    UnknownToContainerd,
 }
 
 /// One drift.
@@ -80,13 +86,31 @@ pub struct Report {
     pub fixed: Vec<Finding>,
     /// Fixes that failed: the finding's subject and why.
     pub failed: Vec<(String, String)>,
+    /// What was not compared, and why (containerd's view when containerd
+    /// or `thinbox serve` does not answer).
+    pub notes: Vec<String>,
 }
 
-/// Checks the root `opts` names; with `fix`, fixes what is fixable.
+/// Checks the root `opts` names, and with `containerd` the snapshots kept
+/// for containerd against its view; with `fix`, fixes what is fixable.
 /// `plan` sees the fixable findings before any is fixed.
-pub fn run(opts: &EngineOptions, fix: bool, plan: &mut dyn FnMut(&[Finding])) -> Result<Report> {
-    let Some(root) = opts.used_root()? else {
-        return Ok(Report::default());
+pub fn run(
+    opts: &EngineOptions,
+    fix: bool,
+    containerd: Option<&dyn ContainerdView>,
+    plan: &mut dyn FnMut(&[Finding]),
+) -> Result<Report> {
+    // A root holds pools (`thinbox pool create`) before any snapshot picks
+    // its backend: those are checked too.
+    let root = match opts.used_root()? {
+        Some(root) => root,
+        None => {
+            let (root, _) = opts.state_root()?;
+            if !root.join("pools").is_dir() {
+                return Ok(Report::default());
+            }
+            std::fs::canonicalize(&root).map_err(|e| Error::io("cannot open", &root, e))?
+        }
     };
     let mut findings = Vec::new();
     let mut kept_loops: BTreeSet<PathBuf> = [root.join("btrfs.img")].into();
@@ -98,9 +122,32 @@ pub fn run(opts: &EngineOptions, fix: bool, plan: &mut dyn FnMut(&[Finding])) ->
     let running = running_containers(&root)?;
     findings.extend(stale_mounts(&mount_points()?, &root, &running.names));
     findings.extend(leftover_cgroups(&root, &running.cgroups)?);
+    let mut notes = Vec::new();
+    if let Some(view) = containerd {
+        let mut stored = Vec::new();
+        if let Some(reader) = opts.read_snapshots()? {
+            reader.walk(&[], &mut |i| {
+                stored.push(i.name.as_str().to_owned());
+                Ok(())
+            })?;
+        }
+        if stored
+            .iter()
+            .any(|s| containerd::containerd_name(s).is_some())
+        {
+            match containerd::unknown_to_containerd(&stored, view) {
+                Ok(found) => findings.extend(found),
+                Err(e) => notes.push(format!(
+                    "containerd's view was not compared ({}): {e}",
+                    view.describe()
+                )),
+            }
+        }
+    }
 
     let mut report = Report {
         findings,
+        notes,
         ..Report::default()
     };
     if !fix {
@@ -134,8 +181,21 @@ fn check_pools(
     findings: &mut Vec<Finding>,
     kept_loops: &mut BTreeSet<PathBuf>,
 ) -> Result<()> {
-    for name in pools.names()? {
+    let names = pools.names()?;
+    // Every LV a record names, so a renamed one is told from another pool's.
+    let mut recorded_lvs = BTreeSet::new();
+    for name in &names {
+        let rec = pools.record(name)?;
+        if let (Some(vg), Some(lv)) = (rec.vg, rec.lv) {
+            recorded_lvs.insert((vg, lv));
+        }
+    }
+    for name in names {
         let rec = pools.record(&name)?;
+        if let Some(f) = lv_missing(pools, &name, &rec, &recorded_lvs)? {
+            findings.push(f);
+            continue;
+        }
         if let Some(dir) = &rec.dir {
             kept_loops.insert(dir.join("data"));
             kept_loops.insert(dir.join("metadata"));
@@ -236,6 +296,66 @@ fn check_pools(
         }
     }
     Ok(())
+}
+
+/// A direct-lvm pool whose LV its volume group lacks: the thin-pool LVs
+/// there that no record names are what it may have been renamed to. Never
+/// fixed by doctor (an LV cannot be proved thinbox's: lvm2 keeps no mark).
+fn lv_missing(
+    pools: &Pools,
+    name: &str,
+    rec: &PoolRecord,
+    recorded: &BTreeSet<(String, String)>,
+) -> Result<Option<Finding>> {
+    let (PoolKind::Lvm, Some(vg), Some(lv)) = (rec.kind, &rec.vg, &rec.lv) else {
+        return Ok(None);
+    };
+    let lvs = match pools.deps().lvm.lvs(vg) {
+        Ok(lvs) => lvs,
+        Err(e) => {
+            return Ok(Some(Finding {
+                kind: FindingKind::PoolLvMissing,
+                subject: name.to_owned(),
+                detail: format!("pool {name}'s volume group {vg} cannot be read: {e}"),
+                fix: format!("vgchange -ay {vg} (or vgcfgrestore {vg})"),
+                fixable: false,
+            }))
+        }
+    };
+    if lvs.iter().any(|r| &r.lv_name == lv) {
+        return Ok(None);
+    }
+    let candidates: Vec<&str> = lvs
+        .iter()
+        .filter(|r| r.is_thin_pool() && !recorded.contains(&(vg.clone(), r.lv_name.clone())))
+        .map(|r| r.lv_name.as_str())
+        .collect();
+    let (detail, fix) = match candidates.as_slice() {
+        [renamed] => (
+            format!(
+                "pool {name}'s thin-pool LV {vg}/{lv} is gone; {vg}/{renamed} is a thin pool no record names (renamed by hand?)"
+            ),
+            format!("lvrename {vg} {renamed} {lv}"),
+        ),
+        [] => (
+            format!("pool {name}'s thin-pool LV {vg}/{lv} is gone and {vg} has no unrecorded thin pool"),
+            format!("vgcfgrestore {vg} from a backup holding {lv}, or thinbox pool destroy {name}"),
+        ),
+        many => (
+            format!(
+                "pool {name}'s thin-pool LV {vg}/{lv} is gone; {vg} has unrecorded thin pools {}",
+                many.join(", ")
+            ),
+            format!("lvrename {vg} OLD {lv}, OLD the one that was {lv}"),
+        ),
+    };
+    Ok(Some(Finding {
+        kind: FindingKind::PoolLvMissing,
+        subject: name.to_owned(),
+        detail,
+        fix,
+        fixable: false,
+    }))
 }
 
 /// Thin ids in a (thinbox-made, not lent) pool's metadata that no record
@@ -484,6 +604,9 @@ fn apply(opts: &EngineOptions, root: &Path, f: &Finding) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+mod containerd;
+pub use containerd::{ContainerdView, Ctr};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,17 @@ pub struct DoctorArgs {
     /// Fix what is provably thinbox's (after printing the plan).
     #[arg(long)]
     pub fix: bool,
+    /// containerd's socket, to compare the snapshots kept for it with its
+    /// own list (through `thinbox serve`).
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_address: std::path::PathBuf,
+    /// The name containerd's config gives thinbox's proxy plugin.
+    #[arg(long, value_name = "NAME", default_value = "thinbox")]
+    pub containerd_snapshotter: String,
 }
 
 /// Runs `thinbox doctor`.
@@ -19,7 +30,11 @@ pub fn doctor(g: &Global, a: &DoctorArgs) -> anyhow::Result<()> {
     let opts = engine_options(g);
     opts.state_root()?;
     let human = !g.json;
-    let report = engine::doctor::run(&opts, a.fix, &mut |plan| {
+    let containerd = engine::doctor::Ctr {
+        address: a.containerd_address.clone(),
+        snapshotter: a.containerd_snapshotter.clone(),
+    };
+    let report = engine::doctor::run(&opts, a.fix, Some(&containerd), &mut |plan| {
         if human && !plan.is_empty() {
             println!("fixing {} of them:", plan.len());
             for f in plan {
@@ -52,6 +67,9 @@ pub fn doctor(g: &Global, a: &DoctorArgs) -> anyhow::Result<()> {
         }
         for (subject, why) in &report.failed {
             println!("not fixed: {subject}: {why}");
+        }
+        for note in &report.notes {
+            println!("note: {note}");
         }
     }
     let left = report.findings.len() - report.fixed.len();
