@@ -4,7 +4,8 @@
 //! every hierarchy; in the VM a dm device named for a pool's thin device
 //! that no record explains and the thin id under it (reported only), the
 //! pool's record store deleted, a pool left inactive as after a reboot, and
-//! a direct-lvm pool's LV renamed by hand (reported with its lvrename).
+//! on a direct-lvm pool a thin id made by hand (reported only) and its LV
+//! renamed by hand (reported with the lvrename back).
 //! Each is reported with its fix, `--fix` repairs it, and doctor is clean
 //! afterwards.
 #![forbid(unsafe_code)]
@@ -269,7 +270,8 @@ fn doctor_fixes_pool_drift() {
     root.ok(&["snapshot", "rm", "b"]);
 }
 
-/// A direct-lvm pool's thin-pool LV renamed by hand: doctor names the pool,
+/// A thin id made by hand in a direct-lvm pool's metadata: reported, kept.
+/// The pool's thin-pool LV renamed by hand: doctor names the pool,
 /// the LV it became and the `lvrename` back, and fixes nothing itself (lvm2
 /// keeps no mark that proves an LV thinbox's); renamed back, all is clean.
 fn doctor_finds_a_renamed_lv() {
@@ -304,6 +306,22 @@ fn doctor_finds_a_renamed_lv() {
             _ => None,
         })
         .expect("the pool's thin-pool LV");
+    clean(&root);
+
+    // A thin id made by hand in the LV's metadata: reported, never deleted.
+    let dm_name = root.json(&["pool", "status", &name])["dm_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run("dmsetup", &["message", &dm_name, "0", "create_thin 4242"]);
+    let (code, v) = doctor(&root, &["--fix"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        findings(&v),
+        [("orphan_thin_id".to_owned(), format!("{name}:4242"), false)],
+        "{v}"
+    );
+    run("dmsetup", &["message", &dm_name, "0", "delete 4242"]);
     clean(&root);
 
     run("lvrename", &[&vg, &lv, "moved"]);

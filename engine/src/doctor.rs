@@ -245,8 +245,15 @@ fn check_pools(
                 false,
             ));
         }
-        if let (PoolKind::Loopback, Some(dir), None) = (rec.kind, &rec.dir, &rec.lent_to) {
-            let db = dir.join("thinbox.db");
+        // The pools whose every thin device is thinbox's: its own loopback
+        // and direct-lvm pools, not lent (an adopted pool's other thin
+        // devices are someone else's).
+        let store = match (rec.kind, &rec.lent_to) {
+            (PoolKind::Loopback, None) => rec.dir.as_ref().map(|d| d.join("thinbox.db")),
+            (PoolKind::Lvm, None) => rec.store.clone(),
+            _ => None,
+        };
+        if let Some(db) = store {
             if !db.exists() {
                 // Never compared (opening would make an empty store, and
                 // every thin id would look like an orphan).
