@@ -748,6 +748,14 @@ fn run_kernel_in_vm(
     let result = vm::run_script(image, &config, &script);
     let reason = match &result {
         Ok(out) => {
+            for console in &out.kernel_panics {
+                println!(
+                    "the guest kernel panicked before thinbox's init ran, so it was booted again; that boot's console:"
+                );
+                for line in console.lines().filter(|l| l.starts_with('[')) {
+                    println!("    {line}");
+                }
+            }
             println!(
                 "(guest ran {:.0}s under {:?})",
                 out.elapsed.as_secs_f64(),

@@ -40,6 +40,11 @@ fn main() -> ExitCode {
         )
         .needs(&[Need::VmHarness]),
         KernelTest::new(
+            "kernel_panic_before_init_boots_again",
+            kernel_panic_before_init_boots_again,
+        )
+        .needs(&[Need::VmHarness]),
+        KernelTest::new(
             "setup_refuses_to_run_without_root",
             setup_refuses_to_run_without_root,
         )
@@ -139,6 +144,27 @@ fn panicking_guest_is_reported_with_console() {
         other => panic!("expected the guest to die without a result, got {other:?}"),
     }
     assert!(!process_mentions(share.path().to_str().unwrap()));
+}
+
+/// A kernel that dies before thinbox's guest init runs is booted once more
+/// (an emulator fault, not a test's), and twice is an error saying so.
+fn kernel_panic_before_init_boots_again() {
+    let config = VmConfig {
+        timeout: Duration::from_secs(120),
+        // No such init in the initramfs: the kernel panics looking for a root.
+        kernel_args: vec!["rdinit=/no-such-init".into()],
+        ..VmConfig::default()
+    };
+    match vm::run_script(&image(), &config, "true") {
+        Err(VmError::NoResult { reason, console }) => {
+            assert!(
+                reason.contains("in 2 boots"),
+                "reason {reason:?}, console:\n{console}"
+            );
+            assert!(console.contains("Kernel panic"), "{console}");
+        }
+        other => panic!("expected two panicked boots, got {other:?}"),
+    }
 }
 
 fn setup_refuses_to_run_without_root() {
