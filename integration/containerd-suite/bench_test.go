@@ -10,6 +10,11 @@
 // THINBOX_BENCH_PEER_ROOT (the peer's root: on btrfs for btrfs),
 // THINBOX_BENCH_PEER_POOL (devmapper: a thin-pool's dm name),
 // THINBOX_BENCH_N (default 100) and THINBOX_BENCH_ROUNDS (default 5).
+//
+// With the btrfs peer each round also times the kernel's floor: N
+// concurrent snapshot ioctls (containerd/btrfs's SubvolSnapshot, what
+// containerd's btrfs snapshotter calls) on the same filesystem, no records
+// and no RPC, so the ratio to it says what is left above the kernel.
 package thinboxsuite
 
 import (
@@ -23,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/btrfs"
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/snapshots"
@@ -117,6 +123,36 @@ func round(ctx context.Context, sn snapshots.Snapshotter, r, n int) (time.Durati
 	return took, nil
 }
 
+// floorRound makes n snapshots of parent at once with the bare ioctl and
+// returns the wall time; then deletes them (untimed).
+func floorRound(dir, parent string, r, n int) (time.Duration, error) {
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			dst := filepath.Join(dir, fmt.Sprintf("round-%d-%d", r, i))
+			if err := btrfs.SubvolSnapshot(dst, parent, false); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	for err := range errs {
+		return took, err
+	}
+	for i := 0; i < n; i++ {
+		if err := btrfs.SubvolDelete(filepath.Join(dir, fmt.Sprintf("round-%d-%d", r, i))); err != nil {
+			return took, err
+		}
+	}
+	return took, nil
+}
+
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
@@ -165,6 +201,25 @@ func TestBenchConcurrentPrepare(t *testing.T) {
 	}
 	took := map[string][]time.Duration{}
 	var ratios []float64
+	// The btrfs peer's floor: a subvolume beside the peer's root.
+	floorDir := ""
+	if peer == "btrfs" {
+		floorDir = filepath.Clean(os.Getenv("THINBOX_BENCH_PEER_ROOT")) + "-floor"
+		if err := os.MkdirAll(floorDir, 0700); err != nil {
+			t.Fatal(err)
+		}
+		if err := btrfs.SubvolCreate(filepath.Join(floorDir, "parent")); err != nil {
+			t.Fatalf("the floor's parent subvolume: %v", err)
+		}
+		defer func() {
+			btrfs.SubvolDelete(filepath.Join(floorDir, "parent"))
+			os.Remove(floorDir)
+		}()
+		if err := os.WriteFile(filepath.Join(floorDir, "parent", "layer"), []byte("the parent\n"), 0644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var floorRatios []float64
 	for r := 0; r < rounds; r++ {
 		// Who goes first alternates, so neither always meets a warm cache.
 		order := []int{0, 1}
@@ -182,6 +237,21 @@ func TestBenchConcurrentPrepare(t *testing.T) {
 		}
 		ratios = append(ratios, this[0].Seconds()/this[1].Seconds())
 		fmt.Printf("bench round %d: thinbox %.3fs, %s %.3fs\n", r, this[0].Seconds(), peer, this[1].Seconds())
+		if floorDir != "" {
+			d, err := floorRound(floorDir, filepath.Join(floorDir, "parent"), r, n)
+			if err != nil {
+				t.Fatalf("the floor, round %d: %v", r, err)
+			}
+			took["ioctl"] = append(took["ioctl"], d)
+			floorRatios = append(floorRatios, this[0].Seconds()/d.Seconds())
+			fmt.Printf("bench round %d: bare snapshot ioctls %.3fs\n", r, d.Seconds())
+		}
+	}
+	if len(floorRatios) > 0 {
+		sort.Float64s(floorRatios)
+		fmt.Printf("bench concurrent_prepare_mounts n=%d rounds=%d thinbox/ioctl = %.3fx (bare snapshot ioctls median %.3fs; %s/ioctl %.3fx)\n",
+			n, rounds, floorRatios[len(floorRatios)/2], median(took["ioctl"]).Seconds(), peer,
+			median(took[peer]).Seconds()/median(took["ioctl"]).Seconds())
 	}
 	sort.Float64s(ratios)
 	fmt.Printf("bench concurrent_prepare_mounts n=%d rounds=%d thinbox/%s = %.3fx (thinbox median %.3fs, %s median %.3fs)\n",
