@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/btrfs"
+	bareBtrfs "github.com/containerd/btrfs"
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/snapshots"
@@ -134,7 +134,7 @@ func floorRound(dir, parent string, r, n int) (time.Duration, error) {
 		go func(i int) {
 			defer wg.Done()
 			dst := filepath.Join(dir, fmt.Sprintf("round-%d-%d", r, i))
-			if err := btrfs.SubvolSnapshot(dst, parent, false); err != nil {
+			if err := bareBtrfs.SubvolSnapshot(dst, parent, false); err != nil {
 				errs <- err
 			}
 		}(i)
@@ -146,7 +146,7 @@ func floorRound(dir, parent string, r, n int) (time.Duration, error) {
 		return took, err
 	}
 	for i := 0; i < n; i++ {
-		if err := btrfs.SubvolDelete(filepath.Join(dir, fmt.Sprintf("round-%d-%d", r, i))); err != nil {
+		if err := bareBtrfs.SubvolDelete(filepath.Join(dir, fmt.Sprintf("round-%d-%d", r, i))); err != nil {
 			return took, err
 		}
 	}
@@ -208,11 +208,11 @@ func TestBenchConcurrentPrepare(t *testing.T) {
 		if err := os.MkdirAll(floorDir, 0700); err != nil {
 			t.Fatal(err)
 		}
-		if err := btrfs.SubvolCreate(filepath.Join(floorDir, "parent")); err != nil {
+		if err := bareBtrfs.SubvolCreate(filepath.Join(floorDir, "parent")); err != nil {
 			t.Fatalf("the floor's parent subvolume: %v", err)
 		}
 		defer func() {
-			btrfs.SubvolDelete(filepath.Join(floorDir, "parent"))
+			bareBtrfs.SubvolDelete(filepath.Join(floorDir, "parent"))
 			os.Remove(floorDir)
 		}()
 		if err := os.WriteFile(filepath.Join(floorDir, "parent", "layer"), []byte("the parent\n"), 0644); err != nil {
