@@ -8,7 +8,7 @@ mod cli_support;
 
 use std::process::ExitCode;
 
-use cli_support::{disks, dm_devices, loops_under, Root, VgGuard};
+use cli_support::{disks, dm_devices, loops_under, serve_args, sigterm, Root, VgGuard};
 use integration::fixtures::{run, sparse_file, try_run, unique_name, LoopDevice, ZfsPool};
 use integration::harness::{self, KernelTest};
 use integration::need::Need;
@@ -22,6 +22,11 @@ fn main() -> ExitCode {
             monitor_follows_dm_events_and_stops_on_sigterm,
         )
         .needs(&[Need::Root, Need::Loop, Need::DmThin]),
+        KernelTest::new("serve_keeps_its_pools_grown", serve_keeps_its_pools_grown).needs(&[
+            Need::Root,
+            Need::Loop,
+            Need::DmThin,
+        ]),
         KernelTest::new("loopback_pool_lifecycle", loopback_pool_lifecycle).needs(&[
             Need::Root,
             Need::Loop,
@@ -75,6 +80,81 @@ fn main() -> ExitCode {
         ],
     );
     harness::main(&tests)
+}
+
+/// `thinbox serve` monitors its root's pool as `pool monitor` would, a
+/// second monitor is refused while it does, and with `--no-monitor` a
+/// `pool monitor` beside the daemon opens the pool the daemon holds.
+fn serve_keeps_its_pools_grown() {
+    let root = Root::with_config(
+        "[devmapper]\ndata_size = \"256M\"\nmetadata_size = \"64M\"\nbase_size = \"1G\"\nautoextend_threshold = 50\nautoextend_percent = 50\n",
+    );
+    root.ok(&["snapshot", "ls"]);
+    let pool = format!(
+        "{}-pool",
+        root.path().file_name().unwrap().to_string_lossy()
+    );
+    let socket = root.path().join("serve.sock");
+    let daemon = serve_args(&root, &socket, &[], &[]);
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..600 {
+            let st = root.json(&["pool", "status", &pool]);
+            if f(&st) {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "{what} never happened: {}",
+            root.json(&["pool", "status", &pool])
+        );
+    };
+    // The daemon's monitor sets the low-water mark from the threshold.
+    wait_for("low-water mark set", &|st| st["low_water_mark"] == 2048);
+    let second = root
+        .command(&["pool", "monitor", &pool, "--once"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second monitor ran: {second:?}");
+    assert!(
+        err.contains("already monitored by another process") && err.contains("serve"),
+        "{err}"
+    );
+    // The CLI writes beside the daemon; the daemon's monitor grows the pool.
+    let mnt = root.path().join("mnt");
+    root.ok(&["snapshot", "prepare", "a", "--mount", mnt.to_str().unwrap()]);
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", mnt.join("fill").display()),
+            "bs=1M",
+            "count=160",
+            "conv=fsync",
+        ],
+    );
+    let st = wait_for("autoextend", &|st| {
+        st["data"]["total_bytes"].as_u64() >= Some(384 * MIB)
+    });
+    assert_eq!(st["mode"], "rw", "{st}");
+    run("umount", &[mnt.to_str().unwrap()]);
+    sigterm(&daemon.0);
+    let mut daemon = daemon;
+    let status = daemon.0.wait().unwrap();
+    let log = std::fs::read_to_string(root.path().join("serve.log")).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains(&format!("extended pool {pool}'s data to")),
+        "{log}"
+    );
+    // Without its monitor the daemon leaves the pool to `pool monitor`,
+    // which opens it beside the daemon (once waited for it to stop).
+    let daemon = serve_args(&root, &socket, &[], &["--no-monitor"]);
+    let once = root.json(&["pool", "monitor", &pool, "--once"]);
+    assert_eq!(once["status"]["mode"], "rw", "{once}");
+    root.ok(&["snapshot", "rm", "a"]);
+    drop(daemon);
 }
 
 fn dm_exists(name: &str) -> bool {

@@ -14,7 +14,9 @@
 //! - [`socket`]: binding, stale sockets, permissions;
 //! - [`metrics`]: `GET /metrics` on a TCP address (Prometheus' text
 //!   format): the root's pools, snapshots and containers, read at each
-//!   scrape, and each verb's latency and errors.
+//!   scrape, and each verb's latency and errors;
+//! - [`monitor`]: every pool of the root kept grown past its autoextend
+//!   threshold (`[serve] monitor_pools`), one thread per pool.
 //!
 //! The gRPC server is the `containerd-snapshots` crate (containerd's own
 //! rust-extensions, tonic); see docs/design.md. Errors are the engine's
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod monitor;
 pub mod service;
 pub mod socket;
 
@@ -51,6 +54,8 @@ pub struct ServeOptions {
     /// Where `/metrics` is served; None serves none. Port 0 picks one
     /// ([`Daemon::metrics_address`] says which).
     pub metrics: Option<SocketAddr>,
+    /// Keep the root's pools grown ([`monitor`]).
+    pub monitor_pools: bool,
 }
 
 /// A bound daemon, not serving yet.
@@ -62,6 +67,8 @@ pub struct Daemon {
     listener: UnixListener,
     socket: PathBuf,
     metrics: Option<BoundMetrics>,
+    /// The engine's options, when the root's pools are to be monitored.
+    monitor: Option<EngineOptions>,
 }
 
 /// The metrics endpoint, bound: its listener, what it answers, and the
@@ -107,6 +114,7 @@ impl Daemon {
             listener,
             socket: opts.socket.clone(),
             metrics,
+            monitor: opts.monitor_pools.then(|| opts.engine.clone()),
         })
     }
 
@@ -142,7 +150,8 @@ impl Daemon {
         &self.socket
     }
 
-    /// Serves until SIGTERM or SIGINT, then closes the engine and removes
+    /// Serves until SIGTERM or SIGINT (monitoring the root's pools
+    /// meanwhile), then stops the monitors, closes the engine and removes
     /// the socket.
     pub fn run(self) -> Result<()> {
         let Daemon {
@@ -152,7 +161,9 @@ impl Daemon {
             listener,
             socket,
             metrics,
+            monitor,
         } = self;
+        let monitors = monitor.map(monitor::PoolMonitors::start);
         let served = runtime.block_on(async {
             // One signal stops both servers.
             let (stopped, on_stop) = tokio::sync::watch::channel(false);
@@ -184,6 +195,9 @@ impl Daemon {
             }
             served
         });
+        if let Some(m) = monitors {
+            m.stop();
+        }
         // Calls still on blocking threads finish before the engine closes.
         runtime.shutdown_timeout(std::time::Duration::from_secs(30));
         let _ = std::fs::remove_file(&socket);

@@ -252,12 +252,17 @@ pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9437";
 pub struct ServeSection {
     /// `host:port` of the Prometheus endpoint (`/metrics`), or `"off"`.
     pub metrics_address: String,
+    /// Whether serve keeps every pool of its root grown, as `thinbox pool
+    /// monitor` does (one monitor per pool: a pool another process
+    /// monitors is left to it).
+    pub monitor_pools: bool,
 }
 
 impl Default for ServeSection {
     fn default() -> Self {
         ServeSection {
             metrics_address: DEFAULT_METRICS_ADDRESS.to_owned(),
+            monitor_pools: true,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! behind `thinbox pool ...` on top of [`thinpool::pool::Pool`].
 //!
 //! Layout: `ROOT/pools/NAME/pool.toml` (a [`PoolRecord`]), `lock` (held by
-//! whoever has the pool open for changes), `extensions.toml` (how often
+//! whoever has the pool open for changes), `monitor.lock` (held by the one
+//! process that keeps the pool grown), `extensions.toml` (how often
 //! thinbox grew it), and for a loopback pool in its default place also
 //! the `data` and `metadata` files and `thinbox.db`.
 //!
@@ -24,7 +25,10 @@ use thinpool::table::PoolTable;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::{Observer, Silent};
-use crate::state::{crash_point, lock_file, read_toml, write_toml};
+use crate::state::{crash_point, holder_of, lock_file, read_toml, try_lock_file, write_toml};
+
+/// The lock file held by a pool's one monitor.
+const MONITOR_LOCK: &str = "monitor.lock";
 
 /// What kind of pool a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +400,7 @@ impl Pools {
         let d = self.dir_of(&rec.name);
         let _ = std::fs::remove_file(d.join(RECORD));
         let _ = std::fs::remove_file(d.join("lock"));
+        let _ = std::fs::remove_file(d.join(MONITOR_LOCK));
         drop(lock);
         let _ = std::fs::remove_dir(&d);
     }
@@ -422,8 +427,12 @@ impl Pools {
             free_space_floor: floor,
             lent_to: None,
         };
+        // The policy's low-water mark from the start: a monitor then has
+        // no table to reload (a suspend) while the pool is in use.
+        let mut cfg = cfg.clone();
+        cfg.autoextend.get_or_insert(*policy);
         let lock = self.start(&rec)?;
-        match Pool::create_loopback(&self.deps, cfg) {
+        match Pool::create_loopback(&self.deps, &cfg) {
             Ok(pool) => self.finish(rec, pool, lock),
             Err(e) => {
                 self.failed(&rec, lock);
@@ -625,7 +634,9 @@ impl Pools {
     /// `interval`, grows data and metadata past the autoextend threshold,
     /// and tells `report` after each check. Holds the pool's lock only
     /// while opening (reconciliation); growing the pool afterwards only
-    /// reloads its table, which other thinbox processes tolerate.
+    /// reloads its table, which other thinbox processes tolerate. One
+    /// monitor per pool (`monitor.lock`): a second is refused with InUse,
+    /// naming the first, since both would grow the pool at one crossing.
     pub fn monitor(
         &self,
         name: &str,
@@ -640,7 +651,17 @@ impl Pools {
                 format!("pool {name:?} is adopted: thinbox does not grow pools it did not make; monitor it with its owner's tools"),
             ));
         }
-        let (mut pool, rec) = self.open_pool(name)?.unlock();
+        let lock_path = self.dir_of(name).join(MONITOR_LOCK);
+        let Some(_monitoring) = try_lock_file(&lock_path)? else {
+            let by = holder_of(&lock_path).map_or(String::new(), |h| format!(" ({h})"));
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "pool {name:?} is already monitored by another process{by}: one monitor per pool (two would both grow it at one crossing); stop the other (thinbox serve monitors every pool of its root unless [serve] monitor_pools = false)"
+                ),
+            ));
+        };
+        let (mut pool, rec) = self.open_beside_engines(name)?;
         let opts = thinpool::pool::WatchOptions {
             tick: std::time::Duration::from_secs(1),
             interval: Some(interval.max(std::time::Duration::from_secs(1))),
@@ -662,6 +683,25 @@ impl Pools {
             Some(e) => Err(e),
             None => Ok(n),
         }
+    }
+
+    /// Opens pool `name` while the root's engines may be using it (a
+    /// daemon holds it for its life): the pool's lock shared, and the
+    /// root's snapshotter lock exclusively while the pool opens, so its
+    /// reconciliation waits out the mutations in flight instead of
+    /// settling an operation half-way. Both are released after.
+    fn open_beside_engines(&self, name: &str) -> Result<(Pool, PoolRecord)> {
+        let snapshots = self
+            .dir
+            .parent()
+            .map(|root| root.join("snapshots"))
+            .filter(|d| d.is_dir());
+        let settling = snapshots
+            .map(|d| snapshotter::core::lock_root(&d))
+            .transpose()?;
+        let opened = self.open_pool_shared(name)?.unlock();
+        drop(settling);
+        Ok(opened)
     }
 
     /// Removes pool `name`: everything thinbox made for it (an adopted
@@ -694,6 +734,7 @@ impl Pools {
         let d = self.dir_of(name);
         let _ = std::fs::remove_file(d.join(RECORD));
         let _ = std::fs::remove_file(d.join("lock"));
+        let _ = std::fs::remove_file(d.join(MONITOR_LOCK));
         drop(lock);
         let _ = std::fs::remove_dir(&d);
         Ok(())

@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// `[serve] metrics_address` (default 127.0.0.1:9437).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<String>,
+    /// Leave the root's pools to `thinbox pool monitor` (or nobody);
+    /// overrides `[serve] monitor_pools` (default true).
+    #[arg(long)]
+    pub no_monitor: bool,
     /// Log lines as text or JSON.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: crate::logs::LogFormat,
@@ -49,11 +53,10 @@ fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
 pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
     crate::logs::init(a.log_format, g.debug);
     let engine = engine_options(g);
-    let metrics = match &a.metrics_address {
-        Some(addr) => addr.clone(),
-        None => engine.state_root()?.1.serve.metrics_address,
-    };
+    let config = engine.state_root()?.1.serve;
+    let metrics = a.metrics_address.clone().unwrap_or(config.metrics_address);
     let opts = daemon::ServeOptions {
+        monitor_pools: config.monitor_pools && !a.no_monitor,
         metrics: engine::config::parse_metrics_address(&metrics)?,
         engine,
         socket: a.socket.clone(),

@@ -334,6 +334,11 @@ pub fn serve(root: &Root, socket: &Path) -> Reap {
 
 /// [`serve`] with `env` set for the daemon (`THINBOX_CRASH_AT`, say).
 pub fn serve_with(root: &Root, socket: &Path, env: &[(&str, &str)]) -> Reap {
+    serve_args(root, socket, env, &[])
+}
+
+/// [`serve_with`] and `args` after serve's own (`--no-monitor`, say).
+pub fn serve_args(root: &Root, socket: &Path, env: &[(&str, &str)], args: &[&str]) -> Reap {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
@@ -348,6 +353,7 @@ pub fn serve_with(root: &Root, socket: &Path, env: &[(&str, &str)]) -> Reap {
             "--metrics-address",
             "127.0.0.1:0",
         ])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
